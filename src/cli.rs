@@ -1,0 +1,124 @@
+//! Command-line types (clap). Parsing only; validation of the values that
+//! need the file system or the network lives in [`crate::config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "disruptor",
+    version,
+    about = "A decentralized realtime computation mesh",
+    long_about = "A decentralized realtime computation mesh.\n\n\
+        Peers find each other over libp2p from the address of any one other peer; \
+        there is no master. Run `disruptor peer` on every machine."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a peer of the mesh until Ctrl-C or SIGTERM.
+    Peer(PeerArgs),
+    /// Print the table of peers that a running peer knows.
+    Peers(PeersArgs),
+    /// Write a new pre-shared key for a private mesh.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// Address to listen on for other peers: HOST:PORT or a multiaddr
+    /// (e.g. /ip4/0.0.0.0/tcp/4001). May repeat. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:4001")]
+    pub listen: Vec<String>,
+
+    /// Address of any peer already in the mesh: HOST:PORT or a multiaddr
+    /// (optionally ending in /p2p/<peer id>). May repeat. The first peer has none.
+    #[arg(long, value_name = "ADDR")]
+    pub bootstrap: Vec<String>,
+
+    /// Local HTTP endpoint (status page and API). It has no authentication,
+    /// so it listens on loopback unless told otherwise.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    pub http: String,
+
+    /// File holding this peer's private key; created if missing, so the peer
+    /// keeps its peer id across restarts. Without it the id is new every start.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+
+    /// Pre-shared key file (see `disruptor keygen`): only peers holding the
+    /// same key can connect. Without it the mesh is open to any disruptor peer.
+    #[arg(long, value_name = "FILE")]
+    pub psk_file: Option<PathBuf>,
+
+    /// How often this peer announces itself to the mesh.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub announce_interval: Duration,
+
+    /// A peer that has not announced itself for this long is marked down
+    /// (a lost connection that cannot be re-established marks it down sooner).
+    #[arg(long, value_name = "DURATION", default_value = "4s", value_parser = parse_duration)]
+    pub down_after: Duration,
+
+    /// A peer that has been down for this long is forgotten.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub forget_after: Duration,
+
+    /// Time allowed to open and secure a connection to another peer. A peer
+    /// with a different pre-shared key is only noticed when this runs out.
+    #[arg(long, value_name = "DURATION", default_value = "4s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    /// HTTP address of a running peer (HOST:PORT or http://HOST:PORT).
+    pub http_addr: String,
+    /// Print the raw JSON of /api/peers instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Write the key to this file (mode 0600) instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (expected a duration such as 500ms, 4s or 5m)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_reject_garbage() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,400 @@
+//! Turning command-line values into a validated peer configuration:
+//! addresses, the identity key file and the pre-shared key file.
+//!
+//! Every failure here is a [`ConfigError`], which `main` reports in one line
+//! and maps to exit code 2 (the user's input is wrong).
+
+use std::fs;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::pnet::{KeyParseError, PreSharedKey};
+
+use crate::cli::PeerArgs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{flag} {value:?} is not an address: {reason}")]
+    Address {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read key file {}: {source}", path.display())]
+    ReadKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a pre-shared key file: {reason}", path.display())]
+    BadPsk { path: PathBuf, reason: String },
+    #[error("{} is not a disruptor identity file: {reason}", path.display())]
+    BadIdentity { path: PathBuf, reason: String },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} exists; pass --force to overwrite it", path.display())]
+    Exists { path: PathBuf },
+    #[error("--down-after ({down_after:?}) must be longer than --announce-interval ({announce:?})")]
+    Timing {
+        down_after: Duration,
+        announce: Duration,
+    },
+}
+
+/// Everything a peer needs to start, validated.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub http: SocketAddr,
+    pub keypair: Keypair,
+    pub psk: Option<PreSharedKey>,
+    pub timing: Timing,
+}
+
+/// Membership timing knobs (see the README for what each one trades).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub announce_interval: Duration,
+    pub down_after: Duration,
+    pub forget_after: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            announce_interval: Duration::from_secs(1),
+            down_after: Duration::from_secs(4),
+            forget_after: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(4),
+        }
+    }
+}
+
+impl PeerConfig {
+    pub fn from_args(args: &PeerArgs) -> Result<Self, ConfigError> {
+        let listen = args
+            .listen
+            .iter()
+            .map(|s| parse_peer_addr("--listen", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bootstrap = args
+            .bootstrap
+            .iter()
+            .map(|s| parse_peer_addr("--bootstrap", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let http = parse_socket_addr("--http", &args.http)?;
+        let keypair = match &args.identity {
+            Some(path) => load_or_create_identity(path)?,
+            None => Keypair::generate_ed25519(),
+        };
+        let psk = args.psk_file.as_deref().map(load_psk).transpose()?;
+        let timing = Timing {
+            announce_interval: args.announce_interval,
+            down_after: args.down_after,
+            forget_after: args.forget_after,
+            connect_timeout: args.connect_timeout,
+        };
+        if timing.down_after <= timing.announce_interval {
+            return Err(ConfigError::Timing {
+                down_after: timing.down_after,
+                announce: timing.announce_interval,
+            });
+        }
+        Ok(PeerConfig {
+            listen,
+            bootstrap,
+            http,
+            keypair,
+            psk,
+            timing,
+        })
+    }
+}
+
+/// Parses `HOST:PORT` (IPv4, `[IPv6]` or a host name, resolved now) or a
+/// multiaddr starting with `/` into a TCP multiaddr.
+pub fn parse_peer_addr(flag: &'static str, value: &str) -> Result<Multiaddr, ConfigError> {
+    let err = |reason: String| ConfigError::Address {
+        flag,
+        value: value.to_string(),
+        reason,
+    };
+    let value = value.trim();
+    if value.starts_with('/') {
+        let addr: Multiaddr = value.parse().map_err(|e| err(format!("{e}")))?;
+        let mut iter = addr.iter();
+        let ip_ok = matches!(
+            iter.next(),
+            Some(
+                Protocol::Ip4(_)
+                    | Protocol::Ip6(_)
+                    | Protocol::Dns(_)
+                    | Protocol::Dns4(_)
+                    | Protocol::Dns6(_)
+            )
+        );
+        let tcp_ok = matches!(iter.next(), Some(Protocol::Tcp(_)));
+        if !ip_ok || !tcp_ok {
+            return Err(err(
+                "expected a TCP multiaddr such as /ip4/10.0.0.1/tcp/4001".into(),
+            ));
+        }
+        if addr
+            .iter()
+            .any(|p| matches!(p, Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)))
+        {
+            return resolve_dns_multiaddr(&addr).map_err(err);
+        }
+        return Ok(addr);
+    }
+    let sa = parse_socket_addr_inner(value).map_err(err)?;
+    Ok(socket_to_multiaddr(sa))
+}
+
+pub fn socket_to_multiaddr(sa: SocketAddr) -> Multiaddr {
+    let ip = match sa.ip() {
+        IpAddr::V4(ip) => Protocol::Ip4(ip),
+        IpAddr::V6(ip) => Protocol::Ip6(ip),
+    };
+    Multiaddr::empty().with(ip).with(Protocol::Tcp(sa.port()))
+}
+
+fn resolve_dns_multiaddr(addr: &Multiaddr) -> Result<Multiaddr, String> {
+    let mut out = Multiaddr::empty();
+    let mut iter = addr.iter().peekable();
+    let host = match iter.next() {
+        Some(Protocol::Dns(h) | Protocol::Dns4(h) | Protocol::Dns6(h)) => h.to_string(),
+        _ => unreachable!("checked by the caller"),
+    };
+    let port = match iter.next() {
+        Some(Protocol::Tcp(p)) => p,
+        _ => return Err("expected /tcp/<port> after the host name".into()),
+    };
+    let sa = parse_socket_addr_inner(&format!("{host}:{port}"))?;
+    out = out.with(match sa.ip() {
+        IpAddr::V4(ip) => Protocol::Ip4(ip),
+        IpAddr::V6(ip) => Protocol::Ip6(ip),
+    });
+    out = out.with(Protocol::Tcp(port));
+    for p in iter {
+        out = out.with(p);
+    }
+    Ok(out)
+}
+
+pub fn parse_socket_addr(flag: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    parse_socket_addr_inner(value.trim()).map_err(|reason| ConfigError::Address {
+        flag,
+        value: value.to_string(),
+        reason,
+    })
+}
+
+fn parse_socket_addr_inner(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(sa) = value.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err("expected HOST:PORT (e.g. 127.0.0.1:4001) or a multiaddr".into());
+    };
+    if host.is_empty() {
+        return Err("the host is missing (expected HOST:PORT)".into());
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("{port:?} is not a port number (0-65535)"))?;
+    match (host, port.parse::<u16>().unwrap_or(0)).to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("host {host:?} has no address")),
+        Err(e) => Err(format!("cannot resolve host {host:?}: {e}")),
+    }
+}
+
+/// Reads the identity key at `path`, or creates a new Ed25519 key there
+/// (mode 0600, written to a temporary file and renamed into place).
+pub fn load_or_create_identity(path: &Path) -> Result<Keypair, ConfigError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            Keypair::from_protobuf_encoding(&bytes).map_err(|e| ConfigError::BadIdentity {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let keypair = Keypair::generate_ed25519();
+            let bytes = keypair
+                .to_protobuf_encoding()
+                .expect("ed25519 keys always encode");
+            write_private_file(path, &bytes, false)?;
+            Ok(keypair)
+        }
+        Err(source) => Err(ConfigError::ReadKey {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+pub fn load_psk(path: &Path) -> Result<PreSharedKey, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::ReadKey {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_psk(&text).map_err(|reason| ConfigError::BadPsk {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Parses the swarm-key text format, with a readable reason on failure.
+pub fn parse_psk(text: &str) -> Result<PreSharedKey, String> {
+    let normalized: String = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("\n");
+    normalized.parse::<PreSharedKey>().map_err(|e| match e {
+        KeyParseError::InvalidKeyFile => {
+            "expected three lines: /key/swarm/psk/1.0.0/, /base16/, and 64 hex digits".into()
+        }
+        KeyParseError::InvalidKeyType => "the first line must be /key/swarm/psk/1.0.0/".into(),
+        KeyParseError::InvalidKeyEncoding => "the second line must be /base16/".into(),
+        KeyParseError::InvalidKeyLength => "the key must be exactly 64 hex digits".into(),
+        KeyParseError::InvalidKeyChar(_) => "the key contains a character that is not hex".into(),
+    })
+}
+
+pub fn generate_psk() -> PreSharedKey {
+    PreSharedKey::new(rand::random())
+}
+
+/// Writes `bytes` to `path` with mode 0600 via a temporary file and rename.
+pub fn write_private_file(path: &Path, bytes: &[u8], force: bool) -> Result<(), ConfigError> {
+    let werr = |source| ConfigError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !force && path.exists() {
+        return Err(ConfigError::Exists {
+            path: path.to_path_buf(),
+        });
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(werr)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let result = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(werr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_becomes_tcp_multiaddr() {
+        let a = parse_peer_addr("--listen", "127.0.0.1:4001").unwrap();
+        assert_eq!(a.to_string(), "/ip4/127.0.0.1/tcp/4001");
+        let a = parse_peer_addr("--listen", "[::1]:4001").unwrap();
+        assert_eq!(a.to_string(), "/ip6/::1/tcp/4001");
+        let a = parse_peer_addr("--bootstrap", "localhost:4001").unwrap();
+        assert!(a.to_string().ends_with("/tcp/4001"), "{a}");
+    }
+
+    #[test]
+    fn multiaddrs_pass_through() {
+        let s = "/ip4/10.1.2.3/tcp/9/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+        assert_eq!(parse_peer_addr("--bootstrap", s).unwrap().to_string(), s);
+    }
+
+    #[test]
+    fn garbage_addresses_are_rejected_with_a_reason() {
+        for bad in [
+            "garbage",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            ":4001",
+            "/ip4/1.2.3.4",
+            "/udp/4",
+            "/ip4/999.1.1.1/tcp/1",
+        ] {
+            let e = parse_peer_addr("--listen", bad).unwrap_err().to_string();
+            assert!(
+                e.contains("--listen") && e.contains("is not an address"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn psk_round_trips_and_bad_files_are_explained() {
+        let k = generate_psk();
+        let text = k.to_string();
+        assert_eq!(
+            parse_psk(&text).unwrap().fingerprint().to_string(),
+            k.fingerprint().to_string()
+        );
+        assert_eq!(
+            parse_psk(&format!("\n{text}\n\n"))
+                .unwrap()
+                .fingerprint()
+                .to_string(),
+            k.fingerprint().to_string()
+        );
+        assert!(parse_psk("hello").unwrap_err().contains("three lines"));
+        assert!(
+            parse_psk("/key/swarm/psk/1.0.0/\n/base16/\nabcd")
+                .unwrap_err()
+                .contains("64 hex")
+        );
+        let bad_char = format!("/key/swarm/psk/1.0.0/\n/base16/\n{}", "z".repeat(64));
+        assert!(parse_psk(&bad_char).unwrap_err().contains("not hex"));
+        assert!(
+            parse_psk("/key/x/\n/base16/\nab")
+                .unwrap_err()
+                .contains("first line")
+        );
+    }
+
+    #[test]
+    fn identity_is_created_once_and_reloaded() {
+        let dir = std::env::temp_dir().join(format!("disruptor-id-test-{}", std::process::id()));
+        let path = dir.join("id.key");
+        let _ = fs::remove_dir_all(&dir);
+        let a = load_or_create_identity(&path).unwrap();
+        let b = load_or_create_identity(&path).unwrap();
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        fs::write(&path, b"not a key").unwrap();
+        assert!(matches!(
+            load_or_create_identity(&path),
+            Err(ConfigError::BadIdentity { .. })
+        ));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,16 @@
+//! disruptor: a decentralized realtime computation mesh.
+//!
+//! Layout: [`cli`] (argument types) → [`config`] (validated settings) →
+//! [`peer`] (wires the pieces together and runs until a signal) with
+//! [`network`] (the task owning the libp2p swarm, and its [`network::Client`]
+//! handle), [`membership`] (the peer table's rules) and [`http`] (axum).
+//! [`commands`] holds the client-side subcommands.
+
+pub mod api;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod http;
+pub mod membership;
+pub mod network;
+pub mod peer;

@@ -1,0 +1,507 @@
+//! The one task that owns the libp2p `Swarm` and the membership table.
+//!
+//! It reacts to swarm events, announces this peer periodically, carries out
+//! the dials that [`Membership`] asks for, and publishes a fresh
+//! [`MeshView`] for the HTTP layer after every change. On shutdown it says
+//! goodbye on the membership topic, so others mark it `left` at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, Message};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::behaviour::{
+    Behaviour, BehaviourEvent, MAX_MEMBERS_IN_ANSWER, MEMBERSHIP_TOPIC, MemberHint, MembersRequest,
+    MembersResponse, PROTOCOL_VERSION,
+};
+use super::client::Client;
+use crate::api::{MeshView, SelfView};
+use crate::config::{PeerConfig, Timing};
+use crate::membership::{ANNOUNCE_VERSION, Announce, Dial, Membership, unix_ms};
+
+/// How often membership housekeeping runs (silence checks, redials).
+const TICK: Duration = Duration::from_millis(250);
+/// Minimum gap between two announcements triggered by new subscribers.
+const ANNOUNCE_DEBOUNCE: Duration = Duration::from_millis(100);
+/// How long a stopping peer keeps its connections open so its goodbye
+/// announcement is flushed to every neighbour.
+const GOODBYE_FLUSH: Duration = Duration::from_millis(300);
+const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    membership: Membership,
+    topic: IdentTopic,
+    local: PeerId,
+    timing: Timing,
+    private: bool,
+    http_addr: SocketAddr,
+    incarnation: u64,
+    seq: u64,
+    last_announce: Option<Instant>,
+    announce_soon: bool,
+    bootstrap: Vec<Multiaddr>,
+    next_bootstrap: Instant,
+    bootstrap_backoff: Duration,
+    /// Receiver: every [`Client`]. Dropped when the loop ends.
+    view_tx: watch::Sender<Arc<MeshView>>,
+}
+
+impl EventLoop {
+    pub(super) fn new(
+        mut swarm: Swarm<Behaviour>,
+        config: &PeerConfig,
+        http_addr: SocketAddr,
+    ) -> (Client, EventLoop) {
+        let local = *swarm.local_peer_id();
+        let topic = IdentTopic::new(MEMBERSHIP_TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .expect("subscribing to a fresh topic cannot fail");
+        let incarnation = unix_ms();
+        let membership = Membership::new(local, config.timing);
+        let first_view = Arc::new(MeshView {
+            local: SelfView {
+                id: local.to_string(),
+                listen: Vec::new(),
+                http: http_addr.to_string(),
+                started_ms: incarnation,
+                private: config.psk.is_some(),
+            },
+            peers: Vec::new(),
+        });
+        let (view_tx, view_rx) = watch::channel(first_view);
+        let mut event_loop = EventLoop {
+            swarm,
+            membership,
+            topic,
+            local,
+            timing: config.timing,
+            private: config.psk.is_some(),
+            http_addr,
+            incarnation,
+            seq: 0,
+            last_announce: None,
+            announce_soon: false,
+            bootstrap: config.bootstrap.clone(),
+            next_bootstrap: Instant::now(),
+            bootstrap_backoff: Duration::from_millis(500),
+            view_tx,
+        };
+        event_loop.publish_view();
+        (Client::new(view_rx), event_loop)
+    }
+
+    /// This peer's listen addresses, each ending in `/p2p/<peer id>`.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.swarm
+            .listeners()
+            .map(|a| a.clone().with(Protocol::P2p(self.local)))
+            .collect()
+    }
+
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// Runs until `shutdown` is cancelled, then says goodbye. Cancels
+    /// `shutdown` itself if it ends for any other reason, so the peer never
+    /// keeps serving HTTP without a network behind it.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let _stop_everything_on_exit = shutdown.clone().drop_guard();
+        self.dial_bootstraps(Instant::now());
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut announce = tokio::time::interval(self.timing.announce_interval);
+        announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = self.swarm.select_next_some() => self.handle_event(event),
+                _ = tick.tick() => self.housekeeping(),
+                _ = announce.tick() => self.announce(false),
+            }
+            if self.membership.take_dirty() {
+                self.publish_view();
+            }
+        }
+        self.goodbye().await;
+    }
+
+    async fn goodbye(&mut self) {
+        tracing::info!(
+            "leaving the mesh: announcing goodbye to {} peers",
+            self.membership.connected_count()
+        );
+        self.announce(true);
+        let deadline = tokio::time::Instant::now() + GOODBYE_FLUSH;
+        while let Ok(event) = tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await
+        {
+            tracing::trace!(?event, "event while leaving");
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        for dial in self.membership.tick(now) {
+            self.dial(dial);
+        }
+        if self.announce_soon {
+            self.announce(false);
+        }
+        self.dial_bootstraps(now);
+    }
+
+    /// Dials the bootstrap addresses while this peer has no connection at
+    /// all (at start, and again whenever it finds itself alone).
+    fn dial_bootstraps(&mut self, now: Instant) {
+        if self.bootstrap.is_empty()
+            || self.swarm.connected_peers().next().is_some()
+            || now < self.next_bootstrap
+        {
+            return;
+        }
+        self.next_bootstrap = now + self.bootstrap_backoff;
+        self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(BOOTSTRAP_BACKOFF_MAX);
+        for addr in self.bootstrap.clone() {
+            let opts = match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => DialOpts::peer_id(peer)
+                    .addresses(vec![addr.clone()])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build(),
+                _ => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+            };
+            tracing::debug!(%addr, "dialing bootstrap peer");
+            if let Err(e) = self.swarm.dial(opts)
+                && !matches!(e, DialError::DialPeerConditionFalse(_))
+            {
+                tracing::warn!(%addr, "cannot dial bootstrap peer: {}", describe_dial_error(&e, self.private));
+            }
+        }
+    }
+
+    fn dial(&mut self, dial: Dial) {
+        let opts = DialOpts::peer_id(dial.peer)
+            .addresses(dial.addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+            Err(e) => {
+                tracing::debug!(peer = %dial.peer, "dial failed at once: {e}");
+                self.membership.on_dial_failed(dial.peer, Instant::now());
+            }
+        }
+    }
+
+    fn announce(&mut self, leaving: bool) {
+        let now = Instant::now();
+        if !leaving
+            && self
+                .last_announce
+                .is_some_and(|t| now.duration_since(t) < ANNOUNCE_DEBOUNCE)
+        {
+            self.announce_soon = true;
+            return;
+        }
+        self.announce_soon = false;
+        self.last_announce = Some(now);
+        self.seq += 1;
+        let a = Announce {
+            v: ANNOUNCE_VERSION,
+            id: self.local.to_string(),
+            incarnation: self.incarnation,
+            seq: self.seq,
+            listen: self.swarm.listeners().map(|a| a.to_string()).collect(),
+            http: Some(self.http_addr.to_string()),
+            leaving,
+        };
+        let data = serde_json::to_vec(&a).expect("announcements serialize");
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), data)
+        {
+            Ok(_) => {}
+            // Nobody to tell yet: the first peer of a mesh, or all alone.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => tracing::debug!("announcement not published: {e}"),
+        }
+    }
+
+    fn publish_view(&mut self) {
+        let view = MeshView {
+            local: SelfView {
+                id: self.local.to_string(),
+                listen: self.listen_addrs().iter().map(|a| a.to_string()).collect(),
+                http: self.http_addr.to_string(),
+                started_ms: self.incarnation,
+                private: self.private,
+            },
+            peers: self.membership.views(),
+        };
+        self.view_tx.send_replace(Arc::new(view));
+    }
+
+    fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let now = Instant::now();
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Members(e)) => self.on_members(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                if info.protocol_version != PROTOCOL_VERSION {
+                    tracing::warn!(
+                        peer = %peer_id,
+                        protocol = %info.protocol_version,
+                        agent = %info.agent_version,
+                        "disconnecting: not a disruptor peer of this version (expected {PROTOCOL_VERSION})"
+                    );
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                self.membership.on_identify(peer_id, info.listen_addrs);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, .. })) => {
+                match result {
+                    Ok(rtt) => self.membership.on_rtt(peer, rtt),
+                    Err(e) => tracing::debug!(%peer, "ping failed: {e}"),
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let dialed_addr = endpoint
+                    .is_dialer()
+                    .then(|| strip_p2p(endpoint.get_remote_address()));
+                self.membership.on_connected(peer_id, dialed_addr, now);
+                if num_established.get() == 1 {
+                    self.swarm
+                        .behaviour_mut()
+                        .members
+                        .send_request(&peer_id, MembersRequest { v: 1 });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, ?cause, remaining = num_established, "connection closed");
+                if let Some(dial) = self
+                    .membership
+                    .on_disconnected(peer_id, num_established, now)
+                {
+                    self.dial(dial);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                let reason = describe_dial_error(&error, self.private);
+                match peer_id {
+                    Some(peer) => {
+                        let was_up = self.membership.is_up(&peer);
+                        self.membership.on_dial_failed(peer, now);
+                        if was_up || is_handshake_failure(&reason) {
+                            tracing::warn!(%peer, "cannot connect: {reason}");
+                        } else {
+                            tracing::debug!(%peer, "cannot connect: {reason}");
+                        }
+                    }
+                    None => tracing::warn!("cannot connect to bootstrap peer: {reason}"),
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                let reason = error.to_string();
+                let hint = handshake_hint(&format!("{reason} {error:?}"), self.private);
+                tracing::warn!(from = %send_back_addr, "incoming connection failed: {reason}{hint}");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.publish_view();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                tracing::info!(%address, "no longer listening");
+                self.publish_view();
+            }
+            SwarmEvent::ListenerError { error, .. } => tracing::warn!("listener error: {error}"),
+            _ => {}
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let acceptance = if message.topic != self.topic.hash() {
+                    MessageAcceptance::Ignore
+                } else if let Some(source) = message.source {
+                    match self
+                        .membership
+                        .on_announce_bytes(source, &message.data, Instant::now())
+                    {
+                        Ok(dial) => {
+                            if let Some(dial) = dial {
+                                self.dial(dial);
+                            }
+                            MessageAcceptance::Accept
+                        }
+                        Err(e) => {
+                            tracing::warn!(from = %propagation_source, "rejected announcement: {e}");
+                            MessageAcceptance::Reject
+                        }
+                    }
+                } else {
+                    MessageAcceptance::Reject
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            gossipsub::Event::Subscribed { topic, .. } if topic == self.topic.hash() => {
+                // A new neighbour: tell it who we are now rather than at the
+                // next periodic announcement.
+                self.announce(false);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_members(&mut self, event: request_response::Event<MembersRequest, MembersResponse>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message: Message::Request { channel, .. },
+                ..
+            } => {
+                let peers = self
+                    .membership
+                    .up_peers()
+                    .into_iter()
+                    .filter(|(id, _)| *id != peer)
+                    .take(MAX_MEMBERS_IN_ANSWER)
+                    .map(|(id, addrs)| MemberHint {
+                        id: id.to_string(),
+                        addrs: addrs.iter().map(|a| a.to_string()).collect(),
+                    })
+                    .collect();
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .members
+                    .send_response(channel, MembersResponse { peers });
+            }
+            request_response::Event::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            } => {
+                let now = Instant::now();
+                tracing::debug!(from = %peer, count = response.peers.len(), "member list received");
+                for hint in response.peers.into_iter().take(MAX_MEMBERS_IN_ANSWER) {
+                    let Ok(id) = hint.id.parse::<PeerId>() else {
+                        continue;
+                    };
+                    let addrs: Vec<Multiaddr> = hint
+                        .addrs
+                        .iter()
+                        .filter_map(|a| a.parse::<Multiaddr>().ok())
+                        .map(|a| strip_p2p(&a))
+                        .collect();
+                    if let Some(dial) = self.membership.on_hint(id, addrs, now) {
+                        self.dial(dial);
+                    }
+                }
+            }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "member list request failed: {error}");
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "member list answer failed: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+fn describe_dial_error(error: &DialError, private: bool) -> String {
+    let text = match error {
+        DialError::Transport(errors) => errors
+            .iter()
+            .map(|(addr, e)| format!("{addr}: {}", error_chain(e)))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => error_chain(other),
+    };
+    let hint = handshake_hint(&text, private);
+    format!("{text}{hint}")
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    if s.is_empty() {
+        s = "connection failed".into();
+    }
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let t = inner.to_string();
+        if !t.is_empty() && !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+fn is_handshake_failure(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("timeout")
+        || t.contains("timed out")
+        || t.contains("handshake")
+        || t.contains("negotiat")
+}
+
+fn handshake_hint(text: &str, private: bool) -> &'static str {
+    if !is_handshake_failure(text) {
+        ""
+    } else if private {
+        " (handshake failed: the other side is probably not in this private mesh, i.e. it uses a different pre-shared key or none)"
+    } else {
+        " (handshake failed: the other side may be a private mesh that requires a pre-shared key, see --psk-file)"
+    }
+}

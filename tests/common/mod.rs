@@ -1,0 +1,341 @@
+//! Test harness: real `disruptor` processes on 127.0.0.1 with ephemeral
+//! ports, talked to over HTTP as a user would. Every process started here is
+//! stopped by PID when its handle drops.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_disruptor");
+
+/// Runs the CLI to completion (with a deadline) and returns its output.
+pub fn cli(args: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn disruptor");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("disruptor {args:?} did not finish within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A scratch directory for one test (identity files, keys, logs).
+pub fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("disruptor-test-{name}-"))
+        .tempdir()
+        .expect("temp dir")
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PeerOpts {
+    pub bootstrap: Vec<String>,
+    pub identity: Option<PathBuf>,
+    pub psk: Option<PathBuf>,
+    /// 0 picks a free port.
+    pub listen_port: u16,
+    pub http_port: u16,
+    pub extra: Vec<String>,
+}
+
+pub struct Peer {
+    child: Option<Child>,
+    pub name: String,
+    pub id: String,
+    /// `127.0.0.1:<port>` of the libp2p listener.
+    pub listen: String,
+    /// `127.0.0.1:<port>` of the HTTP endpoint.
+    pub http: String,
+    pub log: PathBuf,
+    pub opts: PeerOpts,
+}
+
+impl Peer {
+    /// Starts a peer and waits until it printed its id, listen address and
+    /// HTTP URL (deadline 15 s).
+    pub fn start(dir: &Path, name: &str, opts: PeerOpts) -> Peer {
+        let log = dir.join(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("peer")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", opts.listen_port))
+            .arg("--http")
+            .arg(format!("127.0.0.1:{}", opts.http_port));
+        for b in &opts.bootstrap {
+            cmd.arg("--bootstrap").arg(b);
+        }
+        if let Some(id) = &opts.identity {
+            cmd.arg("--identity").arg(id);
+        }
+        if let Some(psk) = &opts.psk {
+            cmd.arg("--psk-file").arg(psk);
+        }
+        cmd.args(&opts.extra)
+            .env("RUST_LOG", "info,disruptor=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file));
+        let mut child = cmd.spawn().expect("spawn disruptor peer");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut peer = Peer {
+            child: Some(child),
+            name: name.to_string(),
+            id: String::new(),
+            listen: String::new(),
+            http: String::new(),
+            log,
+            opts,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut seen = Vec::new();
+        while peer.http.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(id) = line.strip_prefix("disruptor peer ") {
+                        peer.id = id.trim().to_string();
+                    } else if let Some(addr) = line.strip_prefix("listen: ") {
+                        if peer.listen.is_empty() {
+                            peer.listen = host_port_of_multiaddr(addr.trim());
+                        }
+                    } else if let Some(url) = line.strip_prefix("http: ") {
+                        peer.http = url
+                            .trim()
+                            .trim_start_matches("http://")
+                            .trim_end_matches('/')
+                            .to_string();
+                    }
+                    seen.push(line);
+                }
+                Err(_) => panic!(
+                    "peer {name} did not print its addresses within 15 s; stdout: {seen:?}; log:\n{}",
+                    peer.log_text()
+                ),
+            }
+        }
+        assert!(
+            !peer.id.is_empty() && !peer.listen.is_empty(),
+            "stdout: {seen:?}"
+        );
+        // Remember the ports for a restart at the same address.
+        peer.opts.listen_port = port_of(&peer.listen);
+        peer.opts.http_port = port_of(&peer.http);
+        peer
+    }
+
+    /// Starts the same peer again (same identity, same ports).
+    pub fn restart(&mut self, dir: &Path) {
+        assert!(self.child.is_none(), "restart of a running peer");
+        let again = Peer::start(dir, &self.name, self.opts.clone());
+        *self = again;
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for the exit status.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("peer {} did not exit within 10 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
+        http_client()
+            .get(format!("http://{}{path}", self.http))
+            .send()
+            .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.name))
+    }
+
+    /// `/api/peers` as JSON.
+    pub fn peers(&self) -> Value {
+        let resp = self.get("/api/peers");
+        assert_eq!(resp.status(), 200);
+        resp.json().expect("JSON from /api/peers")
+    }
+
+    /// Map of peer id -> state ("up"/"down") as this peer sees it.
+    pub fn states(&self) -> Vec<(String, String)> {
+        self.peers()["peers"]
+            .as_array()
+            .expect("peers array")
+            .iter()
+            .map(|p| {
+                (
+                    p["id"].as_str().unwrap().to_string(),
+                    p["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn state_of(&self, id: &str) -> Option<Value> {
+        self.peers()["peers"]
+            .as_array()
+            .expect("peers array")
+            .iter()
+            .find(|p| p["id"] == id)
+            .cloned()
+    }
+
+    /// Ids this peer lists as up.
+    pub fn up_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .states()
+            .into_iter()
+            .filter(|(_, s)| s == "up")
+            .map(|(id, _)| id)
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+pub fn http_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+fn port_of(host_port: &str) -> u16 {
+    host_port
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {host_port}"))
+}
+
+/// `/ip4/127.0.0.1/tcp/4001/p2p/...` -> `127.0.0.1:4001`.
+pub fn host_port_of_multiaddr(addr: &str) -> String {
+    let parts: Vec<&str> = addr.split('/').collect();
+    assert!(
+        parts.len() >= 5 && parts[1] == "ip4" && parts[3] == "tcp",
+        "{addr}"
+    );
+    format!("{}:{}", parts[2], parts[4])
+}
+
+/// Polls `check` every 50 ms until it returns `Ok`, or panics after
+/// `deadline` with the last thing it saw.
+pub fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    let mut last = String::from("(never checked)");
+    while start.elapsed() < deadline {
+        match check() {
+            Ok(v) => return v,
+            Err(seen) => last = seen,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {deadline:?} waiting for {what}; last seen: {last}");
+}
+
+/// Waits until every peer lists every other one as up.
+pub fn wait_converged(peers: &[&Peer], deadline: Duration) -> Duration {
+    let start = Instant::now();
+    wait_for("all peers to list all others as up", deadline, || {
+        for p in peers {
+            let mut want: Vec<String> = peers
+                .iter()
+                .filter(|q| q.id != p.id)
+                .map(|q| q.id.clone())
+                .collect();
+            want.sort();
+            let up = p.up_ids();
+            if want.iter().any(|w| !up.contains(w)) {
+                return Err(format!("{} sees up: {up:?}, wants {want:?}", p.name));
+            }
+        }
+        Ok(())
+    });
+    start.elapsed()
+}
+
+/// Starts `n` peers as a chain: each bootstraps from the one before.
+pub fn chain(dir: &Path, n: usize, psk: Option<&Path>) -> Vec<Peer> {
+    let mut peers: Vec<Peer> = Vec::new();
+    for i in 0..n {
+        let opts = PeerOpts {
+            bootstrap: peers
+                .last()
+                .map(|p| vec![p.listen.clone()])
+                .unwrap_or_default(),
+            identity: Some(dir.join(format!("p{i}.key"))),
+            psk: psk.map(Path::to_path_buf),
+            ..Default::default()
+        };
+        peers.push(Peer::start(dir, &format!("p{i}"), opts));
+    }
+    peers
+}
