@@ -1,5 +1,7 @@
 //! JSON shapes of the HTTP API, shared by the server and the CLI.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::membership::PeerView;
@@ -28,4 +30,42 @@ pub struct SelfView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// `GET /api/apps`: this peer's apps in detail, and which peer runs which app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppsView {
+    #[serde(rename = "self")]
+    pub local_id: String,
+    /// This peer's apps, with every worker process.
+    pub local: Vec<crate::worker::LocalApp>,
+    /// Per app, per peer (this one included, peers that are up only): the
+    /// app's state as that peer last announced it.
+    pub mesh: BTreeMap<String, BTreeMap<String, crate::worker::AppStatus>>,
+}
+
+impl AppsView {
+    pub fn build(local_id: &str, local: Vec<crate::worker::LocalApp>, mesh: &MeshView) -> AppsView {
+        let mut by_app: BTreeMap<String, BTreeMap<String, crate::worker::AppStatus>> =
+            BTreeMap::new();
+        for a in &local {
+            by_app
+                .entry(a.status.app.to_string())
+                .or_default()
+                .insert(local_id.to_string(), a.status.clone());
+        }
+        for p in mesh.peers.iter().filter(|p| p.state == "up") {
+            for a in &p.apps {
+                by_app
+                    .entry(a.app.to_string())
+                    .or_default()
+                    .insert(p.id.clone(), a.clone());
+            }
+        }
+        AppsView {
+            local_id: local_id.to_string(),
+            local,
+            mesh: by_app,
+        }
+    }
 }

@@ -26,6 +26,12 @@ pub enum Command {
     Peer(PeerArgs),
     /// Print the table of peers that a running peer knows.
     Peers(PeersArgs),
+    /// Start an app's workers on every peer of the mesh that has the app.
+    Start(StartArgs),
+    /// Stop an app's workers on every peer of the mesh.
+    Stop(StopArgs),
+    /// Send one JSON job to an app and print its result.
+    Send(SendArgs),
     /// Write a new pre-shared key for a private mesh.
     Keygen(KeygenArgs),
 }
@@ -74,6 +80,61 @@ pub struct PeerArgs {
     /// with a different pre-shared key is only noticed when this runs out.
     #[arg(long, value_name = "DURATION", default_value = "4s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+
+    /// Directory of worker apps: `apps/<path>` names `<DIR>/<path>`.
+    #[arg(long, value_name = "DIR", default_value = "./apps")]
+    pub apps: PathBuf,
+
+    /// Largest job accepted, in bytes (larger ones get 413).
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    pub max_job_bytes: usize,
+
+    /// Worker processes per app on this peer when neither `start --workers`
+    /// nor the app's manifest says [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<u32>,
+
+    /// How long a worker gets between SIGTERM and SIGKILL when it is stopped.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub worker_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// HTTP address of any running peer (HOST:PORT or http://HOST:PORT).
+    pub http_addr: String,
+    /// The app, e.g. apps/wordcount/counter.
+    pub app: String,
+    /// Worker processes per peer (default: the app's manifest, else one per core).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<u32>,
+    /// How long to wait for the mesh to report the new state.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub wait: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// HTTP address of any running peer (HOST:PORT or http://HOST:PORT).
+    pub http_addr: String,
+    /// The app, e.g. apps/wordcount/counter.
+    pub app: String,
+    /// How long to wait for the mesh to report the new state.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub wait: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// HTTP address of any running peer (HOST:PORT or http://HOST:PORT).
+    pub http_addr: String,
+    /// The app, e.g. apps/wordcount/counter.
+    pub app: String,
+    /// The job: JSON, or any other text (sent as a JSON string); `-` reads it from stdin.
+    pub payload: String,
+    /// Give up after this long (sent as X-Disruptor-Timeout-Ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

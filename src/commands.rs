@@ -1,15 +1,18 @@
-//! Client-side subcommands: `peers` and `keygen`.
+//! Client-side subcommands: `peers`, `start`, `stop`, `send` and `keygen`.
 
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::api::{ErrorBody, MeshView};
-use crate::cli::{KeygenArgs, PeersArgs};
+use crate::api::{AppsView, ErrorBody, MeshView};
+use crate::apps::AppName;
+use crate::cli::{KeygenArgs, PeersArgs, SendArgs, StartArgs, StopArgs};
 use crate::config::{self, ConfigError};
+use crate::desired::DesiredApp;
 use crate::http::ago;
 use crate::membership::unix_ms;
+use crate::worker::AppState;
 
 /// A user error in a client command's arguments (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,187 @@ async fn get_json<T: serde::de::DeserializeOwned>(base: &str, path: &str) -> any
     }
     serde_json::from_slice(&body)
         .with_context(|| format!("{url} did not answer with the expected JSON"))
+}
+
+/// Turns an error answer into its message.
+async fn error_message(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let body = resp.bytes().await.unwrap_or_default();
+    let msg = serde_json::from_slice::<ErrorBody>(&body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+    format!("{status}: {msg}")
+}
+
+fn app_arg(app: &str) -> Result<AppName, UsageError> {
+    AppName::parse(app).map_err(|e| UsageError(e.to_string()))
+}
+
+pub async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let base = base_url(&args.http_addr)?;
+    let app = app_arg(&args.app)?;
+    let payload = if args.payload == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading the job from stdin")?;
+        text
+    } else {
+        args.payload
+    };
+    // JSON goes as JSON; anything else as a JSON string.
+    let (content_type, body) = match serde_json::from_str::<serde_json::Value>(&payload) {
+        Ok(_) => ("application/json", payload),
+        Err(_) => ("text/plain; charset=utf-8", payload),
+    };
+    let server_timeout = args.timeout.unwrap_or(crate::http::DEFAULT_JOB_TIMEOUT);
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(server_timeout + Duration::from_secs(5))
+        .build()?;
+    let mut req = client
+        .post(format!("{base}/{app}"))
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(t) = args.timeout {
+        req = req.header(crate::http::TIMEOUT_HEADER, t.as_millis().to_string());
+    }
+    let resp = req.send().await.with_context(|| {
+        format!("cannot reach the peer at {base} (is `disruptor peer` running there?)")
+    })?;
+    if !resp.status().is_success() {
+        anyhow::bail!("{app}: {}", error_message(resp).await);
+    }
+    let text = resp.text().await.context("reading the result")?;
+    println!("{text}");
+    Ok(())
+}
+
+pub async fn start(args: StartArgs) -> anyhow::Result<()> {
+    if args.workers == Some(0) {
+        return Err(UsageError("--workers must be at least 1".into()).into());
+    }
+    start_stop(&args.http_addr, &args.app, true, args.workers, args.wait).await
+}
+
+pub async fn stop(args: StopArgs) -> anyhow::Result<()> {
+    start_stop(&args.http_addr, &args.app, false, None, args.wait).await
+}
+
+async fn start_stop(
+    addr: &str,
+    app: &str,
+    run: bool,
+    workers: Option<u32>,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let base = base_url(addr)?;
+    let app = app_arg(app)?;
+    let verb = if run { "start" } else { "stop" };
+    let mut body = serde_json::json!({ "app": app });
+    if let Some(w) = workers {
+        body["workers"] = w.into();
+    }
+    let resp = http_client()?
+        .post(format!("{base}/api/apps/{verb}"))
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| {
+            format!("cannot reach the peer at {base} (is `disruptor peer` running there?)")
+        })?;
+    if !resp.status().is_success() {
+        anyhow::bail!("{verb} {app}: {}", error_message(resp).await);
+    }
+    let decision: DesiredApp = resp.json().await.context("reading the answer")?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let view: MeshView = get_json(&base, "/api/peers").await?;
+        let apps: AppsView = get_json(&base, "/api/apps").await?;
+        let (settled, report) = settle_report(&view, &apps, &decision);
+        if settled {
+            print!("{report}");
+            let running = apps
+                .mesh
+                .get(app.as_str())
+                .map(|m| m.values().filter(|s| s.state == AppState::Running).count())
+                .unwrap_or(0);
+            if run && running == 0 {
+                anyhow::bail!("{app} runs on no peer of the mesh");
+            }
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            print!("{report}");
+            let state = if run { "started" } else { "stopped" };
+            anyhow::bail!("the mesh did not report {app} as {state} everywhere within {wait:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether every peer that is up reports a state for `decision` (or a
+/// later one), and a report of what each says.
+fn settle_report(view: &MeshView, apps: &AppsView, decision: &DesiredApp) -> (bool, String) {
+    let mut ids: Vec<&str> = vec![view.local.id.as_str()];
+    ids.extend(
+        view.peers
+            .iter()
+            .filter(|p| p.state == "up")
+            .map(|p| p.id.as_str()),
+    );
+    let per_peer = apps.mesh.get(decision.app.as_str());
+    let mut settled = true;
+    let mut lines = Vec::new();
+    let mut running = 0;
+    for id in &ids {
+        let st = per_peer
+            .and_then(|m| m.get(*id))
+            .filter(|s| s.clock >= decision.clock);
+        let line = match st {
+            None => {
+                settled = false;
+                "waiting".to_string()
+            }
+            Some(s) => {
+                let done = if decision.run {
+                    matches!(
+                        s.state,
+                        AppState::Running | AppState::Missing | AppState::Failing
+                    )
+                } else {
+                    s.state == AppState::Stopped
+                };
+                settled &= done;
+                if s.state == AppState::Running {
+                    running += 1;
+                }
+                let mut l = format!("{:?}", s.state).to_lowercase();
+                if s.state == AppState::Running || s.state == AppState::Starting {
+                    l.push_str(&format!(", {} workers", s.workers));
+                }
+                if let Some(e) = &s.error {
+                    l.push_str(&format!(" ({e})"));
+                }
+                l
+            }
+        };
+        let me = if *id == view.local.id {
+            " (this peer)"
+        } else {
+            ""
+        };
+        lines.push(format!("  {id}{me}  {line}\n"));
+    }
+    let head = if decision.run {
+        format!(
+            "{} is running on {running} of {} peers:\n",
+            decision.app,
+            ids.len()
+        )
+    } else {
+        format!("{} is stopped ({} peers):\n", decision.app, ids.len())
+    };
+    (settled, head + &lines.concat())
 }
 
 pub async fn peers(args: PeersArgs) -> anyhow::Result<()> {

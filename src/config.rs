@@ -41,12 +41,17 @@ pub enum ConfigError {
     },
     #[error("{} exists; pass --force to overwrite it", path.display())]
     Exists { path: PathBuf },
+    #[error("{0}")]
+    Value(String),
     #[error("--down-after ({down_after:?}) must be longer than --announce-interval ({announce:?})")]
     Timing {
         down_after: Duration,
         announce: Duration,
     },
 }
+
+/// Upper bound for `--max-job-bytes` (a job travels in one libp2p message).
+pub const MAX_JOB_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 
 /// Everything a peer needs to start, validated.
 #[derive(Debug, Clone)]
@@ -57,6 +62,10 @@ pub struct PeerConfig {
     pub keypair: Keypair,
     pub psk: Option<PreSharedKey>,
     pub timing: Timing,
+    pub apps_dir: PathBuf,
+    pub max_job_bytes: usize,
+    pub default_workers: u32,
+    pub worker_grace: Duration,
 }
 
 /// Membership timing knobs (see the README for what each one trades).
@@ -109,6 +118,19 @@ impl PeerConfig {
                 announce: timing.announce_interval,
             });
         }
+        if args.max_job_bytes == 0 || args.max_job_bytes > MAX_JOB_BYTES_LIMIT {
+            return Err(ConfigError::Value(format!(
+                "--max-job-bytes must be between 1 and {MAX_JOB_BYTES_LIMIT}"
+            )));
+        }
+        if args.workers == Some(0) {
+            return Err(ConfigError::Value("--workers must be at least 1".into()));
+        }
+        let default_workers = args.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        });
         Ok(PeerConfig {
             listen,
             bootstrap,
@@ -116,6 +138,10 @@ impl PeerConfig {
             keypair,
             psk,
             timing,
+            apps_dir: args.apps.clone(),
+            max_job_bytes: args.max_job_bytes,
+            default_workers,
+            worker_grace: args.worker_grace,
         })
     }
 }

@@ -1,34 +1,68 @@
 //! The local HTTP endpoint (axum): status page and JSON API.
 //!
-//! It holds a [`Client`] handle, never the swarm. Every error answer is JSON
+//! It holds handles ([`Dispatcher`], and through it the network client and
+//! the workers), never the swarm. Every error answer is JSON
 //! `{"error": "..."}` with a fitting status code.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ErrorBody, MeshView};
+use crate::api::{AppsView, ErrorBody, MeshView};
+use crate::apps::AppName;
+use crate::dispatch::{Dispatcher, one_line};
+use crate::error::JobError;
 use crate::membership::unix_ms;
-use crate::network::Client;
+use crate::network::MAX_JOB_TIMEOUT;
 
-pub fn router(client: Client) -> Router {
+/// Per-request job timeout header, in milliseconds.
+pub const TIMEOUT_HEADER: &str = "x-disruptor-timeout-ms";
+/// Response header naming the peer whose worker ran the job.
+pub const PEER_HEADER: &str = "x-disruptor-peer";
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy)]
+pub struct HttpConfig {
+    pub max_job_bytes: usize,
+}
+
+#[derive(Clone)]
+struct AppState {
+    dispatcher: Dispatcher,
+    config: HttpConfig,
+}
+
+pub fn router(dispatcher: Dispatcher, config: HttpConfig) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/healthz", get(healthz))
         .route("/api/peers", get(api_peers))
+        .route("/api/apps", get(api_apps))
+        .route("/api/apps/start", post(api_start))
+        .route("/api/apps/stop", post(api_stop))
+        .route("/apps/{*path}", post(job).fallback(method_not_allowed))
         .fallback(not_found)
-        .with_state(client)
+        .with_state(AppState { dispatcher, config })
 }
 
 /// Serves until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, client: Client, shutdown: CancellationToken) {
-    let result = axum::serve(listener, router(client))
+pub async fn serve(
+    listener: TcpListener,
+    dispatcher: Dispatcher,
+    config: HttpConfig,
+    shutdown: CancellationToken,
+) {
+    let result = axum::serve(listener, router(dispatcher, config))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     if let Err(e) = result {
@@ -58,12 +92,172 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn api_peers(State(client): State<Client>) -> Json<MeshView> {
-    Json((*client.mesh()).clone())
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} {} is not supported: send jobs with POST",
+            uri.path()
+        ),
+    )
 }
 
-async fn status_page(State(client): State<Client>) -> Html<String> {
-    Html(render_status(&client.mesh(), unix_ms()))
+async fn api_peers(State(s): State<AppState>) -> Json<MeshView> {
+    Json((*s.dispatcher.net().mesh()).clone())
+}
+
+async fn status_page(State(s): State<AppState>) -> Html<String> {
+    let apps = apps_view(&s.dispatcher);
+    Html(render_status(&s.dispatcher.net().mesh(), &apps, unix_ms()))
+}
+
+fn apps_view(d: &Dispatcher) -> AppsView {
+    AppsView::build(d.local_id(), d.workers().details(), &d.net().mesh())
+}
+
+async fn api_apps(State(s): State<AppState>) -> Json<AppsView> {
+    Json(apps_view(&s.dispatcher))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartStop {
+    app: String,
+    #[serde(default)]
+    workers: Option<u32>,
+}
+
+async fn api_start(State(s): State<AppState>, body: Bytes) -> Response {
+    start_stop(&s, &body, true).await
+}
+
+async fn api_stop(State(s): State<AppState>, body: Bytes) -> Response {
+    start_stop(&s, &body, false).await
+}
+
+async fn start_stop(s: &AppState, body: &[u8], run: bool) -> Response {
+    let req: StartStop = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected a JSON body like {{\"app\": \"apps/wordcount/counter\", \"workers\": 2}}: {e}"
+                ),
+            );
+        }
+    };
+    let app = match AppName::parse(&req.app) {
+        Ok(a) => a,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if req.workers == Some(0) || req.workers.is_some_and(|w| w > 1024) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "workers must be between 1 and 1024",
+        );
+    }
+    if !run && req.workers.is_some() {
+        return error_response(StatusCode::BAD_REQUEST, "stop takes no workers");
+    }
+    match s.dispatcher.net().set_desired(app, run, req.workers).await {
+        Some(entry) => (StatusCode::ACCEPTED, Json(entry)).into_response(),
+        None => error_response(StatusCode::SERVICE_UNAVAILABLE, "this peer is stopping"),
+    }
+}
+
+/// `POST /apps/<path>`: one JSON job, answered with the worker's result.
+async fn job(
+    State(s): State<AppState>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match run_job(&s, &path, &headers, body).await {
+        Ok((result, peer)) => {
+            let mut resp = Response::new(Body::from(result));
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&peer) {
+                h.insert(PEER_HEADER, v);
+            }
+            resp
+        }
+        Err(e) => error_response(e.status(), e.to_string()),
+    }
+}
+
+async fn run_job(
+    s: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(String, String), JobError> {
+    let app =
+        AppName::parse(&format!("apps/{path}")).map_err(|e| JobError::BadRequest(e.to_string()))?;
+    let max = s.config.max_job_bytes;
+    let too_large = || {
+        JobError::TooLarge(format!(
+            "the job is larger than the limit of {max} bytes (--max-job-bytes)"
+        ))
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > max as u64
+    {
+        return Err(too_large());
+    }
+    let timeout = match headers.get(TIMEOUT_HEADER) {
+        None => DEFAULT_JOB_TIMEOUT,
+        Some(v) => {
+            let ms = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|ms| *ms >= 1 && *ms <= MAX_JOB_TIMEOUT.as_millis() as u64)
+                .ok_or_else(|| {
+                    JobError::BadRequest(format!(
+                        "{TIMEOUT_HEADER} must be a whole number of milliseconds from 1 to {}",
+                        MAX_JOB_TIMEOUT.as_millis()
+                    ))
+                })?;
+            Duration::from_millis(ms)
+        }
+    };
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            too_large()
+        } else {
+            JobError::BadRequest(format!("could not read the request body: {e}"))
+        }
+    })?;
+    let is_text = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/plain")
+        });
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| JobError::BadRequest("the body is not UTF-8".into()))?;
+    let payload = if is_text {
+        serde_json::Value::String(text.to_string()).to_string()
+    } else {
+        one_line(text).map_err(|e| {
+            JobError::BadRequest(format!(
+                "the body is not valid JSON ({e}); send JSON, or text with content-type: text/plain"
+            ))
+        })?
+    };
+    let done = s.dispatcher.run(&app, Arc::from(payload), timeout).await?;
+    Ok((done.result, done.peer))
 }
 
 fn esc(s: &str) -> String {
@@ -92,7 +286,7 @@ pub fn ago(now_ms: u64, then_ms: u64) -> String {
     }
 }
 
-fn render_status(view: &MeshView, now: u64) -> String {
+fn render_status(view: &MeshView, apps: &AppsView, now: u64) -> String {
     let up: Vec<_> = view.peers.iter().filter(|p| p.state == "up").collect();
     let down: Vec<_> = view.peers.iter().filter(|p| p.state != "up").collect();
     let mut h = String::new();
@@ -138,6 +332,64 @@ th{{background:#f0f0f0;font-weight:600}}
         down_n = down.len(),
         total = view.peers.len(),
     );
+    h.push_str("<h2>Apps</h2>");
+    if apps.mesh.is_empty() {
+        h.push_str("<p class=\"muted\">none started (<code>disruptor start HTTP_ADDR apps/NAME</code>)</p>");
+    } else {
+        h.push_str(
+            "<table><tr><th>app</th><th>state on each peer</th><th>this peer's workers</th></tr>",
+        );
+        for (app, peers) in &apps.mesh {
+            let mut states: Vec<String> = peers
+                .iter()
+                .map(|(id, st)| {
+                    let me = if *id == apps.local_id { " (this peer)" } else { "" };
+                    let class = match st.state {
+                        crate::worker::AppState::Running => "up",
+                        crate::worker::AppState::Failing | crate::worker::AppState::Missing => "down",
+                        _ => "muted",
+                    };
+                    format!(
+                        "<span class=\"{class}\">{:?}</span> {} workers, {} in flight · <code>…{}</code>{me}{}",
+                        st.state,
+                        st.workers,
+                        st.in_flight,
+                        esc(&id[id.len().saturating_sub(6)..]),
+                        st.error.as_deref().map(|e| format!("<br><span class=\"muted\">{}</span>", esc(e))).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            states.sort();
+            let local = apps
+                .local
+                .iter()
+                .find(|a| a.status.app.as_str() == app)
+                .map(|a| {
+                    a.processes
+                        .iter()
+                        .map(|w| {
+                            format!(
+                                "pid {} {:?}, {} jobs, {} restarts",
+                                w.pid.map(|p| p.to_string()).unwrap_or_else(|| "–".into()),
+                                w.state,
+                                w.jobs_done,
+                                w.restarts
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("<br>")
+                })
+                .unwrap_or_default();
+            let _ = write!(
+                h,
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                esc(app),
+                states.join("<br>"),
+                local
+            );
+        }
+        h.push_str("</table>");
+    }
     h.push_str("<h2>Peers up</h2>");
     if up.is_empty() {
         h.push_str("<p class=\"muted\">none yet</p>");
@@ -203,6 +455,8 @@ mod tests {
             peers: vec![
                 PeerView {
                     id: "12D3KooWup".into(),
+                    peer: None,
+                    apps: vec![],
                     state: "up".into(),
                     reason: None,
                     addrs: vec!["/ip4/127.0.0.1/tcp/2".into()],
@@ -216,6 +470,8 @@ mod tests {
                 },
                 PeerView {
                     id: "12D3KooWdown".into(),
+                    peer: None,
+                    apps: vec![],
                     state: "down".into(),
                     reason: Some("left".into()),
                     addrs: vec![],
@@ -229,7 +485,8 @@ mod tests {
                 },
             ],
         };
-        let page = render_status(&view, 62_000);
+        let apps = AppsView::build("12D3KooWself", vec![], &view);
+        let page = render_status(&view, &apps, 62_000);
         assert!(page.contains("12D3KooWup") && page.contains("12D3KooWdown"));
         assert!(page.contains("1 up") && page.contains("1 down"));
         assert!(page.contains("&lt;script&gt;") && !page.contains("<script>"));

@@ -3,14 +3,21 @@
 //! Layout: [`cli`] (argument types) → [`config`] (validated settings) →
 //! [`peer`] (wires the pieces together and runs until a signal) with
 //! [`network`] (the task owning the libp2p swarm, and its [`network::Client`]
-//! handle), [`membership`] (the peer table's rules) and [`http`] (axum).
+//! handle), [`membership`] (the peer table's rules), [`desired`] (which
+//! apps the mesh runs), [`worker`] (worker processes and their
+//! supervision), [`dispatch`] (where a job runs) and [`http`] (axum).
 //! [`commands`] holds the client-side subcommands.
 
 pub mod api;
+pub mod apps;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod desired;
+pub mod dispatch;
+pub mod error;
 pub mod http;
 pub mod membership;
 pub mod network;
 pub mod peer;
+pub mod worker;

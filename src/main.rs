@@ -28,6 +28,9 @@ fn main() -> ExitCode {
                 disruptor::peer::run(config).await
             }
             Command::Peers(args) => commands::peers(args).await,
+            Command::Start(args) => commands::start(args).await,
+            Command::Stop(args) => commands::stop(args).await,
+            Command::Send(args) => commands::send(args).await,
             Command::Keygen(args) => commands::keygen(args),
         }
     });

@@ -32,6 +32,8 @@ use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Timing;
+use crate::desired::DesiredApp;
+use crate::worker::AppStatus;
 
 /// Version of the announcement format. Unknown fields are ignored, so later
 /// versions may add fields (apps, load) without breaking older peers.
@@ -60,6 +62,12 @@ pub struct Announce {
     pub http: Option<String>,
     #[serde(default)]
     pub leaving: bool,
+    /// The apps this peer has been asked to run, and how they are doing.
+    #[serde(default)]
+    pub apps: Vec<AppStatus>,
+    /// The mesh's start/stop decisions as this peer knows them.
+    #[serde(default)]
+    pub desired: Vec<DesiredApp>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,6 +89,9 @@ pub enum State {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PeerView {
     pub id: String,
+    /// The parsed id (not part of the JSON).
+    #[serde(skip)]
+    pub peer: Option<PeerId>,
     /// "up" or "down".
     pub state: String,
     /// Why it is down: "left", "unreachable" or "silent"; null when up.
@@ -95,6 +106,9 @@ pub struct PeerView {
     pub started_ms: Option<u64>,
     pub rtt_ms: Option<f64>,
     pub connected: bool,
+    /// Apps as the peer last announced them.
+    #[serde(default)]
+    pub apps: Vec<AppStatus>,
 }
 
 #[derive(Debug)]
@@ -116,6 +130,7 @@ struct Entry {
     connections: u32,
     next_dial: Instant,
     backoff: Duration,
+    apps: Vec<AppStatus>,
 }
 
 impl Entry {
@@ -137,6 +152,7 @@ impl Entry {
             connections: 0,
             next_dial: now,
             backoff: DIAL_BACKOFF_MIN,
+            apps: Vec::new(),
         }
     }
 
@@ -208,7 +224,7 @@ impl Membership {
         source: PeerId,
         data: &[u8],
         now: Instant,
-    ) -> Result<Option<Dial>, AnnounceError> {
+    ) -> Result<(Option<Dial>, Vec<DesiredApp>), AnnounceError> {
         let a: Announce =
             serde_json::from_slice(data).map_err(|e| AnnounceError::Malformed(e.to_string()))?;
         if a.v != ANNOUNCE_VERSION {
@@ -224,7 +240,8 @@ impl Membership {
                 source_id: source.to_string(),
             });
         }
-        self.on_announce(source, &a, now)
+        let dial = self.on_announce(source, &a, now)?;
+        Ok((dial, a.desired))
     }
 
     pub fn on_announce(
@@ -256,6 +273,15 @@ impl Membership {
         e.last_seen_ms = unix_ms();
         e.merge_addrs(a.listen.iter().filter_map(|s| s.parse::<Multiaddr>().ok()));
         e.http = a.http.as_ref().filter(|h| h.len() <= MAX_HTTP_LEN).cloned();
+        e.apps = if a.leaving {
+            Vec::new()
+        } else {
+            a.apps
+                .iter()
+                .take(crate::desired::MAX_DESIRED)
+                .cloned()
+                .collect()
+        };
         self.dirty = true;
 
         if a.leaving {
@@ -450,7 +476,7 @@ impl Membership {
             .peers
             .iter()
             .filter(|(_, e)| e.state != State::Joining)
-            .map(|(_, e)| {
+            .map(|(peer, e)| {
                 let (state, reason) = match e.state {
                     State::Up => ("up", None),
                     State::Down(r) => ("down", Some(r)),
@@ -458,6 +484,7 @@ impl Membership {
                 };
                 PeerView {
                     id: e.id.clone(),
+                    peer: Some(*peer),
                     state: state.to_string(),
                     reason: reason.map(|r| {
                         serde_json::to_value(r)
@@ -473,6 +500,7 @@ impl Membership {
                     started_ms: e.version.map(|(inc, _)| inc),
                     rtt_ms: e.rtt.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
                     connected: e.connections > 0,
+                    apps: e.apps.clone(),
                 }
             })
             .collect();
@@ -517,6 +545,8 @@ mod tests {
             listen: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             http: Some("127.0.0.1:8001".into()),
             leaving,
+            apps: Vec::new(),
+            desired: Vec::new(),
         }
     }
 
@@ -665,7 +695,7 @@ mod tests {
         );
         // Unknown extra fields are fine (forward compatibility).
         let mut v = serde_json::to_value(announce(p, 1, 1, false)).unwrap();
-        v["apps"] = serde_json::json!([{"name": "x"}]);
+        v["some_future_field"] = serde_json::json!([{"name": "x"}]);
         assert!(
             m.on_announce_bytes(p, &serde_json::to_vec(&v).unwrap(), t0)
                 .is_ok()

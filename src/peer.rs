@@ -10,8 +10,20 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::apps::AppsDir;
 use crate::config::PeerConfig;
+use crate::desired::DesiredApps;
+use crate::dispatch::Dispatcher;
+use crate::worker::Workers;
 use crate::{http, network};
+
+/// How often the reconciler looks again at apps that were missing, so an
+/// app copied into the apps directory later starts without a new `start`.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
 /// How long the tasks get to finish after shutdown was requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -21,7 +33,22 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
     let http_addr = http_listener.local_addr()?;
-    let (client, event_loop) = network::start(&config, http_addr).await?;
+    let apps_dir = AppsDir::new(&config.apps_dir);
+    if !apps_dir.root().is_dir() {
+        tracing::warn!(dir = %config.apps_dir.display(), "apps directory does not exist: this peer runs no workers, but serves jobs through others");
+    }
+    let workers = Workers::new(apps_dir, config.default_workers, config.worker_grace);
+    let (desired_tx, desired_rx) = watch::channel(Arc::new(DesiredApps::default()));
+    let (client, event_loop) =
+        network::start(&config, http_addr, workers.clone(), desired_tx).await?;
+    let dispatcher = Dispatcher::new(
+        workers.clone(),
+        client,
+        event_loop.local_peer_id().to_string(),
+    );
+    let http_config = http::HttpConfig {
+        max_job_bytes: config.max_job_bytes,
+    };
 
     {
         let mut out = std::io::stdout().lock();
@@ -44,7 +71,13 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(event_loop.run(shutdown.clone()));
-    tracker.spawn(http::serve(http_listener, client, shutdown.clone()));
+    tracker.spawn(http::serve(
+        http_listener,
+        dispatcher,
+        http_config,
+        shutdown.clone(),
+    ));
+    tracker.spawn(reconcile(desired_rx, workers.clone(), shutdown.clone()));
     tracker.close();
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -61,6 +94,30 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
         _ = sigint.recv() => tracing::warn!("second SIGINT: exiting at once"),
         _ = sigterm.recv() => tracing::warn!("second SIGTERM: exiting at once"),
     }
+    tokio::select! {
+        _ = workers.shutdown() => {}
+        _ = sigint.recv() => tracing::warn!("second SIGINT: killing workers"),
+        _ = sigterm.recv() => tracing::warn!("second SIGTERM: killing workers"),
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Applies the mesh's desired app state to this peer's workers whenever it
+/// changes, and every few seconds (for apps that were missing).
+async fn reconcile(
+    mut desired: watch::Receiver<Arc<DesiredApps>>,
+    workers: Workers,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(RECONCILE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = desired.changed() => if changed.is_err() { return },
+            _ = every.tick() => {}
+        }
+        let current = desired.borrow_and_update().clone();
+        workers.apply(&current);
+    }
 }

@@ -453,3 +453,45 @@ fn a_port_in_use_is_reported_not_panicked() {
     assert!(stderr.contains("cannot listen on"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn peers_may_start_in_any_order() {
+    let dir = scratch("order");
+    // A port for the first peer, which will start last.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let seed_addr = format!("127.0.0.1:{port}");
+    let b = Peer::start(
+        dir.path(),
+        "b",
+        PeerOpts {
+            bootstrap: vec![seed_addr.clone()],
+            ..Default::default()
+        },
+    );
+    let c = Peer::start(
+        dir.path(),
+        "c",
+        PeerOpts {
+            bootstrap: vec![b.listen.clone()],
+            ..Default::default()
+        },
+    );
+    // b and c find each other; b keeps trying its bootstrap address although
+    // it is no longer alone.
+    wait_converged(&[&b, &c], Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1500));
+    let a = Peer::start(
+        dir.path(),
+        "a",
+        PeerOpts {
+            listen_port: port,
+            ..Default::default()
+        },
+    );
+    let took = wait_converged(&[&a, &b, &c], Duration::from_secs(15));
+    eprintln!("late seed joined after {took:?}");
+}

@@ -16,17 +16,24 @@ use libp2p::request_response::{self, Message};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
-use tokio::sync::watch;
+use std::collections::HashMap;
+
+use libp2p::request_response::{OutboundRequestId, ResponseChannel};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{
-    Behaviour, BehaviourEvent, MAX_MEMBERS_IN_ANSWER, MEMBERSHIP_TOPIC, MemberHint, MembersRequest,
-    MembersResponse, PROTOCOL_VERSION,
+    Behaviour, BehaviourEvent, JobRequest, JobResponse, MAX_JOB_TIMEOUT, MAX_MEMBERS_IN_ANSWER,
+    MEMBERSHIP_TOPIC, MemberHint, MembersRequest, MembersResponse, PROTOCOL_VERSION,
 };
-use super::client::Client;
+use super::client::{Client, Command};
 use crate::api::{MeshView, SelfView};
+use crate::apps::AppName;
 use crate::config::{PeerConfig, Timing};
+use crate::desired::DesiredApps;
+use crate::error::JobError;
 use crate::membership::{ANNOUNCE_VERSION, Announce, Dial, Membership, unix_ms};
+use crate::worker::Workers;
 
 /// How often membership housekeeping runs (silence checks, redials).
 const TICK: Duration = Duration::from_millis(250);
@@ -50,10 +57,26 @@ pub struct EventLoop {
     last_announce: Option<Instant>,
     announce_soon: bool,
     bootstrap: Vec<Multiaddr>,
+    /// Per bootstrap address: whether a dial to it ever succeeded.
+    bootstrap_reached: Vec<bool>,
     next_bootstrap: Instant,
     bootstrap_backoff: Duration,
     /// Receiver: every [`Client`]. Dropped when the loop ends.
     view_tx: watch::Sender<Arc<MeshView>>,
+    /// Senders: every [`Client`]. The loop also ends on cancellation, so
+    /// this never needs to close.
+    commands: mpsc::Receiver<Command>,
+    /// Receiver: the tasks that run inbound jobs and hand their answer
+    /// back to the loop (only the loop may touch the swarm).
+    answers_tx: mpsc::UnboundedSender<(ResponseChannel<JobResponse>, JobResponse)>,
+    answers: mpsc::UnboundedReceiver<(ResponseChannel<JobResponse>, JobResponse)>,
+    /// Jobs sent to other peers and awaiting an answer. Every outcome
+    /// (response, OutboundFailure incl. connection closed) removes its entry.
+    pending_jobs: HashMap<OutboundRequestId, oneshot::Sender<Result<String, JobError>>>,
+    workers: Workers,
+    desired: DesiredApps,
+    /// Receiver: the reconciler, which applies the desired state to `workers`.
+    desired_tx: watch::Sender<Arc<DesiredApps>>,
 }
 
 impl EventLoop {
@@ -61,6 +84,8 @@ impl EventLoop {
         mut swarm: Swarm<Behaviour>,
         config: &PeerConfig,
         http_addr: SocketAddr,
+        workers: Workers,
+        desired_tx: watch::Sender<Arc<DesiredApps>>,
     ) -> (Client, EventLoop) {
         let local = *swarm.local_peer_id();
         let topic = IdentTopic::new(MEMBERSHIP_TOPIC);
@@ -82,6 +107,8 @@ impl EventLoop {
             peers: Vec::new(),
         });
         let (view_tx, view_rx) = watch::channel(first_view);
+        let (commands_tx, commands) = mpsc::channel(1024);
+        let (answers_tx, answers) = mpsc::unbounded_channel();
         let mut event_loop = EventLoop {
             swarm,
             membership,
@@ -95,12 +122,20 @@ impl EventLoop {
             last_announce: None,
             announce_soon: false,
             bootstrap: config.bootstrap.clone(),
+            bootstrap_reached: vec![false; config.bootstrap.len()],
             next_bootstrap: Instant::now(),
             bootstrap_backoff: Duration::from_millis(500),
             view_tx,
+            commands,
+            answers_tx,
+            answers,
+            pending_jobs: HashMap::new(),
+            workers,
+            desired: DesiredApps::default(),
+            desired_tx,
         };
         event_loop.publish_view();
-        (Client::new(view_rx), event_loop)
+        (Client::new(view_rx, commands_tx), event_loop)
     }
 
     /// This peer's listen addresses, each ending in `/p2p/<peer id>`.
@@ -131,6 +166,11 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.handle_event(event),
                 _ = tick.tick() => self.housekeeping(),
                 _ = announce.tick() => self.announce(false),
+                Some(command) = self.commands.recv() => self.handle_command(command),
+                Some((channel, answer)) = self.answers.recv() => {
+                    // Fails only if the requester went away meanwhile.
+                    let _ = self.swarm.behaviour_mut().jobs.send_response(channel, answer);
+                }
             }
             if self.membership.take_dirty() {
                 self.publish_view();
@@ -163,18 +203,27 @@ impl EventLoop {
         self.dial_bootstraps(now);
     }
 
-    /// Dials the bootstrap addresses while this peer has no connection at
-    /// all (at start, and again whenever it finds itself alone).
+    /// Dials each bootstrap address until it has been reached once (peers
+    /// may be started in any order), and all of them again whenever this
+    /// peer finds itself without any connection.
     fn dial_bootstraps(&mut self, now: Instant) {
+        let alone = self.swarm.connected_peers().next().is_none();
         if self.bootstrap.is_empty()
-            || self.swarm.connected_peers().next().is_some()
             || now < self.next_bootstrap
+            || (!alone && self.bootstrap_reached.iter().all(|r| *r))
         {
             return;
         }
         self.next_bootstrap = now + self.bootstrap_backoff;
         self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(BOOTSTRAP_BACKOFF_MAX);
-        for addr in self.bootstrap.clone() {
+        let targets: Vec<Multiaddr> = self
+            .bootstrap
+            .iter()
+            .zip(&self.bootstrap_reached)
+            .filter(|(_, reached)| alone || !**reached)
+            .map(|(a, _)| a.clone())
+            .collect();
+        for addr in targets {
             let opts = match addr.iter().last() {
                 Some(Protocol::P2p(peer)) => DialOpts::peer_id(peer)
                     .addresses(vec![addr.clone()])
@@ -205,6 +254,35 @@ impl EventLoop {
         }
     }
 
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::SendJob {
+                peer,
+                request,
+                reply,
+            } => {
+                if reply.is_closed() {
+                    return; // the caller already gave up
+                }
+                let id = self.swarm.behaviour_mut().jobs.send_request(&peer, request);
+                self.pending_jobs.insert(id, reply);
+            }
+            Command::SetDesired {
+                app,
+                run,
+                workers,
+                reply,
+            } => {
+                let entry = self.desired.set(app, run, workers, &self.local.to_string());
+                tracing::info!(app = %entry.app, run, clock = entry.clock, "start/stop decision taken here");
+                self.desired_tx.send_replace(Arc::new(self.desired.clone()));
+                self.last_announce = None; // tell the mesh now, not after the debounce
+                self.announce(false);
+                let _ = reply.send(entry);
+            }
+        }
+    }
+
     fn announce(&mut self, leaving: bool) {
         let now = Instant::now();
         if !leaving
@@ -226,6 +304,12 @@ impl EventLoop {
             listen: self.swarm.listeners().map(|a| a.to_string()).collect(),
             http: Some(self.http_addr.to_string()),
             leaving,
+            apps: if leaving {
+                Vec::new()
+            } else {
+                self.workers.statuses()
+            },
+            desired: self.desired.to_vec(),
         };
         let data = serde_json::to_vec(&a).expect("announcements serialize");
         match self
@@ -260,6 +344,7 @@ impl EventLoop {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Members(e)) => self.on_members(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Jobs(e)) => self.on_jobs(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -294,6 +379,14 @@ impl EventLoop {
                 let dialed_addr = endpoint
                     .is_dialer()
                     .then(|| strip_p2p(endpoint.get_remote_address()));
+                if let Some(addr) = &dialed_addr {
+                    for (b, reached) in self.bootstrap.iter().zip(self.bootstrap_reached.iter_mut())
+                    {
+                        if strip_p2p(b) == *addr {
+                            *reached = true;
+                        }
+                    }
+                }
                 self.membership.on_connected(peer_id, dialed_addr, now);
                 if num_established.get() == 1 {
                     self.swarm
@@ -367,9 +460,16 @@ impl EventLoop {
                         .membership
                         .on_announce_bytes(source, &message.data, Instant::now())
                     {
-                        Ok(dial) => {
+                        Ok((dial, desired)) => {
                             if let Some(dial) = dial {
                                 self.dial(dial);
+                            }
+                            let mut changed = false;
+                            for d in desired {
+                                changed |= self.desired.merge(d);
+                            }
+                            if changed {
+                                self.desired_tx.send_replace(Arc::new(self.desired.clone()));
                             }
                             MessageAcceptance::Accept
                         }
@@ -450,6 +550,89 @@ impl EventLoop {
             request_response::Event::ResponseSent { .. } => {}
         }
     }
+}
+
+impl EventLoop {
+    fn on_jobs(&mut self, event: request_response::Event<JobRequest, JobResponse>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.run_inbound_job(peer, request, channel),
+            request_response::Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending_jobs.remove(&request_id) {
+                    let _ = reply.send(match response {
+                        JobResponse::Ok(raw) => Ok(raw.get().to_string()),
+                        JobResponse::Err(e) => Err(e),
+                    });
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending_jobs.remove(&request_id) {
+                    let _ = reply.send(Err(JobError::Unreachable(format!(
+                        "the job could not be completed on {peer}: {error}"
+                    ))));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "inbound job failed: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// A job from another peer: validate it, hand it to the local workers
+    /// in a task of its own, and answer through the loop.
+    fn run_inbound_job(
+        &mut self,
+        peer: PeerId,
+        request: JobRequest,
+        channel: ResponseChannel<JobResponse>,
+    ) {
+        let answers = self.answers_tx.clone();
+        let workers = self.workers.clone();
+        tokio::spawn(async move {
+            let result = run_for_peer(&workers, request).await;
+            if let Err(e) = &result {
+                tracing::debug!(%peer, "job for a remote peer failed: {e}");
+            }
+            let answer = match result {
+                Ok(text) => match serde_json::value::RawValue::from_string(text) {
+                    Ok(raw) => JobResponse::Ok(raw),
+                    Err(e) => JobResponse::Err(JobError::BadOutput(format!(
+                        "worker answer is not JSON: {e}"
+                    ))),
+                },
+                Err(e) => JobResponse::Err(e),
+            };
+            let _ = answers.send((channel, answer));
+        });
+    }
+}
+
+async fn run_for_peer(workers: &Workers, request: JobRequest) -> Result<String, JobError> {
+    let app = AppName::parse(&request.app).map_err(|e| JobError::BadRequest(e.to_string()))?;
+    let payload = crate::dispatch::one_line(request.payload.get())
+        .map_err(|e| JobError::BadRequest(format!("job is not valid JSON: {e}")))?;
+    let timeout = Duration::from_millis(request.timeout_ms).min(MAX_JOB_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
+    crate::dispatch::run_local(workers, &app, payload.into(), deadline).await
 }
 
 fn strip_p2p(addr: &Multiaddr) -> Multiaddr {

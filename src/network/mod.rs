@@ -19,11 +19,17 @@ use libp2p::pnet::PnetConfig;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, Swarm, noise, tcp, yamux};
 
-pub use behaviour::PROTOCOL_VERSION;
+pub use behaviour::{MAX_JOB_TIMEOUT, PROTOCOL_VERSION};
 pub use client::Client;
 pub use event_loop::EventLoop;
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
 use crate::config::PeerConfig;
+use crate::desired::DesiredApps;
+use crate::worker::Workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -39,6 +45,8 @@ pub enum StartError {
 pub async fn start(
     config: &PeerConfig,
     http_addr: SocketAddr,
+    workers: Workers,
+    desired_tx: watch::Sender<Arc<DesiredApps>>,
 ) -> Result<(Client, EventLoop), StartError> {
     let mut swarm = build_swarm(config)?;
     let mut pending = Vec::new();
@@ -90,7 +98,7 @@ pub async fn start(
             other => tracing::debug!(?other, "event before listeners were ready"),
         }
     }
-    let (client, event_loop) = EventLoop::new(swarm, config, http_addr);
+    let (client, event_loop) = EventLoop::new(swarm, config, http_addr, workers, desired_tx);
     Ok((client, event_loop))
 }
 
@@ -108,7 +116,8 @@ fn build_swarm(config: &PeerConfig) -> Result<Swarm<behaviour::Behaviour>, Start
         None => secure(tcp, key, config.timing.connect_timeout),
     }
     .map_err(|e| StartError::Transport(e.to_string()))?;
-    let behaviour = behaviour::Behaviour::new(key).map_err(StartError::Transport)?;
+    let behaviour = behaviour::Behaviour::new(key, config.max_job_bytes as u64)
+        .map_err(StartError::Transport)?;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
         .with_tokio()
         .with_other_transport(|_| transport)

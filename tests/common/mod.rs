@@ -54,7 +54,21 @@ pub struct PeerOpts {
     /// 0 picks a free port.
     pub listen_port: u16,
     pub http_port: u16,
+    /// `--apps`; without it the peer gets a directory that does not exist.
+    pub apps: Option<PathBuf>,
     pub extra: Vec<String>,
+}
+
+/// The repository's own `apps/` (echo, wordcount).
+pub fn repo_apps() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("apps")
+}
+
+/// `tests/apps/` (tool.py and friends).
+pub fn test_apps() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("apps")
 }
 
 pub struct Peer {
@@ -94,6 +108,10 @@ impl Peer {
         if let Some(psk) = &opts.psk {
             cmd.arg("--psk-file").arg(psk);
         }
+        match &opts.apps {
+            Some(a) => cmd.arg("--apps").arg(a),
+            None => cmd.arg("--apps").arg(dir.join("no-apps-here")),
+        };
         cmd.args(&opts.extra)
             .env("RUST_LOG", "info,disruptor=debug")
             .stdin(Stdio::null())
@@ -238,6 +256,81 @@ impl Peer {
             .cloned()
     }
 
+    /// POSTs a job; returns (status, X-Disruptor-Peer, body).
+    pub fn job(&self, app: &str, body: &str) -> (u16, Option<String>, String) {
+        self.job_with(app, body, "application/json", None)
+    }
+
+    pub fn job_with(
+        &self,
+        app: &str,
+        body: &str,
+        content_type: &str,
+        timeout_ms: Option<&str>,
+    ) -> (u16, Option<String>, String) {
+        let mut req = http_client()
+            .post(format!("http://{}/{app}", self.http))
+            .header("content-type", content_type)
+            .body(body.to_string());
+        if let Some(t) = timeout_ms {
+            req = req.header("x-disruptor-timeout-ms", t);
+        }
+        let resp = req
+            .send()
+            .unwrap_or_else(|e| panic!("POST {app} on {}: {e}", self.name));
+        let status = resp.status().as_u16();
+        let peer = resp
+            .headers()
+            .get("x-disruptor-peer")
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, peer, resp.text().unwrap())
+    }
+
+    /// `/api/apps` as JSON.
+    pub fn apps(&self) -> Value {
+        let resp = self.get("/api/apps");
+        assert_eq!(resp.status(), 200);
+        resp.json().expect("JSON from /api/apps")
+    }
+
+    /// PIDs of this peer's worker processes of `app`.
+    pub fn worker_pids(&self, app: &str) -> Vec<i32> {
+        self.apps()["local"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["app"] == app)
+            .flat_map(|a| a["processes"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["pid"].as_i64().map(|p| p as i32))
+            .collect()
+    }
+
+    /// Sends a raw HTTP request line and headers (no client-side path
+    /// normalisation) and returns the status code and body.
+    pub fn raw(&self, request_head: &str, body: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.http).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let msg = format!(
+            "{request_head}\r\nHost: {}\r\nContent-Length: {}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{body}",
+            self.http,
+            body.len()
+        );
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {out:?}"));
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
     /// Ids this peer lists as up.
     pub fn up_ids(&self) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -338,4 +431,29 @@ pub fn chain(dir: &Path, n: usize, psk: Option<&Path>) -> Vec<Peer> {
         peers.push(Peer::start(dir, &format!("p{i}"), opts));
     }
     peers
+}
+
+/// Whether a process with this PID exists (and is not a zombie).
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Runs `disruptor start` and asserts it succeeded; returns its output.
+pub fn start_app(peer: &Peer, app: &str, extra: &[&str]) -> String {
+    let mut args = vec!["start", peer.http.as_str(), app];
+    args.extend_from_slice(extra);
+    let out = cli(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "disruptor start {app} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }

@@ -1,0 +1,373 @@
+//! App names and how a name becomes a program to run.
+//!
+//! An app is named `apps/<path>`, where `<path>` is relative to the apps
+//! directory (`--apps`, default `./apps`). A name is validated before
+//! anything touches the disk, and the file it resolves to must lie inside
+//! the apps directory once symlinks are followed, so no client or peer can
+//! make a peer execute anything else.
+//!
+//! Resolution of `apps/<path>`, first match wins:
+//! 1. `<path>.toml`, a manifest (command, args, workers, env, protocol);
+//! 2. `<path>`, an executable file: native protocol;
+//! 3. `<path>.js`: run with `node`, Node IPC protocol.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Longest app name accepted.
+pub const MAX_APP_NAME: usize = 200;
+
+/// A validated app name such as `apps/wordcount/counter`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct AppName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppNameError {
+    #[error("app name is empty")]
+    Empty,
+    #[error("app name is longer than {MAX_APP_NAME} characters")]
+    TooLong,
+    #[error("app name {0:?} must start with apps/ (e.g. apps/wordcount/counter)")]
+    Prefix(String),
+    #[error(
+        "app name {0:?} is not allowed: each part may use only letters, digits, '-', '_' and '.', must not start with '.', and must not be empty"
+    )]
+    BadPart(String),
+}
+
+impl AppName {
+    pub fn parse(name: &str) -> Result<AppName, AppNameError> {
+        if name.is_empty() {
+            return Err(AppNameError::Empty);
+        }
+        if name.len() > MAX_APP_NAME {
+            return Err(AppNameError::TooLong);
+        }
+        let Some(rest) = name.strip_prefix("apps/") else {
+            return Err(AppNameError::Prefix(name.to_string()));
+        };
+        let ok_part = |p: &str| {
+            !p.is_empty()
+                && !p.starts_with('.')
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !rest.split('/').all(ok_part) {
+            return Err(AppNameError::BadPart(name.to_string()));
+        }
+        Ok(AppName(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The part after `apps/`.
+    pub fn rel_path(&self) -> &str {
+        &self.0["apps/".len()..]
+    }
+}
+
+impl fmt::Display for AppName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for AppName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        AppName::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// How the peer talks to a worker process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// One compact JSON value per line on stdin; one JSON result per line on stdout.
+    Native,
+    /// Node's `process.on('message')` / `process.send()` IPC channel.
+    Node,
+}
+
+/// A resolved app: what to run, how, and with how many processes by default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppSpec {
+    pub name: AppName,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    pub protocol: Protocol,
+    /// Worker processes, if the manifest says so.
+    pub workers: Option<u32>,
+    /// The file the name resolved to (for status and logs).
+    pub source: PathBuf,
+}
+
+/// `<path>.toml` next to an app.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Program to run: a path relative to the manifest's directory if it
+    /// contains a `/`, else a program looked up on PATH (e.g. `python3`).
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub workers: Option<u32>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("{0} is not in this peer's apps directory")]
+    NotFound(AppName),
+    #[error("{name}: {path} resolves outside the apps directory")]
+    Outside { name: AppName, path: PathBuf },
+    #[error("{name}: manifest {path} is invalid: {reason}")]
+    Manifest {
+        name: AppName,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{name}: {path} exists but is not executable (chmod +x, or add a manifest)")]
+    NotExecutable { name: AppName, path: PathBuf },
+    #[error("apps directory {0} cannot be read: {1}")]
+    AppsDir(PathBuf, std::io::Error),
+}
+
+/// The apps directory, canonicalized once.
+#[derive(Debug, Clone)]
+pub struct AppsDir {
+    root: PathBuf,
+}
+
+impl AppsDir {
+    pub fn new(path: &Path) -> AppsDir {
+        // A missing directory is not an error: the peer can still route
+        // jobs to others. Keep the path as given so resolution fails cleanly.
+        let root = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        AppsDir { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Checks that `p` exists and lies inside the apps directory after
+    /// following symlinks; returns its canonical path.
+    fn inside(&self, name: &AppName, p: &Path) -> Result<Option<PathBuf>, ResolveError> {
+        match p.canonicalize() {
+            Ok(c) if c.starts_with(&self.root) => Ok(Some(c)),
+            Ok(c) => Err(ResolveError::Outside {
+                name: name.clone(),
+                path: c,
+            }),
+            Err(_) => Ok(None),
+        }
+    }
+
+    pub fn resolve(&self, name: &AppName) -> Result<AppSpec, ResolveError> {
+        let base = self.root.join(name.rel_path());
+        let with_ext = |ext: &str| {
+            let mut s = base.clone().into_os_string();
+            s.push(ext);
+            PathBuf::from(s)
+        };
+        let manifest = with_ext(".toml");
+        if let Some(path) = self.inside(name, &manifest)?.filter(|p| p.is_file()) {
+            return self.load_manifest(name, &path);
+        }
+        if let Some(path) = self.inside(name, &base)?.filter(|p| p.is_file()) {
+            if !is_executable(&path) {
+                return Err(ResolveError::NotExecutable {
+                    name: name.clone(),
+                    path,
+                });
+            }
+            return Ok(AppSpec {
+                name: name.clone(),
+                program: path.clone(),
+                args: Vec::new(),
+                env: BTreeMap::new(),
+                cwd: path.parent().unwrap_or(&self.root).to_path_buf(),
+                protocol: Protocol::Native,
+                workers: None,
+                source: path,
+            });
+        }
+        let js = with_ext(".js");
+        if let Some(path) = self.inside(name, &js)?.filter(|p| p.is_file()) {
+            return Ok(AppSpec {
+                name: name.clone(),
+                program: PathBuf::from("node"),
+                args: vec![path.to_string_lossy().into_owned()],
+                env: BTreeMap::new(),
+                cwd: path.parent().unwrap_or(&self.root).to_path_buf(),
+                protocol: Protocol::Node,
+                workers: None,
+                source: path,
+            });
+        }
+        Err(ResolveError::NotFound(name.clone()))
+    }
+
+    fn load_manifest(&self, name: &AppName, path: &Path) -> Result<AppSpec, ResolveError> {
+        let err = |reason: String| ResolveError::Manifest {
+            name: name.clone(),
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let m: Manifest = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if m.command.trim().is_empty() {
+            return Err(err("command is empty".into()));
+        }
+        if m.workers == Some(0) {
+            return Err(err("workers must be at least 1".into()));
+        }
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        let program = if m.command.contains('/') {
+            let p = dir.join(&m.command);
+            let c = self
+                .inside(name, &p)?
+                .ok_or_else(|| err(format!("command {} does not exist", p.display())))?;
+            if !is_executable(&c) {
+                return Err(ResolveError::NotExecutable {
+                    name: name.clone(),
+                    path: c,
+                });
+            }
+            c
+        } else {
+            PathBuf::from(&m.command)
+        };
+        Ok(AppSpec {
+            name: name.clone(),
+            program,
+            args: m.args,
+            env: m.env,
+            cwd: dir,
+            protocol: m.protocol.unwrap_or(Protocol::Native),
+            workers: m.workers,
+            source: path.to_path_buf(),
+        })
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn names_are_validated_before_touching_the_disk() {
+        for ok in ["apps/wordcount/counter", "apps/echo", "apps/a-b_c.d/e1"] {
+            assert!(AppName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "wordcount/counter",
+            "apps/",
+            "apps//x",
+            "apps/../etc/passwd",
+            "apps/x/../../y",
+            "apps/./x",
+            "apps/.hidden",
+            "apps/x/",
+            "/apps/x",
+            "apps/%2e%2e/x",
+            "apps/x y",
+            "apps/x\0y",
+            "apps/x\\..\\y",
+        ] {
+            assert!(AppName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            AppName::parse(&format!("apps/{}", "a".repeat(300))),
+            Err(AppNameError::TooLong)
+        );
+    }
+
+    fn write_exec(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn resolution_order_and_confinement() {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path().join("apps");
+        write_exec(&apps.join("native/echo"), "#!/bin/sh\nexec cat\n");
+        std::fs::write(apps.join("native/plain"), "not executable").unwrap();
+        std::fs::write(
+            apps.join("wc.js"),
+            "process.on('message', m => process.send(m))",
+        )
+        .unwrap();
+        std::fs::write(
+            apps.join("py.toml"),
+            "command = \"python3\"\nargs = [\"w.py\"]\nworkers = 2\n[env]\nA = \"1\"\n",
+        )
+        .unwrap();
+        std::fs::write(apps.join("bad.toml"), "command = 3").unwrap();
+        std::fs::write(apps.join("zero.toml"), "command = \"x\"\nworkers = 0").unwrap();
+        // A symlink that leads out of the apps directory.
+        write_exec(&dir.path().join("outside"), "#!/bin/sh\necho pwned\n");
+        std::os::unix::fs::symlink(dir.path().join("outside"), apps.join("escape")).unwrap();
+        std::fs::write(apps.join("escape2.toml"), "command = \"../outside\"").unwrap();
+
+        let a = AppsDir::new(&apps);
+        let n = |s: &str| AppName::parse(s).unwrap();
+        let s = a.resolve(&n("apps/native/echo")).unwrap();
+        assert_eq!(s.protocol, Protocol::Native);
+        assert!(s.program.ends_with("native/echo"));
+        let s = a.resolve(&n("apps/wc")).unwrap();
+        assert_eq!(s.protocol, Protocol::Node);
+        assert_eq!(s.program, PathBuf::from("node"));
+        let s = a.resolve(&n("apps/py")).unwrap();
+        assert_eq!(
+            (s.program.to_str().unwrap(), s.workers, s.env["A"].as_str()),
+            ("python3", Some(2), "1")
+        );
+        assert!(matches!(
+            a.resolve(&n("apps/native/plain")),
+            Err(ResolveError::NotExecutable { .. })
+        ));
+        assert!(matches!(
+            a.resolve(&n("apps/bad")),
+            Err(ResolveError::Manifest { .. })
+        ));
+        assert!(matches!(
+            a.resolve(&n("apps/zero")),
+            Err(ResolveError::Manifest { .. })
+        ));
+        assert!(matches!(
+            a.resolve(&n("apps/nothing")),
+            Err(ResolveError::NotFound(_))
+        ));
+        assert!(matches!(
+            a.resolve(&n("apps/escape")),
+            Err(ResolveError::Outside { .. })
+        ));
+        assert!(matches!(
+            a.resolve(&n("apps/escape2")),
+            Err(ResolveError::Outside { .. })
+        ));
+    }
+}

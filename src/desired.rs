@@ -1,0 +1,148 @@
+//! Which apps should run: mesh-wide state, not a one-off message.
+//!
+//! Every `start`/`stop` becomes an entry `(app, run, workers)` stamped with a
+//! Lamport clock and the id of the peer that took the request. Entries are
+//! merged last-writer-wins on `(clock, origin)`, so a stop and a start sent
+//! to different peers end the same everywhere, whatever order the messages
+//! arrive in. Each peer carries the whole map in its announcements (it is
+//! small), so a peer that joins or restarts learns it within one
+//! announcement and starts what the mesh runs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::apps::AppName;
+
+/// Most entries kept (a rogue peer must not grow this without bound).
+pub const MAX_DESIRED: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredApp {
+    pub app: AppName,
+    pub run: bool,
+    /// Worker processes per peer; `None` means the app's default.
+    #[serde(default)]
+    pub workers: Option<u32>,
+    pub clock: u64,
+    pub origin: String,
+}
+
+impl DesiredApp {
+    fn stamp(&self) -> (u64, &str) {
+        (self.clock, &self.origin)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DesiredApps {
+    apps: BTreeMap<AppName, DesiredApp>,
+    clock: u64,
+}
+
+impl DesiredApps {
+    /// Records a local decision; returns the stamped entry.
+    pub fn set(
+        &mut self,
+        app: AppName,
+        run: bool,
+        workers: Option<u32>,
+        origin: &str,
+    ) -> DesiredApp {
+        self.clock += 1;
+        let entry = DesiredApp {
+            app: app.clone(),
+            run,
+            workers,
+            clock: self.clock,
+            origin: origin.to_string(),
+        };
+        self.apps.insert(app, entry.clone());
+        entry
+    }
+
+    /// Merges an entry heard from another peer; true if it changed anything.
+    pub fn merge(&mut self, incoming: DesiredApp) -> bool {
+        if incoming.workers == Some(0) {
+            return false;
+        }
+        self.clock = self.clock.max(incoming.clock);
+        match self.apps.get(&incoming.app) {
+            Some(cur) if cur.stamp() >= incoming.stamp() => false,
+            None if self.apps.len() >= MAX_DESIRED => false,
+            _ => {
+                self.apps.insert(incoming.app.clone(), incoming);
+                true
+            }
+        }
+    }
+
+    pub fn get(&self, app: &AppName) -> Option<&DesiredApp> {
+        self.apps.get(app)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &DesiredApp> {
+        self.apps.values()
+    }
+
+    pub fn to_vec(&self) -> Vec<DesiredApp> {
+        self.apps.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app() -> AppName {
+        AppName::parse("apps/x").unwrap()
+    }
+
+    #[test]
+    fn last_writer_wins_whatever_the_order() {
+        let mut a = DesiredApps::default();
+        let mut b = DesiredApps::default();
+        let start = a.set(app(), true, None, "peerA");
+        b.merge(start.clone());
+        let stop = b.set(app(), false, None, "peerB"); // later: clock 2
+        // Deliver in both orders to a third peer.
+        let mut c1 = DesiredApps::default();
+        c1.merge(start.clone());
+        c1.merge(stop.clone());
+        let mut c2 = DesiredApps::default();
+        c2.merge(stop.clone());
+        c2.merge(start.clone());
+        assert_eq!(c1.get(&app()), c2.get(&app()));
+        assert!(!c1.get(&app()).unwrap().run);
+        // Concurrent decisions with equal clocks: the origin breaks the tie.
+        let mut x = DesiredApps::default();
+        let mut y = DesiredApps::default();
+        let sx = x.set(app(), true, None, "peerA");
+        let sy = y.set(app(), false, None, "peerB");
+        x.merge(sy.clone());
+        y.merge(sx.clone());
+        assert_eq!(x.get(&app()), y.get(&app()));
+        // After merging, a new local decision outranks everything seen.
+        let next = x.set(app(), true, Some(3), "peerA");
+        assert!(next.clock > sy.clock);
+    }
+
+    #[test]
+    fn bad_entries_are_refused() {
+        let mut a = DesiredApps::default();
+        let e = DesiredApp {
+            app: app(),
+            run: true,
+            workers: Some(0),
+            clock: 1,
+            origin: "p".into(),
+        };
+        assert!(!a.merge(e));
+        assert!(
+            serde_json::from_str::<DesiredApp>(
+                r#"{"app":"apps/../x","run":true,"clock":1,"origin":"p"}"#
+            )
+            .is_err()
+        );
+    }
+}

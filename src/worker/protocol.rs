@@ -1,0 +1,370 @@
+//! One worker child process and the two ways of talking to it.
+//!
+//! - Native: a compact JSON value and `\n` on its stdin; it answers with one
+//!   JSON value per line on stdout. A stdout line that is not JSON fails
+//!   that job (502) and the worker keeps running.
+//! - Node: Node's own IPC channel, as `child_process.fork` sets it up: a
+//!   UNIX stream socketpair whose child end is fd 3, named by
+//!   `NODE_CHANNEL_FD=3`, with `NODE_CHANNEL_SERIALIZATION_MODE=json`; one
+//!   compact JSON document per line each way. A worker written with
+//!   `process.on('message')` / `process.send()` runs unmodified. Its stdout
+//!   (`console.log`) is logged like stderr.
+//!
+//! Every worker is a process-group leader, gets SIGKILL if the peer dies
+//! (`PR_SET_PDEATHSIG`), and is stopped with SIGTERM to its group, a grace
+//! period, then SIGKILL. Dropping a [`WorkerProcess`] kills its group.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+
+use crate::apps::{AppSpec, Protocol};
+
+/// Largest result line accepted from a worker.
+pub const MAX_RESULT_BYTES: usize = 10 * 1024 * 1024;
+/// Lines of stderr kept for error messages.
+const STDERR_TAIL_LINES: usize = 20;
+const STDERR_LINE_MAX: usize = 500;
+/// The fd number Node expects its IPC channel on.
+const NODE_CHANNEL_FD: i32 = 3;
+
+type Reader = FramedRead<Box<dyn AsyncRead + Send + Unpin>, LinesCodec>;
+
+/// Last lines a worker wrote to stderr (and, for Node, stdout).
+#[derive(Clone, Default)]
+pub struct LogTail(Arc<Mutex<VecDeque<String>>>);
+
+impl LogTail {
+    fn push(&self, line: &str) {
+        let mut t = self.0.lock().expect("log tail lock");
+        if t.len() == STDERR_TAIL_LINES {
+            t.pop_front();
+        }
+        let mut line = line.to_string();
+        if line.len() > STDERR_LINE_MAX {
+            let mut cut = STDERR_LINE_MAX;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push('…');
+        }
+        t.push_back(line);
+    }
+
+    pub fn text(&self) -> String {
+        let t = self.0.lock().expect("log tail lock");
+        t.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// What went wrong while a job was at the worker.
+#[derive(Debug)]
+pub enum RunError {
+    /// The worker answered a line that is not JSON (it keeps running).
+    BadOutput(String),
+    /// The answer was larger than [`MAX_RESULT_BYTES`] (the worker is recycled).
+    TooLarge,
+    /// No answer before the deadline (the worker is recycled).
+    Timeout,
+    /// The worker's output closed: it exited or crashed.
+    Exited(String),
+}
+
+pub struct WorkerProcess {
+    child: Child,
+    pid: i32,
+    input: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    output: Reader,
+    protocol: Protocol,
+    tail: LogTail,
+    log_tasks: Vec<JoinHandle<()>>,
+    app: String,
+    stopped: bool,
+}
+
+impl WorkerProcess {
+    pub fn spawn(spec: &AppSpec) -> io::Result<WorkerProcess> {
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .current_dir(&spec.cwd)
+            .envs(&spec.env)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let parent_pid = std::process::id() as libc::pid_t;
+        let mut node_child_end: Option<OwnedFd> = None;
+        let mut node_parent_end = None;
+        match spec.protocol {
+            Protocol::Native => {
+                cmd.stdin(Stdio::piped());
+            }
+            Protocol::Node => {
+                let (parent, child) = std::os::unix::net::UnixStream::pair()?;
+                cmd.stdin(Stdio::null())
+                    .env("NODE_CHANNEL_FD", NODE_CHANNEL_FD.to_string())
+                    .env("NODE_CHANNEL_SERIALIZATION_MODE", "json");
+                node_parent_end = Some(parent);
+                node_child_end = Some(OwnedFd::from(child));
+            }
+        }
+        let child_fd = node_child_end.as_ref().map(|fd| fd.as_raw_fd());
+        // SAFETY: only async-signal-safe calls (prctl, getppid, dup2, fcntl,
+        // _exit) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The peer may have died between fork and prctl.
+                if libc::getppid() != parent_pid {
+                    libc::_exit(1);
+                }
+                if let Some(fd) = child_fd {
+                    if fd == NODE_CHANNEL_FD {
+                        // dup2 onto itself would keep close-on-exec set.
+                        let flags = libc::fcntl(fd, libc::F_GETFD);
+                        if flags < 0
+                            || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                        {
+                            return Err(io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(fd, NODE_CHANNEL_FD) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        // The parent's copy of the child's end must go, or the worker never
+        // sees the channel close when the peer closes its side.
+        drop(node_child_end);
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let app = spec.name.to_string();
+        let tail = LogTail::default();
+        let mut log_tasks = vec![spawn_log_forwarder(
+            app.clone(),
+            pid,
+            "stderr",
+            Box::new(child.stderr.take().expect("stderr piped")),
+            tail.clone(),
+        )];
+        let (input, output): (
+            Box<dyn AsyncWrite + Send + Unpin>,
+            Box<dyn AsyncRead + Send + Unpin>,
+        ) = match node_parent_end {
+            None => (
+                Box::new(child.stdin.take().expect("stdin piped")),
+                Box::new(child.stdout.take().expect("stdout piped")),
+            ),
+            Some(parent) => {
+                log_tasks.push(spawn_log_forwarder(
+                    app.clone(),
+                    pid,
+                    "stdout",
+                    Box::new(child.stdout.take().expect("stdout piped")),
+                    tail.clone(),
+                ));
+                parent.set_nonblocking(true)?;
+                let stream = tokio::net::UnixStream::from_std(parent)?;
+                let (r, w) = stream.into_split();
+                (Box::new(w), Box::new(r))
+            }
+        };
+        tracing::info!(app = %app, pid, protocol = ?spec.protocol, "worker started");
+        Ok(WorkerProcess {
+            child,
+            pid,
+            input: Some(input),
+            output: FramedRead::new(output, LinesCodec::new_with_max_length(MAX_RESULT_BYTES)),
+            protocol: spec.protocol,
+            tail,
+            log_tasks,
+            app,
+            stopped: false,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends one job (a compact JSON text without newlines) and waits for
+    /// its answer until `deadline`.
+    pub async fn run_job(&mut self, payload: &str, deadline: Instant) -> Result<String, RunError> {
+        let write = async {
+            let input = self
+                .input
+                .as_mut()
+                .ok_or_else(|| RunError::Exited("input closed".into()))?;
+            let mut line = Vec::with_capacity(payload.len() + 1);
+            line.extend_from_slice(payload.as_bytes());
+            line.push(b'\n');
+            input.write_all(&line).await.map_err(|e| {
+                RunError::Exited(format!("cannot write the job to the worker: {e}"))
+            })?;
+            input
+                .flush()
+                .await
+                .map_err(|e| RunError::Exited(format!("cannot write the job to the worker: {e}")))
+        };
+        match tokio::time::timeout_at(deadline, write).await {
+            Err(_) => return Err(RunError::Timeout),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(())) => {}
+        }
+        loop {
+            let line = match tokio::time::timeout_at(deadline, self.output.next()).await {
+                Err(_) => return Err(RunError::Timeout),
+                Ok(None) => return Err(RunError::Exited("its output closed".into())),
+                Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => {
+                    return Err(RunError::TooLarge);
+                }
+                Ok(Some(Err(LinesCodecError::Io(e)))) => {
+                    return Err(RunError::Exited(format!("reading its output failed: {e}")));
+                }
+                Ok(Some(Ok(line))) => line,
+            };
+            let trimmed = line.trim();
+            if trimmed.is_empty() && self.protocol == Protocol::Native {
+                continue;
+            }
+            if self.protocol == Protocol::Node && trimmed.starts_with(r#"{"cmd":"NODE_"#) {
+                continue; // Node's own internal messages
+            }
+            // Validate without building a tree; pass the text on as it is.
+            match serde_json::from_str::<&serde_json::value::RawValue>(trimmed) {
+                Ok(_) => return Ok(trimmed.to_string()),
+                Err(e) => {
+                    let mut shown = trimmed.to_string();
+                    if shown.len() > 200 {
+                        let mut cut = 200;
+                        while !shown.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        shown.truncate(cut);
+                        shown.push('…');
+                    }
+                    return Err(RunError::BadOutput(format!(
+                        "worker answered a line that is not JSON ({e}): {shown:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to exit (used while idle, to notice crashes).
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// What to tell a caller whose job was at this worker when it died:
+    /// exit status and the tail of its stderr.
+    pub async fn crash_report(&mut self, what: &str) -> String {
+        let status = match tokio::time::timeout(Duration::from_millis(500), self.child.wait()).await
+        {
+            Ok(Ok(s)) => describe_status(s),
+            Ok(Err(e)) => format!("could not be waited for: {e}"),
+            Err(_) => "closed its output but is still running".into(),
+        };
+        // Let the log forwarders drain what the process wrote last.
+        for t in &mut self.log_tasks {
+            let _ = tokio::time::timeout(Duration::from_millis(200), t).await;
+        }
+        let tail = self.tail.text();
+        if tail.is_empty() {
+            format!("{} {what}: worker {status}", self.app)
+        } else {
+            format!(
+                "{} {what}: worker {status}; its last output:\n{tail}",
+                self.app
+            )
+        }
+    }
+
+    /// SIGTERM to the process group, `grace` to exit, then SIGKILL.
+    pub async fn stop(mut self, grace: Duration) {
+        self.input = None; // EOF on stdin / the IPC channel closes
+        signal_group(self.pid, libc::SIGTERM);
+        let exited = tokio::time::timeout(grace, self.child.wait()).await;
+        if exited.is_err() {
+            tracing::warn!(app = %self.app, pid = self.pid, "worker ignored SIGTERM for {grace:?}; killing it");
+        }
+        signal_group(self.pid, libc::SIGKILL);
+        let _ = self.child.wait().await;
+        self.stopped = true;
+        tracing::info!(app = %self.app, pid = self.pid, "worker stopped");
+    }
+
+    /// Kills at once (a hung worker).
+    pub async fn kill(mut self) {
+        signal_group(self.pid, libc::SIGKILL);
+        let _ = self.child.wait().await;
+        self.stopped = true;
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if !self.stopped {
+            signal_group(self.pid, libc::SIGKILL);
+        }
+        for t in &self.log_tasks {
+            t.abort();
+        }
+    }
+}
+
+fn signal_group(pid: i32, sig: libc::c_int) {
+    if pid > 0 {
+        // SAFETY: plain syscall; -pid addresses the worker's process group.
+        unsafe {
+            libc::kill(-pid, sig);
+        }
+    }
+}
+
+pub fn describe_status(s: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => "exited".into(),
+    }
+}
+
+fn spawn_log_forwarder(
+    app: String,
+    pid: i32,
+    stream: &'static str,
+    reader: Box<dyn AsyncRead + Send + Unpin>,
+    tail: LogTail,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = FramedRead::new(reader, LinesCodec::new_with_max_length(64 * 1024));
+        while let Some(line) = lines.next().await {
+            match line {
+                Ok(line) => {
+                    tracing::info!(target: "worker", app = %app, pid, stream, "{line}");
+                    tail.push(&line);
+                }
+                Err(LinesCodecError::MaxLineLengthExceeded) => {
+                    tail.push("(a line longer than 64 KiB was cut)");
+                }
+                Err(LinesCodecError::Io(_)) => break,
+            }
+        }
+    })
+}

@@ -1,0 +1,476 @@
+//! Keeping an app's worker processes alive and feeding them jobs.
+//!
+//! [`Workers`] is the registry of this peer's apps (a cloneable handle; the
+//! map sits behind a `std::sync::Mutex` that is never held across an
+//! `.await`). Each running app has a bounded MPMC job queue
+//! (`async_channel`) and one task per worker process that owns that
+//! process: it takes a job from the queue, runs it, replies through the
+//! job's oneshot, and restarts its process with capped exponential backoff
+//! when it exits.
+//!
+//! Correlation: a worker process holds at most one job at a time, so an
+//! answer always belongs to the job just sent. Parallelism comes from
+//! several processes per app (default: one per core).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::protocol::{RunError, WorkerProcess};
+use super::{AppState, AppStatus, LocalApp, WorkerDetail, WorkerState};
+use crate::apps::{AppName, AppSpec, AppsDir};
+use crate::desired::DesiredApps;
+use crate::error::JobError;
+
+/// Jobs that may wait in one app's queue on this peer; more are refused
+/// with 503 rather than queued without bound.
+pub const QUEUE_PER_WORKER: usize = 64;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A process that ran this long resets the crash count.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// Crashes in a row after which a worker shows as failing.
+const FAILING_AFTER: u32 = 3;
+
+/// A job for a local worker.
+pub struct LocalJob {
+    /// Compact JSON text, no newline.
+    pub payload: Arc<str>,
+    pub deadline: Instant,
+    /// Receiver: whoever submitted the job (the HTTP handler, or the task
+    /// answering a remote peer). Dropped unanswered when the app stops.
+    pub reply: oneshot::Sender<Result<String, JobError>>,
+}
+
+#[derive(Clone)]
+pub struct Workers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    apps_dir: AppsDir,
+    default_workers: u32,
+    grace: Duration,
+    apps: Mutex<HashMap<AppName, Entry>>,
+    tracker: TaskTracker,
+}
+
+enum Entry {
+    Running(Runner),
+    Missing { clock: u64, error: String },
+    Stopped { clock: u64 },
+}
+
+struct Runner {
+    spec: AppSpec,
+    clock: u64,
+    workers: u32,
+    /// Receivers: the runner's worker tasks. Closing it (on stop) ends them
+    /// once the queue is empty; dropping it fails the queued jobs.
+    queue: async_channel::Sender<LocalJob>,
+    stop: CancellationToken,
+    slots: Vec<Arc<Mutex<WorkerDetail>>>,
+}
+
+impl Runner {
+    fn live(&self) -> u32 {
+        self.slots
+            .iter()
+            .filter(|s| s.lock().expect("slot lock").state == WorkerState::Running)
+            .count() as u32
+    }
+
+    /// Jobs being run by this runner's processes right now.
+    fn busy(&self) -> u32 {
+        self.slots
+            .iter()
+            .map(|s| s.lock().expect("slot lock").in_flight)
+            .sum()
+    }
+
+    fn state(&self) -> AppState {
+        let states: Vec<WorkerState> = self
+            .slots
+            .iter()
+            .map(|s| s.lock().expect("slot lock").state)
+            .collect();
+        if states.contains(&WorkerState::Running) {
+            AppState::Running
+        } else if states.iter().all(|s| *s == WorkerState::Failing) {
+            AppState::Failing
+        } else {
+            AppState::Starting
+        }
+    }
+
+    fn shutdown(self) {
+        self.queue.close();
+        self.stop.cancel();
+    }
+}
+
+impl Workers {
+    pub fn new(apps_dir: AppsDir, default_workers: u32, grace: Duration) -> Workers {
+        Workers {
+            inner: Arc::new(Inner {
+                apps_dir,
+                default_workers: default_workers.max(1),
+                grace,
+                apps: Mutex::new(HashMap::new()),
+                tracker: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub fn apps_dir(&self) -> &AppsDir {
+        &self.inner.apps_dir
+    }
+
+    /// Brings local workers in line with the mesh's desired state. Apps that
+    /// were missing are resolved again each time, so an app copied into the
+    /// apps directory later is picked up.
+    pub fn apply(&self, desired: &DesiredApps) {
+        let mut apps = self.inner.apps.lock().expect("apps lock");
+        for d in desired.entries() {
+            let current = apps.remove(&d.app);
+            let next = if d.run {
+                match current {
+                    Some(Entry::Running(mut r)) => {
+                        let spec = self.inner.apps_dir.resolve(&d.app);
+                        let want = d.workers.or(spec.as_ref().ok().and_then(|s| s.workers));
+                        let want = want.unwrap_or(self.inner.default_workers);
+                        if want == r.workers && spec.as_ref().is_ok_and(|s| *s == r.spec) {
+                            r.clock = d.clock;
+                            Entry::Running(r)
+                        } else {
+                            tracing::info!(app = %d.app, from = r.workers, to = want, "restarting app with new settings");
+                            r.shutdown();
+                            self.start_entry(&d.app, d.workers, d.clock)
+                        }
+                    }
+                    _ => self.start_entry(&d.app, d.workers, d.clock),
+                }
+            } else {
+                if let Some(Entry::Running(r)) = current {
+                    tracing::info!(app = %d.app, "stopping app");
+                    r.shutdown();
+                }
+                Entry::Stopped { clock: d.clock }
+            };
+            apps.insert(d.app.clone(), next);
+        }
+    }
+
+    fn start_entry(&self, app: &AppName, workers: Option<u32>, clock: u64) -> Entry {
+        match self.inner.apps_dir.resolve(app) {
+            Ok(spec) => {
+                let n = workers
+                    .or(spec.workers)
+                    .unwrap_or(self.inner.default_workers)
+                    .max(1);
+                tracing::info!(app = %app, workers = n, source = %spec.source.display(), "starting app");
+                Entry::Running(self.spawn_runner(spec, n, clock))
+            }
+            Err(e) => Entry::Missing {
+                clock,
+                error: e.to_string(),
+            },
+        }
+    }
+
+    fn spawn_runner(&self, spec: AppSpec, workers: u32, clock: u64) -> Runner {
+        let (tx, rx) = async_channel::bounded(QUEUE_PER_WORKER * workers as usize);
+        let stop = CancellationToken::new();
+        let mut slots = Vec::new();
+        for index in 0..workers {
+            let slot = Arc::new(Mutex::new(WorkerDetail {
+                index,
+                pid: None,
+                state: WorkerState::Starting,
+                restarts: 0,
+                jobs_done: 0,
+                in_flight: 0,
+                last_error: None,
+            }));
+            slots.push(slot.clone());
+            self.inner.tracker.spawn(worker_task(
+                spec.clone(),
+                rx.clone(),
+                slot,
+                stop.clone(),
+                self.inner.grace,
+            ));
+        }
+        Runner {
+            spec,
+            clock,
+            workers,
+            queue: tx,
+            stop,
+            slots,
+        }
+    }
+
+    /// Queues a job for one of this peer's workers of `app`.
+    pub fn submit(&self, app: &AppName, job: LocalJob) -> Result<(), JobError> {
+        let apps = self.inner.apps.lock().expect("apps lock");
+        let Some(Entry::Running(r)) = apps.get(app) else {
+            return Err(JobError::NotRunning(format!(
+                "{app} is not running on this peer"
+            )));
+        };
+        match r.queue.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(async_channel::TrySendError::Full(_)) => Err(JobError::Busy(format!(
+                "{app}: all {} queue places on this peer are taken",
+                r.queue.capacity().unwrap_or(0)
+            ))),
+            Err(async_channel::TrySendError::Closed(_)) => Err(JobError::NotRunning(format!(
+                "{app} is stopping on this peer"
+            ))),
+        }
+    }
+
+    /// Worker processes of `app` on this peer that are up and taking jobs.
+    pub fn live_workers(&self, app: &AppName) -> u32 {
+        match self.inner.apps.lock().expect("apps lock").get(app) {
+            Some(Entry::Running(r)) => r.live(),
+            _ => 0,
+        }
+    }
+
+    /// What this peer announces about its apps.
+    pub fn statuses(&self) -> Vec<AppStatus> {
+        self.details().into_iter().map(|d| d.status).collect()
+    }
+
+    pub fn details(&self) -> Vec<LocalApp> {
+        let apps = self.inner.apps.lock().expect("apps lock");
+        let mut out: Vec<LocalApp> = apps
+            .iter()
+            .map(|(name, e)| match e {
+                Entry::Running(r) => LocalApp {
+                    status: AppStatus {
+                        app: name.clone(),
+                        state: r.state(),
+                        workers: r.live(),
+                        in_flight: r.busy() + r.queue.len() as u32,
+                        clock: r.clock,
+                        error: r
+                            .slots
+                            .iter()
+                            .filter_map(|s| s.lock().expect("slot lock").last_error.clone())
+                            .next_back(),
+                    },
+                    source: Some(r.spec.source.display().to_string()),
+                    protocol: Some(r.spec.protocol),
+                    queued: r.queue.len() as u32,
+                    processes: r
+                        .slots
+                        .iter()
+                        .map(|s| s.lock().expect("slot lock").clone())
+                        .collect(),
+                },
+                Entry::Missing { clock, error } => LocalApp {
+                    status: AppStatus {
+                        app: name.clone(),
+                        state: AppState::Missing,
+                        workers: 0,
+                        in_flight: 0,
+                        clock: *clock,
+                        error: Some(error.clone()),
+                    },
+                    source: None,
+                    protocol: None,
+                    queued: 0,
+                    processes: Vec::new(),
+                },
+                Entry::Stopped { clock } => LocalApp {
+                    status: AppStatus {
+                        app: name.clone(),
+                        state: AppState::Stopped,
+                        workers: 0,
+                        in_flight: 0,
+                        clock: *clock,
+                        error: None,
+                    },
+                    source: None,
+                    protocol: None,
+                    queued: 0,
+                    processes: Vec::new(),
+                },
+            })
+            .collect();
+        out.sort_by(|a, b| a.status.app.cmp(&b.status.app));
+        out
+    }
+
+    /// Stops every worker (SIGTERM, grace, SIGKILL) and waits for them.
+    pub async fn shutdown(&self) {
+        let runners: Vec<Runner> = {
+            let mut apps = self.inner.apps.lock().expect("apps lock");
+            apps.drain()
+                .filter_map(|(_, e)| match e {
+                    Entry::Running(r) => Some(r),
+                    _ => None,
+                })
+                .collect()
+        };
+        for r in runners {
+            r.shutdown();
+        }
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+}
+
+fn set_slot(slot: &Mutex<WorkerDetail>, f: impl FnOnce(&mut WorkerDetail)) {
+    f(&mut slot.lock().expect("slot lock"));
+}
+
+/// Owns one worker process at a time for its whole life: start, feed,
+/// restart with backoff, stop.
+async fn worker_task(
+    spec: AppSpec,
+    jobs: async_channel::Receiver<LocalJob>,
+    slot: Arc<Mutex<WorkerDetail>>,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    let mut crashes_in_a_row = 0u32;
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let started = Instant::now();
+        let reason = match WorkerProcess::spawn(&spec) {
+            Err(e) => format!("cannot start {}: {e}", spec.program.display()),
+            Ok(mut proc) => {
+                set_slot(&slot, |s| {
+                    s.pid = Some(proc.pid());
+                    s.state = WorkerState::Running;
+                });
+                match serve(&mut proc, &jobs, &slot, &stop).await {
+                    Served::Stop => {
+                        set_slot(&slot, |s| s.state = WorkerState::Stopped);
+                        proc.stop(grace).await;
+                        set_slot(&slot, |s| s.pid = None);
+                        return;
+                    }
+                    Served::Recycle(reason) => {
+                        proc.kill().await;
+                        reason
+                    }
+                    Served::Exited(reason) => reason,
+                }
+            }
+        };
+        if started.elapsed() >= HEALTHY_AFTER {
+            crashes_in_a_row = 0;
+        }
+        crashes_in_a_row += 1;
+        let backoff = (BACKOFF_MIN * 2u32.saturating_pow(crashes_in_a_row - 1)).min(BACKOFF_MAX);
+        tracing::warn!(app = %spec.name, "worker {reason}; restarting in {backoff:?}");
+        set_slot(&slot, |s| {
+            s.pid = None;
+            s.restarts += 1;
+            s.last_error = Some(reason);
+            s.state = if crashes_in_a_row >= FAILING_AFTER {
+                WorkerState::Failing
+            } else {
+                WorkerState::Restarting
+            };
+        });
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+    }
+    set_slot(&slot, |s| {
+        s.state = WorkerState::Stopped;
+        s.pid = None;
+    });
+}
+
+enum Served {
+    /// Asked to stop, or the queue closed: stop the process gracefully.
+    Stop,
+    /// The process must be killed and replaced (hung, or out of sync).
+    Recycle(String),
+    /// The process is gone.
+    Exited(String),
+}
+
+async fn serve(
+    proc: &mut WorkerProcess,
+    jobs: &async_channel::Receiver<LocalJob>,
+    slot: &Mutex<WorkerDetail>,
+    stop: &CancellationToken,
+) -> Served {
+    loop {
+        let job = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Served::Stop,
+            status = proc.wait() => {
+                let why = match status {
+                    Ok(s) => super::protocol::describe_status(s),
+                    Err(e) => e.to_string(),
+                };
+                return Served::Exited(format!("{why} while idle"));
+            }
+            job = jobs.recv() => match job {
+                Ok(job) => job,
+                Err(_) => return Served::Stop,
+            },
+        };
+        if job.reply.is_closed() {
+            continue; // the caller gave up while the job was queued
+        }
+        if Instant::now() >= job.deadline {
+            let _ = job.reply.send(Err(JobError::Timeout(
+                "the job timed out while queued for a worker".into(),
+            )));
+            continue;
+        }
+        set_slot(slot, |s| s.in_flight = 1);
+        let outcome = proc.run_job(&job.payload, job.deadline).await;
+        set_slot(slot, |s| {
+            s.in_flight = 0;
+            s.jobs_done += 1;
+        });
+        match outcome {
+            Ok(result) => {
+                let _ = job.reply.send(Ok(result));
+            }
+            Err(RunError::BadOutput(msg)) => {
+                let _ = job.reply.send(Err(JobError::BadOutput(msg)));
+            }
+            Err(RunError::TooLarge) => {
+                let msg = format!(
+                    "the worker's answer is larger than {} MiB",
+                    super::protocol::MAX_RESULT_BYTES >> 20
+                );
+                let _ = job.reply.send(Err(JobError::BadOutput(msg.clone())));
+                return Served::Recycle(msg);
+            }
+            Err(RunError::Timeout) => {
+                let _ = job.reply.send(Err(JobError::Timeout(
+                    "no result within the timeout; the worker was recycled".into(),
+                )));
+                return Served::Recycle("did not answer a job within its timeout (hung?)".into());
+            }
+            Err(RunError::Exited(what)) => {
+                let report = proc
+                    .crash_report(&format!("crashed on this job ({what})"))
+                    .await;
+                let _ = job.reply.send(Err(JobError::WorkerCrashed(report.clone())));
+                return Served::Exited(report);
+            }
+        }
+    }
+}

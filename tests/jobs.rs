@@ -1,0 +1,555 @@
+//! Workers and jobs, end to end: real peers, real worker processes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const COUNTER: &str = "apps/wordcount/counter";
+const SENTENCE_1: &str = "The First World War was to be the war to end all wars.";
+const RESULT_1: &str =
+    r#"{"message":"The First World War was to be the war to end all wars.","total":13,"unique":9}"#;
+const SENTENCE_2: &str = "the quick brown fox jumped over the lazy dog";
+const RESULT_2: &str =
+    r#"{"message":"the quick brown fox jumped over the lazy dog","total":9,"unique":8}"#;
+
+/// One peer with `tests/apps`.
+fn solo(dir: &std::path::Path, extra: &[&str]) -> Peer {
+    let opts = PeerOpts {
+        apps: Some(test_apps()),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    Peer::start(dir, "solo", opts)
+}
+
+/// Waits (5 s at most) for `needle` to appear in the peer's log.
+fn wait_log(p: &Peer, needle: &str) {
+    wait_for(
+        &format!("{needle:?} in the log of {}", p.name),
+        Duration::from_secs(5),
+        || {
+            if p.log_text().contains(needle) {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    );
+}
+
+/// Waits until none of `pids` is alive.
+fn wait_gone(what: &str, pids: &[i32], deadline: Duration) {
+    wait_for(what, deadline, || {
+        let alive: Vec<_> = pids.iter().filter(|p| pid_alive(**p)).collect();
+        if alive.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still alive: {alive:?}"))
+        }
+    });
+}
+
+/// Three peers in a chain; the first `with_apps` of them get `apps`.
+fn mesh(dir: &std::path::Path, apps: std::path::PathBuf, with_apps: usize) -> Vec<Peer> {
+    let mut peers: Vec<Peer> = Vec::new();
+    for i in 0..3 {
+        let opts = PeerOpts {
+            bootstrap: peers
+                .last()
+                .map(|p| vec![p.listen.clone()])
+                .unwrap_or_default(),
+            apps: (i < with_apps).then(|| apps.clone()),
+            extra: vec!["--workers".into(), "2".into()],
+            ..Default::default()
+        };
+        peers.push(Peer::start(dir, &format!("p{i}"), opts));
+    }
+    let refs: Vec<&Peer> = peers.iter().collect();
+    wait_converged(&refs, Duration::from_secs(15));
+    peers
+}
+
+#[test]
+fn the_original_story_wordcount_across_the_mesh() {
+    let dir = scratch("story");
+    // Peer 3 has no apps directory at all: it serves through the others.
+    let peers = mesh(dir.path(), repo_apps(), 2);
+    let out = start_app(&peers[0], COUNTER, &[]);
+    assert!(out.contains("running on 2 of 3 peers"), "{out}");
+    assert!(
+        out.contains("missing"),
+        "the peer without the app says so: {out}"
+    );
+
+    // curl-like HTTP through the peer without the app.
+    let (status, peer, body) = peers[2].job(COUNTER, &serde_json::to_string(SENTENCE_1).unwrap());
+    assert_eq!((status, body.as_str()), (200, RESULT_1));
+    let ran_on = peer.expect("X-Disruptor-Peer");
+    assert!(
+        ran_on == peers[0].id || ran_on == peers[1].id,
+        "ran on {ran_on}"
+    );
+    // text/plain is sent as a JSON string.
+    let (status, _, body) = peers[2].job_with(COUNTER, SENTENCE_2, "text/plain", None);
+    assert_eq!((status, body.as_str()), (200, RESULT_2));
+
+    // The CLI, with a payload that is not JSON (sent as a string), and from stdin.
+    let out = cli(&["send", &peers[2].http, COUNTER, SENTENCE_1]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), RESULT_1);
+    let mut child = std::process::Command::new(BIN)
+        .args(["send", &peers[2].http, COUNTER, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(SENTENCE_2.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), RESULT_2);
+
+    // Errors from the CLI: the server's message, non-zero exit.
+    let out = cli(&["send", &peers[2].http, "apps/nope", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no live worker anywhere in the mesh"),
+        "{out:?}"
+    );
+    let out = cli(&["send", &peers[2].http, "apps/../x", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // /api/apps tells where it runs; the status page shows it too.
+    let apps = peers[2].apps();
+    let per_peer = &apps["mesh"][COUNTER];
+    assert_eq!(per_peer[&peers[0].id]["state"], "running", "{apps}");
+    assert_eq!(per_peer[&peers[1].id]["state"], "running", "{apps}");
+    assert_eq!(per_peer[&peers[2].id]["state"], "missing", "{apps}");
+    let page = peers[0].get("/").text().unwrap();
+    assert!(page.contains(COUNTER), "status page lists the app");
+}
+
+#[test]
+fn jobs_spread_over_every_peer_and_stop_leaves_no_worker() {
+    let dir = scratch("spread");
+    let peers = mesh(dir.path(), repo_apps(), 3);
+    start_app(&peers[1], "apps/echo/echo", &[]);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for i in 0..300 {
+        let body = format!(r#"{{"n":{i},"text":"hello"}}"#);
+        let (status, peer, answer) = peers[0].job("apps/echo/echo", &body);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer, body, "echo answers the job itself");
+        *seen.entry(peer.unwrap()).or_default() += 1;
+    }
+    for p in &peers {
+        assert!(
+            seen.get(&p.id).copied().unwrap_or(0) > 0,
+            "{} ran no job: {seen:?}",
+            p.name
+        );
+    }
+    eprintln!("300 jobs spread as {:?}", seen.values().collect::<Vec<_>>());
+
+    let pids: Vec<i32> = peers
+        .iter()
+        .flat_map(|p| p.worker_pids("apps/echo/echo"))
+        .collect();
+    assert_eq!(pids.len(), 6, "2 workers on each of 3 peers: {pids:?}");
+    assert!(pids.iter().all(|p| pid_alive(*p)));
+    let out = cli(&["stop", &peers[2].http, "apps/echo/echo"]);
+    assert!(out.status.success(), "{out:?}");
+    let t = Instant::now();
+    for p in &peers {
+        wait_for("404 after stop", Duration::from_secs(5), || {
+            let (status, _, body) = p.job("apps/echo/echo", "1");
+            if status == 404 {
+                Ok(())
+            } else {
+                Err(format!("{status} {body}"))
+            }
+        });
+    }
+    wait_gone(
+        "every worker process to be gone",
+        &pids,
+        Duration::from_secs(10),
+    );
+    eprintln!("stopped everywhere within {:?}", t.elapsed());
+}
+
+#[test]
+fn a_peer_that_joins_later_runs_what_the_mesh_runs() {
+    let dir = scratch("late");
+    let first = Peer::start(
+        dir.path(),
+        "first",
+        PeerOpts {
+            apps: Some(test_apps()),
+            ..Default::default()
+        },
+    );
+    start_app(&first, "apps/tool", &[]);
+    let late = Peer::start(
+        dir.path(),
+        "late",
+        PeerOpts {
+            bootstrap: vec![first.listen.clone()],
+            apps: Some(test_apps()),
+            ..Default::default()
+        },
+    );
+    wait_for(
+        "the late peer to run apps/tool by itself",
+        Duration::from_secs(10),
+        || {
+            let pids = late.worker_pids("apps/tool");
+            if pids.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{}", late.apps()))
+            }
+        },
+    );
+    // And the mesh routes jobs to it.
+    wait_for(
+        "a job to run on the late peer",
+        Duration::from_secs(10),
+        || {
+            let (status, peer, body) = first.job("apps/tool", r#"{"x":1}"#);
+            if status == 200 && peer.as_deref() == Some(late.id.as_str()) {
+                Ok(())
+            } else {
+                Err(format!("{status} {peer:?} {body}"))
+            }
+        },
+    );
+}
+
+#[test]
+fn start_and_stop_sent_to_different_peers_end_the_same_everywhere() {
+    let dir = scratch("lww");
+    let peers = mesh(dir.path(), test_apps(), 3);
+    start_app(&peers[0], "apps/tool", &[]);
+    let out = cli(&["stop", &peers[2].http, "apps/tool"]);
+    assert!(out.status.success(), "{out:?}");
+    start_app(&peers[1], "apps/tool", &["--workers", "1"]);
+    for p in &peers {
+        wait_for(
+            "one worker of apps/tool on every peer",
+            Duration::from_secs(10),
+            || {
+                let pids = p.worker_pids("apps/tool");
+                let st = &p.apps()["mesh"]["apps/tool"];
+                let all_running = peers.iter().all(|q| st[&q.id]["state"] == "running");
+                if pids.len() == 1 && all_running {
+                    Ok(())
+                } else {
+                    Err(format!("{pids:?} {st}"))
+                }
+            },
+        );
+    }
+}
+
+#[test]
+fn worker_failures_are_reported_and_the_peer_recovers() {
+    let dir = scratch("fail");
+    let p = solo(dir.path(), &[]);
+    start_app(&p, "apps/tool", &["--workers", "1"]);
+    let (status, _, body) = p.job("apps/tool", r#"{"x":1}"#);
+    assert_eq!(status, 200, "{body}");
+    let first_pid = serde_json::from_str::<serde_json::Value>(&body).unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+
+    // A crash: 502 with the exit status and the worker's stderr.
+    let (status, _, body) = p.job("apps/tool", r#"{"crash":true}"#);
+    assert_eq!(status, 502, "{body}");
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let msg = err["error"].as_str().unwrap();
+    assert!(
+        msg.contains("exited with status 3") && msg.contains("boom: asked to crash"),
+        "{msg}"
+    );
+    // The next job succeeds on the restarted worker.
+    let (status, _, body) = wait_for("the restarted worker", Duration::from_secs(10), || {
+        let r = p.job("apps/tool", r#"{"x":2}"#);
+        if r.0 == 200 {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
+    let second_pid = serde_json::from_str::<serde_json::Value>(&body).unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_ne!(first_pid, second_pid, "a new process");
+    assert!(!pid_alive(first_pid as i32));
+
+    // A line that is not JSON: 502, and the same worker keeps serving.
+    let (status, _, body) = p.job("apps/tool", r#"{"bad":true}"#);
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("not JSON") && body.contains("this is not json"),
+        "{body}"
+    );
+    let (status, _, body) = p.job("apps/tool", r#"{"x":3}"#);
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["pid"]
+            .as_i64()
+            .unwrap(),
+        second_pid
+    );
+
+    // A hanging worker: 504 at the requested timeout, then it is recycled.
+    let t = Instant::now();
+    let (status, _, body) = p.job_with(
+        "apps/tool",
+        r#"{"hang":true}"#,
+        "application/json",
+        Some("700"),
+    );
+    let took = t.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        took >= Duration::from_millis(650) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(
+        !pid_alive(second_pid as i32) || {
+            std::thread::sleep(Duration::from_millis(500));
+            !pid_alive(second_pid as i32)
+        },
+        "the hung worker was killed"
+    );
+    let (status, _, body) = wait_for(
+        "a fresh worker after the hang",
+        Duration::from_secs(10),
+        || {
+            let r = p.job("apps/tool", r#"{"x":4}"#);
+            if r.0 == 200 {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // A worker that cannot start at all shows as failing, without a tight
+    // restart loop.
+    start_app_allow_fail(&p, "apps/crashloop");
+    let detail = wait_for(
+        "crashloop to show as failing",
+        Duration::from_secs(10),
+        || {
+            let apps = p.apps();
+            let a = apps["local"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["app"] == "apps/crashloop")
+                .cloned();
+            match a {
+                Some(a) if a["state"] == "failing" => Ok(a),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+    assert!(
+        detail["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exited with status 7"),
+        "{detail}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let restarts = p.apps()["local"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["app"] == "apps/crashloop")
+        .unwrap()["processes"][0]["restarts"]
+        .as_u64()
+        .unwrap();
+    assert!(restarts <= 8, "backoff keeps restarts few, saw {restarts}");
+    assert_eq!(p.get("/healthz").status(), 200);
+}
+
+/// `disruptor start` for an app that will not run exits non-zero; that is
+/// expected here.
+fn start_app_allow_fail(peer: &Peer, app: &str) {
+    let out = cli(&["start", &peer.http, app, "--wait", "3s"]);
+    assert!(
+        !out.status.success(),
+        "an app that never runs is not reported as started: {out:?}"
+    );
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_peer_keeps_serving() {
+    let dir = scratch("bad");
+    let p = solo(dir.path(), &["--max-job-bytes", "1000"]);
+    start_app(&p, "apps/tool", &["--workers", "1"]);
+    let expect = |(status, _, body): (u16, Option<String>, String), want: u16, needle: &str| {
+        assert_eq!(status, want, "{body}");
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {body}"));
+        assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+    };
+    expect(p.job("apps/tool", "{not json"), 400, "not valid JSON");
+    expect(p.job("apps/tool", ""), 400, "not valid JSON");
+    expect(
+        p.job("apps/nothing/here", "1"),
+        404,
+        "no live worker anywhere",
+    );
+    expect(
+        p.job("apps/tool", &format!("\"{}\"", "x".repeat(2000))),
+        413,
+        "larger than the limit",
+    );
+    expect(
+        p.job_with("apps/tool", "1", "application/json", Some("soon")),
+        400,
+        "x-disruptor-timeout-ms",
+    );
+    expect(
+        p.job_with("apps/tool", "1", "application/json", Some("0")),
+        400,
+        "x-disruptor-timeout-ms",
+    );
+
+    // Traversal, plain and percent-encoded, sent raw (no client normalises it).
+    for path in [
+        "/apps/../../etc/passwd",
+        "/apps/..%2f..%2fetc%2fpasswd",
+        "/apps/%2e%2e/%2e%2e/bin/sh",
+        "/apps/tool/..",
+        "/apps/.hidden",
+        "/apps/%252e%252e/x",
+        "/apps//bin/sh",
+    ] {
+        let (status, body) = p.raw(&format!("POST {path} HTTP/1.1"), "1");
+        assert!(status == 400 || status == 404, "{path}: {status} {body}");
+        assert!(body.contains("\"error\""), "{path}: {body}");
+        assert!(!body.contains("root:"), "{path}: {body}");
+    }
+    let (status, body) = p.raw("GET /apps/tool HTTP/1.1", "");
+    assert_eq!(status, 405, "{body}");
+    // Start/stop API validation.
+    let c = http_client();
+    let r = c
+        .post(format!("http://{}/api/apps/start", p.http))
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .post(format!("http://{}/api/apps/start", p.http))
+        .body(r#"{"app":"apps/../../bin/sh"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("not allowed"));
+
+    // Still serving.
+    let (status, _, body) = p.job("apps/tool", r#"{"still":"here"}"#);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn an_unmodified_node_worker_in_the_original_style_runs() {
+    let dir = scratch("node");
+    let p = solo(dir.path(), &[]);
+    start_app(&p, "apps/node/shout", &["--workers", "1"]);
+    for i in 1..=3 {
+        let (status, _, body) = p.job("apps/node/shout", &format!("\"hello {i}\""));
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["shouted"], format!("HELLO {i}"));
+        assert_eq!(v["count"], i, "one long-lived process");
+    }
+    // console.log went to the peer's log, not into a result.
+    wait_log(&p, "shouting job 3");
+}
+
+#[test]
+fn stop_escalates_to_sigkill_after_the_grace_period() {
+    let dir = scratch("grace");
+    let p = solo(dir.path(), &["--worker-grace", "1s"]);
+    start_app(&p, "apps/stubborn", &[]);
+    let pids = p.worker_pids("apps/stubborn");
+    assert_eq!(pids.len(), 1);
+    wait_for(
+        "the worker to ignore SIGTERM",
+        Duration::from_secs(5),
+        || {
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", pids[0])).unwrap_or_default();
+            let ign = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                .unwrap_or(0);
+            if ign & (1 << (15 - 1)) != 0 {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        },
+    );
+    let t = Instant::now();
+    let out = cli(&["stop", &p.http, "apps/stubborn"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(
+        "the stubborn worker to be killed",
+        Duration::from_secs(5),
+        || {
+            if pid_alive(pids[0]) {
+                Err("alive".into())
+            } else {
+                Ok(())
+            }
+        },
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "SIGTERM was ignored, so it took the grace period: {took:?}"
+    );
+    wait_log(&p, "ignored SIGTERM");
+}
+
+#[test]
+fn workers_do_not_outlive_a_killed_peer() {
+    let dir = scratch("orphans");
+    let mut p = solo(dir.path(), &[]);
+    start_app(&p, "apps/tool", &[]);
+    start_app(&p, "apps/node/shout", &["--workers", "2"]);
+    start_app(&p, "apps/stubborn", &[]);
+    let mut pids = p.worker_pids("apps/tool");
+    pids.extend(p.worker_pids("apps/node/shout"));
+    pids.extend(p.worker_pids("apps/stubborn"));
+    assert_eq!(pids.len(), 5, "{pids:?}");
+    p.sigkill();
+    wait_gone(
+        "every worker to die with its peer",
+        &pids,
+        Duration::from_secs(5),
+    );
+}
