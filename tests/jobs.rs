@@ -553,3 +553,63 @@ fn workers_do_not_outlive_a_killed_peer() {
         Duration::from_secs(5),
     );
 }
+
+#[test]
+fn concurrent_jobs_each_get_their_own_result() {
+    let dir = scratch("corr");
+    let peers = mesh(dir.path(), test_apps(), 2);
+    start_app(&peers[0], "apps/tool", &[]);
+    // 4 worker processes in the mesh, 200 jobs from 16 threads at once, each
+    // job sleeping a random few milliseconds so answers interleave.
+    let handles: Vec<_> = (0..16)
+        .map(|t| {
+            let http = peers[2].http.clone();
+            std::thread::spawn(move || {
+                let client = http_client();
+                for i in 0..13 {
+                    let id = format!("{t}-{i}");
+                    let sleep = ((t * 7 + i * 3) % 5) as f64 / 1000.0;
+                    let body = format!(r#"{{"id":"{id}","sleep":{sleep}}}"#);
+                    let resp = client
+                        .post(format!("http://{http}/apps/tool"))
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .unwrap();
+                    assert_eq!(resp.status(), 200);
+                    let v: serde_json::Value = resp.json().unwrap();
+                    assert_eq!(
+                        v["echo"]["id"],
+                        id.as_str(),
+                        "a result reached the wrong job"
+                    );
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("a client thread failed");
+    }
+}
+
+#[test]
+fn a_job_at_the_size_limit_crosses_the_mesh() {
+    let dir = scratch("big");
+    let peers = mesh(dir.path(), repo_apps(), 1);
+    start_app(&peers[0], "apps/echo/echo", &["--workers", "1"]);
+    // Just under the default 1 MiB limit, sent to a peer without the app.
+    let big = format!("\"{}\"", "y".repeat(1024 * 1024 - 2));
+    let (status, peer, body) = peers[2].job("apps/echo/echo", &big);
+    assert_eq!(status, 200, "{}", &body[..body.len().min(300)]);
+    assert_eq!(peer.as_deref(), Some(peers[0].id.as_str()));
+    assert_eq!(body.len(), big.len());
+    assert!(body == big);
+    // One byte over: 413, and the mesh is fine afterwards.
+    let (status, _, _) = peers[2].job(
+        "apps/echo/echo",
+        &format!("\"{}\"", "y".repeat(1024 * 1024 - 1)),
+    );
+    assert_eq!(status, 413);
+    let (status, _, body) = peers[2].job("apps/echo/echo", "[1,2,3]");
+    assert_eq!((status, body.as_str()), (200, "[1,2,3]"));
+}

@@ -204,65 +204,50 @@ impl WorkerProcess {
     /// Sends one job (a compact JSON text without newlines) and waits for
     /// its answer until `deadline`.
     pub async fn run_job(&mut self, payload: &str, deadline: Instant) -> Result<String, RunError> {
-        let write = async {
-            let input = self
-                .input
-                .as_mut()
-                .ok_or_else(|| RunError::Exited("input closed".into()))?;
-            let mut line = Vec::with_capacity(payload.len() + 1);
-            line.extend_from_slice(payload.as_bytes());
-            line.push(b'\n');
-            input.write_all(&line).await.map_err(|e| {
-                RunError::Exited(format!("cannot write the job to the worker: {e}"))
-            })?;
-            input
-                .flush()
-                .await
-                .map_err(|e| RunError::Exited(format!("cannot write the job to the worker: {e}")))
+        let input = self
+            .input
+            .as_mut()
+            .ok_or_else(|| RunError::Exited("input closed".into()))?;
+        let write_err =
+            |e: io::Error| RunError::Exited(format!("cannot write the job to the worker: {e}"));
+        // Write and read at the same time: a worker may start answering a
+        // large job before it has read all of it, and with both pipes full
+        // neither side would move.
+        let write = async move {
+            if payload.len() < 16 * 1024 {
+                let mut line = Vec::with_capacity(payload.len() + 1);
+                line.extend_from_slice(payload.as_bytes());
+                line.push(b'\n');
+                input.write_all(&line).await?;
+            } else {
+                input.write_all(payload.as_bytes()).await?;
+                input.write_all(b"\n").await?;
+            }
+            input.flush().await
         };
-        match tokio::time::timeout_at(deadline, write).await {
-            Err(_) => return Err(RunError::Timeout),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(())) => {}
-        }
-        loop {
-            let line = match tokio::time::timeout_at(deadline, self.output.next()).await {
-                Err(_) => return Err(RunError::Timeout),
-                Ok(None) => return Err(RunError::Exited("its output closed".into())),
-                Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => {
-                    return Err(RunError::TooLarge);
-                }
-                Ok(Some(Err(LinesCodecError::Io(e)))) => {
-                    return Err(RunError::Exited(format!("reading its output failed: {e}")));
-                }
-                Ok(Some(Ok(line))) => line,
-            };
-            let trimmed = line.trim();
-            if trimmed.is_empty() && self.protocol == Protocol::Native {
-                continue;
-            }
-            if self.protocol == Protocol::Node && trimmed.starts_with(r#"{"cmd":"NODE_"#) {
-                continue; // Node's own internal messages
-            }
-            // Validate without building a tree; pass the text on as it is.
-            match serde_json::from_str::<&serde_json::value::RawValue>(trimmed) {
-                Ok(_) => return Ok(trimmed.to_string()),
-                Err(e) => {
-                    let mut shown = trimmed.to_string();
-                    if shown.len() > 200 {
-                        let mut cut = 200;
-                        while !shown.is_char_boundary(cut) {
-                            cut -= 1;
-                        }
-                        shown.truncate(cut);
-                        shown.push('…');
+        let read = read_answer(&mut self.output, self.protocol);
+        tokio::pin!(write, read);
+        let work = async {
+            let mut written = false;
+            loop {
+                tokio::select! {
+                    w = &mut write, if !written => {
+                        w.map_err(write_err)?;
+                        written = true;
                     }
-                    return Err(RunError::BadOutput(format!(
-                        "worker answered a line that is not JSON ({e}): {shown:?}"
-                    )));
+                    answer = &mut read => {
+                        // Never leave half a line behind for the next job.
+                        if !written {
+                            (&mut write).await.map_err(write_err)?;
+                        }
+                        return answer;
+                    }
                 }
             }
-        }
+        };
+        tokio::time::timeout_at(deadline, work)
+            .await
+            .unwrap_or(Err(RunError::Timeout))
     }
 
     /// Waits for the process to exit (used while idle, to notice crashes).
@@ -324,6 +309,49 @@ impl Drop for WorkerProcess {
         for t in &self.log_tasks {
             t.abort();
         }
+    }
+}
+
+/// Reads the worker's next answer: one JSON value on one line.
+async fn read_answer(output: &mut Reader, protocol: Protocol) -> Result<String, RunError> {
+    loop {
+        let line = match output.next().await {
+            None => return Err(RunError::Exited("its output closed".into())),
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => return Err(RunError::TooLarge),
+            Some(Err(LinesCodecError::Io(e))) => {
+                return Err(RunError::Exited(format!("reading its output failed: {e}")));
+            }
+            Some(Ok(line)) => line,
+        };
+        let trimmed = line.trim();
+        if trimmed.is_empty() && protocol == Protocol::Native {
+            continue;
+        }
+        if protocol == Protocol::Node && trimmed.starts_with(r#"{"cmd":"NODE_"#) {
+            continue; // Node's own internal messages
+        }
+        // Validate without building a tree; pass the text on as it is.
+        return match serde_json::from_str::<&serde_json::value::RawValue>(trimmed) {
+            Ok(_) => Ok(if trimmed.len() == line.len() {
+                line
+            } else {
+                trimmed.to_string()
+            }),
+            Err(e) => {
+                let mut shown = trimmed.to_string();
+                if shown.len() > 200 {
+                    let mut cut = 200;
+                    while !shown.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    shown.truncate(cut);
+                    shown.push('…');
+                }
+                Err(RunError::BadOutput(format!(
+                    "worker answered a line that is not JSON ({e}): {shown:?}"
+                )))
+            }
+        };
     }
 }
 
