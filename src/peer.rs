@@ -41,6 +41,7 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     let (desired_tx, desired_rx) = watch::channel(Arc::new(DesiredApps::default()));
     let (client, event_loop) =
         network::start(&config, http_addr, workers.clone(), desired_tx).await?;
+    let stream_control = event_loop.stream_control();
     let dispatcher = Dispatcher::new(
         workers.clone(),
         client,
@@ -78,6 +79,12 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tracker.spawn(reconcile(desired_rx, workers.clone(), shutdown.clone()));
+    tracker.spawn(network::serve_inbound(
+        stream_control,
+        workers.clone(),
+        config.max_job_bytes,
+        shutdown.clone(),
+    ));
     tracker.close();
 
     let mut sigterm = signal(SignalKind::terminate())?;

@@ -18,11 +18,6 @@ pub const MEMBERSHIP_TOPIC: &str = "disruptor/membership/1";
 pub const MEMBERS_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/members/1");
 /// Largest gossip message accepted (announcements are a few hundred bytes).
 pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
-/// Concurrent job streams per connection. Yamux resets a connection that
-/// goes over its stream limit (512), so we stay well below it; callers hold
-/// a per-peer semaphore of [`MAX_JOBS_IN_FLIGHT_PER_PEER`] permits.
-pub const MAX_STREAMS_PER_CONNECTION: usize = 128;
-pub const MAX_JOBS_IN_FLIGHT_PER_PEER: usize = 96;
 /// Largest member list sent in one answer.
 pub const MAX_MEMBERS_IN_ANSWER: usize = 1024;
 
@@ -42,32 +37,8 @@ pub struct MemberHint {
     pub addrs: Vec<String>,
 }
 
-/// Request-response protocol carrying jobs to the peer whose worker runs them.
-pub const JOBS_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/jobs/1");
-/// Room for the envelope around a job's payload in a job request.
-pub const JOB_ENVELOPE_BYTES: u64 = 64 * 1024;
-/// Largest job answer accepted from another peer (the worker's result plus envelope).
-pub const MAX_JOB_RESPONSE_BYTES: u64 = 10 * 1024 * 1024 + JOB_ENVELOPE_BYTES;
 /// Longest a job may be given (`X-Disruptor-Timeout-Ms`).
 pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// A job sent to another peer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct JobRequest {
-    /// Validated again by the receiver.
-    pub app: String,
-    pub timeout_ms: u64,
-    /// The job, one line of compact JSON (the receiver checks).
-    pub payload: Box<serde_json::value::RawValue>,
-}
-
-/// The answer to a [`JobRequest`].
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobResponse {
-    Ok(Box<serde_json::value::RawValue>),
-    Err(crate::error::JobError),
-}
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -75,12 +46,13 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub members: request_response::json::Behaviour<MembersRequest, MembersResponse>,
-    pub jobs:
-        request_response::Behaviour<request_response::json::codec::Codec<JobRequest, JobResponse>>,
+    /// Long-lived job streams (see `jobs.rs`), opened and accepted outside
+    /// the swarm task.
+    pub stream: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
-    pub fn new(key: &Keypair, max_job_bytes: u64) -> Result<Self, String> {
+    pub fn new(key: &Keypair) -> Result<Self, String> {
         let gossipsub_config = gossipsub::ConfigBuilder::default()
             // Every message is signed by its author; we check that the
             // announced id is the author's before accepting or forwarding.
@@ -125,17 +97,7 @@ impl Behaviour {
                 [(MEMBERS_PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
             ),
-            jobs: request_response::Behaviour::with_codec(
-                request_response::json::codec::Codec::default()
-                    .set_request_size_maximum(max_job_bytes + JOB_ENVELOPE_BYTES)
-                    .set_response_size_maximum(MAX_JOB_RESPONSE_BYTES),
-                [(JOBS_PROTOCOL, ProtocolSupport::Full)],
-                // Callers enforce each job's own deadline; this only bounds
-                // how long a forgotten request can occupy a stream.
-                request_response::Config::default()
-                    .with_request_timeout(MAX_JOB_TIMEOUT + Duration::from_secs(5))
-                    .with_max_concurrent_streams(MAX_STREAMS_PER_CONNECTION),
-            ),
+            stream: libp2p_stream::Behaviour::new(),
         })
     }
 }

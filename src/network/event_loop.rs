@@ -16,22 +16,18 @@ use libp2p::request_response::{self, Message};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
-use std::collections::HashMap;
 
-use libp2p::request_response::{OutboundRequestId, ResponseChannel};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{
-    Behaviour, BehaviourEvent, JobRequest, JobResponse, MAX_JOB_TIMEOUT, MAX_MEMBERS_IN_ANSWER,
-    MEMBERSHIP_TOPIC, MemberHint, MembersRequest, MembersResponse, PROTOCOL_VERSION,
+    Behaviour, BehaviourEvent, MAX_MEMBERS_IN_ANSWER, MEMBERSHIP_TOPIC, MemberHint, MembersRequest,
+    MembersResponse, PROTOCOL_VERSION,
 };
 use super::client::{Client, Command};
 use crate::api::{MeshView, SelfView};
-use crate::apps::AppName;
 use crate::config::{PeerConfig, Timing};
 use crate::desired::DesiredApps;
-use crate::error::JobError;
 use crate::membership::{ANNOUNCE_VERSION, Announce, Dial, Membership, unix_ms};
 use crate::worker::Workers;
 
@@ -66,13 +62,6 @@ pub struct EventLoop {
     /// Senders: every [`Client`]. The loop also ends on cancellation, so
     /// this never needs to close.
     commands: mpsc::Receiver<Command>,
-    /// Receiver: the tasks that run inbound jobs and hand their answer
-    /// back to the loop (only the loop may touch the swarm).
-    answers_tx: mpsc::UnboundedSender<(ResponseChannel<JobResponse>, JobResponse)>,
-    answers: mpsc::UnboundedReceiver<(ResponseChannel<JobResponse>, JobResponse)>,
-    /// Jobs sent to other peers and awaiting an answer. Every outcome
-    /// (response, OutboundFailure incl. connection closed) removes its entry.
-    pending_jobs: HashMap<OutboundRequestId, oneshot::Sender<Result<String, JobError>>>,
     workers: Workers,
     desired: DesiredApps,
     /// Receiver: the reconciler, which applies the desired state to `workers`.
@@ -108,7 +97,6 @@ impl EventLoop {
         });
         let (view_tx, view_rx) = watch::channel(first_view);
         let (commands_tx, commands) = mpsc::channel(1024);
-        let (answers_tx, answers) = mpsc::unbounded_channel();
         let mut event_loop = EventLoop {
             swarm,
             membership,
@@ -127,15 +115,13 @@ impl EventLoop {
             bootstrap_backoff: Duration::from_millis(500),
             view_tx,
             commands,
-            answers_tx,
-            answers,
-            pending_jobs: HashMap::new(),
             workers,
             desired: DesiredApps::default(),
             desired_tx,
         };
         event_loop.publish_view();
-        (Client::new(view_rx, commands_tx), event_loop)
+        let jobs = super::jobs::JobLinks::new(event_loop.swarm.behaviour().stream.new_control());
+        (Client::new(view_rx, commands_tx, jobs), event_loop)
     }
 
     /// This peer's listen addresses, each ending in `/p2p/<peer id>`.
@@ -144,6 +130,11 @@ impl EventLoop {
             .listeners()
             .map(|a| a.clone().with(Protocol::P2p(self.local)))
             .collect()
+    }
+
+    /// A handle for opening and accepting job streams.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.swarm.behaviour().stream.new_control()
     }
 
     pub fn local_peer_id(&self) -> PeerId {
@@ -167,10 +158,6 @@ impl EventLoop {
                 _ = tick.tick() => self.housekeeping(),
                 _ = announce.tick() => self.announce(false),
                 Some(command) = self.commands.recv() => self.handle_command(command),
-                Some((channel, answer)) = self.answers.recv() => {
-                    // Fails only if the requester went away meanwhile.
-                    let _ = self.swarm.behaviour_mut().jobs.send_response(channel, answer);
-                }
             }
             if self.membership.take_dirty() {
                 self.publish_view();
@@ -256,17 +243,6 @@ impl EventLoop {
 
     fn handle_command(&mut self, command: Command) {
         match command {
-            Command::SendJob {
-                peer,
-                request,
-                reply,
-            } => {
-                if reply.is_closed() {
-                    return; // the caller already gave up
-                }
-                let id = self.swarm.behaviour_mut().jobs.send_request(&peer, request);
-                self.pending_jobs.insert(id, reply);
-            }
             Command::SetDesired {
                 app,
                 run,
@@ -344,7 +320,6 @@ impl EventLoop {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Members(e)) => self.on_members(e),
-            SwarmEvent::Behaviour(BehaviourEvent::Jobs(e)) => self.on_jobs(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -550,89 +525,6 @@ impl EventLoop {
             request_response::Event::ResponseSent { .. } => {}
         }
     }
-}
-
-impl EventLoop {
-    fn on_jobs(&mut self, event: request_response::Event<JobRequest, JobResponse>) {
-        match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => self.run_inbound_job(peer, request, channel),
-            request_response::Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.pending_jobs.remove(&request_id) {
-                    let _ = reply.send(match response {
-                        JobResponse::Ok(raw) => Ok(raw.get().to_string()),
-                        JobResponse::Err(e) => Err(e),
-                    });
-                }
-            }
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                if let Some(reply) = self.pending_jobs.remove(&request_id) {
-                    let _ = reply.send(Err(JobError::Unreachable(format!(
-                        "the job could not be completed on {peer}: {error}"
-                    ))));
-                }
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, "inbound job failed: {error}");
-            }
-            request_response::Event::ResponseSent { .. } => {}
-        }
-    }
-
-    /// A job from another peer: validate it, hand it to the local workers
-    /// in a task of its own, and answer through the loop.
-    fn run_inbound_job(
-        &mut self,
-        peer: PeerId,
-        request: JobRequest,
-        channel: ResponseChannel<JobResponse>,
-    ) {
-        let answers = self.answers_tx.clone();
-        let workers = self.workers.clone();
-        tokio::spawn(async move {
-            let result = run_for_peer(&workers, request).await;
-            if let Err(e) = &result {
-                tracing::debug!(%peer, "job for a remote peer failed: {e}");
-            }
-            let answer = match result {
-                Ok(text) => match serde_json::value::RawValue::from_string(text) {
-                    Ok(raw) => JobResponse::Ok(raw),
-                    Err(e) => JobResponse::Err(JobError::BadOutput(format!(
-                        "worker answer is not JSON: {e}"
-                    ))),
-                },
-                Err(e) => JobResponse::Err(e),
-            };
-            let _ = answers.send((channel, answer));
-        });
-    }
-}
-
-async fn run_for_peer(workers: &Workers, request: JobRequest) -> Result<String, JobError> {
-    let app = AppName::parse(&request.app).map_err(|e| JobError::BadRequest(e.to_string()))?;
-    let payload = crate::dispatch::one_line(request.payload.get())
-        .map_err(|e| JobError::BadRequest(format!("job is not valid JSON: {e}")))?;
-    let timeout = Duration::from_millis(request.timeout_ms).min(MAX_JOB_TIMEOUT);
-    let deadline = tokio::time::Instant::now() + timeout;
-    crate::dispatch::run_local(workers, &app, payload.into(), deadline).await
 }
 
 fn strip_p2p(addr: &Multiaddr) -> Multiaddr {

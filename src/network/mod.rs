@@ -4,6 +4,7 @@
 mod behaviour;
 mod client;
 mod event_loop;
+mod jobs;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use libp2p::{Multiaddr, Swarm, noise, tcp, yamux};
 pub use behaviour::{MAX_JOB_TIMEOUT, PROTOCOL_VERSION};
 pub use client::Client;
 pub use event_loop::EventLoop;
+pub use jobs::serve_inbound;
 
 use std::sync::Arc;
 
@@ -116,8 +118,7 @@ fn build_swarm(config: &PeerConfig) -> Result<Swarm<behaviour::Behaviour>, Start
         None => secure(tcp, key, config.timing.connect_timeout),
     }
     .map_err(|e| StartError::Transport(e.to_string()))?;
-    let behaviour = behaviour::Behaviour::new(key, config.max_job_bytes as u64)
-        .map_err(StartError::Transport)?;
+    let behaviour = behaviour::Behaviour::new(key).map_err(StartError::Transport)?;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
         .with_tokio()
         .with_other_transport(|_| transport)

@@ -1,0 +1,499 @@
+//! The job transport between peers: one long-lived libp2p stream per
+//! (caller, callee) pair carrying many jobs at once as framed messages with
+//! ids, instead of a freshly negotiated substream per job.
+//!
+//! Streams are opened and accepted through `libp2p-stream`'s [`Control`],
+//! so job traffic never passes through the swarm task: a caller's
+//! [`JobLinks`] owns one link task per remote peer (writer and reader of
+//! its stream); a callee runs one task per inbound stream that reads
+//! requests, runs each on the local workers, and writes answers back in
+//! whatever order they complete.
+//!
+//! Frame: `u32` big-endian length of the rest, then
+//! - request: `1`, id `u64`, timeout ms `u32`, app name length `u16`, app
+//!   name, payload (one line of compact JSON);
+//! - answer: `2`, id `u64`, status `u8` (0 ok, else a [`JobError`] kind),
+//!   then the result JSON or the error message.
+//!
+//! Every frame is size-checked before it is read; a malformed frame closes
+//! that stream (the sender's jobs then fail with an error, nobody waits).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use futures::{AsyncRead, AsyncWrite, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use libp2p_stream::Control;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::apps::AppName;
+use crate::error::JobError;
+use crate::worker::Workers;
+
+pub const JOBS_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/jobs-stream/1");
+/// Room for the header of a frame beyond its payload.
+const FRAME_HEADER_ROOM: usize = 1024;
+/// Largest answer accepted (a worker's result is at most 10 MiB).
+const MAX_ANSWER_BYTES: usize = 10 * 1024 * 1024 + FRAME_HEADER_ROOM;
+/// Jobs in flight from this peer to one other peer; more wait for a place
+/// (within their own timeout). Bounds the memory a link can hold.
+pub const WINDOW_PER_PEER: usize = 1024;
+/// Jobs a callee runs at once for one inbound stream; it stops reading the
+/// stream while at the limit, which pushes back on the caller.
+const INBOUND_CONCURRENCY: usize = 1024;
+const KIND_REQUEST: u8 = 1;
+const KIND_ANSWER: u8 = 2;
+const IO_BUF: usize = 64 * 1024;
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<String, JobError>>>>>;
+
+struct Link {
+    /// Receiver: the link task's writer. Closed when the link dies.
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Pending,
+    window: Arc<Semaphore>,
+    dead: CancellationToken,
+}
+
+/// The caller's side: links to other peers, created on first use and
+/// replaced when they die.
+#[derive(Clone)]
+pub struct JobLinks {
+    control: Control,
+    links: Arc<Mutex<HashMap<PeerId, Arc<Link>>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl JobLinks {
+    pub fn new(control: Control) -> Self {
+        JobLinks {
+            control,
+            links: Arc::default(),
+            next_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    fn link(&self, peer: PeerId) -> Arc<Link> {
+        let mut links = self.links.lock().expect("links lock");
+        if let Some(l) = links.get(&peer).filter(|l| !l.dead.is_cancelled()) {
+            return l.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let link = Arc::new(Link {
+            frames: tx,
+            pending: Arc::default(),
+            window: Arc::new(Semaphore::new(WINDOW_PER_PEER)),
+            dead: CancellationToken::new(),
+        });
+        links.insert(peer, link.clone());
+        tokio::spawn(run_link(
+            self.control.clone(),
+            peer,
+            rx,
+            link.clone(),
+            self.links.clone(),
+        ));
+        link
+    }
+
+    /// Runs a job on `peer`'s workers; never waits past `deadline` (plus a
+    /// moment for the remote peer's own timeout answer to arrive).
+    pub async fn send_job(
+        &self,
+        peer: PeerId,
+        app: &AppName,
+        payload: &str,
+        deadline: Instant,
+    ) -> Result<String, JobError> {
+        let link = self.link(peer);
+        let _permit = match tokio::time::timeout_at(deadline, link.window.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(JobError::Unreachable(format!("the link to {peer} closed"))),
+            Err(_) => {
+                return Err(JobError::Timeout(format!(
+                    "no result within the timeout: {WINDOW_PER_PEER} jobs were already in flight to {peer}"
+                )));
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let frame = encode_request(id, remaining, app.as_str(), payload);
+        let (reply, rx) = oneshot::channel();
+        link.pending.lock().expect("pending lock").insert(id, reply);
+        if link.dead.is_cancelled() || link.frames.send(frame).is_err() {
+            link.pending.lock().expect("pending lock").remove(&id);
+            return Err(JobError::Unreachable(format!("the link to {peer} closed")));
+        }
+        match tokio::time::timeout_at(deadline + Duration::from_millis(500), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(JobError::Unreachable(format!("the link to {peer} closed"))),
+            Err(_) => {
+                link.pending.lock().expect("pending lock").remove(&id);
+                Err(JobError::Timeout(format!(
+                    "no result from {peer} within the timeout"
+                )))
+            }
+        }
+    }
+}
+
+/// Owns one outbound stream: writes queued frames (batched), reads answers.
+/// When it ends, for any reason, every pending job fails at once.
+async fn run_link(
+    mut control: Control,
+    peer: PeerId,
+    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    link: Arc<Link>,
+    links: Arc<Mutex<HashMap<PeerId, Arc<Link>>>>,
+) {
+    let reason = match tokio::time::timeout(
+        Duration::from_secs(10),
+        control.open_stream(peer, JOBS_STREAM_PROTOCOL),
+    )
+    .await
+    {
+        Err(_) => format!("could not open a job stream to {peer} within 10 s"),
+        Ok(Err(e)) => format!("could not open a job stream to {peer}: {e}"),
+        Ok(Ok(stream)) => {
+            let (read, write) = stream.split();
+            tokio::select! {
+                r = write_frames(write, &mut frames) => match r {
+                    Ok(()) => "the link was closed".to_string(),
+                    Err(e) => format!("the connection to {peer} failed: {e}"),
+                },
+                r = read_answers(read, &link.pending) => format!("the connection to {peer} was lost: {r}"),
+            }
+        }
+    };
+    tracing::debug!(%peer, "job link ended: {reason}");
+    link.dead.cancel();
+    link.window.close();
+    {
+        let mut map = links.lock().expect("links lock");
+        if map.get(&peer).is_some_and(|l| Arc::ptr_eq(l, &link)) {
+            map.remove(&peer);
+        }
+    }
+    frames.close();
+    let pending: Vec<_> = link.pending.lock().expect("pending lock").drain().collect();
+    for (_, reply) in pending {
+        let _ = reply.send(Err(JobError::Unreachable(reason.clone())));
+    }
+}
+
+/// Writes frames from `rx`, flushing only when the queue is empty, so that
+/// frames queued under load go out in few writes.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    write: W,
+    rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    let mut w = BufWriter::with_capacity(IO_BUF, write);
+    while let Some(frame) = rx.recv().await {
+        w.write_all(&frame).await?;
+        while let Ok(frame) = rx.try_recv() {
+            w.write_all(&frame).await?;
+        }
+        w.flush().await?;
+    }
+    w.close().await
+}
+
+async fn read_answers<R: AsyncRead + Unpin>(read: R, pending: &Pending) -> String {
+    let mut r = BufReader::with_capacity(IO_BUF, read);
+    loop {
+        let body = match read_frame(&mut r, MAX_ANSWER_BYTES).await {
+            Ok(b) => b,
+            Err(e) => return e,
+        };
+        let (id, result) = match decode_answer(&body) {
+            Ok(a) => a,
+            Err(e) => return e,
+        };
+        if let Some(reply) = pending.lock().expect("pending lock").remove(&id) {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// The callee's side: accepts job streams and serves them until shutdown.
+pub async fn serve_inbound(
+    mut control: Control,
+    workers: Workers,
+    max_job_bytes: usize,
+    shutdown: CancellationToken,
+) {
+    let mut incoming = match control.accept(JOBS_STREAM_PROTOCOL) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!("cannot accept job streams: {e}");
+            shutdown.cancel();
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = incoming.next() => match next {
+                Some((peer, stream)) => {
+                    tokio::spawn(serve_stream(peer, stream, workers.clone(), max_job_bytes));
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+async fn serve_stream(peer: PeerId, stream: Stream, workers: Workers, max_job_bytes: usize) {
+    let (read, write) = stream.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let limit = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+    let reader = async {
+        let mut r = BufReader::with_capacity(IO_BUF, read);
+        loop {
+            let body = match read_frame(&mut r, max_job_bytes + FRAME_HEADER_ROOM).await {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            // The header must be sound (or the stream is out of sync);
+            // the rest is checked in the job's own task, and answered.
+            let id = match decode_request_header(&body) {
+                Ok(id) => id,
+                Err(e) => return e,
+            };
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return "closed".into();
+            };
+            let tx = tx.clone();
+            let workers = workers.clone();
+            tokio::spawn(async move {
+                let result = match decode_request(&body) {
+                    Ok((_, timeout, app, payload)) => {
+                        run_request(&workers, app, payload, timeout).await
+                    }
+                    Err(e) => Err(JobError::BadRequest(e)),
+                };
+                let _ = tx.send(encode_answer(id, &result));
+                drop(permit);
+            });
+        }
+    };
+    let writer = write_frames(write, &mut rx);
+    tokio::select! {
+        why = reader => tracing::debug!(%peer, "inbound job stream ended: {why}"),
+        r = writer => if let Err(e) = r { tracing::debug!(%peer, "inbound job stream write failed: {e}") },
+    }
+}
+
+async fn run_request(
+    workers: &Workers,
+    app: &str,
+    payload: &str,
+    timeout: Duration,
+) -> Result<String, JobError> {
+    let app = AppName::parse(app).map_err(|e| JobError::BadRequest(e.to_string()))?;
+    let payload = crate::dispatch::one_line(payload)
+        .map_err(|e| JobError::BadRequest(format!("job is not valid JSON: {e}")))?;
+    let timeout = timeout.min(super::MAX_JOB_TIMEOUT);
+    crate::dispatch::run_local(workers, &app, payload.into(), Instant::now() + timeout).await
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>, String> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > max {
+        return Err(format!("frame of {len} bytes is out of bounds (max {max})"));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(body)
+}
+
+pub fn encode_request(id: u64, timeout: Duration, app: &str, payload: &str) -> Vec<u8> {
+    let app = &app.as_bytes()[..app.len().min(u16::MAX as usize)];
+    let len = 1 + 8 + 4 + 2 + app.len() + payload.len();
+    let mut f = Vec::with_capacity(4 + len);
+    f.extend_from_slice(&(len as u32).to_be_bytes());
+    f.push(KIND_REQUEST);
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&(timeout.as_millis().min(u32::MAX as u128) as u32).to_be_bytes());
+    f.extend_from_slice(&(app.len() as u16).to_be_bytes());
+    f.extend_from_slice(app);
+    f.extend_from_slice(payload.as_bytes());
+    f
+}
+
+/// The id of a request frame, if its header is well-formed.
+fn decode_request_header(body: &[u8]) -> Result<u64, String> {
+    if body.len() < 15 || body[0] != KIND_REQUEST {
+        return Err("malformed job request frame".into());
+    }
+    Ok(u64::from_be_bytes(body[1..9].try_into().expect("8 bytes")))
+}
+
+/// Returns (id, timeout, app, payload) of a request frame's body.
+pub fn decode_request(body: &[u8]) -> Result<(u64, Duration, &str, &str), String> {
+    if body.len() < 15 || body[0] != KIND_REQUEST {
+        return Err("malformed job request frame".into());
+    }
+    let id = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
+    let timeout =
+        Duration::from_millis(u32::from_be_bytes(body[9..13].try_into().expect("4 bytes")) as u64);
+    let app_len = u16::from_be_bytes(body[13..15].try_into().expect("2 bytes")) as usize;
+    let rest = &body[15..];
+    if rest.len() < app_len {
+        return Err("malformed job request frame: app name runs past the end".into());
+    }
+    let app =
+        std::str::from_utf8(&rest[..app_len]).map_err(|_| "app name is not UTF-8".to_string())?;
+    let payload =
+        std::str::from_utf8(&rest[app_len..]).map_err(|_| "job is not UTF-8".to_string())?;
+    Ok((id, timeout, app, payload))
+}
+
+fn error_code(e: &JobError) -> u8 {
+    match e {
+        JobError::BadRequest(_) => 1,
+        JobError::NotRunning(_) => 2,
+        JobError::TooLarge(_) => 3,
+        JobError::WorkerCrashed(_) => 4,
+        JobError::BadOutput(_) => 5,
+        JobError::Timeout(_) => 6,
+        JobError::Busy(_) => 7,
+        JobError::Unreachable(_) => 8,
+    }
+}
+
+pub fn encode_answer(id: u64, result: &Result<String, JobError>) -> Vec<u8> {
+    let (status, data) = match result {
+        Ok(r) => (0u8, r.as_str()),
+        Err(e) => (
+            error_code(e),
+            match e {
+                JobError::BadRequest(m)
+                | JobError::NotRunning(m)
+                | JobError::TooLarge(m)
+                | JobError::WorkerCrashed(m)
+                | JobError::BadOutput(m)
+                | JobError::Timeout(m)
+                | JobError::Busy(m)
+                | JobError::Unreachable(m) => m.as_str(),
+            },
+        ),
+    };
+    let len = 1 + 8 + 1 + data.len();
+    let mut f = Vec::with_capacity(4 + len);
+    f.extend_from_slice(&(len as u32).to_be_bytes());
+    f.push(KIND_ANSWER);
+    f.extend_from_slice(&id.to_be_bytes());
+    f.push(status);
+    f.extend_from_slice(data.as_bytes());
+    f
+}
+
+pub fn decode_answer(body: &[u8]) -> Result<(u64, Result<String, JobError>), String> {
+    if body.len() < 10 || body[0] != KIND_ANSWER {
+        return Err("malformed job answer frame".into());
+    }
+    let id = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
+    let data = String::from_utf8(body[10..].to_vec())
+        .map_err(|_| "job answer is not UTF-8".to_string())?;
+    let result = match body[9] {
+        0 => {
+            // A result must be JSON; a peer that says otherwise is wrong.
+            if serde_json::from_str::<&serde_json::value::RawValue>(&data).is_err() {
+                Err(JobError::BadOutput(
+                    "the remote peer answered a result that is not JSON".into(),
+                ))
+            } else {
+                Ok(data)
+            }
+        }
+        1 => Err(JobError::BadRequest(data)),
+        2 => Err(JobError::NotRunning(data)),
+        3 => Err(JobError::TooLarge(data)),
+        4 => Err(JobError::WorkerCrashed(data)),
+        5 => Err(JobError::BadOutput(data)),
+        6 => Err(JobError::Timeout(data)),
+        7 => Err(JobError::Busy(data)),
+        8 => Err(JobError::Unreachable(data)),
+        other => return Err(format!("unknown job answer status {other}")),
+    };
+    Ok((id, result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let f = encode_request(
+            7,
+            Duration::from_millis(1500),
+            "apps/echo/echo",
+            r#"{"a":1}"#,
+        );
+        assert_eq!(
+            u32::from_be_bytes(f[..4].try_into().unwrap()) as usize,
+            f.len() - 4
+        );
+        let (id, t, app, payload) = decode_request(&f[4..]).unwrap();
+        assert_eq!(
+            (id, t, app, payload),
+            (
+                7,
+                Duration::from_millis(1500),
+                "apps/echo/echo",
+                r#"{"a":1}"#
+            )
+        );
+
+        for r in [
+            Ok("[1,2]".to_string()),
+            Err(JobError::WorkerCrashed("boom".into())),
+            Err(JobError::Timeout("slow".into())),
+            Err(JobError::Unreachable("gone".into())),
+        ] {
+            let f = encode_answer(9, &r);
+            let (id, back) = decode_answer(&f[4..]).unwrap();
+            assert_eq!((id, back), (9, r));
+        }
+    }
+
+    #[test]
+    fn garbage_frames_are_errors_not_panics() {
+        for body in [
+            &b""[..],
+            b"\x01",
+            b"\x02\x00",
+            b"\x09aaaaaaaaaaaaaaaaaaa",
+            b"\x01\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x01\xff\xff",
+        ] {
+            assert!(decode_request(body).is_err(), "{body:?}");
+            assert!(decode_answer(body).is_err(), "{body:?}");
+        }
+        let mut bad_utf8 = encode_request(1, Duration::ZERO, "apps/x", "1")[4..].to_vec();
+        bad_utf8[15] = 0xff;
+        assert!(decode_request(&bad_utf8).is_err());
+        let mut bad_status = encode_answer(1, &Ok("1".into()))[4..].to_vec();
+        bad_status[9] = 99;
+        assert!(decode_answer(&bad_status).is_err());
+        let not_json = encode_answer(1, &Ok("not json".into()));
+        assert!(matches!(
+            decode_answer(&not_json[4..]).unwrap().1,
+            Err(JobError::BadOutput(_))
+        ));
+    }
+}
