@@ -17,6 +17,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// Most worker processes one app may have on one peer (from any source:
+/// `start --workers`, a manifest, or another peer's announcement).
+pub const MAX_WORKERS_PER_APP: u32 = 256;
+
 /// Longest app name accepted.
 pub const MAX_APP_NAME: usize = 200;
 
@@ -154,8 +158,12 @@ pub struct AppsDir {
 impl AppsDir {
     pub fn new(path: &Path) -> AppsDir {
         // A missing directory is not an error: the peer can still route
-        // jobs to others. Keep the path as given so resolution fails cleanly.
-        let root = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        // jobs to others, and the directory may be created later. Keep an
+        // absolute path; it is canonicalized at each resolution.
+        let root = path
+            .canonicalize()
+            .or_else(|_| std::path::absolute(path))
+            .unwrap_or_else(|_| path.to_path_buf());
         AppsDir { root }
     }
 
@@ -166,8 +174,12 @@ impl AppsDir {
     /// Checks that `p` exists and lies inside the apps directory after
     /// following symlinks; returns its canonical path.
     fn inside(&self, name: &AppName, p: &Path) -> Result<Option<PathBuf>, ResolveError> {
+        let root = self
+            .root
+            .canonicalize()
+            .unwrap_or_else(|_| self.root.clone());
         match p.canonicalize() {
-            Ok(c) if c.starts_with(&self.root) => Ok(Some(c)),
+            Ok(c) if c.starts_with(&root) => Ok(Some(c)),
             Ok(c) => Err(ResolveError::Outside {
                 name: name.clone(),
                 path: c,
@@ -232,8 +244,10 @@ impl AppsDir {
         if m.command.trim().is_empty() {
             return Err(err("command is empty".into()));
         }
-        if m.workers == Some(0) {
-            return Err(err("workers must be at least 1".into()));
+        if m.workers.is_some_and(|w| w == 0 || w > MAX_WORKERS_PER_APP) {
+            return Err(err(format!(
+                "workers must be between 1 and {MAX_WORKERS_PER_APP}"
+            )));
         }
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let program = if m.command.contains('/') {

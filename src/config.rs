@@ -123,8 +123,14 @@ impl PeerConfig {
                 "--max-job-bytes must be between 1 and {MAX_JOB_BYTES_LIMIT}"
             )));
         }
-        if args.workers == Some(0) {
-            return Err(ConfigError::Value("--workers must be at least 1".into()));
+        if args
+            .workers
+            .is_some_and(|w| w == 0 || w > crate::apps::MAX_WORKERS_PER_APP)
+        {
+            return Err(ConfigError::Value(format!(
+                "--workers must be between 1 and {}",
+                crate::apps::MAX_WORKERS_PER_APP
+            )));
         }
         let default_workers = args.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()

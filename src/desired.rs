@@ -12,10 +12,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::apps::AppName;
+use crate::apps::{AppName, MAX_WORKERS_PER_APP};
 
 /// Most entries kept (a rogue peer must not grow this without bound).
-pub const MAX_DESIRED: usize = 1024;
+pub const MAX_DESIRED: usize = 256;
+/// A decision whose clock is this far ahead of everything seen is refused:
+/// honest clocks grow by one per decision, and a clock near `u64::MAX`
+/// would freeze every later decision.
+pub const MAX_CLOCK_JUMP: u64 = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredApp {
@@ -49,7 +53,7 @@ impl DesiredApps {
         workers: Option<u32>,
         origin: &str,
     ) -> DesiredApp {
-        self.clock += 1;
+        self.clock = self.clock.saturating_add(1);
         let entry = DesiredApp {
             app: app.clone(),
             run,
@@ -63,7 +67,11 @@ impl DesiredApps {
 
     /// Merges an entry heard from another peer; true if it changed anything.
     pub fn merge(&mut self, incoming: DesiredApp) -> bool {
-        if incoming.workers == Some(0) {
+        if incoming
+            .workers
+            .is_some_and(|w| w == 0 || w > MAX_WORKERS_PER_APP)
+            || incoming.clock > self.clock.saturating_add(MAX_CLOCK_JUMP)
+        {
             return false;
         }
         self.clock = self.clock.max(incoming.clock);
@@ -125,6 +133,39 @@ mod tests {
         // After merging, a new local decision outranks everything seen.
         let next = x.set(app(), true, Some(3), "peerA");
         assert!(next.clock > sy.clock);
+    }
+
+    #[test]
+    fn rogue_workers_and_clocks_are_refused() {
+        let mut a = DesiredApps::default();
+        let huge = DesiredApp {
+            app: app(),
+            run: true,
+            workers: Some(u32::MAX),
+            clock: 1,
+            origin: "p".into(),
+        };
+        assert!(!a.merge(huge));
+        let far = DesiredApp {
+            app: app(),
+            run: true,
+            workers: None,
+            clock: u64::MAX,
+            origin: "p".into(),
+        };
+        assert!(!a.merge(far));
+        // The local clock still works after such messages.
+        let e = a.set(app(), true, None, "me");
+        assert_eq!(e.clock, 1);
+        let mut b = DesiredApps::default();
+        b.merge(DesiredApp {
+            app: app(),
+            run: true,
+            workers: None,
+            clock: MAX_CLOCK_JUMP,
+            origin: "p".into(),
+        });
+        assert!(b.set(app(), false, None, "me").clock > MAX_CLOCK_JUMP);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use rand::Rng;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::apps::AppName;
+use crate::apps::{AppName, MAX_WORKERS_PER_APP};
 use crate::error::JobError;
 use crate::network::Client;
 use crate::worker::{AppState, LocalJob, Workers};
@@ -95,10 +95,10 @@ impl Dispatcher {
     }
 
     fn pick(&self, app: &AppName, excluded: &[Target]) -> Result<Target, JobError> {
-        let mut candidates: Vec<(Target, u32)> = Vec::new();
-        let local = self.workers.live_workers(app);
+        let mut candidates: Vec<(Target, u64)> = Vec::new();
+        let local = self.workers.capacity(app);
         if local > 0 && !excluded.contains(&Target::Local) {
-            candidates.push((Target::Local, local));
+            candidates.push((Target::Local, local as u64));
         }
         let mesh = self.net.mesh();
         for p in mesh.peers.iter().filter(|p| p.state == "up") {
@@ -106,15 +106,19 @@ impl Dispatcher {
             if excluded.contains(&Target::Remote(peer)) {
                 continue;
             }
-            if let Some(a) = p
-                .apps
-                .iter()
-                .find(|a| a.app == *app && a.state == AppState::Running && a.workers > 0)
-            {
-                candidates.push((Target::Remote(peer), a.workers));
+            if let Some(a) = p.apps.iter().find(|a| a.app == *app) {
+                // Announced by the other peer: capped, never trusted to add up.
+                let weight = match a.state {
+                    AppState::Running => a.workers.min(MAX_WORKERS_PER_APP),
+                    AppState::Starting => 1,
+                    _ => 0,
+                };
+                if weight > 0 {
+                    candidates.push((Target::Remote(peer), weight as u64));
+                }
             }
         }
-        let total: u32 = candidates.iter().map(|(_, w)| w).sum();
+        let total: u64 = candidates.iter().map(|(_, w)| w).sum();
         if total == 0 {
             return Err(JobError::NotRunning(format!(
                 "{app} has no live worker anywhere in the mesh (start it with `disruptor start`)"

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppsView, ErrorBody, MeshView};
-use crate::apps::AppName;
+use crate::apps::{AppName, MAX_WORKERS_PER_APP};
 use crate::dispatch::{Dispatcher, one_line};
 use crate::error::JobError;
 use crate::membership::unix_ms;
@@ -151,10 +151,13 @@ async fn start_stop(s: &AppState, body: &[u8], run: bool) -> Response {
         Ok(a) => a,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    if req.workers == Some(0) || req.workers.is_some_and(|w| w > 1024) {
+    if req
+        .workers
+        .is_some_and(|w| w == 0 || w > MAX_WORKERS_PER_APP)
+    {
         return error_response(
             StatusCode::BAD_REQUEST,
-            "workers must be between 1 and 1024",
+            format!("workers must be between 1 and {MAX_WORKERS_PER_APP}"),
         );
     }
     if !run && req.workers.is_some() {

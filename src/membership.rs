@@ -370,6 +370,12 @@ impl Membership {
         e.connections = remaining;
         e.rtt = if remaining == 0 { None } else { e.rtt };
         self.dirty = true;
+        if remaining == 0 && e.version.is_none() && e.addrs.is_empty() {
+            // A connection that never announced anything and left no way to
+            // reach it back: nothing worth a table slot.
+            self.peers.remove(&peer);
+            return None;
+        }
         if remaining == 0 && matches!(e.state, State::Up | State::Joining) {
             e.next_dial = now;
             return self.take_dial_if_due(peer, now);

@@ -296,7 +296,9 @@ fn worker_failures_are_reported_and_the_peer_recovers() {
     assert_ne!(first_pid, second_pid, "a new process");
     assert!(!pid_alive(first_pid as i32));
 
-    // A line that is not JSON: 502, and the same worker keeps serving.
+    // A line that is not JSON: 502, and the worker is replaced (its answers
+    // can no longer be matched to jobs); the next job is served at once by
+    // the restarted worker (it waits in the queue, no 404).
     let (status, _, body) = p.job("apps/tool", r#"{"bad":true}"#);
     assert_eq!(status, 502, "{body}");
     assert!(
@@ -304,12 +306,15 @@ fn worker_failures_are_reported_and_the_peer_recovers() {
         "{body}"
     );
     let (status, _, body) = p.job("apps/tool", r#"{"x":3}"#);
-    assert_eq!(status, 200);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()["pid"]
-            .as_i64()
-            .unwrap(),
-        second_pid
+    assert_eq!(status, 200, "{body}");
+    let third_pid = serde_json::from_str::<serde_json::Value>(&body).unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    assert_ne!(third_pid, second_pid);
+    wait_gone(
+        "the worker that broke the protocol",
+        &[second_pid as i32],
+        Duration::from_secs(5),
     );
 
     // A hanging worker: 504 at the requested timeout, then it is recycled.
@@ -326,12 +331,10 @@ fn worker_failures_are_reported_and_the_peer_recovers() {
         took >= Duration::from_millis(650) && took < Duration::from_secs(5),
         "{took:?}"
     );
-    assert!(
-        !pid_alive(second_pid as i32) || {
-            std::thread::sleep(Duration::from_millis(500));
-            !pid_alive(second_pid as i32)
-        },
-        "the hung worker was killed"
+    wait_gone(
+        "the hung worker",
+        &[third_pid as i32],
+        Duration::from_secs(5),
     );
     let (status, _, body) = wait_for(
         "a fresh worker after the hang",
@@ -612,4 +615,53 @@ fn a_job_at_the_size_limit_crosses_the_mesh() {
     assert_eq!(status, 413);
     let (status, _, body) = peers[2].job("apps/echo/echo", "[1,2,3]");
     assert_eq!((status, body.as_str()), (200, "[1,2,3]"));
+}
+
+#[test]
+fn output_a_worker_writes_between_jobs_is_not_taken_for_an_answer() {
+    let dir = scratch("chatty");
+    let p = solo(dir.path(), &[]);
+    start_app(&p, "apps/chatty", &[]);
+    // Let the worker print its start-up line before the first job.
+    wait_log(&p, "loading model");
+    for i in 0..5 {
+        let (status, _, body) = p.job("apps/chatty", &i.to_string());
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v, serde_json::json!({ "echo": i }));
+    }
+}
+
+#[test]
+fn an_apps_directory_created_after_start_is_picked_up() {
+    let dir = scratch("latedir");
+    let apps = dir.path().join("later-apps");
+    let p = Peer::start(
+        dir.path(),
+        "solo",
+        PeerOpts {
+            apps: Some(apps.clone()),
+            ..Default::default()
+        },
+    );
+    let out = cli(&["start", &p.http, "apps/echo/echo", "--wait", "5s"]);
+    assert!(!out.status.success(), "nothing runs yet: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("missing"),
+        "{out:?}"
+    );
+    std::fs::create_dir_all(apps.join("echo")).unwrap();
+    std::fs::copy(repo_apps().join("echo/echo"), apps.join("echo/echo")).unwrap();
+    wait_for(
+        "the app to start once it exists",
+        Duration::from_secs(15),
+        || {
+            let (status, _, body) = p.job("apps/echo/echo", "[7]");
+            if status == 200 && body == "[7]" {
+                Ok(())
+            } else {
+                Err(format!("{status} {body}"))
+            }
+        },
+    );
 }

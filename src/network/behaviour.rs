@@ -17,7 +17,7 @@ pub const MEMBERSHIP_TOPIC: &str = "disruptor/membership/1";
 /// new connection, so a newcomer learns the whole mesh in one round trip).
 pub const MEMBERS_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/members/1");
 /// Largest gossip message accepted (announcements are a few hundred bytes).
-pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
+pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
 /// Largest member list sent in one answer.
 pub const MAX_MEMBERS_IN_ANSWER: usize = 1024;
 

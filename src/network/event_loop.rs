@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{
-    Behaviour, BehaviourEvent, MAX_MEMBERS_IN_ANSWER, MEMBERSHIP_TOPIC, MemberHint, MembersRequest,
-    MembersResponse, PROTOCOL_VERSION,
+    Behaviour, BehaviourEvent, MAX_GOSSIP_BYTES, MAX_MEMBERS_IN_ANSWER, MEMBERSHIP_TOPIC,
+    MemberHint, MembersRequest, MembersResponse, PROTOCOL_VERSION,
 };
 use super::client::{Client, Command};
 use crate::api::{MeshView, SelfView};
@@ -272,7 +272,7 @@ impl EventLoop {
         self.announce_soon = false;
         self.last_announce = Some(now);
         self.seq += 1;
-        let a = Announce {
+        let mut a = Announce {
             v: ANNOUNCE_VERSION,
             id: self.local.to_string(),
             incarnation: self.incarnation,
@@ -287,7 +287,28 @@ impl EventLoop {
             },
             desired: self.desired.to_vec(),
         };
-        let data = serde_json::to_vec(&a).expect("announcements serialize");
+        // Error texts are for people; in announcements they are kept short,
+        // and dropped altogether if the message would not fit.
+        for s in &mut a.apps {
+            if let Some(e) = &mut s.error {
+                truncate_chars(e, 160);
+            }
+        }
+        let mut data = serde_json::to_vec(&a).expect("announcements serialize");
+        if data.len() > MAX_GOSSIP_BYTES {
+            a.apps.iter_mut().for_each(|s| s.error = None);
+            data = serde_json::to_vec(&a).expect("announcements serialize");
+        }
+        if data.len() > MAX_GOSSIP_BYTES {
+            tracing::warn!(
+                bytes = data.len(),
+                max = MAX_GOSSIP_BYTES,
+                apps = a.apps.len(),
+                decisions = a.desired.len(),
+                "announcement too large to publish; the mesh will mark this peer silent"
+            );
+            return;
+        }
         match self
             .swarm
             .behaviour_mut()
@@ -297,7 +318,8 @@ impl EventLoop {
             Ok(_) => {}
             // Nobody to tell yet: the first peer of a mesh, or all alone.
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-            Err(e) => tracing::debug!("announcement not published: {e}"),
+            Err(gossipsub::PublishError::Duplicate) => {}
+            Err(e) => tracing::warn!("announcement not published: {e}"),
         }
     }
 
@@ -524,6 +546,13 @@ impl EventLoop {
             }
             request_response::Event::ResponseSent { .. } => {}
         }
+    }
+}
+
+fn truncate_chars(s: &mut String, max: usize) {
+    if let Some((cut, _)) = s.char_indices().nth(max) {
+        s.truncate(cut);
+        s.push('…');
     }
 }
 

@@ -250,9 +250,20 @@ impl WorkerProcess {
             .unwrap_or(Err(RunError::Timeout))
     }
 
-    /// Waits for the process to exit (used while idle, to notice crashes).
-    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        self.child.wait().await
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
+    /// A line the worker wrote while it had no job; None at the end of its
+    /// output.
+    pub async fn read_stray(&mut self) -> Option<String> {
+        match self.output.next().await {
+            Some(Ok(line)) => Some(line),
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                Some("(a line too long to show)".into())
+            }
+            Some(Err(LinesCodecError::Io(_))) | None => None,
+        }
     }
 
     /// What to tell a caller whose job was at this worker when it died:

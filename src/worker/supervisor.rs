@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use super::protocol::{RunError, WorkerProcess};
 use super::{AppState, AppStatus, LocalApp, WorkerDetail, WorkerState};
-use crate::apps::{AppName, AppSpec, AppsDir};
+use crate::apps::{AppName, AppSpec, AppsDir, MAX_WORKERS_PER_APP};
 use crate::desired::DesiredApps;
 use crate::error::JobError;
 
@@ -143,7 +143,9 @@ impl Workers {
                     Some(Entry::Running(mut r)) => {
                         let spec = self.inner.apps_dir.resolve(&d.app);
                         let want = d.workers.or(spec.as_ref().ok().and_then(|s| s.workers));
-                        let want = want.unwrap_or(self.inner.default_workers);
+                        let want = want
+                            .unwrap_or(self.inner.default_workers)
+                            .clamp(1, MAX_WORKERS_PER_APP);
                         if want == r.workers && spec.as_ref().is_ok_and(|s| *s == r.spec) {
                             r.clock = d.clock;
                             Entry::Running(r)
@@ -172,7 +174,7 @@ impl Workers {
                 let n = workers
                     .or(spec.workers)
                     .unwrap_or(self.inner.default_workers)
-                    .max(1);
+                    .clamp(1, MAX_WORKERS_PER_APP);
                 tracing::info!(app = %app, workers = n, source = %spec.source.display(), "starting app");
                 Entry::Running(self.spawn_runner(spec, n, clock))
             }
@@ -236,10 +238,17 @@ impl Workers {
         }
     }
 
-    /// Worker processes of `app` on this peer that are up and taking jobs.
-    pub fn live_workers(&self, app: &AppName) -> u32 {
+    /// How many jobs of `app` this peer can take at once: its live worker
+    /// processes, or 1 while they are being (re)started, so that jobs wait
+    /// in the queue for a worker that is about to come back; 0 when the app
+    /// does not run here or every worker keeps crashing.
+    pub fn capacity(&self, app: &AppName) -> u32 {
         match self.inner.apps.lock().expect("apps lock").get(app) {
-            Some(Entry::Running(r)) => r.live(),
+            Some(Entry::Running(r)) => match r.state() {
+                AppState::Running => r.live(),
+                AppState::Starting => 1,
+                _ => 0,
+            },
             _ => 0,
         }
     }
@@ -416,13 +425,16 @@ async fn serve(
         let job = tokio::select! {
             biased;
             _ = stop.cancelled() => return Served::Stop,
-            status = proc.wait() => {
-                let why = match status {
-                    Ok(s) => super::protocol::describe_status(s),
-                    Err(e) => e.to_string(),
-                };
-                return Served::Exited(format!("{why} while idle"));
-            }
+            // Output while no job is outstanding belongs to no job: log and
+            // drop it, so it cannot be taken for the next job's answer. The
+            // end of the output means the worker exited (or can never answer).
+            stray = proc.read_stray() => match stray {
+                Some(line) => {
+                    tracing::warn!(app = %proc.app(), pid = proc.pid(), "worker wrote while it had no job (dropped): {line}");
+                    continue;
+                }
+                None => return Served::Exited(proc.crash_report("while idle").await),
+            },
             job = jobs.recv() => match job {
                 Ok(job) => job,
                 Err(_) => return Served::Stop,
@@ -438,7 +450,16 @@ async fn serve(
             continue;
         }
         set_slot(slot, |s| s.in_flight = 1);
-        let outcome = proc.run_job(&job.payload, job.deadline).await;
+        let outcome = tokio::select! {
+            outcome = proc.run_job(&job.payload, job.deadline) => outcome,
+            // Stopping does not wait for a running job to finish.
+            _ = stop.cancelled() => {
+                let _ = job.reply.send(Err(JobError::NotRunning(
+                    "the app was stopped on this peer while the job ran".into(),
+                )));
+                return Served::Stop;
+            }
+        };
         set_slot(slot, |s| {
             s.in_flight = 0;
             s.jobs_done += 1;
@@ -448,7 +469,10 @@ async fn serve(
                 let _ = job.reply.send(Ok(result));
             }
             Err(RunError::BadOutput(msg)) => {
-                let _ = job.reply.send(Err(JobError::BadOutput(msg)));
+                // The real answer may still come: the worker's answers can
+                // no longer be matched to jobs, so it is replaced.
+                let _ = job.reply.send(Err(JobError::BadOutput(msg.clone())));
+                return Served::Recycle(format!("broke the protocol: {msg}"));
             }
             Err(RunError::TooLarge) => {
                 let msg = format!(
