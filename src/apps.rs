@@ -21,6 +21,12 @@ use serde::{Deserialize, Serialize};
 /// `start --workers`, a manifest, or another peer's announcement).
 pub const MAX_WORKERS_PER_APP: u32 = 256;
 
+/// Jobs written to a native worker before its first answer comes back,
+/// unless its manifest says otherwise. Node workers get one at a time
+/// (an async `process.on('message')` handler may answer out of order).
+pub const DEFAULT_NATIVE_PIPELINE: u32 = 8;
+pub const MAX_PIPELINE: u32 = 1024;
+
 /// Longest app name accepted.
 pub const MAX_APP_NAME: usize = 200;
 
@@ -110,6 +116,8 @@ pub struct AppSpec {
     pub protocol: Protocol,
     /// Worker processes, if the manifest says so.
     pub workers: Option<u32>,
+    /// Jobs written to one process before its first answer comes back.
+    pub pipeline: u32,
     /// The file the name resolved to (for status and logs).
     pub source: PathBuf,
 }
@@ -129,6 +137,9 @@ pub struct Manifest {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub protocol: Option<Protocol>,
+    /// Jobs a process may hold at once (answers must come back in order).
+    #[serde(default)]
+    pub pipeline: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +225,7 @@ impl AppsDir {
                 cwd: path.parent().unwrap_or(&self.root).to_path_buf(),
                 protocol: Protocol::Native,
                 workers: None,
+                pipeline: DEFAULT_NATIVE_PIPELINE,
                 source: path,
             });
         }
@@ -227,6 +239,7 @@ impl AppsDir {
                 cwd: path.parent().unwrap_or(&self.root).to_path_buf(),
                 protocol: Protocol::Node,
                 workers: None,
+                pipeline: 1,
                 source: path,
             });
         }
@@ -249,6 +262,12 @@ impl AppsDir {
                 "workers must be between 1 and {MAX_WORKERS_PER_APP}"
             )));
         }
+        if m.pipeline.is_some_and(|p| p == 0 || p > MAX_PIPELINE) {
+            return Err(err(format!(
+                "pipeline must be between 1 and {MAX_PIPELINE}"
+            )));
+        }
+        let protocol = m.protocol.unwrap_or(Protocol::Native);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let program = if m.command.contains('/') {
             let p = dir.join(&m.command);
@@ -271,8 +290,12 @@ impl AppsDir {
             args: m.args,
             env: m.env,
             cwd: dir,
-            protocol: m.protocol.unwrap_or(Protocol::Native),
+            protocol,
             workers: m.workers,
+            pipeline: m.pipeline.unwrap_or(match protocol {
+                Protocol::Native => DEFAULT_NATIVE_PIPELINE,
+                Protocol::Node => 1,
+            }),
             source: path.to_path_buf(),
         })
     }

@@ -72,18 +72,17 @@ impl Dispatcher {
         let deadline = Instant::now() + timeout;
         let mut excluded: Vec<Target> = Vec::new();
         loop {
-            let target = self.pick(app, &excluded)?;
+            let (target, peer_id) = self.pick(app, &excluded)?;
             let result = match target {
                 Target::Local => run_local(&self.workers, app, payload.clone(), deadline).await,
                 Target::Remote(peer) => self.net.send_job(peer, app, &payload, deadline).await,
             };
             match result {
                 Ok(result) => {
-                    let peer = match target {
-                        Target::Local => self.local_id.clone(),
-                        Target::Remote(p) => p.to_string(),
-                    };
-                    return Ok(Done { result, peer });
+                    return Ok(Done {
+                        result,
+                        peer: peer_id,
+                    });
                 }
                 // A stale view: that peer no longer runs it. Try another.
                 Err(JobError::NotRunning(_)) if excluded.len() < MAX_STALE_RETRIES => {
@@ -94,11 +93,13 @@ impl Dispatcher {
         }
     }
 
-    fn pick(&self, app: &AppName, excluded: &[Target]) -> Result<Target, JobError> {
-        let mut candidates: Vec<(Target, u64)> = Vec::new();
+    /// A random target, weighted by capacity, with its peer id as text
+    /// (taken from the view: encoding a peer id is not free).
+    fn pick(&self, app: &AppName, excluded: &[Target]) -> Result<(Target, String), JobError> {
+        let mut candidates: Vec<(Target, &str, u64)> = Vec::new();
         let local = self.workers.capacity(app);
         if local > 0 && !excluded.contains(&Target::Local) {
-            candidates.push((Target::Local, local as u64));
+            candidates.push((Target::Local, self.local_id.as_str(), local as u64));
         }
         let mesh = self.net.mesh();
         for p in mesh.peers.iter().filter(|p| p.state == "up") {
@@ -114,20 +115,20 @@ impl Dispatcher {
                     _ => 0,
                 };
                 if weight > 0 {
-                    candidates.push((Target::Remote(peer), weight as u64));
+                    candidates.push((Target::Remote(peer), p.id.as_str(), weight as u64));
                 }
             }
         }
-        let total: u64 = candidates.iter().map(|(_, w)| w).sum();
+        let total: u64 = candidates.iter().map(|(_, _, w)| w).sum();
         if total == 0 {
             return Err(JobError::NotRunning(format!(
                 "{app} has no live worker anywhere in the mesh (start it with `disruptor start`)"
             )));
         }
         let mut r = rand::thread_rng().gen_range(0..total);
-        for (t, w) in candidates {
+        for (t, id, w) in candidates {
             if r < w {
-                return Ok(t);
+                return Ok((t, id.to_string()));
             }
             r -= w;
         }

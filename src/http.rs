@@ -46,6 +46,7 @@ pub fn router(dispatcher: Dispatcher, config: HttpConfig) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/healthz", get(healthz))
+        .route("/api/echo", post(echo))
         .route("/api/peers", get(api_peers))
         .route("/api/apps", get(api_apps))
         .route("/api/apps/start", post(api_start))
@@ -86,6 +87,26 @@ async fn not_found(uri: Uri) -> Response {
         StatusCode::NOT_FOUND,
         format!("no such endpoint: {}", uri.path()),
     )
+}
+
+/// `POST /api/echo`: answers a JSON body with itself, through the same body
+/// handling as a job but without dispatch. The benchmark's ceiling.
+async fn echo(State(s): State<AppState>, body: Body) -> Response {
+    let max = s.config.max_job_bytes;
+    let result = async {
+        let bytes = axum::body::to_bytes(body, max)
+            .await
+            .map_err(|_| JobError::TooLarge(format!("larger than {max} bytes")))?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| JobError::BadRequest("the body is not UTF-8".into()))?;
+        one_line(text)
+            .map_err(|e| JobError::BadRequest(format!("the body is not valid JSON ({e})")))
+    }
+    .await;
+    match result {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(e) => error_response(e.status(), e.to_string()),
+    }
 }
 
 async fn healthz() -> Json<serde_json::Value> {

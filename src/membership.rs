@@ -197,7 +197,10 @@ pub struct Membership {
     local: PeerId,
     timing: Timing,
     peers: HashMap<PeerId, Entry>,
+    /// The view must be republished now (a state, address or app changed).
     dirty: bool,
+    /// The view should be republished soon (times changed).
+    soft_dirty: bool,
 }
 
 pub fn unix_ms() -> u64 {
@@ -214,6 +217,7 @@ impl Membership {
             timing,
             peers: HashMap::new(),
             dirty: true,
+            soft_dirty: false,
         }
     }
 
@@ -271,9 +275,10 @@ impl Membership {
         e.version = Some(version);
         e.last_heard = Some(now);
         e.last_seen_ms = unix_ms();
+        let addrs_before = e.addrs.len();
         e.merge_addrs(a.listen.iter().filter_map(|s| s.parse::<Multiaddr>().ok()));
-        e.http = a.http.as_ref().filter(|h| h.len() <= MAX_HTTP_LEN).cloned();
-        e.apps = if a.leaving {
+        let http = a.http.as_ref().filter(|h| h.len() <= MAX_HTTP_LEN).cloned();
+        let apps: Vec<AppStatus> = if a.leaving {
             Vec::new()
         } else {
             a.apps
@@ -282,7 +287,21 @@ impl Membership {
                 .cloned()
                 .collect()
         };
-        self.dirty = true;
+        // Most announcements only say "still here": those refresh the view
+        // lazily; anything that may change what the view shows, at once.
+        let routine = !a.leaving
+            && e.state == State::Up
+            && e.connections > 0
+            && e.addrs.len() == addrs_before
+            && e.http == http
+            && e.apps == apps;
+        e.http = http;
+        e.apps = apps;
+        if routine {
+            self.soft_dirty = true;
+        } else {
+            self.dirty = true;
+        }
 
         if a.leaving {
             e.left_incarnation = Some(a.incarnation);
@@ -397,7 +416,7 @@ impl Membership {
     pub fn on_rtt(&mut self, peer: PeerId, rtt: Duration) {
         if let Some(e) = self.peers.get_mut(&peer) {
             e.rtt = Some(rtt);
-            self.dirty = true;
+            self.soft_dirty = true;
         }
     }
 
@@ -475,6 +494,15 @@ impl Membership {
     /// Returns true once after any change since the last call.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
+    }
+
+    /// True once after changes that need not be shown at once (last seen
+    /// times, ping times), or any change at all.
+    pub fn take_any_dirty(&mut self) -> bool {
+        let any = self.dirty || self.soft_dirty;
+        self.dirty = false;
+        self.soft_dirty = false;
+        any
     }
 
     pub fn views(&self) -> Vec<PeerView> {

@@ -181,6 +181,9 @@ impl EventLoop {
 
     fn housekeeping(&mut self) {
         let now = Instant::now();
+        if self.membership.take_any_dirty() {
+            self.publish_view();
+        }
         for dial in self.membership.tick(now) {
             self.dial(dial);
         }

@@ -250,10 +250,14 @@ pub async fn serve_inbound(
     }
 }
 
+/// Serves one inbound stream in one task: a reader decodes requests, a
+/// runner drives the jobs in flight, a writer sends answers as they
+/// complete. Keeping all three in one task avoids a task (and a thread
+/// hop) per job.
 async fn serve_stream(peer: PeerId, stream: Stream, workers: Workers, max_job_bytes: usize) {
     let (read, write) = stream.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let limit = Arc::new(Semaphore::new(INBOUND_CONCURRENCY));
+    let (answers_tx, mut answers_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (req_tx, mut req_rx) = mpsc::channel::<Vec<u8>>(INBOUND_CONCURRENCY);
     let reader = async {
         let mut r = BufReader::with_capacity(IO_BUF, read);
         loop {
@@ -261,32 +265,43 @@ async fn serve_stream(peer: PeerId, stream: Stream, workers: Workers, max_job_by
                 Ok(b) => b,
                 Err(e) => return e,
             };
-            // The header must be sound (or the stream is out of sync);
-            // the rest is checked in the job's own task, and answered.
-            let id = match decode_request_header(&body) {
-                Ok(id) => id,
-                Err(e) => return e,
-            };
-            let Ok(permit) = limit.clone().acquire_owned().await else {
+            // The header must be sound (or the stream is out of sync); the
+            // rest is checked when the job runs, and answered.
+            if let Err(e) = decode_request_header(&body) {
+                return e;
+            }
+            // Waits while INBOUND_CONCURRENCY jobs are queued or running:
+            // backpressure to the caller through the stream.
+            if req_tx.send(body).await.is_err() {
                 return "closed".into();
-            };
-            let tx = tx.clone();
-            let workers = workers.clone();
-            tokio::spawn(async move {
-                let result = match decode_request(&body) {
-                    Ok((_, timeout, app, payload)) => {
-                        run_request(&workers, app, payload, timeout).await
-                    }
-                    Err(e) => Err(JobError::BadRequest(e)),
-                };
-                let _ = tx.send(encode_answer(id, &result));
-                drop(permit);
-            });
+            }
         }
     };
-    let writer = write_frames(write, &mut rx);
+    let runner = async {
+        let mut running = futures::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                Some(answer) = running.next(), if !running.is_empty() => {
+                    let _ = answers_tx.send(answer);
+                }
+                body = req_rx.recv(), if running.len() < INBOUND_CONCURRENCY => {
+                    let Some(body) = body else { return };
+                    let workers = workers.clone();
+                    running.push(async move {
+                        let (id, result) = match decode_request(&body) {
+                            Ok((id, timeout, app, payload)) => (id, run_request(&workers, app, payload, timeout).await),
+                            Err(e) => (decode_request_header(&body).unwrap_or(0), Err(JobError::BadRequest(e))),
+                        };
+                        encode_answer(id, &result)
+                    });
+                }
+            }
+        }
+    };
+    let writer = write_frames(write, &mut answers_rx);
     tokio::select! {
         why = reader => tracing::debug!(%peer, "inbound job stream ended: {why}"),
+        () = runner => {}
         r = writer => if let Err(e) = r { tracing::debug!(%peer, "inbound job stream write failed: {e}") },
     }
 }

@@ -24,8 +24,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use crate::apps::{AppSpec, Protocol};
@@ -68,23 +68,13 @@ impl LogTail {
     }
 }
 
-/// What went wrong while a job was at the worker.
-#[derive(Debug)]
-pub enum RunError {
-    /// The worker answered a line that is not JSON (it keeps running).
-    BadOutput(String),
-    /// The answer was larger than [`MAX_RESULT_BYTES`] (the worker is recycled).
-    TooLarge,
-    /// No answer before the deadline (the worker is recycled).
-    Timeout,
-    /// The worker's output closed: it exited or crashed.
-    Exited(String),
-}
-
 pub struct WorkerProcess {
     child: Child,
     pid: i32,
-    input: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// Receiver: the writer task, which owns the worker's input (stdin or
+    /// the IPC socket). Dropping it lets the writer finish and close the
+    /// input, which well-behaved workers take as "exit".
+    input: Option<mpsc::UnboundedSender<Arc<str>>>,
     output: Reader,
     protocol: Protocol,
     tail: LogTail,
@@ -187,7 +177,7 @@ impl WorkerProcess {
         Ok(WorkerProcess {
             child,
             pid,
-            input: Some(input),
+            input: Some(spawn_writer(input)),
             output: FramedRead::new(output, LinesCodec::new_with_max_length(MAX_RESULT_BYTES)),
             protocol: spec.protocol,
             tail,
@@ -201,69 +191,27 @@ impl WorkerProcess {
         self.pid
     }
 
-    /// Sends one job (a compact JSON text without newlines) and waits for
-    /// its answer until `deadline`.
-    pub async fn run_job(&mut self, payload: &str, deadline: Instant) -> Result<String, RunError> {
-        let input = self
-            .input
-            .as_mut()
-            .ok_or_else(|| RunError::Exited("input closed".into()))?;
-        let write_err =
-            |e: io::Error| RunError::Exited(format!("cannot write the job to the worker: {e}"));
-        // Write and read at the same time: a worker may start answering a
-        // large job before it has read all of it, and with both pipes full
-        // neither side would move.
-        let write = async move {
-            if payload.len() < 16 * 1024 {
-                let mut line = Vec::with_capacity(payload.len() + 1);
-                line.extend_from_slice(payload.as_bytes());
-                line.push(b'\n');
-                input.write_all(&line).await?;
-            } else {
-                input.write_all(payload.as_bytes()).await?;
-                input.write_all(b"\n").await?;
+    /// Queues one job (a compact JSON text without newlines) for the
+    /// worker; false if its input is already closed.
+    pub fn send(&self, payload: Arc<str>) -> bool {
+        self.input.as_ref().is_some_and(|w| w.send(payload).is_ok())
+    }
+
+    /// The worker's next output line, classified. Cancel-safe.
+    pub async fn next_line(&mut self) -> Line {
+        let line = match self.output.next().await {
+            None => return Line::End("its output closed".into()),
+            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => return Line::TooLong,
+            Some(Err(LinesCodecError::Io(e))) => {
+                return Line::End(format!("reading its output failed: {e}"));
             }
-            input.flush().await
+            Some(Ok(line)) => line,
         };
-        let read = read_answer(&mut self.output, self.protocol);
-        tokio::pin!(write, read);
-        let work = async {
-            let mut written = false;
-            loop {
-                tokio::select! {
-                    w = &mut write, if !written => {
-                        w.map_err(write_err)?;
-                        written = true;
-                    }
-                    answer = &mut read => {
-                        // Never leave half a line behind for the next job.
-                        if !written {
-                            (&mut write).await.map_err(write_err)?;
-                        }
-                        return answer;
-                    }
-                }
-            }
-        };
-        tokio::time::timeout_at(deadline, work)
-            .await
-            .unwrap_or(Err(RunError::Timeout))
+        classify(line, self.protocol)
     }
 
     pub fn app(&self) -> &str {
         &self.app
-    }
-
-    /// A line the worker wrote while it had no job; None at the end of its
-    /// output.
-    pub async fn read_stray(&mut self) -> Option<String> {
-        match self.output.next().await {
-            Some(Ok(line)) => Some(line),
-            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-                Some("(a line too long to show)".into())
-            }
-            Some(Err(LinesCodecError::Io(_))) | None => None,
-        }
     }
 
     /// What to tell a caller whose job was at this worker when it died:
@@ -323,47 +271,82 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// Reads the worker's next answer: one JSON value on one line.
-async fn read_answer(output: &mut Reader, protocol: Protocol) -> Result<String, RunError> {
-    loop {
-        let line = match output.next().await {
-            None => return Err(RunError::Exited("its output closed".into())),
-            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => return Err(RunError::TooLarge),
-            Some(Err(LinesCodecError::Io(e))) => {
-                return Err(RunError::Exited(format!("reading its output failed: {e}")));
-            }
-            Some(Ok(line)) => line,
-        };
-        let trimmed = line.trim();
-        if trimmed.is_empty() && protocol == Protocol::Native {
-            continue;
-        }
-        if protocol == Protocol::Node && trimmed.starts_with(r#"{"cmd":"NODE_"#) {
-            continue; // Node's own internal messages
-        }
-        // Validate without building a tree; pass the text on as it is.
-        return match serde_json::from_str::<&serde_json::value::RawValue>(trimmed) {
-            Ok(_) => Ok(if trimmed.len() == line.len() {
-                line
-            } else {
-                trimmed.to_string()
-            }),
-            Err(e) => {
-                let mut shown = trimmed.to_string();
-                if shown.len() > 200 {
-                    let mut cut = 200;
-                    while !shown.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    shown.truncate(cut);
-                    shown.push('…');
-                }
-                Err(RunError::BadOutput(format!(
-                    "worker answered a line that is not JSON ({e}): {shown:?}"
-                )))
-            }
-        };
+/// One line of a worker's output.
+#[derive(Debug, PartialEq)]
+pub enum Line {
+    /// A JSON value: the answer to the oldest job outstanding.
+    Answer(String),
+    /// Not JSON: the protocol is broken (the message says how).
+    NotJson(String),
+    /// Longer than [`MAX_RESULT_BYTES`].
+    TooLong,
+    /// Blank (native) or Node's own internal message: ignored.
+    Skip,
+    /// The output ended: the worker exited or can never answer.
+    End(String),
+}
+
+fn classify(line: String, protocol: Protocol) -> Line {
+    let trimmed = line.trim();
+    if trimmed.is_empty() && protocol == Protocol::Native {
+        return Line::Skip;
     }
+    if protocol == Protocol::Node && trimmed.starts_with(r#"{"cmd":"NODE_"#) {
+        return Line::Skip;
+    }
+    // Validate without building a tree; pass the text on as it is.
+    match serde_json::from_str::<&serde_json::value::RawValue>(trimmed) {
+        Ok(_) => Line::Answer(if trimmed.len() == line.len() {
+            line
+        } else {
+            trimmed.to_string()
+        }),
+        Err(e) => {
+            let mut shown = trimmed.to_string();
+            if let Some((cut, _)) = shown.char_indices().nth(200) {
+                shown.truncate(cut);
+                shown.push('…');
+            }
+            Line::NotJson(format!(
+                "worker answered a line that is not JSON ({e}): {shown:?}"
+            ))
+        }
+    }
+}
+
+/// The task that owns a worker's input: writes each job and a newline,
+/// coalescing jobs queued meanwhile into one flush. Runs apart from the
+/// reading side, so a worker that answers while it still reads a large
+/// job never deadlocks against us.
+fn spawn_writer(mut input: Box<dyn AsyncWrite + Send + Unpin>) -> mpsc::UnboundedSender<Arc<str>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Arc<str>>();
+    tokio::spawn(async move {
+        let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+        while let Some(job) = rx.recv().await {
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                if job.len() >= 16 * 1024 {
+                    if !buf.is_empty() {
+                        input.write_all(&buf).await?;
+                        buf.clear();
+                    }
+                    input.write_all(job.as_bytes()).await?;
+                    input.write_all(b"\n").await?;
+                } else {
+                    buf.extend_from_slice(job.as_bytes());
+                    buf.push(b'\n');
+                }
+                next = rx.try_recv().ok();
+            }
+            if !buf.is_empty() {
+                input.write_all(&buf).await?;
+                buf.clear();
+            }
+            input.flush().await?;
+        }
+        input.shutdown().await
+    });
+    tx
 }
 
 fn signal_group(pid: i32, sig: libc::c_int) {

@@ -12,7 +12,7 @@
 //! answer always belongs to the job just sent. Parallelism comes from
 //! several processes per app (default: one per core).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::protocol::{RunError, WorkerProcess};
+use super::protocol::{Line, MAX_RESULT_BYTES, WorkerProcess};
 use super::{AppState, AppStatus, LocalApp, WorkerDetail, WorkerState};
 use crate::apps::{AppName, AppSpec, AppsDir, MAX_WORKERS_PER_APP};
 use crate::desired::DesiredApps;
@@ -364,7 +364,7 @@ async fn worker_task(
                     s.pid = Some(proc.pid());
                     s.state = WorkerState::Running;
                 });
-                match serve(&mut proc, &jobs, &slot, &stop).await {
+                match serve(&mut proc, &jobs, &slot, &stop, spec.pipeline as usize).await {
                     Served::Stop => {
                         set_slot(&slot, |s| s.state = WorkerState::Stopped);
                         proc.stop(grace).await;
@@ -420,81 +420,106 @@ async fn serve(
     jobs: &async_channel::Receiver<LocalJob>,
     slot: &Mutex<WorkerDetail>,
     stop: &CancellationToken,
+    depth: usize,
 ) -> Served {
+    // Jobs written to the worker and not yet answered, oldest first: the
+    // worker answers in order, so its next answer is the front one's.
+    let mut inflight: VecDeque<LocalJob> = VecDeque::with_capacity(depth);
     loop {
-        let job = tokio::select! {
+        let front_deadline = inflight.front().map(|j| j.deadline);
+        tokio::select! {
             biased;
-            _ = stop.cancelled() => return Served::Stop,
-            // Output while no job is outstanding belongs to no job: log and
-            // drop it, so it cannot be taken for the next job's answer. The
-            // end of the output means the worker exited (or can never answer).
-            stray = proc.read_stray() => match stray {
-                Some(line) => {
-                    tracing::warn!(app = %proc.app(), pid = proc.pid(), "worker wrote while it had no job (dropped): {line}");
-                    continue;
-                }
-                None => return Served::Exited(proc.crash_report("while idle").await),
-            },
-            job = jobs.recv() => match job {
-                Ok(job) => job,
-                Err(_) => return Served::Stop,
-            },
-        };
-        if job.reply.is_closed() {
-            continue; // the caller gave up while the job was queued
-        }
-        if Instant::now() >= job.deadline {
-            let _ = job.reply.send(Err(JobError::Timeout(
-                "the job timed out while queued for a worker".into(),
-            )));
-            continue;
-        }
-        set_slot(slot, |s| s.in_flight = 1);
-        let outcome = tokio::select! {
-            outcome = proc.run_job(&job.payload, job.deadline) => outcome,
-            // Stopping does not wait for a running job to finish.
+            // Stopping does not wait for running jobs.
             _ = stop.cancelled() => {
-                let _ = job.reply.send(Err(JobError::NotRunning(
+                fail_all(&mut inflight, || JobError::NotRunning(
                     "the app was stopped on this peer while the job ran".into(),
-                )));
+                ));
                 return Served::Stop;
             }
-        };
-        set_slot(slot, |s| {
-            s.in_flight = 0;
-            s.jobs_done += 1;
-        });
-        match outcome {
-            Ok(result) => {
-                let _ = job.reply.send(Ok(result));
-            }
-            Err(RunError::BadOutput(msg)) => {
-                // The real answer may still come: the worker's answers can
-                // no longer be matched to jobs, so it is replaced.
-                let _ = job.reply.send(Err(JobError::BadOutput(msg.clone())));
-                return Served::Recycle(format!("broke the protocol: {msg}"));
-            }
-            Err(RunError::TooLarge) => {
-                let msg = format!(
-                    "the worker's answer is larger than {} MiB",
-                    super::protocol::MAX_RESULT_BYTES >> 20
-                );
-                let _ = job.reply.send(Err(JobError::BadOutput(msg.clone())));
-                return Served::Recycle(msg);
-            }
-            Err(RunError::Timeout) => {
-                let _ = job.reply.send(Err(JobError::Timeout(
-                    "no result within the timeout; the worker was recycled".into(),
-                )));
+            line = proc.next_line() => match line {
+                Line::Skip => {}
+                Line::Answer(text) => match inflight.pop_front() {
+                    Some(job) => {
+                        let _ = job.reply.send(Ok(text));
+                        set_slot(slot, |s| s.jobs_done += 1);
+                    }
+                    // Output while no job is outstanding belongs to no job:
+                    // log and drop it, never take it for the next answer.
+                    None => tracing::warn!(app = %proc.app(), pid = proc.pid(), "worker wrote while it had no job (dropped): {text}"),
+                },
+                Line::NotJson(msg) => match inflight.pop_front() {
+                    Some(job) => {
+                        // The real answer may still come, so later answers
+                        // can no longer be matched to jobs: replace it.
+                        let _ = job.reply.send(Err(JobError::BadOutput(msg.clone())));
+                        let why = format!("broke the protocol: {msg}");
+                        fail_all(&mut inflight, || JobError::WorkerCrashed(format!("the worker was replaced before it answered: it {why}")));
+                        return Served::Recycle(why);
+                    }
+                    None => tracing::warn!(app = %proc.app(), pid = proc.pid(), "worker wrote while it had no job (dropped): {msg}"),
+                },
+                Line::TooLong => {
+                    let msg = format!("the worker's answer is larger than {} MiB", MAX_RESULT_BYTES >> 20);
+                    if let Some(job) = inflight.pop_front() {
+                        let _ = job.reply.send(Err(JobError::BadOutput(msg.clone())));
+                    }
+                    fail_all(&mut inflight, || JobError::WorkerCrashed(format!("the worker was replaced before it answered: {msg}")));
+                    return Served::Recycle(msg);
+                }
+                Line::End(what) => {
+                    let when = if inflight.is_empty() { "while idle".to_string() } else { format!("while it held a job ({what})") };
+                    let report = proc.crash_report(&when).await;
+                    fail_all(&mut inflight, || JobError::WorkerCrashed(report.clone()));
+                    return Served::Exited(report);
+                }
+            },
+            _ = sleep_until_opt(front_deadline) => {
+                if let Some(job) = inflight.pop_front() {
+                    let _ = job.reply.send(Err(JobError::Timeout(
+                        "no result within the timeout; the worker was recycled".into(),
+                    )));
+                }
+                fail_all(&mut inflight, || JobError::WorkerCrashed(
+                    "the worker was replaced before it answered: an earlier job hung it".into(),
+                ));
                 return Served::Recycle("did not answer a job within its timeout (hung?)".into());
             }
-            Err(RunError::Exited(what)) => {
-                let report = proc
-                    .crash_report(&format!("crashed on this job ({what})"))
-                    .await;
-                let _ = job.reply.send(Err(JobError::WorkerCrashed(report.clone())));
-                return Served::Exited(report);
+            job = jobs.recv(), if inflight.len() < depth => {
+                let Ok(job) = job else {
+                    // The queue closed: the app is stopping.
+                    fail_all(&mut inflight, || JobError::NotRunning("the app was stopped on this peer".into()));
+                    return Served::Stop;
+                };
+                if job.reply.is_closed() {
+                    continue; // the caller gave up while the job was queued
+                }
+                if Instant::now() >= job.deadline {
+                    let _ = job.reply.send(Err(JobError::Timeout(
+                        "the job timed out while queued for a worker".into(),
+                    )));
+                    continue;
+                }
+                if !proc.send(job.payload.clone()) {
+                    let _ = job.reply.send(Err(JobError::WorkerCrashed("the worker's input is closed".into())));
+                    return Served::Recycle("its input closed".into());
+                }
+                inflight.push_back(job);
             }
         }
+        let n = inflight.len() as u32;
+        set_slot(slot, |s| s.in_flight = n);
+    }
+}
+
+fn fail_all(inflight: &mut VecDeque<LocalJob>, err: impl Fn() -> JobError) {
+    for job in inflight.drain(..) {
+        let _ = job.reply.send(Err(err()));
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
