@@ -94,6 +94,11 @@ pub struct PeerArgs {
     #[arg(long, value_name = "N")]
     pub workers: Option<u32>,
 
+    /// Further attempts for a job whose peer was lost or whose worker died
+    /// before answering (at-least-once: such a job may run twice).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub retries: u32,
+
     /// How long a worker gets between SIGTERM and SIGKILL when it is stopped.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub worker_grace: Duration,

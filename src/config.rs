@@ -66,6 +66,7 @@ pub struct PeerConfig {
     pub max_job_bytes: usize,
     pub default_workers: u32,
     pub worker_grace: Duration,
+    pub retries: u32,
 }
 
 /// Membership timing knobs (see the README for what each one trades).
@@ -148,6 +149,7 @@ impl PeerConfig {
             max_job_bytes: args.max_job_bytes,
             default_workers,
             worker_grace: args.worker_grace,
+            retries: args.retries,
         })
     }
 }

@@ -27,6 +27,8 @@ pub struct Dispatcher {
     workers: Workers,
     net: Client,
     local_id: String,
+    /// Further attempts after a job's first one failed (peer lost, worker died).
+    retries: u32,
 }
 
 /// A job's result and where it ran.
@@ -42,11 +44,12 @@ enum Target {
 }
 
 impl Dispatcher {
-    pub fn new(workers: Workers, net: Client, local_id: String) -> Self {
+    pub fn new(workers: Workers, net: Client, local_id: String, retries: u32) -> Self {
         Dispatcher {
             workers,
             net,
             local_id,
+            retries,
         }
     }
 
@@ -63,32 +66,78 @@ impl Dispatcher {
     }
 
     /// Runs `payload` (one line of compact JSON) on a worker of `app`.
+    ///
+    /// At-least-once: when the chosen peer cannot be reached or its
+    /// connection drops, or the worker dies before answering, the job is
+    /// tried again on another live worker, up to `retries` more times and
+    /// never past the deadline. Returns the outcome and the attempts made.
     pub async fn run(
         &self,
         app: &AppName,
         payload: Arc<str>,
         timeout: Duration,
-    ) -> Result<Done, JobError> {
+    ) -> (Result<Done, JobError>, u32) {
         let deadline = Instant::now() + timeout;
         let mut excluded: Vec<Target> = Vec::new();
+        let mut stale = 0;
+        let mut attempts = 0u32;
+        let mut failures: Vec<String> = Vec::new();
         loop {
-            let (target, peer_id) = self.pick(app, &excluded)?;
+            let (target, peer_id) = match self.pick(app, &excluded) {
+                Ok(t) => t,
+                // Everything that failed is excluded; a crashed worker's
+                // peer may still have others (or restart it): try anyone.
+                Err(_) if !failures.is_empty() => match self.pick(app, &[]) {
+                    Ok(t) => t,
+                    Err(e) => return (Err(e), attempts),
+                },
+                Err(e) => return (Err(e), attempts),
+            };
+            attempts += 1;
             let result = match target {
                 Target::Local => run_local(&self.workers, app, payload.clone(), deadline).await,
                 Target::Remote(peer) => self.net.send_job(peer, app, &payload, deadline).await,
             };
             match result {
                 Ok(result) => {
-                    return Ok(Done {
-                        result,
-                        peer: peer_id,
-                    });
+                    return (
+                        Ok(Done {
+                            result,
+                            peer: peer_id,
+                        }),
+                        attempts,
+                    );
                 }
-                // A stale view: that peer no longer runs it. Try another.
-                Err(JobError::NotRunning(_)) if excluded.len() < MAX_STALE_RETRIES => {
-                    excluded.push(target)
+                // A stale view: that peer no longer runs it. Not a failure.
+                Err(JobError::NotRunning(_)) if stale < MAX_STALE_RETRIES => {
+                    stale += 1;
+                    attempts -= 1;
+                    excluded.push(target);
                 }
-                Err(e) => return Err(e),
+                Err(e @ (JobError::Unreachable(_) | JobError::WorkerCrashed(_))) => {
+                    failures.push(format!("attempt {attempts} on {peer_id}: {e}"));
+                    if failures.len() as u32 > self.retries || Instant::now() >= deadline {
+                        let msg = if failures.len() == 1 {
+                            e.to_string()
+                        } else {
+                            format!(
+                                "the job failed on {} attempts (it may be a poison job): {}",
+                                failures.len(),
+                                failures.join(" | ")
+                            )
+                        };
+                        return (
+                            Err(match e {
+                                JobError::Unreachable(_) => JobError::Unreachable(msg),
+                                _ => JobError::WorkerCrashed(msg),
+                            }),
+                            attempts,
+                        );
+                    }
+                    tracing::debug!(app = %app, peer = %peer_id, "retrying a job elsewhere: {e}");
+                    excluded.push(target);
+                }
+                Err(e) => return (Err(e), attempts),
             }
         }
     }

@@ -27,6 +27,8 @@ use crate::network::MAX_JOB_TIMEOUT;
 
 /// Per-request job timeout header, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-disruptor-timeout-ms";
+/// Response header: how many workers the job was tried on (failover).
+pub const ATTEMPTS_HEADER: &str = "x-disruptor-attempts";
 /// Response header naming the peer whose worker ran the job.
 pub const PEER_HEADER: &str = "x-disruptor-peer";
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30);
@@ -197,7 +199,8 @@ async fn job(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match run_job(&s, &path, &headers, body).await {
+    let mut attempts = 0;
+    let mut resp = match run_job(&s, &path, &headers, body, &mut attempts).await {
         Ok((result, peer)) => {
             let mut resp = Response::new(Body::from(result));
             let h = resp.headers_mut();
@@ -211,7 +214,12 @@ async fn job(
             resp
         }
         Err(e) => error_response(e.status(), e.to_string()),
+    };
+    if attempts > 0 {
+        resp.headers_mut()
+            .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
     }
+    resp
 }
 
 async fn run_job(
@@ -219,6 +227,7 @@ async fn run_job(
     path: &str,
     headers: &HeaderMap,
     body: Body,
+    attempts: &mut u32,
 ) -> Result<(String, String), JobError> {
     let app =
         AppName::parse(&format!("apps/{path}")).map_err(|e| JobError::BadRequest(e.to_string()))?;
@@ -280,7 +289,9 @@ async fn run_job(
             ))
         })?
     };
-    let done = s.dispatcher.run(&app, Arc::from(payload), timeout).await?;
+    let (done, tries) = s.dispatcher.run(&app, Arc::from(payload), timeout).await;
+    *attempts = tries;
+    let done = done?;
     Ok((done.result, done.peer))
 }
 

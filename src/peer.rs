@@ -46,6 +46,7 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
         workers.clone(),
         client,
         event_loop.local_peer_id().to_string(),
+        config.retries,
     );
     let http_config = http::HttpConfig {
         max_job_bytes: config.max_job_bytes,

@@ -665,3 +665,120 @@ fn an_apps_directory_created_after_start_is_picked_up() {
         },
     );
 }
+
+/// POSTs a job and returns (status, X-Disruptor-Attempts, body).
+fn job_attempts(
+    client: &reqwest::blocking::Client,
+    http: &str,
+    app: &str,
+    body: &str,
+) -> (u16, u32, String) {
+    let resp = client
+        .post(format!("http://{http}/{app}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap_or_else(|e| panic!("POST {app}: {e}"));
+    let status = resp.status().as_u16();
+    let attempts = resp
+        .headers()
+        .get("x-disruptor-attempts")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (status, attempts, resp.text().unwrap())
+}
+
+#[test]
+fn a_poison_job_is_tried_within_the_budget_then_reported() {
+    let dir = scratch("poison");
+    let peers = mesh(dir.path(), test_apps(), 2);
+    start_app(&peers[0], "apps/tool", &[]);
+    wait_for(
+        "both peers to run apps/tool",
+        Duration::from_secs(10),
+        || {
+            let m = &peers[2].apps()["mesh"]["apps/tool"];
+            let n = [&peers[0], &peers[1]]
+                .iter()
+                .filter(|p| m[&p.id]["state"] == "running")
+                .count();
+            if n == 2 { Ok(()) } else { Err(format!("{m}")) }
+        },
+    );
+    let c = http_client();
+    let (status, attempts, body) =
+        job_attempts(&c, &peers[2].http, "apps/tool", r#"{"crash":true}"#);
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(attempts, 3, "first try plus the default 2 retries: {body}");
+    assert!(
+        body.contains("3 attempts") && body.contains("boom: asked to crash"),
+        "{body}"
+    );
+    // The mesh's workers come back, and ordinary jobs go through.
+    wait_for(
+        "ordinary jobs to succeed again",
+        Duration::from_secs(15),
+        || {
+            let (status, attempts, body) =
+                job_attempts(&c, &peers[2].http, "apps/tool", r#"{"ok":1}"#);
+            if status == 200 && attempts == 1 {
+                Ok(())
+            } else {
+                Err(format!("{status} {attempts} {body}"))
+            }
+        },
+    );
+}
+
+#[test]
+fn jobs_fail_over_when_a_worker_peer_is_killed_under_load() {
+    let dir = scratch("failover");
+    let mut peers = mesh(dir.path(), test_apps(), 2);
+    start_app(&peers[0], "apps/tool", &[]);
+    wait_for(
+        "both peers to run apps/tool",
+        Duration::from_secs(10),
+        || {
+            let m = &peers[2].apps()["mesh"]["apps/tool"];
+            let n = [&peers[0], &peers[1]]
+                .iter()
+                .filter(|p| m[&p.id]["state"] == "running")
+                .count();
+            if n == 2 { Ok(()) } else { Err(format!("{m}")) }
+        },
+    );
+    let entry = peers[2].http.clone();
+    let stop_at = Instant::now() + Duration::from_secs(5);
+    let clients: Vec<_> = (0..6)
+        .map(|t| {
+            let entry = entry.clone();
+            std::thread::spawn(move || {
+                let c = http_client();
+                let mut seen = Vec::new();
+                let mut i = 0;
+                while Instant::now() < stop_at && i < 2000 {
+                    let body = format!(r#"{{"t":{t},"i":{i},"sleep":0.005}}"#);
+                    seen.push(job_attempts(&c, &entry, "apps/tool", &body));
+                    i += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    peers[1].sigkill();
+    let mut total = 0;
+    let mut retried = 0;
+    for c in clients {
+        for (status, attempts, body) in c.join().expect("client thread") {
+            total += 1;
+            assert_eq!(status, 200, "a job was lost when a peer died: {body}");
+            if attempts > 1 {
+                retried += 1;
+            }
+        }
+    }
+    eprintln!("{total} jobs, all 200; {retried} needed a second attempt");
+    assert!(total > 100, "only {total} jobs ran");
+}
