@@ -357,8 +357,12 @@ async fn worker_task(
             break;
         }
         let started = Instant::now();
-        let reason = match WorkerProcess::spawn(&spec) {
-            Err(e) => format!("cannot start {}: {e}", spec.program.display()),
+        // (why it ended, whether a job it held is to blame)
+        let (reason, job_related) = match WorkerProcess::spawn(&spec) {
+            Err(e) => (
+                format!("cannot start {}: {e}", spec.program.display()),
+                false,
+            ),
             Ok(mut proc) => {
                 set_slot(&slot, |s| {
                     s.pid = Some(proc.pid());
@@ -373,13 +377,17 @@ async fn worker_task(
                     }
                     Served::Recycle(reason) => {
                         proc.kill().await;
-                        reason
+                        (reason, true)
                     }
-                    Served::Exited(reason) => reason,
+                    Served::Exited(reason, job_related) => (reason, job_related),
                 }
             }
         };
-        if started.elapsed() >= HEALTHY_AFTER {
+        // A worker that keeps failing on its own (at start, or idle) is
+        // backed off and shown as failing; one that a job broke (a crash,
+        // bad output, a hang) comes straight back: the job is to blame,
+        // and failover bounds how often one job can do that.
+        if started.elapsed() >= HEALTHY_AFTER || job_related {
             crashes_in_a_row = 0;
         }
         crashes_in_a_row += 1;
@@ -411,8 +419,8 @@ enum Served {
     Stop,
     /// The process must be killed and replaced (hung, or out of sync).
     Recycle(String),
-    /// The process is gone.
-    Exited(String),
+    /// The process is gone (and whether it held a job when it went).
+    Exited(String, bool),
 }
 
 async fn serve(
@@ -469,8 +477,9 @@ async fn serve(
                 Line::End(what) => {
                     let when = if inflight.is_empty() { "while idle".to_string() } else { format!("while it held a job ({what})") };
                     let report = proc.crash_report(&when).await;
+                    let job_related = !inflight.is_empty();
                     fail_all(&mut inflight, || JobError::WorkerCrashed(report.clone()));
-                    return Served::Exited(report);
+                    return Served::Exited(report, job_related);
                 }
             },
             _ = sleep_until_opt(front_deadline) => {
