@@ -219,6 +219,11 @@ async fn job(
         resp.headers_mut()
             .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
     }
+    if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+        // Saturated: tell the client when to come back instead of queueing it.
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     resp
 }
 

@@ -782,3 +782,83 @@ fn jobs_fail_over_when_a_worker_peer_is_killed_under_load() {
     eprintln!("{total} jobs, all 200; {retried} needed a second attempt");
     assert!(total > 100, "only {total} jobs ran");
 }
+
+#[test]
+fn a_saturated_peer_answers_503_with_retry_after_and_keeps_serving() {
+    let dir = scratch("overload");
+    let peers = mesh(dir.path(), test_apps(), 1);
+    start_app(&peers[0], "apps/tool", &["--workers", "1"]);
+    wait_for(
+        "the entry peer to route to the worker",
+        Duration::from_secs(10),
+        || {
+            let (s, _, b) = peers[2].job("apps/tool", "1");
+            if s == 200 {
+                Ok(())
+            } else {
+                Err(format!("{s} {b}"))
+            }
+        },
+    );
+    // 512 clients at once against one peer; the only worker process takes
+    // 10 ms a job, so most of them must be turned away.
+    let stop_at = Instant::now() + Duration::from_secs(3);
+    let entry = peers[2].http.clone();
+    let clients: Vec<_> = (0..512)
+        .map(|i| {
+            let entry = entry.clone();
+            std::thread::spawn(move || {
+                let c = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(20))
+                    .build()
+                    .unwrap();
+                let mut seen = Vec::new();
+                while Instant::now() < stop_at {
+                    let resp = c
+                        .post(format!("http://{entry}/apps/tool"))
+                        .header("content-type", "application/json")
+                        .body(format!(r#"{{"i":{i},"sleep":0.01}}"#))
+                        .send();
+                    match resp {
+                        Ok(r) => {
+                            let retry = r.headers().get("retry-after").is_some();
+                            seen.push((r.status().as_u16(), retry, String::new()));
+                        }
+                        Err(e) => seen.push((0, false, e.to_string())),
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    // Meanwhile the peer answers its health check promptly.
+    let health = http_client();
+    let mut health_checks = 0;
+    while Instant::now() < stop_at {
+        let t = Instant::now();
+        let r = health
+            .get(format!("http://{entry}/healthz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .expect("/healthz answered under load");
+        assert_eq!(r.status(), 200);
+        assert!(t.elapsed() < Duration::from_secs(2));
+        health_checks += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for c in clients {
+        for (status, retry_after, err) in c.join().expect("client thread") {
+            match status {
+                200 => ok += 1,
+                503 => {
+                    assert!(retry_after, "503 without Retry-After");
+                    busy += 1
+                }
+                other => panic!("unexpected answer {other} under overload: {err}"),
+            }
+        }
+    }
+    eprintln!("overload: {ok} x 200, {busy} x 503, {health_checks} health checks");
+    assert!(ok > 50 && busy > 0, "{ok} ok, {busy} busy");
+}

@@ -495,3 +495,50 @@ fn peers_may_start_in_any_order() {
     let took = wait_converged(&[&a, &b, &c], Duration::from_secs(15));
     eprintln!("late seed joined after {took:?}");
 }
+
+#[test]
+fn a_dead_peer_is_forgotten_after_the_configured_time() {
+    let dir = scratch("forget");
+    let forgetful = |name: &str, bootstrap: Vec<String>| {
+        let opts = PeerOpts {
+            bootstrap,
+            extra: vec!["--forget-after".into(), "2s".into()],
+            ..Default::default()
+        };
+        Peer::start(dir.path(), name, opts)
+    };
+    let a = forgetful("a", vec![]);
+    let b = forgetful("b", vec![a.listen.clone()]);
+    let mut c = forgetful("c", vec![a.listen.clone()]);
+    wait_converged(&[&a, &b, &c], Duration::from_secs(10));
+    let gone = c.id.clone();
+    c.sigkill();
+    for p in [&a, &b] {
+        wait_for(
+            "the dead peer to be listed as down",
+            Duration::from_secs(3),
+            || match p.state_of(&gone) {
+                Some(s) if s["state"] == "down" => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+    }
+    let t = Instant::now();
+    for p in [&a, &b] {
+        wait_for(
+            "the dead peer to be forgotten",
+            Duration::from_secs(6),
+            || match p.state_of(&gone) {
+                None => Ok(()),
+                Some(s) => Err(format!("{s}")),
+            },
+        );
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "forgotten too early: {:?}",
+        t.elapsed()
+    );
+    // And the survivors are still whole.
+    wait_converged(&[&a, &b], Duration::from_secs(5));
+}
