@@ -99,6 +99,11 @@ pub struct PeerArgs {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub retries: u32,
 
+    /// On SIGTERM/SIGINT, how long the peer keeps running the jobs it has
+    /// (taking no new ones) before it stops its workers.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub drain_grace: Duration,
+
     /// How long a worker gets between SIGTERM and SIGKILL when it is stopped.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub worker_grace: Duration,

@@ -67,6 +67,7 @@ pub struct PeerConfig {
     pub default_workers: u32,
     pub worker_grace: Duration,
     pub retries: u32,
+    pub drain_grace: Duration,
 }
 
 /// Membership timing knobs (see the README for what each one trades).
@@ -150,6 +151,7 @@ impl PeerConfig {
             default_workers,
             worker_grace: args.worker_grace,
             retries: args.retries,
+            drain_grace: args.drain_grace,
         })
     }
 }

@@ -71,13 +71,17 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     // Cancelled by a signal, or by any task that ends unexpectedly (each
     // holds a drop guard), so the peer never lingers half-alive.
     let shutdown = CancellationToken::new();
+    // The HTTP endpoint stops first (when draining starts); its requests
+    // in flight still complete. Cancelled with `shutdown` too.
+    let http_shutdown = shutdown.child_token();
+    let net = dispatcher.net().clone();
     let tracker = TaskTracker::new();
     tracker.spawn(event_loop.run(shutdown.clone()));
     tracker.spawn(http::serve(
         http_listener,
         dispatcher,
         http_config,
-        shutdown.clone(),
+        http_shutdown.clone(),
     ));
     tracker.spawn(reconcile(desired_rx, workers.clone(), shutdown.clone()));
     tracker.spawn(network::serve_inbound(
@@ -94,6 +98,38 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
         _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT received, shutting down"),
         _ = shutdown.cancelled() => tracing::warn!("a core task stopped, shutting down"),
+    }
+    // Drain: tell the mesh we are leaving (others stop sending jobs here),
+    // take no new jobs, let those in flight finish, then stop.
+    if !shutdown.is_cancelled() {
+        let drain = async {
+            let _ = tokio::time::timeout(Duration::from_secs(1), net.leave()).await;
+            workers.start_draining();
+            http_shutdown.cancel();
+            let started = tokio::time::Instant::now();
+            loop {
+                let left = workers.in_flight();
+                if left == 0 {
+                    break;
+                }
+                if started.elapsed() >= config.drain_grace {
+                    tracing::warn!(
+                        jobs = left,
+                        "drain grace of {:?} over; stopping with jobs in flight",
+                        config.drain_grace
+                    );
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::info!("drained in {:?}", started.elapsed());
+        };
+        tokio::select! {
+            _ = drain => {}
+            _ = shutdown.cancelled() => tracing::warn!("a core task stopped while draining"),
+            _ = sigint.recv() => tracing::warn!("second SIGINT: not waiting for jobs in flight"),
+            _ = sigterm.recv() => tracing::warn!("second SIGTERM: not waiting for jobs in flight"),
+        }
     }
     shutdown.cancel();
     tokio::select! {

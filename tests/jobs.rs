@@ -862,3 +862,112 @@ fn a_saturated_peer_answers_503_with_retry_after_and_keeps_serving() {
     eprintln!("overload: {ok} x 200, {busy} x 503, {health_checks} health checks");
     assert!(ok > 50 && busy > 0, "{ok} ok, {busy} busy");
 }
+
+#[test]
+fn a_rolling_restart_under_load_fails_no_job() {
+    let dir = scratch("rolling");
+    // Three worker peers (with identities, so they come back as themselves)
+    // and one entry peer without the app.
+    let mut workers: Vec<Peer> = Vec::new();
+    for i in 0..3 {
+        let opts = PeerOpts {
+            bootstrap: workers
+                .first()
+                .map(|p| vec![p.listen.clone()])
+                .unwrap_or_default(),
+            identity: Some(dir.path().join(format!("w{i}.key"))),
+            apps: Some(test_apps()),
+            extra: vec!["--workers".into(), "2".into()],
+            ..Default::default()
+        };
+        workers.push(Peer::start(dir.path(), &format!("w{i}"), opts));
+    }
+    let entry = Peer::start(
+        dir.path(),
+        "entry",
+        PeerOpts {
+            bootstrap: vec![workers[0].listen.clone()],
+            ..Default::default()
+        },
+    );
+    {
+        let mut all: Vec<&Peer> = workers.iter().collect();
+        all.push(&entry);
+        wait_converged(&all, Duration::from_secs(15));
+    }
+    start_app(&entry, "apps/tool", &[]);
+    let running_on_all = |ids: &[String]| {
+        let m = entry.apps()["mesh"]["apps/tool"].clone();
+        ids.iter().all(|id| m[id]["state"] == "running")
+    };
+    let ids: Vec<String> = workers.iter().map(|w| w.id.clone()).collect();
+    wait_for(
+        "apps/tool on every worker peer",
+        Duration::from_secs(10),
+        || {
+            if running_on_all(&ids) {
+                Ok(())
+            } else {
+                Err(format!("{}", entry.apps()))
+            }
+        },
+    );
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|t| {
+            let http = entry.http.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let c = http_client();
+                let mut seen = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 5000 {
+                    let body = format!(r#"{{"t":{t},"i":{i},"sleep":0.02}}"#);
+                    seen.push(job_attempts(&c, &http, "apps/tool", &body));
+                    i += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    for i in 0..workers.len() {
+        std::thread::sleep(Duration::from_millis(700));
+        let status = workers[i].sigterm();
+        assert!(
+            status.success(),
+            "w{i} exits 0 after a graceful stop: {status:?}"
+        );
+        let log = workers[i].log_text();
+        assert!(
+            log.contains("announcing that this peer is leaving") && log.contains("drained in"),
+            "w{i} did not drain: {log}"
+        );
+        workers[i].restart(dir.path());
+        wait_for(
+            "the restarted peer to run the app again",
+            Duration::from_secs(15),
+            || {
+                if running_on_all(&ids) {
+                    Ok(())
+                } else {
+                    Err(format!("{}", entry.apps()["mesh"]))
+                }
+            },
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        for (status, attempts, body) in c.join().expect("client thread") {
+            total += 1;
+            assert_eq!(
+                status, 200,
+                "a job failed during the rolling restart (attempts {attempts}): {body}"
+            );
+        }
+    }
+    eprintln!("rolling restart of 3 peers under load: {total} jobs, all 200");
+    assert!(total > 100, "only {total} jobs ran");
+}

@@ -17,6 +17,8 @@ use crate::error::JobError;
 
 /// What the event loop is asked to do.
 pub(crate) enum Command {
+    /// Tell the mesh this peer is leaving (it keeps serving what it has).
+    Leave { reply: oneshot::Sender<()> },
     /// Record a start/stop decision and tell the mesh.
     SetDesired {
         app: AppName,
@@ -54,6 +56,15 @@ impl Client {
     /// The latest view of the mesh (cheap: an `Arc` clone).
     pub fn mesh(&self) -> Arc<MeshView> {
         self.view.borrow().clone()
+    }
+
+    /// Announces that this peer is leaving, so others stop sending it jobs;
+    /// connections stay up so jobs in flight can still be answered.
+    pub async fn leave(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.commands.send(Command::Leave { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Records a start (`run`) or stop decision for `app` and broadcasts it.

@@ -66,6 +66,8 @@ pub struct EventLoop {
     desired: DesiredApps,
     /// Receiver: the reconciler, which applies the desired state to `workers`.
     desired_tx: watch::Sender<Arc<DesiredApps>>,
+    /// Set once this peer has announced that it is leaving (draining).
+    leaving: bool,
 }
 
 impl EventLoop {
@@ -118,6 +120,7 @@ impl EventLoop {
             workers,
             desired: DesiredApps::default(),
             desired_tx,
+            leaving: false,
         };
         event_loop.publish_view();
         let jobs = super::jobs::JobLinks::new(event_loop.swarm.behaviour().stream.new_control());
@@ -246,6 +249,12 @@ impl EventLoop {
 
     fn handle_command(&mut self, command: Command) {
         match command {
+            Command::Leave { reply } => {
+                tracing::info!("announcing that this peer is leaving; finishing the jobs it has");
+                self.leaving = true;
+                self.announce(true);
+                let _ = reply.send(());
+            }
             Command::SetDesired {
                 app,
                 run,
@@ -263,6 +272,7 @@ impl EventLoop {
     }
 
     fn announce(&mut self, leaving: bool) {
+        let leaving = leaving || self.leaving;
         let now = Instant::now();
         if !leaving
             && self

@@ -58,6 +58,8 @@ struct Inner {
     grace: Duration,
     apps: Mutex<HashMap<AppName, Entry>>,
     tracker: TaskTracker,
+    /// Set when the peer is stopping: no new jobs, the queued ones finish.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 enum Entry {
@@ -123,6 +125,7 @@ impl Workers {
                 grace,
                 apps: Mutex::new(HashMap::new()),
                 tracker: TaskTracker::new(),
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -219,7 +222,33 @@ impl Workers {
     }
 
     /// Queues a job for one of this peer's workers of `app`.
+    /// Stops taking new jobs (they are refused as "not running here", which
+    /// callers answer by trying another peer); jobs already queued finish.
+    pub fn start_draining(&self) {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Jobs queued for or held by this peer's workers.
+    pub fn in_flight(&self) -> u32 {
+        let apps = self.inner.apps.lock().expect("apps lock");
+        apps.values()
+            .map(|e| match e {
+                Entry::Running(r) => r.busy() + r.queue.len() as u32,
+                _ => 0,
+            })
+            .sum()
+    }
+
     pub fn submit(&self, app: &AppName, job: LocalJob) -> Result<(), JobError> {
+        if self
+            .inner
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(JobError::NotRunning("this peer is stopping".into()));
+        }
         let apps = self.inner.apps.lock().expect("apps lock");
         let Some(Entry::Running(r)) = apps.get(app) else {
             return Err(JobError::NotRunning(format!(
@@ -243,6 +272,13 @@ impl Workers {
     /// in the queue for a worker that is about to come back; 0 when the app
     /// does not run here or every worker keeps crashing.
     pub fn capacity(&self, app: &AppName) -> u32 {
+        if self
+            .inner
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return 0;
+        }
         match self.inner.apps.lock().expect("apps lock").get(app) {
             Some(Entry::Running(r)) => match r.state() {
                 AppState::Running => r.live(),
