@@ -104,6 +104,19 @@ pub struct PeerArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub drain_grace: Duration,
 
+    /// Open HTTP connections at most; more are closed as they arrive.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub http_max_connections: usize,
+
+    /// Time a client has to send a request's headers (and the longest an
+    /// idle keep-alive connection is kept).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// Time a client has to send a job's body.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub http_body_timeout: Duration,
+
     /// How long a worker gets between SIGTERM and SIGKILL when it is stopped.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub worker_grace: Duration,

@@ -68,6 +68,9 @@ pub struct PeerConfig {
     pub worker_grace: Duration,
     pub retries: u32,
     pub drain_grace: Duration,
+    pub http_max_connections: usize,
+    pub http_header_timeout: Duration,
+    pub http_body_timeout: Duration,
 }
 
 /// Membership timing knobs (see the README for what each one trades).
@@ -152,6 +155,9 @@ impl PeerConfig {
             worker_grace: args.worker_grace,
             retries: args.retries,
             drain_grace: args.drain_grace,
+            http_max_connections: args.http_max_connections,
+            http_header_timeout: args.http_header_timeout,
+            http_body_timeout: args.http_body_timeout,
         })
     }
 }

@@ -36,6 +36,12 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Copy)]
 pub struct HttpConfig {
     pub max_job_bytes: usize,
+    /// Open connections at most; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Time allowed for a request's headers (and an idle keep-alive).
+    pub header_timeout: Duration,
+    /// Time allowed for a request's body to arrive.
+    pub body_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -65,13 +71,55 @@ pub async fn serve(
     config: HttpConfig,
     shutdown: CancellationToken,
 ) {
-    let result = axum::serve(listener, router(dispatcher, config))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    if let Err(e) = result {
-        tracing::error!("HTTP server failed: {e}");
-        shutdown.cancel();
+    // Our own accept loop rather than `axum::serve`, for two limits that
+    // keep slow or idle clients from exhausting the endpoint: a cap on
+    // open connections (over it, a new one is closed at once) and a
+    // deadline for a request's headers (hyper closes the connection).
+    let app = router(dispatcher, config);
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!("HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "HTTP connection refused: {} connections open", config.max_connections);
+            continue; // dropping the stream closes it
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        let header_timeout = config.header_timeout;
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, "HTTP connection ended: {e}") },
+                _ = shutdown.cancelled() => {
+                    // Finish the request in progress, then close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
     }
+    connections.close();
+    connections.wait().await;
 }
 
 pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
@@ -267,14 +315,23 @@ async fn run_job(
             Duration::from_millis(ms)
         }
     };
-    let bytes = axum::body::to_bytes(body, max).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
-            too_large()
-        } else {
-            JobError::BadRequest(format!("could not read the request body: {e}"))
-        }
-    })?;
+    let body_timeout = s.config.body_timeout;
+    let bytes = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, max))
+        .await
+        .map_err(|_| {
+            JobError::BadRequest(format!(
+                "the request body did not arrive within {body_timeout:?}"
+            ))
+        })?
+        .map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                too_large()
+            } else {
+                JobError::BadRequest(format!("could not read the request body: {e}"))
+            }
+        })?;
     let is_text = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -50,6 +50,9 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     );
     let http_config = http::HttpConfig {
         max_job_bytes: config.max_job_bytes,
+        max_connections: config.http_max_connections,
+        header_timeout: config.http_header_timeout,
+        body_timeout: config.http_body_timeout,
     };
 
     {

@@ -971,3 +971,58 @@ fn a_rolling_restart_under_load_fails_no_job() {
     eprintln!("rolling restart of 3 peers under load: {total} jobs, all 200");
     assert!(total > 100, "only {total} jobs ran");
 }
+
+#[test]
+fn slow_and_idle_clients_cannot_exhaust_the_http_endpoint() {
+    use std::io::{Read, Write};
+    let dir = scratch("slowloris");
+    let p = solo(
+        dir.path(),
+        &[
+            "--http-header-timeout",
+            "1s",
+            "--http-body-timeout",
+            "1s",
+            "--http-max-connections",
+            "64",
+        ],
+    );
+    start_app(&p, "apps/tool", &["--workers", "1"]);
+    // 100 clients that start a request and never finish its headers.
+    let mut slow: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&p.http).expect("connect");
+            let _ = s.write_all(b"POST /apps/tool HTTP/1.1\r\nHost: x\r\n");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        })
+        .collect();
+    // Every one of them is closed by the peer: the ones over the connection
+    // limit at once, the others when the header deadline passes.
+    let t = Instant::now();
+    for s in &mut slow {
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(_) => {} // closed (0) or an error answer followed by close
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("a slow client was kept open: {e}"),
+        }
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "closing slow clients took {:?}",
+        t.elapsed()
+    );
+    // The endpoint serves again.
+    assert_eq!(p.get("/healthz").status(), 200);
+    let (status, _, body) = p.job("apps/tool", "[1]");
+    assert_eq!(status, 200, "{body}");
+    // A body that never completes: 400 after the body deadline.
+    let mut s = std::net::TcpStream::connect(&p.http).unwrap();
+    s.write_all(b"POST /apps/tool HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n[1,").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive within"), "{answer}");
+}
