@@ -99,6 +99,12 @@ pub struct PeerArgs {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub retries: u32,
 
+    /// How a job's worker is chosen: random (each live worker equally
+    /// likely) or least-loaded (the less busy of two random candidates).
+    /// A request may override it with `?dispatch=`.
+    #[arg(long, value_enum, default_value_t = crate::dispatch::Policy::Random)]
+    pub dispatch: crate::dispatch::Policy,
+
     /// On SIGTERM/SIGINT, how long the peer keeps running the jobs it has
     /// (taking no new ones) before it stops its workers.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]

@@ -6,7 +6,8 @@
 //! equally likely to get a job. A remote job goes over the network
 //! [`Client`]; a local one straight into the app's queue.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -22,11 +23,39 @@ use crate::worker::{AppState, LocalJob, Workers};
 /// app any more (its announcement was stale).
 const MAX_STALE_RETRIES: usize = 4;
 
+/// How a job's worker is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Policy {
+    /// A random live worker (each peer weighted by its live workers).
+    #[default]
+    Random,
+    /// Power of two choices: two random candidates, the less loaded one
+    /// (jobs this peer has outstanding there plus what it announced, per worker).
+    LeastLoaded,
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "random" => Ok(Policy::Random),
+            "least-loaded" => Ok(Policy::LeastLoaded),
+            other => Err(format!(
+                "unknown dispatch policy {other:?} (random or least-loaded)"
+            )),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Dispatcher {
     workers: Workers,
     net: Client,
     local_id: String,
+    policy: Policy,
+    /// Jobs this peer has out at each target right now (std mutex: never
+    /// held across an await).
+    outstanding: Arc<Mutex<HashMap<Target, u32>>>,
     /// Further attempts after a job's first one failed (peer lost, worker died).
     retries: u32,
 }
@@ -37,20 +66,32 @@ pub struct Done {
     pub peer: String,
 }
 
-#[derive(Clone, Copy, PartialEq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Target {
     Local,
     Remote(libp2p::PeerId),
 }
 
 impl Dispatcher {
-    pub fn new(workers: Workers, net: Client, local_id: String, retries: u32) -> Self {
+    pub fn new(
+        workers: Workers,
+        net: Client,
+        local_id: String,
+        retries: u32,
+        policy: Policy,
+    ) -> Self {
         Dispatcher {
             workers,
             net,
             local_id,
             retries,
+            policy,
+            outstanding: Arc::default(),
         }
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     pub fn net(&self) -> &Client {
@@ -76,6 +117,7 @@ impl Dispatcher {
         app: &AppName,
         payload: Arc<str>,
         timeout: Duration,
+        policy: Policy,
     ) -> (Result<Done, JobError>, u32) {
         let deadline = Instant::now() + timeout;
         let mut excluded: Vec<Target> = Vec::new();
@@ -83,20 +125,23 @@ impl Dispatcher {
         let mut attempts = 0u32;
         let mut failures: Vec<String> = Vec::new();
         loop {
-            let (target, peer_id) = match self.pick(app, &excluded) {
+            let (target, peer_id) = match self.pick(app, &excluded, policy) {
                 Ok(t) => t,
                 // Everything that failed is excluded; a crashed worker's
                 // peer may still have others (or restart it): try anyone.
-                Err(_) if !failures.is_empty() => match self.pick(app, &[]) {
+                Err(_) if !failures.is_empty() => match self.pick(app, &[], policy) {
                     Ok(t) => t,
                     Err(e) => return (Err(e), attempts),
                 },
                 Err(e) => return (Err(e), attempts),
             };
             attempts += 1;
-            let result = match target {
-                Target::Local => run_local(&self.workers, app, payload.clone(), deadline).await,
-                Target::Remote(peer) => self.net.send_job(peer, app, &payload, deadline).await,
+            let result = {
+                let _out = Outstanding::new(&self.outstanding, target);
+                match target {
+                    Target::Local => run_local(&self.workers, app, payload.clone(), deadline).await,
+                    Target::Remote(peer) => self.net.send_job(peer, app, &payload, deadline).await,
+                }
             };
             match result {
                 Ok(result) => {
@@ -144,11 +189,19 @@ impl Dispatcher {
 
     /// A random target, weighted by capacity, with its peer id as text
     /// (taken from the view: encoding a peer id is not free).
-    fn pick(&self, app: &AppName, excluded: &[Target]) -> Result<(Target, String), JobError> {
+    fn pick(
+        &self,
+        app: &AppName,
+        excluded: &[Target],
+        policy: Policy,
+    ) -> Result<(Target, String), JobError> {
         let mut candidates: Vec<(Target, &str, u64)> = Vec::new();
+        // What each candidate last announced as in flight (remote only).
+        let mut announced_load: Vec<u64> = Vec::new();
         let local = self.workers.capacity(app);
         if local > 0 && !excluded.contains(&Target::Local) {
             candidates.push((Target::Local, self.local_id.as_str(), local as u64));
+            announced_load.push(0);
         }
         let mesh = self.net.mesh();
         for p in mesh.peers.iter().filter(|p| p.state == "up") {
@@ -165,6 +218,7 @@ impl Dispatcher {
                 };
                 if weight > 0 {
                     candidates.push((Target::Remote(peer), p.id.as_str(), weight as u64));
+                    announced_load.push(a.in_flight.min(1 << 20) as u64);
                 }
             }
         }
@@ -174,14 +228,83 @@ impl Dispatcher {
                 "{app} has no live worker anywhere in the mesh (start it with `disruptor start`)"
             )));
         }
-        let mut r = rand::thread_rng().gen_range(0..total);
-        for (t, id, w) in candidates {
-            if r < w {
-                return Ok((t, id.to_string()));
+        let mut rng = rand::thread_rng();
+        let mut draw = || {
+            let mut r = rng.gen_range(0..total);
+            for (i, (_, _, w)) in candidates.iter().enumerate() {
+                if r < *w {
+                    return i;
+                }
+                r -= w;
             }
-            r -= w;
+            unreachable!("r < total")
+        };
+        let first = draw();
+        let chosen = match policy {
+            Policy::Random => first,
+            Policy::LeastLoaded => {
+                // Two distinct candidates (the same one twice would
+                // compare nothing).
+                let mut second = draw();
+                if candidates.len() > 1 {
+                    for _ in 0..8 {
+                        if second != first {
+                            break;
+                        }
+                        second = draw();
+                    }
+                    if second == first {
+                        second = (first + 1) % candidates.len();
+                    }
+                }
+                let outstanding = self.outstanding.lock().expect("outstanding lock");
+                // Load per worker, compared without division.
+                let load = |i: usize| {
+                    let (t, _, _) = candidates[i];
+                    let announced = match t {
+                        Target::Local => 0,
+                        Target::Remote(_) => announced_load[i],
+                    };
+                    outstanding.get(&t).copied().unwrap_or(0) as u64 + announced
+                };
+                let (la, lb) = (load(first), load(second));
+                if lb * candidates[first].2 < la * candidates[second].2 {
+                    second
+                } else {
+                    first
+                }
+            }
+        };
+        let (t, id, _) = candidates[chosen];
+        Ok((t, id.to_string()))
+    }
+}
+
+/// Counts a job as outstanding at a target while it lives.
+struct Outstanding<'a> {
+    map: &'a Mutex<HashMap<Target, u32>>,
+    target: Target,
+}
+
+impl<'a> Outstanding<'a> {
+    fn new(map: &'a Mutex<HashMap<Target, u32>>, target: Target) -> Self {
+        *map.lock()
+            .expect("outstanding lock")
+            .entry(target)
+            .or_insert(0) += 1;
+        Outstanding { map, target }
+    }
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().expect("outstanding lock");
+        if let Some(n) = m.get_mut(&self.target) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.target);
+            }
         }
-        unreachable!("r < total")
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppsView, ErrorBody, MeshView};
 use crate::apps::{AppName, MAX_WORKERS_PER_APP};
-use crate::dispatch::{Dispatcher, one_line};
+use crate::dispatch::{Dispatcher, Policy, one_line};
 use crate::error::JobError;
 use crate::membership::unix_ms;
 use crate::network::MAX_JOB_TIMEOUT;
@@ -244,11 +244,16 @@ async fn start_stop(s: &AppState, body: &[u8], run: bool) -> Response {
 async fn job(
     State(s): State<AppState>,
     Path(path): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let mut attempts = 0;
-    let mut resp = match run_job(&s, &path, &headers, body, &mut attempts).await {
+    let policy = match dispatch_policy(query.as_deref(), s.dispatcher.policy()) {
+        Ok(p) => p,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
+    };
+    let mut resp = match run_job(&s, &path, &headers, body, policy, &mut attempts).await {
         Ok((result, peer)) => {
             let mut resp = Response::new(Body::from(result));
             let h = resp.headers_mut();
@@ -275,11 +280,23 @@ async fn job(
     resp
 }
 
+/// `?dispatch=random|least-loaded` overrides the peer's `--dispatch`.
+fn dispatch_policy(query: Option<&str>, default: Policy) -> Result<Policy, String> {
+    let Some(q) = query else { return Ok(default) };
+    for pair in q.split('&') {
+        if let Some(v) = pair.strip_prefix("dispatch=") {
+            return v.parse();
+        }
+    }
+    Ok(default)
+}
+
 async fn run_job(
     s: &AppState,
     path: &str,
     headers: &HeaderMap,
     body: Body,
+    policy: Policy,
     attempts: &mut u32,
 ) -> Result<(String, String), JobError> {
     let app =
@@ -351,7 +368,10 @@ async fn run_job(
             ))
         })?
     };
-    let (done, tries) = s.dispatcher.run(&app, Arc::from(payload), timeout).await;
+    let (done, tries) = s
+        .dispatcher
+        .run(&app, Arc::from(payload), timeout, policy)
+        .await;
     *attempts = tries;
     let done = done?;
     Ok((done.result, done.peer))

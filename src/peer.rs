@@ -47,6 +47,7 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
         client,
         event_loop.local_peer_id().to_string(),
         config.retries,
+        config.dispatch,
     );
     let http_config = http::HttpConfig {
         max_job_bytes: config.max_job_bytes,

@@ -1026,3 +1026,138 @@ fn slow_and_idle_clients_cannot_exhaust_the_http_endpoint() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("did not arrive within"), "{answer}");
 }
+
+/// Runs `n` jobs from `threads` clients through `http` with `?dispatch=`
+/// and returns (latencies, peer that ran each).
+fn load_with_policy(
+    http: &str,
+    policy: &str,
+    threads: usize,
+    n: usize,
+) -> (Vec<Duration>, Vec<String>) {
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let url = format!("http://{http}/apps/work?dispatch={policy}");
+            std::thread::spawn(move || {
+                let c = http_client();
+                let mut out = Vec::new();
+                for i in 0..n {
+                    let t0 = Instant::now();
+                    let r = c
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(format!(r#"{{"t":{t},"i":{i}}}"#))
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                    let peer = r.headers()["x-disruptor-peer"]
+                        .to_str()
+                        .unwrap()
+                        .to_string();
+                    out.push((t0.elapsed(), peer));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    let mut peers = Vec::new();
+    for h in handles {
+        for (l, p) in h.join().unwrap() {
+            lat.push(l);
+            peers.push(p);
+        }
+    }
+    lat.sort();
+    (lat, peers)
+}
+
+#[test]
+fn least_loaded_dispatch_avoids_a_slow_peer() {
+    let dir = scratch("policy");
+    // The same app on two peers; one answers 40 ms slower.
+    let mk = |name: &str, delay: &str| {
+        let apps = dir.path().join(name);
+        std::fs::create_dir_all(&apps).unwrap();
+        std::fs::copy(test_apps().join("tool.py"), apps.join("tool.py")).unwrap();
+        std::fs::write(
+            apps.join("work.toml"),
+            format!("command = \"python3\"\nargs = [\"-u\", \"tool.py\"]\nworkers = 1\npipeline = 4\n[env]\nTOOL_DELAY = \"{delay}\"\n"),
+        )
+        .unwrap();
+        apps
+    };
+    let slow_apps = mk("slow-apps", "0.04");
+    let fast_apps = mk("fast-apps", "0");
+    let slow = Peer::start(
+        dir.path(),
+        "slow",
+        PeerOpts {
+            apps: Some(slow_apps),
+            ..Default::default()
+        },
+    );
+    let fast = Peer::start(
+        dir.path(),
+        "fast",
+        PeerOpts {
+            apps: Some(fast_apps),
+            bootstrap: vec![slow.listen.clone()],
+            ..Default::default()
+        },
+    );
+    let entry = Peer::start(
+        dir.path(),
+        "entry",
+        PeerOpts {
+            bootstrap: vec![slow.listen.clone()],
+            ..Default::default()
+        },
+    );
+    wait_converged(&[&slow, &fast, &entry], Duration::from_secs(10));
+    start_app(&entry, "apps/work", &[]);
+    wait_for(
+        "both peers to run apps/work",
+        Duration::from_secs(10),
+        || {
+            let m = &entry.apps()["mesh"]["apps/work"];
+            if m[&slow.id]["state"] == "running" && m[&fast.id]["state"] == "running" {
+                Ok(())
+            } else {
+                Err(format!("{m}"))
+            }
+        },
+    );
+    let (r_lat, r_peers) = load_with_policy(&entry.http, "random", 6, 25);
+    let (l_lat, l_peers) = load_with_policy(&entry.http, "least-loaded", 6, 25);
+    let share = |peers: &[String]| {
+        peers.iter().filter(|p| **p == slow.id).count() as f64 / peers.len() as f64
+    };
+    let p99 = |l: &[Duration]| l[(l.len() * 99 / 100).min(l.len() - 1)];
+    let p90 = |l: &[Duration]| l[l.len() * 90 / 100];
+    eprintln!(
+        "random: slow peer got {:.0}%, p90 {:?}, p99 {:?}; least-loaded: slow peer got {:.0}%, p90 {:?}, p99 {:?}",
+        share(&r_peers) * 100.0,
+        p90(&r_lat),
+        p99(&r_lat),
+        share(&l_peers) * 100.0,
+        p90(&l_lat),
+        p99(&l_lat)
+    );
+    assert!(
+        share(&l_peers) < share(&r_peers),
+        "least-loaded should send less to the slow peer"
+    );
+    assert!(
+        p90(&l_lat) < p90(&r_lat),
+        "least-loaded should cut the tail"
+    );
+    // A bad policy name is a clear 400.
+    let r = http_client()
+        .post(format!("http://{}/apps/work?dispatch=fastest", entry.http))
+        .body("1")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("random or least-loaded"));
+}

@@ -5,10 +5,13 @@
 #   {"bad": true}    answers a line that is not JSON
 #   {"sleep": S}     answers after S seconds
 #   anything else    answers {"pid": <its pid>, "echo": <the job>}
+# Every answer is delayed by TOOL_DELAY seconds (default 0).
 import json
 import os
 import sys
 import time
+
+DELAY = float(os.environ.get("TOOL_DELAY", "0"))
 
 for line in sys.stdin:
     job = json.loads(line)
@@ -22,4 +25,6 @@ for line in sys.stdin:
         continue
     if isinstance(job, dict) and "sleep" in job:
         time.sleep(float(job["sleep"]))
+    if DELAY:
+        time.sleep(DELAY)
     print(json.dumps({"pid": os.getpid(), "echo": job}), flush=True)
