@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a peer of the mesh until Ctrl-C or SIGTERM.
-    Peer(PeerArgs),
+    Peer(Box<PeerArgs>),
     /// Print the table of peers that a running peer knows.
     Peers(PeersArgs),
     /// Start an app's workers on every peer of the mesh that has the app.

@@ -931,19 +931,19 @@ fn a_rolling_restart_under_load_fails_no_job() {
             })
         })
         .collect();
-    for i in 0..workers.len() {
+    for (i, w) in workers.iter_mut().enumerate() {
         std::thread::sleep(Duration::from_millis(700));
-        let status = workers[i].sigterm();
+        let status = w.sigterm();
         assert!(
             status.success(),
             "w{i} exits 0 after a graceful stop: {status:?}"
         );
-        let log = workers[i].log_text();
+        let log = w.log_text();
         assert!(
             log.contains("announcing that this peer is leaving") && log.contains("drained in"),
             "w{i} did not drain: {log}"
         );
-        workers[i].restart(dir.path());
+        w.restart(dir.path());
         wait_for(
             "the restarted peer to run the app again",
             Duration::from_secs(15),
@@ -1151,6 +1151,10 @@ fn least_loaded_dispatch_avoids_a_slow_peer() {
     assert!(
         p90(&l_lat) < p90(&r_lat),
         "least-loaded should cut the tail"
+    );
+    assert!(
+        p99(&l_lat) < p99(&r_lat),
+        "least-loaded should give a lower p99"
     );
     // A bad policy name is a clear 400.
     let r = http_client()
