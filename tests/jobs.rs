@@ -52,6 +52,22 @@ fn wait_gone(what: &str, pids: &[i32], deadline: Duration) {
     });
 }
 
+/// Waits until `observer` sees `app` running on every one of `on`.
+fn wait_running(observer: &Peer, app: &str, on: &[&Peer]) {
+    wait_for(
+        &format!("{app} to run on {} peers", on.len()),
+        Duration::from_secs(10),
+        || {
+            let m = &observer.apps()["mesh"][app];
+            if on.iter().all(|p| m[&p.id]["state"] == "running") {
+                Ok(())
+            } else {
+                Err(format!("{m}"))
+            }
+        },
+    );
+}
+
 /// Three peers in a chain; the first `with_apps` of them get `apps`.
 fn mesh(dir: &std::path::Path, apps: std::path::PathBuf, with_apps: usize) -> Vec<Peer> {
     let mut peers: Vec<Peer> = Vec::new();
@@ -694,18 +710,7 @@ fn a_poison_job_is_tried_within_the_budget_then_reported() {
     let dir = scratch("poison");
     let peers = mesh(dir.path(), test_apps(), 2);
     start_app(&peers[0], "apps/tool", &[]);
-    wait_for(
-        "both peers to run apps/tool",
-        Duration::from_secs(10),
-        || {
-            let m = &peers[2].apps()["mesh"]["apps/tool"];
-            let n = [&peers[0], &peers[1]]
-                .iter()
-                .filter(|p| m[&p.id]["state"] == "running")
-                .count();
-            if n == 2 { Ok(()) } else { Err(format!("{m}")) }
-        },
-    );
+    wait_running(&peers[2], "apps/tool", &[&peers[0], &peers[1]]);
     let c = http_client();
     let (status, attempts, body) =
         job_attempts(&c, &peers[2].http, "apps/tool", r#"{"crash":true}"#);
@@ -736,18 +741,7 @@ fn jobs_fail_over_when_a_worker_peer_is_killed_under_load() {
     let dir = scratch("failover");
     let mut peers = mesh(dir.path(), test_apps(), 2);
     start_app(&peers[0], "apps/tool", &[]);
-    wait_for(
-        "both peers to run apps/tool",
-        Duration::from_secs(10),
-        || {
-            let m = &peers[2].apps()["mesh"]["apps/tool"];
-            let n = [&peers[0], &peers[1]]
-                .iter()
-                .filter(|p| m[&p.id]["state"] == "running")
-                .count();
-            if n == 2 { Ok(()) } else { Err(format!("{m}")) }
-        },
-    );
+    wait_running(&peers[2], "apps/tool", &[&peers[0], &peers[1]]);
     let entry = peers[2].http.clone();
     let stop_at = Instant::now() + Duration::from_secs(5);
     let clients: Vec<_> = (0..6)
@@ -1116,18 +1110,7 @@ fn least_loaded_dispatch_avoids_a_slow_peer() {
     );
     wait_converged(&[&slow, &fast, &entry], Duration::from_secs(10));
     start_app(&entry, "apps/work", &[]);
-    wait_for(
-        "both peers to run apps/work",
-        Duration::from_secs(10),
-        || {
-            let m = &entry.apps()["mesh"]["apps/work"];
-            if m[&slow.id]["state"] == "running" && m[&fast.id]["state"] == "running" {
-                Ok(())
-            } else {
-                Err(format!("{m}"))
-            }
-        },
-    );
+    wait_running(&entry, "apps/work", &[&slow, &fast]);
     let (r_lat, r_peers) = load_with_policy(&entry.http, "random", 6, 25);
     let (l_lat, l_peers) = load_with_policy(&entry.http, "least-loaded", 6, 25);
     let share = |peers: &[String]| {

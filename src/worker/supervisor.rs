@@ -34,6 +34,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A process that ran this long resets the crash count.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// A new worker process counts as running once it has stayed up this long
+/// (or answered a job).
+const SETTLE: Duration = Duration::from_millis(300);
 /// Crashes in a row after which a worker shows as failing.
 const FAILING_AFTER: u32 = 3;
 
@@ -400,9 +403,12 @@ async fn worker_task(
                 false,
             ),
             Ok(mut proc) => {
+                // Shown as starting until it has stayed up a moment (or
+                // answered a job), so a worker that dies on start-up is
+                // never reported as running.
                 set_slot(&slot, |s| {
                     s.pid = Some(proc.pid());
-                    s.state = WorkerState::Running;
+                    s.state = WorkerState::Starting;
                 });
                 match serve(&mut proc, &jobs, &slot, &stop, spec.pipeline as usize).await {
                     Served::Stop => {
@@ -469,10 +475,16 @@ async fn serve(
     // Jobs written to the worker and not yet answered, oldest first: the
     // worker answers in order, so its next answer is the front one's.
     let mut inflight: VecDeque<LocalJob> = VecDeque::with_capacity(depth);
+    let settled_at = Instant::now() + SETTLE;
+    let mut settled = false;
     loop {
         let front_deadline = inflight.front().map(|j| j.deadline);
         tokio::select! {
             biased;
+            _ = tokio::time::sleep_until(settled_at), if !settled => {
+                settled = true;
+                set_slot(slot, |s| s.state = WorkerState::Running);
+            }
             // Stopping does not wait for running jobs.
             _ = stop.cancelled() => {
                 fail_all(&mut inflight, || JobError::NotRunning(
@@ -485,7 +497,11 @@ async fn serve(
                 Line::Answer(text) => match inflight.pop_front() {
                     Some(job) => {
                         let _ = job.reply.send(Ok(text));
-                        set_slot(slot, |s| s.jobs_done += 1);
+                        settled = true;
+                        set_slot(slot, |s| {
+                            s.jobs_done += 1;
+                            s.state = WorkerState::Running;
+                        });
                     }
                     // Output while no job is outstanding belongs to no job:
                     // log and drop it, never take it for the next answer.
