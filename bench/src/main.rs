@@ -253,7 +253,7 @@ async fn http_worker(
     stream.set_nodelay(true)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut hist = new_hist()?;
     let (mut ok, mut bad) = (0u64, 0u64);
     let body = Bytes::from_static(JOB.as_bytes());
     loop {
@@ -303,7 +303,7 @@ where
     tokio::time::sleep_until(warm_until.into()).await;
     let cpu0 = cpu_seconds(cpu_roots);
     let t0 = Instant::now();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut hist = new_hist()?;
     let (mut jobs, mut errors) = (0, 0);
     for t in tasks {
         let (h, ok, bad) = t.await??;
@@ -322,6 +322,11 @@ where
         hist,
         cpu,
     })
+}
+
+/// Latencies in microseconds, 1 µs to 60 s, 3 significant digits.
+fn new_hist() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -560,7 +565,7 @@ async fn nats_worker(
     until: Instant,
     warm_until: Instant,
 ) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut hist = new_hist()?;
     let (mut ok, mut bad) = (0u64, 0u64);
     let body = Bytes::from_static(JOB.as_bytes());
     loop {

@@ -133,10 +133,6 @@ impl Workers {
         }
     }
 
-    pub fn apps_dir(&self) -> &AppsDir {
-        &self.inner.apps_dir
-    }
-
     /// Brings local workers in line with the mesh's desired state. Apps that
     /// were missing are resolved again each time, so an app copied into the
     /// apps directory later is picked up.
