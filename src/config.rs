@@ -58,6 +58,9 @@ pub const MAX_JOB_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 pub struct PeerConfig {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
+    /// Whether the identity comes from a file (so this peer may be one the
+    /// mesh already knows, coming back).
+    pub persistent_identity: bool,
     pub http: SocketAddr,
     pub keypair: Keypair,
     pub psk: Option<PreSharedKey>,
@@ -146,6 +149,7 @@ impl PeerConfig {
         Ok(PeerConfig {
             listen,
             bootstrap,
+            persistent_identity: args.identity.is_some(),
             http,
             keypair,
             psk,

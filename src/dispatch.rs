@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::apps::{AppName, MAX_WORKERS_PER_APP};
+use crate::desired::DesiredApps;
 use crate::error::JobError;
 use crate::network::Client;
 use crate::worker::{AppState, LocalJob, Workers};
@@ -58,7 +59,16 @@ pub struct Dispatcher {
     outstanding: Arc<Mutex<HashMap<Target, u32>>>,
     /// Further attempts after a job's first one failed (peer lost, worker died).
     retries: u32,
+    /// Sender: the network event loop. Which apps the mesh wants running.
+    desired: watch::Receiver<Arc<DesiredApps>>,
+    /// Until then (and until it hears from another peer) this peer is still
+    /// learning the mesh: a job finding no worker waits instead of failing.
+    learning_until: Option<Instant>,
 }
+
+/// Longest a job waits for a worker of an app that the mesh wants running
+/// but that has none live at the moment (starting, restarting).
+const WAIT_FOR_WORKER: Duration = Duration::from_secs(3);
 
 /// A job's result and where it ran.
 pub struct Done {
@@ -79,6 +89,8 @@ impl Dispatcher {
         local_id: String,
         retries: u32,
         policy: Policy,
+        desired: watch::Receiver<Arc<DesiredApps>>,
+        learning_until: Option<Instant>,
     ) -> Self {
         Dispatcher {
             workers,
@@ -87,6 +99,51 @@ impl Dispatcher {
             retries,
             policy,
             outstanding: Arc::default(),
+            desired,
+            learning_until,
+        }
+    }
+
+    /// Whether a worker of `app` is expected soon: the mesh wants it
+    /// running, or this peer has not heard from the mesh yet.
+    fn worker_expected(&self, app: &AppName) -> (bool, bool) {
+        let wanted = self.desired.borrow().get(app).is_some_and(|d| d.run);
+        let learning = self.learning_until.is_some_and(|t| Instant::now() < t)
+            && !self.net.mesh().peers.iter().any(|p| p.state == "up");
+        (wanted, learning)
+    }
+
+    /// `pick`, but when nothing runs `app` and a worker is expected soon,
+    /// waits for one (polling, within the deadline and `WAIT_FOR_WORKER`).
+    /// An app the mesh wants running with no live worker is `Busy` (503,
+    /// try again), not `NotRunning`.
+    async fn pick_or_wait(
+        &self,
+        app: &AppName,
+        excluded: &[Target],
+        policy: Policy,
+        deadline: Instant,
+    ) -> Result<(Target, String), JobError> {
+        let until = deadline.min(Instant::now() + WAIT_FOR_WORKER);
+        loop {
+            let err = match self.pick(app, excluded, policy) {
+                Ok(t) => return Ok(t),
+                Err(e) => e,
+            };
+            let (wanted, learning) = self.worker_expected(app);
+            if !(wanted || learning) {
+                return Err(err);
+            }
+            if Instant::now() >= until {
+                return Err(if wanted {
+                    JobError::Busy(format!(
+                        "{app} is started in the mesh but has no live worker right now (starting or restarting); try again"
+                    ))
+                } else {
+                    err
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -129,11 +186,16 @@ impl Dispatcher {
                 Ok(t) => t,
                 // Everything that failed is excluded; a crashed worker's
                 // peer may still have others (or restart it): try anyone.
-                Err(_) if !failures.is_empty() => match self.pick(app, &[], policy) {
+                Err(_) if !failures.is_empty() || stale > 0 => {
+                    match self.pick_or_wait(app, &[], policy, deadline).await {
+                        Ok(t) => t,
+                        Err(e) => return (Err(e), attempts),
+                    }
+                }
+                Err(_) => match self.pick_or_wait(app, &excluded, policy, deadline).await {
                     Ok(t) => t,
                     Err(e) => return (Err(e), attempts),
                 },
-                Err(e) => return (Err(e), attempts),
             };
             attempts += 1;
             let result = {

@@ -20,4 +20,5 @@ pub mod http;
 pub mod membership;
 pub mod network;
 pub mod peer;
+pub mod ratelimit;
 pub mod worker;

@@ -27,6 +27,9 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
 /// How long the tasks get to finish after shutdown was requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long after start a peer with a mesh to join may wait for the mesh
+/// before answering that an app runs nowhere.
+const LEARNING_WINDOW: Duration = Duration::from_secs(5);
 
 pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     let http_listener = TcpListener::bind(config.http)
@@ -42,12 +45,20 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     let (client, event_loop) =
         network::start(&config, http_addr, workers.clone(), desired_tx).await?;
     let stream_control = event_loop.stream_control();
+    // A peer that will be part of a mesh (it has somewhere to bootstrap
+    // from, or an identity others may remember) learns the mesh's apps in
+    // its first moments; until then a job waits rather than being told that
+    // nothing runs its app.
+    let learning_until = (!config.bootstrap.is_empty() || config.persistent_identity)
+        .then(|| tokio::time::Instant::now() + LEARNING_WINDOW);
     let dispatcher = Dispatcher::new(
         workers.clone(),
         client,
         event_loop.local_peer_id().to_string(),
         config.retries,
         config.dispatch,
+        desired_rx.clone(),
+        learning_until,
     );
     let http_config = http::HttpConfig {
         max_job_bytes: config.max_job_bytes,

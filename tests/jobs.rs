@@ -40,52 +40,12 @@ fn wait_log(p: &Peer, needle: &str) {
     );
 }
 
-/// Waits until none of `pids` is alive.
-fn wait_gone(what: &str, pids: &[i32], deadline: Duration) {
-    wait_for(what, deadline, || {
-        let alive: Vec<_> = pids.iter().filter(|p| pid_alive(**p)).collect();
-        if alive.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("still alive: {alive:?}"))
-        }
-    });
-}
-
-/// Waits until `observer` sees `app` running on every one of `on`.
-fn wait_running(observer: &Peer, app: &str, on: &[&Peer]) {
-    wait_for(
-        &format!("{app} to run on {} peers", on.len()),
-        Duration::from_secs(10),
-        || {
-            let m = &observer.apps()["mesh"][app];
-            if on.iter().all(|p| m[&p.id]["state"] == "running") {
-                Ok(())
-            } else {
-                Err(format!("{m}"))
-            }
-        },
-    );
-}
-
-/// Three peers in a chain; the first `with_apps` of them get `apps`.
 fn mesh(dir: &std::path::Path, apps: std::path::PathBuf, with_apps: usize) -> Vec<Peer> {
-    let mut peers: Vec<Peer> = Vec::new();
-    for i in 0..3 {
-        let opts = PeerOpts {
-            bootstrap: peers
-                .last()
-                .map(|p| vec![p.listen.clone()])
-                .unwrap_or_default(),
-            apps: (i < with_apps).then(|| apps.clone()),
-            extra: vec!["--workers".into(), "2".into()],
-            ..Default::default()
-        };
-        peers.push(Peer::start(dir, &format!("p{i}"), opts));
-    }
-    let refs: Vec<&Peer> = peers.iter().collect();
-    wait_converged(&refs, Duration::from_secs(15));
-    peers
+    converged_chain(dir, 3, |i| PeerOpts {
+        apps: (i < with_apps).then(|| apps.clone()),
+        extra: vec!["--workers".into(), "2".into()],
+        ..Default::default()
+    })
 }
 
 #[test]
@@ -683,28 +643,6 @@ fn an_apps_directory_created_after_start_is_picked_up() {
 }
 
 /// POSTs a job and returns (status, X-Disruptor-Attempts, body).
-fn job_attempts(
-    client: &reqwest::blocking::Client,
-    http: &str,
-    app: &str,
-    body: &str,
-) -> (u16, u32, String) {
-    let resp = client
-        .post(format!("http://{http}/{app}"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .unwrap_or_else(|e| panic!("POST {app}: {e}"));
-    let status = resp.status().as_u16();
-    let attempts = resp
-        .headers()
-        .get("x-disruptor-attempts")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (status, attempts, resp.text().unwrap())
-}
-
 #[test]
 fn a_poison_job_is_tried_within_the_budget_then_reported() {
     let dir = scratch("poison");
@@ -855,115 +793,6 @@ fn a_saturated_peer_answers_503_with_retry_after_and_keeps_serving() {
     }
     eprintln!("overload: {ok} x 200, {busy} x 503, {health_checks} health checks");
     assert!(ok > 50 && busy > 0, "{ok} ok, {busy} busy");
-}
-
-#[test]
-fn a_rolling_restart_under_load_fails_no_job() {
-    let dir = scratch("rolling");
-    // Three worker peers (with identities, so they come back as themselves)
-    // and one entry peer without the app.
-    let mut workers: Vec<Peer> = Vec::new();
-    for i in 0..3 {
-        let opts = PeerOpts {
-            bootstrap: workers
-                .first()
-                .map(|p| vec![p.listen.clone()])
-                .unwrap_or_default(),
-            identity: Some(dir.path().join(format!("w{i}.key"))),
-            apps: Some(test_apps()),
-            extra: vec!["--workers".into(), "2".into()],
-            ..Default::default()
-        };
-        workers.push(Peer::start(dir.path(), &format!("w{i}"), opts));
-    }
-    let entry = Peer::start(
-        dir.path(),
-        "entry",
-        PeerOpts {
-            bootstrap: vec![workers[0].listen.clone()],
-            ..Default::default()
-        },
-    );
-    {
-        let mut all: Vec<&Peer> = workers.iter().collect();
-        all.push(&entry);
-        wait_converged(&all, Duration::from_secs(15));
-    }
-    start_app(&entry, "apps/tool", &[]);
-    let running_on_all = |ids: &[String]| {
-        let m = entry.apps()["mesh"]["apps/tool"].clone();
-        ids.iter().all(|id| m[id]["state"] == "running")
-    };
-    let ids: Vec<String> = workers.iter().map(|w| w.id.clone()).collect();
-    wait_for(
-        "apps/tool on every worker peer",
-        Duration::from_secs(10),
-        || {
-            if running_on_all(&ids) {
-                Ok(())
-            } else {
-                Err(format!("{}", entry.apps()))
-            }
-        },
-    );
-
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
-        .map(|t| {
-            let http = entry.http.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let c = http_client();
-                let mut seen = Vec::new();
-                let mut i = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 5000 {
-                    let body = format!(r#"{{"t":{t},"i":{i},"sleep":0.02}}"#);
-                    seen.push(job_attempts(&c, &http, "apps/tool", &body));
-                    i += 1;
-                }
-                seen
-            })
-        })
-        .collect();
-    for (i, w) in workers.iter_mut().enumerate() {
-        std::thread::sleep(Duration::from_millis(700));
-        let status = w.sigterm();
-        assert!(
-            status.success(),
-            "w{i} exits 0 after a graceful stop: {status:?}"
-        );
-        let log = w.log_text();
-        assert!(
-            log.contains("announcing that this peer is leaving") && log.contains("drained in"),
-            "w{i} did not drain: {log}"
-        );
-        w.restart(dir.path());
-        wait_for(
-            "the restarted peer to run the app again",
-            Duration::from_secs(15),
-            || {
-                if running_on_all(&ids) {
-                    Ok(())
-                } else {
-                    Err(format!("{}", entry.apps()["mesh"]))
-                }
-            },
-        );
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut total = 0;
-    for c in clients {
-        for (status, attempts, body) in c.join().expect("client thread") {
-            total += 1;
-            assert_eq!(
-                status, 200,
-                "a job failed during the rolling restart (attempts {attempts}): {body}"
-            );
-        }
-    }
-    eprintln!("rolling restart of 3 peers under load: {total} jobs, all 200");
-    assert!(total > 100, "only {total} jobs ran");
 }
 
 #[test]

@@ -28,7 +28,8 @@ use super::client::{Client, Command};
 use crate::api::{MeshView, SelfView};
 use crate::config::{PeerConfig, Timing};
 use crate::desired::DesiredApps;
-use crate::membership::{ANNOUNCE_VERSION, Announce, Dial, Membership, unix_ms};
+use crate::membership::{ANNOUNCE_VERSION, Announce, Dial, MAX_PEERS, Membership, unix_ms};
+use crate::ratelimit::PerKeyBudget;
 use crate::worker::Workers;
 
 /// How often membership housekeeping runs (silence checks, redials).
@@ -68,7 +69,15 @@ pub struct EventLoop {
     desired_tx: watch::Sender<Arc<DesiredApps>>,
     /// Set once this peer has announced that it is leaving (draining).
     leaving: bool,
+    /// Announcements each author may have us process and forward: an
+    /// honest peer sends about one a second (a few more while its apps
+    /// change); a flood from one author is dropped, not forwarded.
+    announce_budget: PerKeyBudget<PeerId>,
 }
+
+/// Announcements per second (and burst) accepted from any one author.
+const ANNOUNCE_RATE: u32 = 20;
+const ANNOUNCE_BURST: u32 = 50;
 
 impl EventLoop {
     pub(super) fn new(
@@ -121,6 +130,7 @@ impl EventLoop {
             desired: DesiredApps::default(),
             desired_tx,
             leaving: false,
+            announce_budget: PerKeyBudget::new(ANNOUNCE_BURST, ANNOUNCE_RATE, MAX_PEERS),
         };
         event_loop.publish_view();
         let jobs = super::jobs::JobLinks::new(event_loop.swarm.behaviour().stream.new_control());
@@ -464,6 +474,12 @@ impl EventLoop {
                 message,
             } => {
                 let acceptance = if message.topic != self.topic.hash() {
+                    MessageAcceptance::Ignore
+                } else if message
+                    .source
+                    .is_some_and(|s| !self.announce_budget.allow(&s, Instant::now()))
+                {
+                    tracing::debug!(from = %propagation_source, "dropped an announcement over its author's rate");
                     MessageAcceptance::Ignore
                 } else if let Some(source) = message.source {
                     match self

@@ -46,6 +46,10 @@ pub const WINDOW_PER_PEER: usize = 1024;
 /// Jobs a callee runs at once for one inbound stream; it stops reading the
 /// stream while at the limit, which pushes back on the caller.
 const INBOUND_CONCURRENCY: usize = 1024;
+/// Inbound job streams one peer may hold open at once. An honest peer
+/// keeps one (a second while it replaces a broken one); more are closed at
+/// once, so nobody can multiply `INBOUND_CONCURRENCY` by opening streams.
+const MAX_INBOUND_STREAMS_PER_PEER: usize = 4;
 const KIND_REQUEST: u8 = 1;
 const KIND_ANSWER: u8 = 2;
 const IO_BUF: usize = 64 * 1024;
@@ -192,7 +196,7 @@ async fn run_link(
 /// frames queued under load go out in few writes.
 async fn write_frames<W: AsyncWrite + Unpin>(
     write: W,
-    rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    rx: &mut impl FrameQueue,
 ) -> std::io::Result<()> {
     let mut w = BufWriter::with_capacity(IO_BUF, write);
     while let Some(frame) = rx.recv().await {
@@ -203,6 +207,31 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         w.flush().await?;
     }
     w.close().await
+}
+
+/// The two kinds of frame queue a writer drains: the caller's unbounded one
+/// (bounded by its window) and the callee's bounded one.
+trait FrameQueue {
+    async fn recv(&mut self) -> Option<Vec<u8>>;
+    fn try_recv(&mut self) -> Result<Vec<u8>, mpsc::error::TryRecvError>;
+}
+
+impl FrameQueue for mpsc::UnboundedReceiver<Vec<u8>> {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        mpsc::UnboundedReceiver::recv(self).await
+    }
+    fn try_recv(&mut self) -> Result<Vec<u8>, mpsc::error::TryRecvError> {
+        mpsc::UnboundedReceiver::try_recv(self)
+    }
+}
+
+impl FrameQueue for mpsc::Receiver<Vec<u8>> {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        mpsc::Receiver::recv(self).await
+    }
+    fn try_recv(&mut self) -> Result<Vec<u8>, mpsc::error::TryRecvError> {
+        mpsc::Receiver::try_recv(self)
+    }
 }
 
 async fn read_answers<R: AsyncRead + Unpin>(read: R, pending: &Pending) -> String {
@@ -237,15 +266,58 @@ pub async fn serve_inbound(
             return;
         }
     };
+    let open: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             next = incoming.next() => match next {
                 Some((peer, stream)) => {
-                    tokio::spawn(serve_stream(peer, stream, workers.clone(), max_job_bytes));
+                    let Some(slot) = StreamSlot::take(&open, peer) else {
+                        tracing::warn!(%peer, "refused a job stream: {MAX_INBOUND_STREAMS_PER_PEER} already open from this peer");
+                        drop(stream);
+                        continue;
+                    };
+                    let workers = workers.clone();
+                    tokio::spawn(async move {
+                        serve_stream(peer, stream, workers, max_job_bytes).await;
+                        drop(slot);
+                    });
                 }
                 None => return,
             },
+        }
+    }
+}
+
+/// One of a peer's `MAX_INBOUND_STREAMS_PER_PEER` places; given back on drop.
+struct StreamSlot {
+    open: Arc<Mutex<HashMap<PeerId, usize>>>,
+    peer: PeerId,
+}
+
+impl StreamSlot {
+    fn take(open: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<StreamSlot> {
+        let mut map = open.lock().expect("stream slots lock");
+        let n = map.entry(peer).or_insert(0);
+        if *n >= MAX_INBOUND_STREAMS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            open: open.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut map = self.open.lock().expect("stream slots lock");
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
         }
     }
 }
@@ -256,7 +328,10 @@ pub async fn serve_inbound(
 /// hop) per job.
 async fn serve_stream(peer: PeerId, stream: Stream, workers: Workers, max_job_bytes: usize) {
     let (read, write) = stream.split();
-    let (answers_tx, mut answers_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Answers wait here for the writer. Bounded: when the caller stops
+    // reading, the runner stops finishing jobs into it, stops taking
+    // requests, and the reader stops reading; memory stays bounded.
+    let (answers_tx, mut answers_rx) = mpsc::channel::<Vec<u8>>(INBOUND_CONCURRENCY);
     let (req_tx, mut req_rx) = mpsc::channel::<Vec<u8>>(INBOUND_CONCURRENCY);
     let reader = async {
         let mut r = BufReader::with_capacity(IO_BUF, read);
@@ -282,7 +357,9 @@ async fn serve_stream(peer: PeerId, stream: Stream, workers: Workers, max_job_by
         loop {
             tokio::select! {
                 Some(answer) = running.next(), if !running.is_empty() => {
-                    let _ = answers_tx.send(answer);
+                    if answers_tx.send(answer).await.is_err() {
+                        return;
+                    }
                 }
                 body = req_rx.recv(), if running.len() < INBOUND_CONCURRENCY => {
                     let Some(body) = body else { return };

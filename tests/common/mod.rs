@@ -415,8 +415,9 @@ pub fn wait_converged(peers: &[&Peer], deadline: Duration) -> Duration {
     start.elapsed()
 }
 
-/// Starts `n` peers as a chain: each bootstraps from the one before.
-pub fn chain(dir: &Path, n: usize, psk: Option<&Path>) -> Vec<Peer> {
+/// Starts `n` peers as a chain, `p0`, `p1`, ...: each bootstraps from the
+/// one before; `opts(i)` gives the rest of peer i's options.
+pub fn chain_with(dir: &Path, n: usize, opts: impl Fn(usize) -> PeerOpts) -> Vec<Peer> {
     let mut peers: Vec<Peer> = Vec::new();
     for i in 0..n {
         let opts = PeerOpts {
@@ -424,12 +425,27 @@ pub fn chain(dir: &Path, n: usize, psk: Option<&Path>) -> Vec<Peer> {
                 .last()
                 .map(|p| vec![p.listen.clone()])
                 .unwrap_or_default(),
-            identity: Some(dir.join(format!("p{i}.key"))),
-            psk: psk.map(Path::to_path_buf),
-            ..Default::default()
+            ..opts(i)
         };
         peers.push(Peer::start(dir, &format!("p{i}"), opts));
     }
+    peers
+}
+
+/// Starts `n` peers as a chain, each with an identity file.
+pub fn chain(dir: &Path, n: usize, psk: Option<&Path>) -> Vec<Peer> {
+    chain_with(dir, n, |i| PeerOpts {
+        identity: Some(dir.join(format!("p{i}.key"))),
+        psk: psk.map(Path::to_path_buf),
+        ..Default::default()
+    })
+}
+
+/// [`chain_with`], then waits until all list each other as up.
+pub fn converged_chain(dir: &Path, n: usize, opts: impl Fn(usize) -> PeerOpts) -> Vec<Peer> {
+    let peers = chain_with(dir, n, opts);
+    let refs: Vec<&Peer> = peers.iter().collect();
+    wait_converged(&refs, Duration::from_secs(20));
     peers
 }
 
@@ -456,4 +472,56 @@ pub fn start_app(peer: &Peer, app: &str, extra: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Waits until none of `pids` is alive.
+pub fn wait_gone(what: &str, pids: &[i32], deadline: Duration) {
+    wait_for(what, deadline, || {
+        let alive: Vec<_> = pids.iter().filter(|p| pid_alive(**p)).collect();
+        if alive.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still alive: {alive:?}"))
+        }
+    });
+}
+
+/// Waits until `observer` sees `app` running on every one of `on`.
+pub fn wait_running(observer: &Peer, app: &str, on: &[&Peer]) {
+    wait_for(
+        &format!("{app} to run on {} peers", on.len()),
+        Duration::from_secs(10),
+        || {
+            let m = &observer.apps()["mesh"][app];
+            if on.iter().all(|p| m[&p.id]["state"] == "running") {
+                Ok(())
+            } else {
+                Err(format!("{m}"))
+            }
+        },
+    );
+}
+
+/// Three peers in a chain; the first `with_apps` of them get `apps`.
+/// POSTs a job; returns (status, X-Disruptor-Attempts or 0, body).
+pub fn job_attempts(
+    client: &reqwest::blocking::Client,
+    http: &str,
+    app: &str,
+    body: &str,
+) -> (u16, u32, String) {
+    let resp = client
+        .post(format!("http://{http}/{app}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap_or_else(|e| panic!("POST {app}: {e}"));
+    let status = resp.status().as_u16();
+    let attempts = resp
+        .headers()
+        .get("x-disruptor-attempts")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (status, attempts, resp.text().unwrap())
 }
