@@ -16,6 +16,8 @@ pub mod config;
 pub mod desired;
 pub mod dispatch;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod membership;
 pub mod network;

@@ -528,6 +528,43 @@ pub fn decode_answer(body: &[u8]) -> Result<(u64, Result<String, JobError>), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// Any bytes as a frame body, or as a whole stream: errors, never
+        /// a panic, and never a frame past the size limit.
+        #[test]
+        fn frames_from_anyone(body in prop::collection::vec(any::<u8>(), 0..64),
+                              stream in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_request_header(&body);
+            let _ = decode_request(&body);
+            let _ = decode_answer(&body);
+            let mut r = futures::io::Cursor::new(stream);
+            while let Ok(f) = futures::executor::block_on(read_frame(&mut r, 32)) {
+                prop_assert!(!f.is_empty() && f.len() <= 32);
+            }
+        }
+
+        /// Whatever a caller encodes, the callee decodes the same.
+        #[test]
+        fn requests_round_trip(id in any::<u64>(), ms in any::<u32>(), app in any::<String>(),
+                               payload in any::<String>()) {
+            let f = encode_request(id, Duration::from_millis(ms as u64), &app, &payload);
+            prop_assert_eq!(u32::from_be_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
+            let (i, t, a, p) = decode_request(&f[4..]).map_err(TestCaseError::fail)?;
+            prop_assert_eq!((i, t, a, p), (id, Duration::from_millis(ms as u64), app.as_str(), payload.as_str()));
+        }
+
+        #[test]
+        fn answers_round_trip(id in any::<u64>(), json in crate::fuzz::json_value(), msg in any::<String>(), ok in any::<bool>()) {
+            let r = if ok { Ok(json.to_string()) } else { Err(JobError::Timeout(msg)) };
+            let f = encode_answer(id, &r);
+            let (i, back) = decode_answer(&f[4..]).map_err(TestCaseError::fail)?;
+            prop_assert_eq!((i, back), (id, r));
+        }
+    }
 
     #[test]
     fn frames_round_trip() {

@@ -390,3 +390,35 @@ fn spawn_log_forwarder(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// Whatever a worker prints: no panic; an answer is valid JSON.
+        #[test]
+        fn worker_lines(line in prop_oneof![any::<String>(), crate::fuzz::json_text()],
+                        node in any::<bool>()) {
+            let protocol = if node { Protocol::Node } else { Protocol::Native };
+            if let Line::Answer(a) = classify(line.clone(), protocol) {
+                prop_assert!(serde_json::from_str::<serde_json::Value>(&a).is_ok(), "{line:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn lines_are_classified() {
+        let c = |l: &str| classify(l.to_string(), Protocol::Native);
+        assert!(matches!(c(r#" {"a":1} "#), Line::Answer(a) if a == r#"{"a":1}"#));
+        assert!(matches!(c(""), Line::Skip));
+        assert!(matches!(c("hello"), Line::NotJson(_)));
+        assert!(matches!(
+            classify(r#"{"cmd":"NODE_HANDLE"}"#.into(), Protocol::Node),
+            Line::Skip
+        ));
+    }
+}
