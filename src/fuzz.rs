@@ -15,9 +15,9 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use crate::apps::AppName;
-use crate::config::Timing;
 use crate::dispatch::one_line;
 use crate::membership::Membership;
+use crate::membership::tests::timing;
 
 /// Generated inputs per property.
 pub fn cases() -> u32 {
@@ -68,15 +68,6 @@ pub fn json_text() -> impl Strategy<Value = String> {
                 .replace('\n', "\r\n")
         ),
     })
-}
-
-fn timing() -> Timing {
-    Timing {
-        announce_interval: Duration::from_secs(1),
-        down_after: Duration::from_secs(4),
-        forget_after: Duration::from_secs(60),
-        connect_timeout: Duration::from_secs(4),
-    }
 }
 
 /// Announcements that are nearly right: every field present with a value

@@ -558,10 +558,10 @@ fn set_state(id: PeerId, e: &mut Entry, state: State, now: Instant) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn timing() -> Timing {
+    pub(crate) fn timing() -> Timing {
         Timing {
             announce_interval: Duration::from_secs(1),
             down_after: Duration::from_secs(4),
