@@ -32,6 +32,8 @@ pub enum Command {
     Stop(StopArgs),
     /// Send one JSON job to an app and print its result.
     Send(SendArgs),
+    /// Stream many jobs (one per line) through the mesh; results on stdout.
+    Stream(StreamArgs),
     /// Write a new pre-shared key for a private mesh.
     Keygen(KeygenArgs),
 }
@@ -119,7 +121,8 @@ pub struct PeerArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub http_header_timeout: Duration,
 
-    /// Time a client has to send a job's body.
+    /// Time a client has to send a job's body (for a stream of jobs: the
+    /// longest pause between two pieces of it).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub http_body_timeout: Duration,
 
@@ -162,6 +165,35 @@ pub struct SendArgs {
     /// The job: JSON, or any other text (sent as a JSON string); `-` reads it from stdin.
     pub payload: String,
     /// Give up after this long (sent as X-Disruptor-Timeout-Ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Run the job on one worker of every peer running the app; print each
+    /// peer's result (or error) by peer id.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// HTTP address of any running peer (HOST:PORT or http://HOST:PORT).
+    pub http_addr: String,
+    /// The app, e.g. apps/wordcount/counter.
+    pub app: String,
+    /// NDJSON input, one job per line; `-` (the default) reads stdin.
+    #[arg(default_value = "-")]
+    pub input: String,
+    /// Each line of text is one job, sent as a JSON string.
+    #[arg(long)]
+    pub lines: bool,
+    /// Print results as they complete, each as {"line": n, "result": ...},
+    /// instead of in input order.
+    #[arg(long)]
+    pub unordered: bool,
+    /// Jobs in flight at once for this stream (1 to 4096).
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub window: u32,
+    /// Give up on a job after this long (sent as X-Disruptor-Timeout-Ms).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use crate::api::{AppsView, ErrorBody, MeshView};
 use crate::apps::AppName;
-use crate::cli::{KeygenArgs, PeersArgs, SendArgs, StartArgs, StopArgs};
+use crate::cli::{KeygenArgs, PeersArgs, SendArgs, StartArgs, StopArgs, StreamArgs};
 use crate::config::{self, ConfigError};
 use crate::desired::DesiredApp;
 use crate::http::ago;
@@ -97,8 +97,9 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         .connect_timeout(Duration::from_secs(5))
         .timeout(server_timeout + Duration::from_secs(5))
         .build()?;
+    let query = if args.all { "?to=all" } else { "" };
     let mut req = client
-        .post(format!("{base}/{app}"))
+        .post(format!("{base}/{app}{query}"))
         .header("content-type", content_type)
         .body(body);
     if let Some(t) = args.timeout {
@@ -111,8 +112,260 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         anyhow::bail!("{app}: {}", error_message(resp).await);
     }
     let text = resp.text().await.context("reading the result")?;
-    println!("{text}");
+    if !args.all {
+        println!("{text}");
+        return Ok(());
+    }
+    // One entry per peer: its result, or {"error": ...}.
+    let all: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).context("the fan-out answer is not a JSON object")?;
+    println!("{}", serde_json::to_string_pretty(&all)?);
+    let failed: Vec<&String> = all
+        .iter()
+        .filter(|(_, v)| {
+            v.as_object()
+                .is_some_and(|o| o.len() == 1 && o.contains_key("error"))
+        })
+        .map(|(id, _)| id)
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} peers answered an error: {}",
+            failed.len(),
+            all.len(),
+            failed
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     Ok(())
+}
+
+/// `disruptor stream`: sends the input as one NDJSON request, chunked as
+/// it is read, and prints the result lines as they arrive.
+pub async fn stream(args: StreamArgs) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let base = base_url(&args.http_addr)?;
+    let app = app_arg(&args.app)?;
+    let input: Box<dyn BufRead + Send> = if args.input == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(&args.input)
+            .map_err(|e| UsageError(format!("cannot read {}: {e}", args.input)))?;
+        Box::new(std::io::BufReader::with_capacity(256 * 1024, f))
+    };
+    // The total, for the progress bar's ETA: only for a file, only when
+    // someone watches.
+    let show_progress = std::io::stderr().is_terminal();
+    let total = if show_progress && args.input != "-" {
+        count_lines(&args.input).ok()
+    } else {
+        None
+    };
+
+    // A thread reads the input (blocking I/O) and hands the body ~64 KiB
+    // chunks; the channel's few places are the backpressure from the peer.
+    let sent = Arc::new(AtomicU64::new(0));
+    let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    let reader = {
+        let sent = sent.clone();
+        let as_text = args.lines;
+        std::thread::spawn(move || {
+            let mut input = input;
+            let mut chunk = Vec::with_capacity(64 * 1024);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match input.read_line(&mut line) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        let text = line.strip_suffix('\n').unwrap_or(&line);
+                        let text = text.strip_suffix('\r').unwrap_or(text);
+                        if as_text {
+                            chunk.extend_from_slice(
+                                serde_json::Value::String(text.to_string())
+                                    .to_string()
+                                    .as_bytes(),
+                            );
+                        } else {
+                            chunk.extend_from_slice(text.as_bytes());
+                        }
+                        chunk.push(b'\n');
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if chunk.len() >= 64 * 1024
+                            && chunks_tx
+                                .blocking_send(Ok(std::mem::take(&mut chunk)))
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = chunks_tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if !chunk.is_empty() {
+                let _ = chunks_tx.blocking_send(Ok(chunk));
+            }
+        })
+    };
+    let body =
+        reqwest::Body::wrap_stream(futures::stream::poll_fn(move |cx| chunks_rx.poll_recv(cx)));
+    let mut url = format!("{base}/{app}?window={}", args.window);
+    if args.unordered {
+        url.push_str("&ordered=false");
+    }
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()?;
+    let mut req = client
+        .post(&url)
+        .header("content-type", crate::stream::NDJSON)
+        .body(body);
+    if let Some(t) = args.timeout {
+        req = req.header(crate::http::TIMEOUT_HEADER, t.as_millis().to_string());
+    }
+    let started = std::time::Instant::now();
+    let mut resp = req.send().await.with_context(|| {
+        format!("cannot reach the peer at {base} (is `disruptor peer` running there?)")
+    })?;
+    if !resp.status().is_success() {
+        anyhow::bail!("{app}: {}", error_message(resp).await);
+    }
+
+    let progress = if show_progress {
+        let pb = match total {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        let template = if total.is_some() {
+            "{bar:30} {pos}/{len} jobs, {per_sec}, ETA {eta}"
+        } else {
+            "{spinner} {pos} jobs, {per_sec}"
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            pb.set_style(style);
+        }
+        Some(pb)
+    } else {
+        None
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut tally = Tally::default();
+    let mut partial: Vec<u8> = Vec::new();
+    let mut broken = None;
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => {
+                broken = Some(format!("the answer stream broke off: {e}"));
+                break;
+            }
+        };
+        partial.extend_from_slice(&chunk);
+        let Some(last_nl) = partial.iter().rposition(|b| *b == b'\n') else {
+            continue;
+        };
+        let rest = partial.split_off(last_nl + 1);
+        for line in partial.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if let Some(why) = tally.add(line, !args.unordered) {
+                broken = Some(why);
+                continue;
+            }
+            out.write_all(line)?;
+            out.write_all(b"\n")?;
+        }
+        partial = rest;
+        out.flush()?;
+        if let Some(pb) = &progress {
+            pb.set_position(tally.results);
+        }
+    }
+    out.flush()?;
+    drop(out);
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
+    }
+    let _ = reader.join();
+    let lines = sent.load(Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "stream: {} jobs, {} errors, {:.0} jobs/s ({secs:.1} s)",
+        tally.results,
+        tally.errors,
+        tally.results as f64 / secs.max(1e-9)
+    );
+    if let Some(why) = broken {
+        anyhow::bail!("{why}");
+    }
+    if tally.results != lines {
+        anyhow::bail!("{lines} lines were sent but {} answered", tally.results);
+    }
+    if tally.errors > 0 {
+        anyhow::bail!("{} of {lines} jobs failed", tally.errors);
+    }
+    Ok(())
+}
+
+/// Counts a stream's answers and which of them are errors.
+#[derive(Default)]
+struct Tally {
+    results: u64,
+    errors: u64,
+}
+
+impl Tally {
+    /// Takes one answer line; returns the stream's own final error, if the
+    /// line is one (`{"error": ...}` with no line number).
+    fn add(&mut self, line: &[u8], ordered: bool) -> Option<String> {
+        // Errors (and, unordered, every answer) start with {"line":n; the
+        // stream's own last word with {"stream_error":.
+        if line.starts_with(b"{\"stream_error\":")
+            && let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(line)
+            && o.len() == 1
+        {
+            return Some(o["stream_error"].as_str().unwrap_or("").to_string());
+        }
+        if line.starts_with(b"{\"line\":")
+            && let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(line)
+        {
+            let n = o.get("line").and_then(|n| n.as_u64());
+            // Ordered, a worker's result may look like anything: an error
+            // object is the one with exactly our two keys and the expected
+            // line number.
+            let ours = !ordered || (o.len() == 2 && n == Some(self.results + 1));
+            if o.contains_key("error") && ours {
+                self.errors += 1;
+            }
+        }
+        self.results += 1;
+        None
+    }
+}
+
+fn count_lines(path: &str) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    let mut last = b'\n';
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        n += buf[..k].iter().filter(|b| **b == b'\n').count() as u64;
+        last = buf[k - 1];
+    }
+    Ok(n + u64::from(last != b'\n'))
 }
 
 pub async fn start(args: StartArgs) -> anyhow::Result<()> {

@@ -77,7 +77,7 @@ pub struct Done {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum Target {
+pub enum Target {
     Local,
     Remote(libp2p::PeerId),
 }
@@ -111,6 +111,49 @@ impl Dispatcher {
         let learning = self.learning_until.is_some_and(|t| Instant::now() < t)
             && !self.net.mesh().peers.iter().any(|p| p.state == "up");
         (wanted, learning)
+    }
+
+    /// Every peer with a live worker of `app` (this one included), each
+    /// once, with its id; waits like [`Self::run`] for a worker that is
+    /// expected, and fails the same way when there is none.
+    pub async fn everyone_running(
+        &self,
+        app: &AppName,
+        deadline: Instant,
+    ) -> Result<Vec<(Target, String)>, JobError> {
+        self.pick_or_wait(app, &[], Policy::Random, deadline)
+            .await?;
+        let mut all = Vec::new();
+        if self.workers.capacity(app) > 0 {
+            all.push((Target::Local, self.local_id.clone()));
+        }
+        let mesh = self.net.mesh();
+        for p in mesh.peers.iter().filter(|p| p.state == "up") {
+            let Some(peer) = p.peer else { continue };
+            if p.apps
+                .iter()
+                .any(|a| a.app == *app && matches!(a.state, AppState::Running | AppState::Starting))
+            {
+                all.push((Target::Remote(peer), p.id.clone()));
+            }
+        }
+        Ok(all)
+    }
+
+    /// One attempt of a job on the given target (no failover: fan-out
+    /// asks each peer in particular).
+    pub async fn run_on(
+        &self,
+        target: Target,
+        app: &AppName,
+        payload: Arc<str>,
+        deadline: Instant,
+    ) -> Result<String, JobError> {
+        let _out = Outstanding::new(&self.outstanding, target);
+        match target {
+            Target::Local => run_local(&self.workers, app, payload, deadline).await,
+            Target::Remote(peer) => self.net.send_job(peer, app, &payload, deadline).await,
+        }
     }
 
     /// `pick`, but when nothing runs `app` and a worker is expected soon,
@@ -198,13 +241,7 @@ impl Dispatcher {
                 },
             };
             attempts += 1;
-            let result = {
-                let _out = Outstanding::new(&self.outstanding, target);
-                match target {
-                    Target::Local => run_local(&self.workers, app, payload.clone(), deadline).await,
-                    Target::Remote(peer) => self.net.send_job(peer, app, &payload, deadline).await,
-                }
-            };
+            let result = self.run_on(target, app, payload.clone(), deadline).await;
             match result {
                 Ok(result) => {
                     return (

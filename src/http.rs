@@ -16,6 +16,7 @@ use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppsView, ErrorBody, MeshView};
@@ -24,6 +25,7 @@ use crate::dispatch::{Dispatcher, Policy, one_line};
 use crate::error::JobError;
 use crate::membership::unix_ms;
 use crate::network::MAX_JOB_TIMEOUT;
+use crate::stream;
 
 /// Per-request job timeout header, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-disruptor-timeout-ms";
@@ -240,7 +242,9 @@ async fn start_stop(s: &AppState, body: &[u8], run: bool) -> Response {
     }
 }
 
-/// `POST /apps/<path>`: one JSON job, answered with the worker's result.
+/// `POST /apps/<path>`: one JSON job, answered with the worker's result;
+/// with `?to=all`, the job on every peer running the app; with an NDJSON
+/// body, a stream of jobs (see [`crate::stream`]).
 async fn job(
     State(s): State<AppState>,
     Path(path): Path<String>,
@@ -248,12 +252,53 @@ async fn job(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut attempts = 0;
-    let policy = match dispatch_policy(query.as_deref(), s.dispatcher.policy()) {
-        Ok(p) => p,
+    let q = match JobQuery::parse(query.as_deref(), s.dispatcher.policy()) {
+        Ok(q) => q,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
     };
-    let mut resp = match run_job(&s, &path, &headers, body, policy, &mut attempts).await {
+    let (app, timeout) = match job_target(&path, &headers) {
+        Ok(t) => t,
+        Err(e) => return error_response(e.status(), e.to_string()),
+    };
+    if content_type_is(&headers, stream::NDJSON) {
+        if q.to_all {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "to=all sends one job to every peer; it does not take an NDJSON stream",
+            );
+        }
+        // Refuse at once, rather than line by line, an app that runs nowhere.
+        if let Err(e) = s
+            .dispatcher
+            .everyone_running(&app, Instant::now() + timeout)
+            .await
+        {
+            return error_response(e.status(), e.to_string());
+        }
+        let opts = stream::StreamOptions {
+            ordered: q.ordered,
+            window: q.window,
+            timeout,
+            policy: q.policy,
+            max_line: s.config.max_job_bytes,
+            idle_timeout: s.config.body_timeout,
+        };
+        return stream::respond(s.dispatcher.clone(), app, body, opts);
+    }
+    let mut attempts = 0;
+    let outcome = async {
+        let payload: Arc<str> = read_job_body(&s, &headers, body).await?.into();
+        if q.to_all {
+            let all = stream::fan_out(&s.dispatcher, &app, payload, timeout).await?;
+            return Ok((all, None));
+        }
+        let (done, tries) = s.dispatcher.run(&app, payload, timeout, q.policy).await;
+        attempts = tries;
+        let done = done?;
+        Ok::<_, JobError>((done.result, Some(done.peer)))
+    }
+    .await;
+    let mut resp = match outcome {
         Ok((result, peer)) => {
             let mut resp = Response::new(Body::from(result));
             let h = resp.headers_mut();
@@ -261,7 +306,7 @@ async fn job(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            if let Ok(v) = HeaderValue::from_str(&peer) {
+            if let Some(v) = peer.and_then(|p| HeaderValue::from_str(&p).ok()) {
                 h.insert(PEER_HEADER, v);
             }
             resp
@@ -280,41 +325,70 @@ async fn job(
     resp
 }
 
-/// `?dispatch=random|least-loaded` overrides the peer's `--dispatch`.
-fn dispatch_policy(query: Option<&str>, default: Policy) -> Result<Policy, String> {
-    let Some(q) = query else { return Ok(default) };
-    for pair in q.split('&') {
-        if let Some(v) = pair.strip_prefix("dispatch=") {
-            return v.parse();
-        }
-    }
-    Ok(default)
+/// The query of a job request.
+#[derive(Debug, PartialEq)]
+struct JobQuery {
+    /// `dispatch=random|least-loaded` overrides the peer's `--dispatch`.
+    policy: Policy,
+    /// `to=all`: fan-out.
+    to_all: bool,
+    /// Streams: `ordered=true|false`, `window=N`.
+    ordered: bool,
+    window: usize,
 }
 
-async fn run_job(
-    s: &AppState,
-    path: &str,
-    headers: &HeaderMap,
-    body: Body,
-    policy: Policy,
-    attempts: &mut u32,
-) -> Result<(String, String), JobError> {
+impl JobQuery {
+    fn parse(query: Option<&str>, default: Policy) -> Result<JobQuery, String> {
+        let mut q = JobQuery {
+            policy: default,
+            to_all: false,
+            ordered: true,
+            window: stream::DEFAULT_WINDOW,
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "dispatch" => q.policy = v.parse()?,
+                "to" if v == "all" => q.to_all = true,
+                "to" => return Err(format!("to={v:?}: the only target is \"all\"")),
+                "ordered" => {
+                    q.ordered = v
+                        .parse()
+                        .map_err(|_| format!("ordered={v:?}: expected true or false"))?
+                }
+                "window" => {
+                    q.window = v
+                        .parse()
+                        .ok()
+                        .filter(|w| (1..=stream::MAX_WINDOW).contains(w))
+                        .ok_or_else(|| {
+                            format!("window={v:?}: expected 1 to {}", stream::MAX_WINDOW)
+                        })?
+                }
+                _ => {} // unknown parameters are ignored
+            }
+        }
+        Ok(q)
+    }
+}
+
+fn content_type_is(headers: &HeaderMap, mime: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(mime)
+        })
+}
+
+/// The app a job request names, and its timeout.
+fn job_target(path: &str, headers: &HeaderMap) -> Result<(AppName, Duration), JobError> {
     let app =
         AppName::parse(&format!("apps/{path}")).map_err(|e| JobError::BadRequest(e.to_string()))?;
-    let max = s.config.max_job_bytes;
-    let too_large = || {
-        JobError::TooLarge(format!(
-            "the job is larger than the limit of {max} bytes (--max-job-bytes)"
-        ))
-    };
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > max as u64
-    {
-        return Err(too_large());
-    }
     let timeout = match headers.get(TIMEOUT_HEADER) {
         None => DEFAULT_JOB_TIMEOUT,
         Some(v) => {
@@ -332,6 +406,26 @@ async fn run_job(
             Duration::from_millis(ms)
         }
     };
+    Ok((app, timeout))
+}
+
+/// A single job's body, size-checked, as one line of JSON (a `text/plain`
+/// body becomes a JSON string).
+async fn read_job_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<String, JobError> {
+    let max = s.config.max_job_bytes;
+    let too_large = || {
+        JobError::TooLarge(format!(
+            "the job is larger than the limit of {max} bytes (--max-job-bytes)"
+        ))
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > max as u64
+    {
+        return Err(too_large());
+    }
     let body_timeout = s.config.body_timeout;
     let bytes = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, max))
         .await
@@ -349,32 +443,17 @@ async fn run_job(
                 JobError::BadRequest(format!("could not read the request body: {e}"))
             }
         })?;
-    let is_text = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/plain")
-        });
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| JobError::BadRequest("the body is not UTF-8".into()))?;
-    let payload = if is_text {
-        serde_json::Value::String(text.to_string()).to_string()
+    if content_type_is(headers, "text/plain") {
+        Ok(serde_json::Value::String(text.to_string()).to_string())
     } else {
         one_line(text).map_err(|e| {
             JobError::BadRequest(format!(
                 "the body is not valid JSON ({e}); send JSON, or text with content-type: text/plain"
             ))
-        })?
-    };
-    let (done, tries) = s
-        .dispatcher
-        .run(&app, Arc::from(payload), timeout, policy)
-        .await;
-    *attempts = tries;
-    let done = done?;
-    Ok((done.result, done.peer))
+        })
+    }
 }
 
 fn esc(s: &str) -> String {

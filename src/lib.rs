@@ -23,4 +23,5 @@ pub mod membership;
 pub mod network;
 pub mod peer;
 pub mod ratelimit;
+pub mod stream;
 pub mod worker;

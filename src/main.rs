@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             Command::Start(args) => commands::start(args).await,
             Command::Stop(args) => commands::stop(args).await,
             Command::Send(args) => commands::send(args).await,
+            Command::Stream(args) => commands::stream(args).await,
             Command::Keygen(args) => commands::keygen(args),
         }
     });

@@ -201,6 +201,9 @@ pub struct Membership {
     dirty: bool,
     /// The view should be republished soon (times changed).
     soft_dirty: bool,
+    /// Peers that went silent while connected since the last
+    /// [`Membership::take_silenced`]: their connections are to be closed.
+    silenced: Vec<PeerId>,
 }
 
 pub fn unix_ms() -> u64 {
@@ -218,6 +221,7 @@ impl Membership {
             peers: HashMap::new(),
             dirty: true,
             soft_dirty: false,
+            silenced: Vec::new(),
         }
     }
 
@@ -434,6 +438,9 @@ impl Membership {
                 State::Up if !e.heard_recently(now, down_after) => {
                     set_state(*id, e, State::Down(DownReason::Silent), now);
                     self.dirty = true;
+                    if e.connections > 0 {
+                        self.silenced.push(*id);
+                    }
                 }
                 State::Down(_) if now.saturating_duration_since(e.state_since) >= forget_after => {
                     forget.push(*id);
@@ -459,6 +466,16 @@ impl Membership {
         due.into_iter()
             .filter_map(|id| self.take_dial_if_due(id, now))
             .collect()
+    }
+
+    /// Peers that went silent with a connection still open. The caller
+    /// closes those connections: a link that carries nothing must not hold
+    /// jobs (closing it fails them over at once), and a peer behind a cut
+    /// cable is then redialled afresh instead of waiting on TCP's
+    /// retransmission backoff of the old connection, which grows with the
+    /// length of the cut.
+    pub fn take_silenced(&mut self) -> Vec<PeerId> {
+        std::mem::take(&mut self.silenced)
     }
 
     fn take_dial_if_due(&mut self, peer: PeerId, now: Instant) -> Option<Dial> {
@@ -642,8 +659,12 @@ pub(crate) mod tests {
         m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
         m.tick(t0 + Duration::from_secs(3));
         assert_eq!(state_of(&m, p), up());
+        assert!(m.take_silenced().is_empty());
         m.tick(t0 + Duration::from_secs(5));
         assert_eq!(state_of(&m, p), down("silent"));
+        // Its connection is to be closed, once.
+        assert_eq!(m.take_silenced(), vec![p]);
+        assert!(m.take_silenced().is_empty());
         m.on_announce(p, &announce(p, 1, 2, false), t0 + Duration::from_secs(6))
             .unwrap();
         assert_eq!(state_of(&m, p), up());

@@ -321,16 +321,6 @@ fn rogue_bin() -> std::path::PathBuf {
     rogue
 }
 
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_rogue_peer_cannot_crash_stall_or_poison_the_others() {
     let dir = scratch("rogue");

@@ -200,6 +200,10 @@ impl EventLoop {
         for dial in self.membership.tick(now) {
             self.dial(dial);
         }
+        for peer in self.membership.take_silenced() {
+            tracing::info!(%peer, "closing the connections of a silent peer (its jobs fail over; it is redialled)");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
         if self.announce_soon {
             self.announce(false);
         }

@@ -293,14 +293,29 @@ impl Peer {
         resp.json().expect("JSON from /api/apps")
     }
 
-    /// PIDs of this peer's worker processes of `app`.
-    pub fn worker_pids(&self, app: &str) -> Vec<i32> {
+    /// This peer's worker processes of `app`, from `/api/apps`.
+    pub fn processes(&self, app: &str) -> Vec<Value> {
         self.apps()["local"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|a| a["app"] == app)
             .flat_map(|a| a["processes"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Jobs this peer's current worker processes of `app` have answered.
+    pub fn jobs_done(&self, app: &str) -> u64 {
+        self.processes(app)
+            .iter()
+            .filter_map(|p| p["jobs_done"].as_u64())
+            .sum()
+    }
+
+    /// PIDs of this peer's worker processes of `app`.
+    pub fn worker_pids(&self, app: &str) -> Vec<i32> {
+        self.processes(app)
+            .iter()
             .filter_map(|p| p["pid"].as_i64().map(|p| p as i32))
             .collect()
     }
@@ -447,6 +462,17 @@ pub fn converged_chain(dir: &Path, n: usize, opts: impl Fn(usize) -> PeerOpts) -
     let refs: Vec<&Peer> = peers.iter().collect();
     wait_converged(&refs, Duration::from_secs(20));
     peers
+}
+
+/// Resident memory of a process, in KiB (0 if it is gone).
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Whether a process with this PID exists (and is not a zombie).

@@ -1,0 +1,425 @@
+//! Streams of jobs (NDJSON over HTTP and `disruptor stream`) and fan-out
+//! (`?to=all`, `disruptor send --all`), through real peers.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const ECHO: &str = "apps/echo/echo";
+const LINES: usize = 100_000;
+
+/// 3 peers with the repository's apps and echo started on all of them.
+fn echo_mesh(dir: &std::path::Path) -> Vec<Peer> {
+    let peers = converged_chain(dir, 3, |_| PeerOpts {
+        apps: Some(repo_apps()),
+        extra: vec!["--workers".into(), "2".into()],
+        ..Default::default()
+    });
+    start_app(&peers[0], ECHO, &[]);
+    let refs: Vec<&Peer> = peers.iter().collect();
+    for p in &peers {
+        wait_running(p, ECHO, &refs);
+    }
+    peers
+}
+
+/// `n` NDJSON jobs, `{"i":k}` for k = 1..=n, as a file in `dir`.
+fn jobs_file(dir: &std::path::Path, n: usize) -> (std::path::PathBuf, String) {
+    let text: String = (1..=n).map(|k| format!("{{\"i\":{k}}}\n")).collect();
+    let path = dir.join("jobs.ndjson");
+    std::fs::write(&path, &text).unwrap();
+    (path, text)
+}
+
+/// Runs `disruptor stream` with `args`; returns (exit ok, stdout, stderr).
+fn stream_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("stream")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run disruptor stream");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Compares outputs line by line and names the first difference.
+fn assert_same_lines(got: &str, want: &str) {
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    if let Some(i) = (0..g.len().min(w.len())).find(|i| g[*i] != w[*i]) {
+        panic!("line {} differs: got {:?}, want {:?}", i + 1, g[i], w[i]);
+    }
+    assert_eq!(g.len(), w.len(), "number of result lines");
+}
+
+#[test]
+fn a_stream_of_100k_lines_comes_back_in_order_from_every_peer() {
+    let dir = scratch("stream-ordered");
+    let peers = echo_mesh(dir.path());
+    let before: Vec<u64> = peers.iter().map(|p| p.jobs_done(ECHO)).collect();
+    let (path, text) = jobs_file(dir.path(), LINES);
+    let started = Instant::now();
+    let (ok, stdout, stderr) = stream_cli(&[&peers[0].http, ECHO, path.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert!(ok, "disruptor stream failed: {stderr}");
+    assert_same_lines(&stdout, &text);
+    assert!(
+        stderr.contains(&format!("stream: {LINES} jobs, 0 errors")),
+        "summary line: {stderr}"
+    );
+    let served: Vec<u64> = peers
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| p.jobs_done(ECHO) - b)
+        .collect();
+    eprintln!("{LINES} lines in {took:?}; served per peer: {served:?}");
+    assert!(
+        served.iter().all(|s| *s > 1000),
+        "every peer serves part of the stream: {served:?}"
+    );
+    assert_eq!(served.iter().sum::<u64>(), LINES as u64);
+}
+
+#[test]
+fn an_unordered_stream_is_complete_and_numbered() {
+    let dir = scratch("stream-unordered");
+    let peers = echo_mesh(dir.path());
+    let (_, text) = jobs_file(dir.path(), LINES);
+    let resp = http_client()
+        .post(format!("http://{}/{ECHO}?ordered=false", peers[1].http))
+        .header("content-type", "application/x-ndjson")
+        .body(text)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .expect("POST the stream");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/x-ndjson"
+    );
+    let body = resp.text().unwrap();
+    let mut seen = vec![false; LINES + 1];
+    let mut in_order = true;
+    for (k, line) in body.lines().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        let n = v["line"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no line: {line}")) as usize;
+        assert!((1..=LINES).contains(&n), "line number {n}");
+        assert!(!seen[n], "line {n} answered twice");
+        seen[n] = true;
+        assert_eq!(v["result"], serde_json::json!({ "i": n }), "{line}");
+        in_order &= n == k + 1;
+    }
+    let missing = seen[1..].iter().filter(|s| !**s).count();
+    assert_eq!(missing, 0, "{missing} lines were not answered");
+    eprintln!("unordered: all {LINES} answered; arrived in input order: {in_order}");
+}
+
+#[test]
+fn bad_lines_get_inline_errors_and_the_rest_succeed() {
+    let dir = scratch("stream-bad");
+    let peers = echo_mesh(dir.path());
+    let too_long = format!("\"{}\"", "x".repeat(1024 * 1024 + 10));
+    let mut lines = Vec::new();
+    let mut bad = Vec::new();
+    for n in 1..=2000usize {
+        let line = match n {
+            _ if n % 97 == 0 => "{not json".to_string(),
+            500 => String::new(),
+            777 => too_long.clone(),
+            1500 => "[1, 2".to_string(),
+            _ => format!("{{\"n\":{n}}}"),
+        };
+        if !line.starts_with("{\"n\"") {
+            bad.push(n);
+        }
+        lines.push(line);
+    }
+    let input = lines.join("\n") + "\n";
+    let (ok, stdout, stderr) = {
+        let path = dir.path().join("bad.ndjson");
+        std::fs::write(&path, &input).unwrap();
+        stream_cli(&[&peers[2].http, ECHO, path.to_str().unwrap()])
+    };
+    assert!(!ok, "a stream with failed lines exits non-zero: {stderr}");
+    assert!(
+        stderr.contains(&format!("2000 jobs, {} errors", bad.len())),
+        "{stderr}"
+    );
+    let out: Vec<&str> = stdout.lines().collect();
+    assert_eq!(out.len(), 2000);
+    for (i, line) in out.iter().enumerate() {
+        let n = i + 1;
+        let v: Value = serde_json::from_str(line).unwrap();
+        if bad.contains(&n) {
+            assert_eq!(v["line"], n, "{line}");
+            assert!(v["error"].is_string(), "line {n}: {line}");
+        } else {
+            assert_eq!(v, serde_json::json!({ "n": n }), "line {n}");
+        }
+    }
+    let too_long_answer: Value = serde_json::from_str(out[776]).unwrap();
+    assert!(
+        too_long_answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("longer than"),
+        "{too_long_answer}"
+    );
+}
+
+#[test]
+fn a_peer_killed_mid_stream_loses_no_line() {
+    let dir = scratch("stream-kill");
+    let mut peers = echo_mesh(dir.path());
+    let (path, text) = jobs_file(dir.path(), LINES);
+    let mut child = Command::new(BIN)
+        .args(["stream", &peers[0].http, ECHO, path.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn disruptor stream");
+    // Read the output as it comes; kill p2 once a tenth has arrived.
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let mut p2_served = 0;
+    wait_for(
+        "p2 to serve part of the stream",
+        Duration::from_secs(30),
+        || {
+            p2_served = peers[2].jobs_done(ECHO);
+            if p2_served > 2000 {
+                Ok(())
+            } else {
+                Err(format!("p2 served {p2_served}"))
+            }
+        },
+    );
+    peers[2].sigkill();
+    let status = child.wait().unwrap();
+    let stdout = reader.join().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    eprintln!("p2 killed after serving {p2_served} jobs; {stderr}");
+    assert!(status.success(), "the stream failed: {stderr}");
+    assert_same_lines(&stdout, &text);
+}
+
+#[test]
+fn a_slow_reader_holds_the_stream_back_and_memory_stays_bounded() {
+    let dir = scratch("stream-slow");
+    let peers = echo_mesh(dir.path());
+    let pid = peers[0].pid().as_raw();
+    let rss_before = rss_kib(pid);
+    // A plain socket, so that nothing buffers for us: one thread offers
+    // 300 MB of 1 KiB jobs (chunked), as fast as the peer takes them; the
+    // test reads the answers at about 1 MB/s.
+    let mut sock = std::net::TcpStream::connect(&peers[0].http).unwrap();
+    let mut writer = sock.try_clone().unwrap();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let offered = {
+        let written = written.clone();
+        std::thread::spawn(move || {
+            let head = format!(
+                "POST /{ECHO} HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-ndjson\r\n\
+                 transfer-encoding: chunked\r\n\r\n"
+            );
+            if writer.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let pad = "x".repeat(1000);
+            let mut n = 0;
+            while n < 300_000 {
+                let mut chunk = String::new();
+                for _ in 0..64 {
+                    n += 1;
+                    chunk.push_str(&format!("{{\"i\":{n},\"pad\":\"{pad}\"}}\n"));
+                }
+                let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+                if writer.write_all(framed.as_bytes()).is_err() {
+                    return; // the test closed the socket
+                }
+                written.fetch_add(framed.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+            let _ = writer.write_all(b"0\r\n\r\n");
+        })
+    };
+    let started = Instant::now();
+    let mut got = 0usize;
+    let mut max_rss = rss_before;
+    let mut buf = vec![0u8; 16 * 1024];
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    while started.elapsed() < Duration::from_secs(8) {
+        let n = sock.read(&mut buf).expect("read the answers");
+        assert!(n > 0, "the stream ended early after {got} bytes");
+        if got == 0 {
+            let head = String::from_utf8_lossy(&buf[..n]);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        }
+        got += n;
+        std::thread::sleep(Duration::from_millis(15));
+        max_rss = max_rss.max(rss_kib(pid));
+    }
+    let taken = written.load(std::sync::atomic::Ordering::Relaxed);
+    sock.shutdown(std::net::Shutdown::Both).unwrap();
+    offered.join().unwrap();
+    eprintln!(
+        "slow reader: read {} KiB of answers in 8 s; the peer took {} KiB of the 300 MB offered; \
+         peer RSS {rss_before} KiB before, at most {max_rss} KiB",
+        got / 1024,
+        taken / 1024
+    );
+    assert!(got > 1_000_000, "the answers barely moved: {got} bytes");
+    assert!(
+        taken < 100 * 1024 * 1024,
+        "the peer read {taken} bytes of the request: it does not hold back"
+    );
+    assert!(
+        max_rss < rss_before + 64 * 1024,
+        "the peer buffered the stream: RSS {rss_before} -> {max_rss} KiB"
+    );
+    // The peer lets go of the abandoned stream and keeps serving.
+    let (status, _, answer) = peers[0].job(ECHO, r#"{"after":1}"#);
+    assert_eq!((status, answer.as_str()), (200, r#"{"after":1}"#));
+}
+
+#[test]
+fn fan_out_runs_the_job_on_every_peer_and_names_the_silent_one() {
+    let dir = scratch("fanout");
+    // p2's copy of the tool answers after 5 s: it misses a 2 s deadline.
+    let slow_apps = dir.path().join("slow-apps");
+    std::fs::create_dir_all(&slow_apps).unwrap();
+    std::fs::copy(test_apps().join("tool.py"), slow_apps.join("tool.py")).unwrap();
+    std::fs::write(
+        slow_apps.join("tool.toml"),
+        "command = \"python3\"\nargs = [\"-u\", \"tool.py\"]\nworkers = 1\n[env]\nTOOL_DELAY = \"5\"\n",
+    )
+    .unwrap();
+    let peers = converged_chain(dir.path(), 3, |i| PeerOpts {
+        apps: Some(if i == 2 {
+            slow_apps.clone()
+        } else {
+            test_apps()
+        }),
+        ..Default::default()
+    });
+    start_app(&peers[0], "apps/tool", &[]);
+    let refs: Vec<&Peer> = peers.iter().collect();
+    wait_running(&peers[1], "apps/tool", &refs);
+
+    let out = cli(&[
+        "send",
+        &peers[1].http,
+        "apps/tool",
+        "--all",
+        "--timeout",
+        "2s",
+        r#"{"hello":1}"#,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a peer failed, so the exit code is not 0"
+    );
+    assert!(stderr.contains(&peers[2].id), "{stderr}");
+    let all: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{stdout}: {e}"));
+    let all = all.as_object().unwrap();
+    assert_eq!(all.len(), 3, "one answer per peer: {stdout}");
+    for p in &peers[..2] {
+        assert_eq!(
+            all[&p.id]["echo"],
+            serde_json::json!({"hello": 1}),
+            "{stdout}"
+        );
+    }
+    assert!(
+        all[&peers[2].id]["error"].as_str().is_some(),
+        "the slow peer is listed as an error: {stdout}"
+    );
+    // Every answering peer ran it on its own worker.
+    let pids: Vec<i64> = peers[..2]
+        .iter()
+        .map(|p| all[&p.id]["pid"].as_i64().unwrap())
+        .collect();
+    for (p, pid) in peers[..2].iter().zip(&pids) {
+        assert!(
+            p.worker_pids("apps/tool").contains(&(*pid as i32)),
+            "{}'s answer came from its own worker",
+            p.name
+        );
+    }
+
+    // Over HTTP, with time enough for all: 3 results, 200.
+    let resp = http_client()
+        .post(format!("http://{}/apps/tool?to=all", peers[0].http))
+        .header("content-type", "application/json")
+        .header("x-disruptor-timeout-ms", "15000")
+        .body(r#"{"n":2}"#)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let all: Value = resp.json().unwrap();
+    for p in &peers {
+        assert_eq!(all[&p.id]["echo"], serde_json::json!({"n": 2}), "{all}");
+    }
+}
+
+#[test]
+fn a_stalled_stream_is_answered_so_far_then_says_why() {
+    let dir = scratch("stream-stall");
+    let peer = Peer::start(
+        dir.path(),
+        "solo",
+        PeerOpts {
+            apps: Some(repo_apps()),
+            extra: vec!["--http-body-timeout".into(), "1s".into()],
+            ..Default::default()
+        },
+    );
+    start_app(&peer, ECHO, &[]);
+    let mut sock = std::net::TcpStream::connect(&peer.http).unwrap();
+    let lines = "[1]\n[2]\n[3]\n";
+    write!(
+        sock,
+        "POST /{ECHO} HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-ndjson\r\n\
+         transfer-encoding: chunked\r\n\r\n{:x}\r\n{lines}\r\n",
+        lines.len()
+    )
+    .unwrap();
+    // ...and nothing more: the peer answers the three, then gives up.
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = String::new();
+    let mut buf = [0u8; 4096];
+    while !answer.contains("stream_error") && started.elapsed() < Duration::from_secs(10) {
+        let n = sock.read(&mut buf).expect("read");
+        assert!(n > 0, "closed without a word: {answer}");
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    for want in ["[1]\n", "[2]\n", "[3]\n", "stalled for 1s after 3 lines"] {
+        assert!(answer.contains(want), "{want:?} in {answer}");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
