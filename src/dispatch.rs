@@ -7,6 +7,7 @@
 //! [`Client`]; a local one straight into the app's queue.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +65,25 @@ pub struct Dispatcher {
     /// Until then (and until it hears from another peer) this peer is still
     /// learning the mesh: a job finding no worker waits instead of failing.
     learning_until: Option<Instant>,
+    /// Jobs that entered the mesh here and are not answered yet (a peer
+    /// that drains waits for them, wherever they run).
+    entered: Arc<AtomicUsize>,
+}
+
+/// Counts a job in [`Dispatcher::in_flight`] while it lives.
+struct Entered(Arc<AtomicUsize>);
+
+impl Entered {
+    fn new(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Entered(n.clone())
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Longest a job waits for a worker of an app that the mesh wants running
@@ -101,7 +121,13 @@ impl Dispatcher {
             outstanding: Arc::default(),
             desired,
             learning_until,
+            entered: Arc::default(),
         }
+    }
+
+    /// Jobs that entered the mesh at this peer and are not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.entered.load(Ordering::Relaxed)
     }
 
     /// Whether a worker of `app` is expected soon: the mesh wants it
@@ -149,6 +175,7 @@ impl Dispatcher {
         payload: Arc<str>,
         deadline: Instant,
     ) -> Result<String, JobError> {
+        let _entered = Entered::new(&self.entered);
         let _out = Outstanding::new(&self.outstanding, target);
         match target {
             Target::Local => run_local(&self.workers, app, payload, deadline).await,
@@ -219,6 +246,7 @@ impl Dispatcher {
         timeout: Duration,
         policy: Policy,
     ) -> (Result<Done, JobError>, u32) {
+        let _entered = Entered::new(&self.entered);
         let deadline = Instant::now() + timeout;
         let mut excluded: Vec<Target> = Vec::new();
         let mut stale = 0;

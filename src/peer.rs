@@ -90,6 +90,7 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     // in flight still complete. Cancelled with `shutdown` too.
     let http_shutdown = shutdown.child_token();
     let net = dispatcher.net().clone();
+    let drain_dispatcher = dispatcher.clone();
     let tracker = TaskTracker::new();
     tracker.spawn(event_loop.run(shutdown.clone()));
     tracker.spawn(http::serve(
@@ -123,7 +124,9 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
             http_shutdown.cancel();
             let started = tokio::time::Instant::now();
             loop {
-                let left = workers.in_flight();
+                // Jobs at this peer's workers, and jobs that entered here
+                // and run elsewhere (their answers come back through us).
+                let left = workers.in_flight() as usize + drain_dispatcher.in_flight();
                 if left == 0 {
                     break;
                 }
