@@ -18,6 +18,15 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text for people, or as JSON objects for machines.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -26,6 +35,8 @@ pub enum Command {
     Peer(Box<PeerArgs>),
     /// Print the table of peers that a running peer knows.
     Peers(PeersArgs),
+    /// Print the mesh as the dashboard shows it: peers, apps, rates, errors.
+    Status(StatusArgs),
     /// Start an app's workers on every peer of the mesh that has the app.
     Start(StartArgs),
     /// Stop an app's workers on every peer of the mesh.
@@ -205,6 +216,12 @@ pub struct PeersArgs {
     /// Print the raw JSON of /api/peers instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// HTTP address of a running peer (HOST:PORT or http://HOST:PORT).
+    pub http_addr: String,
 }
 
 #[derive(Debug, Args)]

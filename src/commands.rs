@@ -7,10 +7,10 @@ use anyhow::Context;
 
 use crate::api::{AppsView, ErrorBody, MeshView};
 use crate::apps::AppName;
-use crate::cli::{KeygenArgs, PeersArgs, SendArgs, StartArgs, StopArgs, StreamArgs};
+use crate::cli::{KeygenArgs, PeersArgs, SendArgs, StartArgs, StatusArgs, StopArgs, StreamArgs};
 use crate::config::{self, ConfigError};
+use crate::dashboard::ago;
 use crate::desired::DesiredApp;
-use crate::http::ago;
 use crate::membership::unix_ms;
 use crate::worker::AppState;
 
@@ -541,25 +541,193 @@ pub fn render_peers_table(view: &MeshView, now: u64) -> String {
             p.addrs.first().cloned().unwrap_or_else(|| "-".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = table(&rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>(), "");
     let up = view.peers.iter().filter(|p| p.state == "up").count();
     out.push_str(&format!(
         "{} peers known besides this one: {up} up, {} down\n",
         view.peers.len(),
         view.peers.len() - up
     ));
+    out
+}
+
+/// Rows as aligned columns, each line starting with `indent`.
+fn table(rows: &[Vec<String>], indent: &str) -> String {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(indent);
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `disruptor status`: the dashboard's picture as text.
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let base = base_url(&args.http_addr)?;
+    let view: MeshView = get_json(&base, "/api/peers").await?;
+    let apps: AppsView = get_json(&base, "/api/apps").await?;
+    let stats: crate::stats::StatsView = get_json(&base, "/api/stats").await?;
+    print!("{}", render_status(&view, &apps, &stats, unix_ms()));
+    Ok(())
+}
+
+pub fn render_status(
+    view: &MeshView,
+    apps: &AppsView,
+    stats: &crate::stats::StatsView,
+    now: u64,
+) -> String {
+    let short = |id: &str| format!("…{}", &id[id.len().saturating_sub(10)..]);
+    let up = view.peers.iter().filter(|p| p.state == "up").count();
+    let mut out = format!(
+        "disruptor peer {} · HTTP {} · up {} · {}\n\nPEERS: {} up (this one included), {} down\n",
+        view.local.id,
+        view.local.http,
+        ago(now, view.local.started_ms),
+        if view.local.private {
+            "private mesh"
+        } else {
+            "open mesh"
+        },
+        up + 1,
+        view.peers.len() - up
+    );
+    let apps_of = |id: &str| -> String {
+        let list: Vec<String> = apps
+            .mesh
+            .iter()
+            .filter_map(|(app, m)| m.get(id).map(|st| (app, st)))
+            .map(|(app, st)| {
+                format!(
+                    "{app} {} ({}w, {} in flight)",
+                    format!("{:?}", st.state).to_lowercase(),
+                    st.workers,
+                    st.in_flight
+                )
+            })
+            .collect();
+        if list.is_empty() {
+            "-".into()
+        } else {
+            list.join(", ")
+        }
+    };
+    let mut rows = vec![vec![
+        "PEER".to_string(),
+        "STATE".into(),
+        "FOR".into(),
+        "PING".into(),
+        "APPS".into(),
+    ]];
+    rows.push(vec![
+        format!("{} (this peer)", short(&view.local.id)),
+        "self".into(),
+        ago(now, view.local.started_ms),
+        "-".into(),
+        apps_of(&view.local.id),
+    ]);
+    let mut peers: Vec<_> = view.peers.iter().collect();
+    peers.sort_by_key(|p| (p.state != "up", p.id.clone()));
+    for p in peers {
+        let is_up = p.state == "up";
+        rows.push(vec![
+            short(&p.id),
+            match &p.reason {
+                Some(r) => format!("down ({r})"),
+                None => p.state.clone(),
+            },
+            if is_up {
+                p.started_ms
+                    .map(|t| ago(now, t))
+                    .unwrap_or_else(|| "?".into())
+            } else {
+                format!("seen {} ago", ago(now, p.last_seen_ms))
+            },
+            p.rtt_ms
+                .filter(|_| is_up)
+                .map(|r| format!("{r:.2}ms"))
+                .unwrap_or_else(|| "-".into()),
+            if is_up { apps_of(&p.id) } else { "-".into() },
+        ]);
+    }
+    out.push_str(&table(&rows, "  "));
+    out.push_str("\nAPPS (jobs entering at this peer; rate over the last minute, p99 of the last complete 5 s)\n");
+    let names: std::collections::BTreeSet<&String> =
+        apps.mesh.keys().chain(stats.apps.keys()).collect();
+    if names.is_empty() {
+        out.push_str("  none started\n");
+    } else {
+        let mut rows = vec![vec![
+            "APP".to_string(),
+            "RUNNING ON".into(),
+            "WORKERS".into(),
+            "JOBS/S".into(),
+            "P99".into(),
+            "JOBS (5 MIN)".into(),
+            "FAILED".into(),
+        ]];
+        for app in names {
+            let m = apps.mesh.get(app);
+            let running = m
+                .map(|m| m.values().filter(|s| s.state == AppState::Running).count())
+                .unwrap_or(0);
+            let workers: u32 = m.map(|m| m.values().map(|s| s.workers).sum()).unwrap_or(0);
+            let pts = stats.apps.get(app).map(Vec::as_slice).unwrap_or(&[]);
+            let done = &pts[..pts.len().saturating_sub(1)];
+            let minute = &done[done.len().saturating_sub(12)..];
+            let rate = minute.iter().map(|p| p.jobs).sum::<u64>() as f64
+                / (minute.len().max(1) as u64 * stats.bucket_secs) as f64;
+            let p99 = done
+                .last()
+                .and_then(|p| p.p99_ms)
+                .map(|v| format!("{v:.1}ms"))
+                .unwrap_or_else(|| "-".into());
+            rows.push(vec![
+                app.clone(),
+                format!("{running} peers"),
+                workers.to_string(),
+                format!("{rate:.1}"),
+                p99,
+                done.iter().map(|p| p.jobs).sum::<u64>().to_string(),
+                done.iter().map(|p| p.failed).sum::<u64>().to_string(),
+            ]);
+        }
+        out.push_str(&table(&rows, "  "));
+    }
+    out.push_str("\nLATEST ERRORS\n");
+    if stats.errors.is_empty() {
+        out.push_str("  none\n");
+    }
+    for e in stats.errors.iter().take(10) {
+        out.push_str(&format!(
+            "  {} ago  {}  {}  {}  {}\n",
+            ago(now, e.at_ms),
+            if e.kind == "worker" {
+                "worker exited"
+            } else {
+                "job failed"
+            },
+            e.app,
+            short(e.peer.as_deref().unwrap_or(&view.local.id)),
+            e.message
+        ));
+    }
     out
 }
 

@@ -90,6 +90,15 @@ impl Drop for Entered {
 /// but that has none live at the moment (starting, restarting).
 const WAIT_FOR_WORKER: Duration = Duration::from_secs(3);
 
+/// What [`Dispatcher::run`] made of a job.
+pub struct Outcome {
+    pub result: Result<Done, JobError>,
+    /// Workers it was tried on.
+    pub attempts: u32,
+    /// The peer of the last attempt (where it ran, or last failed).
+    pub last_peer: Option<String>,
+}
+
 /// A job's result and where it ran.
 pub struct Done {
     pub result: String,
@@ -174,12 +183,13 @@ impl Dispatcher {
         app: &AppName,
         payload: Arc<str>,
         deadline: Instant,
+        job: u64,
     ) -> Result<String, JobError> {
         let _entered = Entered::new(&self.entered);
         let _out = Outstanding::new(&self.outstanding, target);
         match target {
             Target::Local => run_local(&self.workers, app, payload, deadline).await,
-            Target::Remote(peer) => self.net.send_job(peer, app, &payload, deadline).await,
+            Target::Remote(peer) => self.net.send_job(peer, app, &payload, deadline, job).await,
         }
     }
 
@@ -239,19 +249,27 @@ impl Dispatcher {
     /// connection drops, or the worker dies before answering, the job is
     /// tried again on another live worker, up to `retries` more times and
     /// never past the deadline. Returns the outcome and the attempts made.
+    /// `job` is the job's id, carried to the peer that runs it (for logs).
     pub async fn run(
         &self,
         app: &AppName,
         payload: Arc<str>,
         timeout: Duration,
         policy: Policy,
-    ) -> (Result<Done, JobError>, u32) {
+        job: u64,
+    ) -> Outcome {
         let _entered = Entered::new(&self.entered);
         let deadline = Instant::now() + timeout;
         let mut excluded: Vec<Target> = Vec::new();
         let mut stale = 0;
         let mut attempts = 0u32;
         let mut failures: Vec<String> = Vec::new();
+        let mut last_peer: Option<String> = None;
+        let out = |result, attempts, last_peer| Outcome {
+            result,
+            attempts,
+            last_peer,
+        };
         loop {
             let (target, peer_id) = match self.pick(app, &excluded, policy) {
                 Ok(t) => t,
@@ -260,24 +278,28 @@ impl Dispatcher {
                 Err(_) if !failures.is_empty() || stale > 0 => {
                     match self.pick_or_wait(app, &[], policy, deadline).await {
                         Ok(t) => t,
-                        Err(e) => return (Err(e), attempts),
+                        Err(e) => return out(Err(e), attempts, last_peer),
                     }
                 }
                 Err(_) => match self.pick_or_wait(app, &excluded, policy, deadline).await {
                     Ok(t) => t,
-                    Err(e) => return (Err(e), attempts),
+                    Err(e) => return out(Err(e), attempts, last_peer),
                 },
             };
             attempts += 1;
-            let result = self.run_on(target, app, payload.clone(), deadline).await;
+            last_peer = Some(peer_id.clone());
+            let result = self
+                .run_on(target, app, payload.clone(), deadline, job)
+                .await;
             match result {
                 Ok(result) => {
-                    return (
+                    return out(
                         Ok(Done {
                             result,
                             peer: peer_id,
                         }),
                         attempts,
+                        last_peer,
                     );
                 }
                 // A stale view: that peer no longer runs it. Not a failure.
@@ -298,18 +320,20 @@ impl Dispatcher {
                                 failures.join(" | ")
                             )
                         };
-                        return (
+                        return out(
                             Err(match e {
                                 JobError::Unreachable(_) => JobError::Unreachable(msg),
                                 _ => JobError::WorkerCrashed(msg),
                             }),
                             attempts,
+                            last_peer,
                         );
                     }
                     tracing::debug!(app = %app, peer = %peer_id, "retrying a job elsewhere: {e}");
+                    crate::metrics::METRICS.retries.inc();
                     excluded.push(target);
                 }
-                Err(e) => return (Err(e), attempts),
+                Err(e) => return out(Err(e), attempts, last_peer),
             }
         }
     }

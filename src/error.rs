@@ -33,6 +33,20 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// The kind, as on the wire and in metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobError::BadRequest(_) => "bad_request",
+            JobError::NotRunning(_) => "not_running",
+            JobError::TooLarge(_) => "too_large",
+            JobError::WorkerCrashed(_) => "worker_crashed",
+            JobError::BadOutput(_) => "bad_output",
+            JobError::Timeout(_) => "timeout",
+            JobError::Busy(_) => "busy",
+            JobError::Unreachable(_) => "unreachable",
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             JobError::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -4,7 +4,6 @@
 //! the workers), never the swarm. Every error answer is JSON
 //! `{"error": "..."}` with a fitting status code.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +25,17 @@ use crate::error::JobError;
 use crate::membership::unix_ms;
 use crate::network::MAX_JOB_TIMEOUT;
 use crate::stream;
+use crate::{dashboard, metrics, stats};
+use prometheus_client::registry::Registry;
+use tracing::Instrument;
 
 /// Per-request job timeout header, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-disruptor-timeout-ms";
 /// Response header: how many workers the job was tried on (failover).
 pub const ATTEMPTS_HEADER: &str = "x-disruptor-attempts";
+/// Response header: the job's id, as it appears in the logs of the peer
+/// that received it and of the peer that ran it.
+pub const JOB_ID_HEADER: &str = "x-disruptor-job-id";
 /// Response header naming the peer whose worker ran the job.
 pub const PEER_HEADER: &str = "x-disruptor-peer";
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,12 +55,16 @@ pub struct HttpConfig {
 struct AppState {
     dispatcher: Dispatcher,
     config: HttpConfig,
+    registry: Arc<Registry>,
 }
 
-pub fn router(dispatcher: Dispatcher, config: HttpConfig) -> Router {
+pub fn router(dispatcher: Dispatcher, registry: Arc<Registry>, config: HttpConfig) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/healthz", get(healthz))
+        .route("/dashboard/live", get(dashboard_live))
+        .route("/metrics", get(metrics_text))
+        .route("/api/stats", get(api_stats))
         .route("/api/echo", post(echo))
         .route("/api/peers", get(api_peers))
         .route("/api/apps", get(api_apps))
@@ -63,13 +72,18 @@ pub fn router(dispatcher: Dispatcher, config: HttpConfig) -> Router {
         .route("/api/apps/stop", post(api_stop))
         .route("/apps/{*path}", post(job).fallback(method_not_allowed))
         .fallback(not_found)
-        .with_state(AppState { dispatcher, config })
+        .with_state(AppState {
+            dispatcher,
+            config,
+            registry,
+        })
 }
 
 /// Serves until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     dispatcher: Dispatcher,
+    registry: Arc<Registry>,
     config: HttpConfig,
     shutdown: CancellationToken,
 ) {
@@ -77,7 +91,7 @@ pub async fn serve(
     // keep slow or idle clients from exhausting the endpoint: a cap on
     // open connections (over it, a new one is closed at once) and a
     // deadline for a request's headers (hyper closes the connection).
-    let app = router(dispatcher, config);
+    let app = router(dispatcher, registry, config);
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let connections = tokio_util::task::TaskTracker::new();
     loop {
@@ -161,6 +175,26 @@ async fn echo(State(s): State<AppState>, body: Body) -> Response {
     }
 }
 
+/// `GET /metrics`: Prometheus metrics (OpenMetrics text).
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    let apps = apps_view(&s.dispatcher);
+    let text = metrics::scrape(&s.registry, &s.dispatcher.net().mesh(), &apps);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// `GET /api/stats`: per-app throughput and latency over the last minutes,
+/// and the latest errors, as this peer saw them.
+async fn api_stats() -> Json<stats::StatsView> {
+    Json(stats::STATS.view(unix_ms()))
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
@@ -181,7 +215,25 @@ async fn api_peers(State(s): State<AppState>) -> Json<MeshView> {
 
 async fn status_page(State(s): State<AppState>) -> Html<String> {
     let apps = apps_view(&s.dispatcher);
-    Html(render_status(&s.dispatcher.net().mesh(), &apps, unix_ms()))
+    let now = unix_ms();
+    Html(dashboard::page(
+        &s.dispatcher.net().mesh(),
+        &apps,
+        &stats::STATS.view(now),
+        now,
+    ))
+}
+
+/// The live part of the dashboard, fetched by its script every second.
+async fn dashboard_live(State(s): State<AppState>) -> Html<String> {
+    let apps = apps_view(&s.dispatcher);
+    let now = unix_ms();
+    Html(dashboard::fragment(
+        &s.dispatcher.net().mesh(),
+        &apps,
+        &stats::STATS.view(now),
+        now,
+    ))
 }
 
 fn apps_view(d: &Dispatcher) -> AppsView {
@@ -252,6 +304,18 @@ async fn job(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let resp = job_inner(s, path, query, headers, body).await;
+    metrics::response(resp.status().as_u16());
+    resp
+}
+
+async fn job_inner(
+    s: AppState,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let q = match JobQuery::parse(query.as_deref(), s.dispatcher.policy()) {
         Ok(q) => q,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
@@ -285,19 +349,50 @@ async fn job(
         };
         return stream::respond(s.dispatcher.clone(), app, body, opts);
     }
+    let job_id = stats::new_job_id();
+    let span = tracing::debug_span!("job", id = %stats::job_id_text(job_id), app = %app);
+    let started = std::time::Instant::now();
+    let _in_flight = metrics::InFlight::new();
     let mut attempts = 0;
+    let mut last_peer = None;
     let outcome = async {
+        tracing::debug!("job received");
         let payload: Arc<str> = read_job_body(&s, &headers, body).await?.into();
         if q.to_all {
-            let all = stream::fan_out(&s.dispatcher, &app, payload, timeout).await?;
+            let all = stream::fan_out(&s.dispatcher, &app, payload, timeout, job_id).await?;
             return Ok((all, None));
         }
-        let (done, tries) = s.dispatcher.run(&app, payload, timeout, q.policy).await;
-        attempts = tries;
-        let done = done?;
+        let out = s
+            .dispatcher
+            .run(&app, payload, timeout, q.policy, job_id)
+            .await;
+        attempts = out.attempts;
+        last_peer = out.last_peer;
+        let done = out.result?;
         Ok::<_, JobError>((done.result, Some(done.peer)))
     }
+    .instrument(span.clone())
     .await;
+    let took = started.elapsed();
+    span.in_scope(|| match &outcome {
+        Ok((_, peer)) => tracing::debug!(
+            peer = peer.as_deref().unwrap_or("all"),
+            attempts,
+            took_ms = took.as_secs_f64() * 1000.0,
+            "job answered"
+        ),
+        Err(e) => tracing::warn!(
+            peer = last_peer.as_deref().unwrap_or("-"),
+            attempts,
+            "job failed: {e}"
+        ),
+    });
+    metrics::job_done(
+        &app,
+        outcome.as_ref().map(|_| ()),
+        took,
+        last_peer.as_deref(),
+    );
     let mut resp = match outcome {
         Ok((result, peer)) => {
             let mut resp = Response::new(Body::from(result));
@@ -321,6 +416,9 @@ async fn job(
         // Saturated: tell the client when to come back instead of queueing it.
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&stats::job_id_text(job_id)) {
+        resp.headers_mut().insert(JOB_ID_HEADER, v);
     }
     resp
 }
@@ -453,247 +551,5 @@ async fn read_job_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<
                 "the body is not valid JSON ({e}); send JSON, or text with content-type: text/plain"
             ))
         })
-    }
-}
-
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// "3m 12s" style age of a unix-ms timestamp.
-pub fn ago(now_ms: u64, then_ms: u64) -> String {
-    let secs = now_ms.saturating_sub(then_ms) / 1000;
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
-        3600..=86399 => format!("{}h {}m", secs / 3600, (secs % 3600) / 60),
-        _ => format!("{}d {}h", secs / 86400, (secs % 86400) / 3600),
-    }
-}
-
-fn render_status(view: &MeshView, apps: &AppsView, now: u64) -> String {
-    let up: Vec<_> = view.peers.iter().filter(|p| p.state == "up").collect();
-    let down: Vec<_> = view.peers.iter().filter(|p| p.state != "up").collect();
-    let mut h = String::new();
-    let _ = write!(
-        h,
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="2">
-<title>disruptor · {short} · {up_n} up</title>
-<style>
-body{{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;background:#fafafa}}
-h1{{font-size:1.4em;margin:0 0 .2em}} h2{{font-size:1.1em;margin:1.6em 0 .4em}}
-.sub{{color:#666}} code{{font:12px ui-monospace,monospace}}
-.counts span{{display:inline-block;margin-right:1.5em;font-size:1.2em}}
-.up{{color:#1a7f37;font-weight:600}} .down{{color:#b42318;font-weight:600}}
-table{{border-collapse:collapse;background:#fff;min-width:60%}}
-th,td{{border-bottom:1px solid #e5e5e5;padding:.35em .8em;text-align:left;vertical-align:top}}
-th{{background:#f0f0f0;font-weight:600}}
-.muted{{color:#888}}
-</style></head><body>
-<h1>disruptor peer <code>{id}</code></h1>
-<div class="sub">HTTP {http} · up {uptime} · {private}</div>
-<div class="sub">listening on {listen}</div>
-<h2>Mesh</h2>
-<div class="counts"><span class="up">{up_n} up</span><span class="down">{down_n} down</span><span>{total} peers known besides this one</span></div>
-"#,
-        short = esc(&view.local.id[view.local.id.len().saturating_sub(8)..]),
-        id = esc(&view.local.id),
-        http = esc(&view.local.http),
-        uptime = ago(now, view.local.started_ms),
-        private = if view.local.private {
-            "private mesh (pre-shared key)"
-        } else {
-            "open mesh (no pre-shared key)"
-        },
-        listen = view
-            .local
-            .listen
-            .iter()
-            .map(|a| format!("<code>{}</code>", esc(a)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        up_n = up.len(),
-        down_n = down.len(),
-        total = view.peers.len(),
-    );
-    h.push_str("<h2>Apps</h2>");
-    if apps.mesh.is_empty() {
-        h.push_str("<p class=\"muted\">none started (<code>disruptor start HTTP_ADDR apps/NAME</code>)</p>");
-    } else {
-        h.push_str(
-            "<table><tr><th>app</th><th>state on each peer</th><th>this peer's workers</th></tr>",
-        );
-        for (app, peers) in &apps.mesh {
-            let mut states: Vec<String> = peers
-                .iter()
-                .map(|(id, st)| {
-                    let me = if *id == apps.local_id { " (this peer)" } else { "" };
-                    let class = match st.state {
-                        crate::worker::AppState::Running => "up",
-                        crate::worker::AppState::Failing | crate::worker::AppState::Missing => "down",
-                        _ => "muted",
-                    };
-                    format!(
-                        "<span class=\"{class}\">{:?}</span> {} workers, {} in flight · <code>…{}</code>{me}{}",
-                        st.state,
-                        st.workers,
-                        st.in_flight,
-                        esc(&id[id.len().saturating_sub(6)..]),
-                        st.error.as_deref().map(|e| format!("<br><span class=\"muted\">{}</span>", esc(e))).unwrap_or_default(),
-                    )
-                })
-                .collect();
-            states.sort();
-            let local = apps
-                .local
-                .iter()
-                .find(|a| a.status.app.as_str() == app)
-                .map(|a| {
-                    a.processes
-                        .iter()
-                        .map(|w| {
-                            format!(
-                                "pid {} {:?}, {} jobs, {} restarts",
-                                w.pid.map(|p| p.to_string()).unwrap_or_else(|| "–".into()),
-                                w.state,
-                                w.jobs_done,
-                                w.restarts
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("<br>")
-                })
-                .unwrap_or_default();
-            let _ = write!(
-                h,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-                esc(app),
-                states.join("<br>"),
-                local
-            );
-        }
-        h.push_str("</table>");
-    }
-    h.push_str("<h2>Peers up</h2>");
-    if up.is_empty() {
-        h.push_str("<p class=\"muted\">none yet</p>");
-    } else {
-        h.push_str("<table><tr><th>peer</th><th>uptime</th><th>ping</th><th>HTTP</th><th>addresses</th></tr>");
-        for p in &up {
-            let _ = write!(
-                h,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&p.id),
-                p.started_ms
-                    .map(|s| ago(now, s))
-                    .unwrap_or_else(|| "?".into()),
-                p.rtt_ms
-                    .map(|r| format!("{r:.2} ms"))
-                    .unwrap_or_else(|| "–".into()),
-                p.http.as_deref().map(esc).unwrap_or_default(),
-                p.addrs
-                    .iter()
-                    .map(|a| format!("<code>{}</code>", esc(a)))
-                    .collect::<Vec<_>>()
-                    .join("<br>"),
-            );
-        }
-        h.push_str("</table>");
-    }
-    h.push_str("<h2>Peers down</h2>");
-    if down.is_empty() {
-        h.push_str("<p class=\"muted\">none</p>");
-    } else {
-        h.push_str("<table><tr><th>peer</th><th>why</th><th>last seen</th><th>down for</th></tr>");
-        for p in &down {
-            let _ = write!(
-                h,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{} ago</td><td>{}</td></tr>",
-                esc(&p.id),
-                esc(p.reason.as_deref().unwrap_or("?")),
-                ago(now, p.last_seen_ms),
-                ago(now, p.since_ms),
-            );
-        }
-        h.push_str("</table>");
-    }
-    h.push_str("<p class=\"sub\">JSON: <a href=\"/api/peers\">/api/peers</a> · refreshes every 2 s</p></body></html>\n");
-    h
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::{PeerView, SelfView};
-
-    #[test]
-    fn status_page_escapes_and_lists_peers() {
-        let view = MeshView {
-            local: SelfView {
-                id: "12D3KooWself".into(),
-                listen: vec!["/ip4/127.0.0.1/tcp/1".into()],
-                http: "127.0.0.1:8001".into(),
-                started_ms: 1_000,
-                private: true,
-            },
-            peers: vec![
-                PeerView {
-                    id: "12D3KooWup".into(),
-                    peer: None,
-                    apps: vec![],
-                    state: "up".into(),
-                    reason: None,
-                    addrs: vec!["/ip4/127.0.0.1/tcp/2".into()],
-                    http: Some("<script>".into()),
-                    first_seen_ms: 1_000,
-                    last_seen_ms: 61_000,
-                    since_ms: 1_000,
-                    started_ms: Some(1_000),
-                    rtt_ms: Some(0.25),
-                    connected: true,
-                },
-                PeerView {
-                    id: "12D3KooWdown".into(),
-                    peer: None,
-                    apps: vec![],
-                    state: "down".into(),
-                    reason: Some("left".into()),
-                    addrs: vec![],
-                    http: None,
-                    first_seen_ms: 1_000,
-                    last_seen_ms: 2_000,
-                    since_ms: 2_000,
-                    started_ms: None,
-                    rtt_ms: None,
-                    connected: false,
-                },
-            ],
-        };
-        let apps = AppsView::build("12D3KooWself", vec![], &view);
-        let page = render_status(&view, &apps, 62_000);
-        assert!(page.contains("12D3KooWup") && page.contains("12D3KooWdown"));
-        assert!(page.contains("1 up") && page.contains("1 down"));
-        assert!(page.contains("&lt;script&gt;") && !page.contains("<script>"));
-        assert!(page.contains("1m 1s"), "uptime of the up peer");
-        assert!(page.contains("private mesh"));
-    }
-
-    #[test]
-    fn ages_read_naturally() {
-        assert_eq!(ago(5_000, 0), "5s");
-        assert_eq!(ago(3_725_000, 0), "1h 2m");
-        assert_eq!(ago(0, 5_000), "0s");
     }
 }

@@ -7,13 +7,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use disruptor::cli::{Cli, Command};
+use disruptor::cli::{Cli, Command, LogFormat};
 use disruptor::commands::{self, UsageError};
 use disruptor::config::{ConfigError, PeerConfig};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -28,6 +28,7 @@ fn main() -> ExitCode {
                 disruptor::peer::run(config).await
             }
             Command::Peers(args) => commands::peers(args).await,
+            Command::Status(args) => commands::status(args).await,
             Command::Start(args) => commands::start(args).await,
             Command::Stop(args) => commands::stop(args).await,
             Command::Send(args) => commands::send(args).await,
@@ -51,12 +52,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // One JSON object per line, with the job span's fields (job id).
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }

@@ -68,6 +68,18 @@ pub struct Announce {
     /// The mesh's start/stop decisions as this peer knows them.
     #[serde(default)]
     pub desired: Vec<DesiredApp>,
+    /// The peers it is connected to, by [`short_id`] (for the dashboard's
+    /// picture of the mesh; short, since announcements go out every second).
+    #[serde(default)]
+    pub links: Vec<String>,
+}
+
+/// Peers listed in an announcement's `links`, at most.
+pub const MAX_LINKS: usize = 256;
+
+/// The last 8 characters of a peer id: what announcements carry in `links`.
+pub fn short_id(id: &str) -> &str {
+    &id[id.len().saturating_sub(8)..]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -109,6 +121,10 @@ pub struct PeerView {
     /// Apps as the peer last announced them.
     #[serde(default)]
     pub apps: Vec<AppStatus>,
+    /// Full ids of the peers it announced it is connected to (those this
+    /// peer knows, itself included).
+    #[serde(default)]
+    pub links: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -131,6 +147,7 @@ struct Entry {
     next_dial: Instant,
     backoff: Duration,
     apps: Vec<AppStatus>,
+    links: Vec<String>,
 }
 
 impl Entry {
@@ -153,6 +170,7 @@ impl Entry {
             next_dial: now,
             backoff: DIAL_BACKOFF_MIN,
             apps: Vec::new(),
+            links: Vec::new(),
         }
     }
 
@@ -301,6 +319,17 @@ impl Membership {
             && e.apps == apps;
         e.http = http;
         e.apps = apps;
+        let links: Vec<String> = a
+            .links
+            .iter()
+            .take(MAX_LINKS)
+            .filter(|l| l.len() <= 8)
+            .cloned()
+            .collect();
+        if e.links != links {
+            e.links = links;
+            self.soft_dirty = true;
+        }
         if routine {
             self.soft_dirty = true;
         } else {
@@ -523,6 +552,13 @@ impl Membership {
     }
 
     pub fn views(&self) -> Vec<PeerView> {
+        let local = self.local.to_string();
+        let mut by_short: HashMap<&str, &str> = self
+            .peers
+            .values()
+            .map(|e| (short_id(&e.id), e.id.as_str()))
+            .collect();
+        by_short.insert(short_id(&local), &local);
         let mut v: Vec<PeerView> = self
             .peers
             .iter()
@@ -552,6 +588,11 @@ impl Membership {
                     rtt_ms: e.rtt.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
                     connected: e.connections > 0,
                     apps: e.apps.clone(),
+                    links: e
+                        .links
+                        .iter()
+                        .filter_map(|l| by_short.get(l.as_str()).map(|id| id.to_string()))
+                        .collect(),
                 }
             })
             .collect();
@@ -597,6 +638,7 @@ pub(crate) mod tests {
             http: Some("127.0.0.1:8001".into()),
             leaving,
             apps: Vec::new(),
+            links: Vec::new(),
             desired: Vec::new(),
         }
     }

@@ -42,8 +42,16 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     }
     let workers = Workers::new(apps_dir, config.default_workers, config.worker_grace);
     let (desired_tx, desired_rx) = watch::channel(Arc::new(DesiredApps::default()));
-    let (client, event_loop) =
-        network::start(&config, http_addr, workers.clone(), desired_tx).await?;
+    let mut registry = crate::metrics::registry();
+    let (client, event_loop) = network::start(
+        &config,
+        http_addr,
+        workers.clone(),
+        desired_tx,
+        &mut registry,
+    )
+    .await?;
+    let registry = Arc::new(registry);
     let stream_control = event_loop.stream_control();
     // A peer that will be part of a mesh (it has somewhere to bootstrap
     // from, or an identity others may remember) learns the mesh's apps in
@@ -96,6 +104,7 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     tracker.spawn(http::serve(
         http_listener,
         dispatcher,
+        registry,
         http_config,
         http_shutdown.clone(),
     ));

@@ -34,6 +34,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::apps::AppName;
 use crate::dispatch::{Dispatcher, Policy, one_line};
@@ -164,28 +165,48 @@ type JobFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Bytes)
 /// mesh is merely saturated (a stream waits rather than failing lines).
 fn one_job(d: Dispatcher, app: AppName, n: u64, line: String, opts: StreamOptions) -> JobFuture {
     Box::pin(async move {
-        let result = async {
+        let job = crate::stats::new_job_id();
+        let span =
+            tracing::debug_span!("job", id = %crate::stats::job_id_text(job), app = %app, line = n);
+        let started = std::time::Instant::now();
+        let _in_flight = crate::metrics::InFlight::new();
+        let (result, peer) = async {
             if line.trim().is_empty() {
-                return Err(JobError::BadRequest("empty line".into()));
+                return (Err(JobError::BadRequest("empty line".into())), None);
             }
-            let payload: Arc<str> = one_line(&line)
-                .map_err(|e| JobError::BadRequest(format!("the line is not valid JSON ({e})")))?
-                .into();
+            let payload: Arc<str> = match one_line(&line) {
+                Ok(p) => p.into(),
+                Err(e) => {
+                    let e = JobError::BadRequest(format!("the line is not valid JSON ({e})"));
+                    return (Err(e), None);
+                }
+            };
             let deadline = Instant::now() + opts.timeout;
             let mut pause = Duration::from_millis(5);
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let (r, _) = d.run(&app, payload.clone(), left, opts.policy).await;
-                match r {
+                let out = d.run(&app, payload.clone(), left, opts.policy, job).await;
+                match out.result {
                     Err(JobError::Busy(_)) if Instant::now() + pause < deadline => {
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(Duration::from_millis(200));
                     }
-                    r => return r.map(|done| done.result),
+                    r => return (r.map(|done| done.result), out.last_peer),
                 }
             }
         }
+        .instrument(span.clone())
         .await;
+        span.in_scope(|| match &result {
+            Ok(_) => tracing::debug!(peer = peer.as_deref().unwrap_or("-"), "job answered"),
+            Err(e) => tracing::debug!(peer = peer.as_deref().unwrap_or("-"), "job failed: {e}"),
+        });
+        crate::metrics::job_done(
+            &app,
+            result.as_ref().map(|_| ()),
+            started.elapsed(),
+            peer.as_deref(),
+        );
         (n, line_output(n, opts.ordered, result))
     })
 }
@@ -269,17 +290,19 @@ pub async fn fan_out(
     app: &AppName,
     payload: Arc<str>,
     timeout: Duration,
+    job: u64,
 ) -> Result<String, JobError> {
     let deadline = Instant::now() + timeout;
     let targets = d.everyone_running(app, deadline).await?;
     let runs = targets.into_iter().map(|(target, id)| {
         let payload = payload.clone();
         async move {
-            let r = tokio::time::timeout_at(deadline, d.run_on(target, app, payload, deadline))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(JobError::Timeout(format!("no answer within {timeout:?}")))
-                });
+            let r =
+                tokio::time::timeout_at(deadline, d.run_on(target, app, payload, deadline, job))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(JobError::Timeout(format!("no answer within {timeout:?}")))
+                    });
             (id, r)
         }
     });

@@ -94,7 +94,8 @@ impl Client {
         app: &AppName,
         payload: &str,
         deadline: Instant,
+        job: u64,
     ) -> Result<String, JobError> {
-        self.jobs.send_job(peer, app, payload, deadline).await
+        self.jobs.send_job(peer, app, payload, deadline, job).await
     }
 }

@@ -28,7 +28,9 @@ use super::client::{Client, Command};
 use crate::api::{MeshView, SelfView};
 use crate::config::{PeerConfig, Timing};
 use crate::desired::DesiredApps;
-use crate::membership::{ANNOUNCE_VERSION, Announce, Dial, MAX_PEERS, Membership, unix_ms};
+use crate::membership::{
+    ANNOUNCE_VERSION, Announce, Dial, MAX_LINKS, MAX_PEERS, Membership, unix_ms,
+};
 use crate::ratelimit::PerKeyBudget;
 use crate::worker::Workers;
 
@@ -73,6 +75,9 @@ pub struct EventLoop {
     /// honest peer sends about one a second (a few more while its apps
     /// change); a flood from one author is dropped, not forwarded.
     announce_budget: PerKeyBudget<PeerId>,
+    /// libp2p's own metrics (swarm, gossipsub, identify, ping), in the
+    /// registry `/metrics` serves.
+    p2p_metrics: libp2p::metrics::Metrics,
 }
 
 /// Announcements per second (and burst) accepted from any one author.
@@ -86,6 +91,7 @@ impl EventLoop {
         http_addr: SocketAddr,
         workers: Workers,
         desired_tx: watch::Sender<Arc<DesiredApps>>,
+        p2p_metrics: libp2p::metrics::Metrics,
     ) -> (Client, EventLoop) {
         let local = *swarm.local_peer_id();
         let topic = IdentTopic::new(MEMBERSHIP_TOPIC);
@@ -130,6 +136,7 @@ impl EventLoop {
             desired: DesiredApps::default(),
             desired_tx,
             leaving: false,
+            p2p_metrics,
             announce_budget: PerKeyBudget::new(ANNOUNCE_BURST, ANNOUNCE_RATE, MAX_PEERS),
         };
         event_loop.publish_view();
@@ -313,6 +320,12 @@ impl EventLoop {
                 self.workers.statuses()
             },
             desired: self.desired.to_vec(),
+            links: self
+                .swarm
+                .connected_peers()
+                .take(MAX_LINKS)
+                .map(|p| crate::membership::short_id(&p.to_string()).to_string())
+                .collect(),
         };
         // Error texts are for people; in announcements they are kept short,
         // and dropped altogether if the message would not fit.
@@ -365,6 +378,14 @@ impl EventLoop {
     }
 
     fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        use libp2p::metrics::Recorder;
+        self.p2p_metrics.record(&event);
+        match &event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.p2p_metrics.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.p2p_metrics.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.p2p_metrics.record(e),
+            _ => {}
+        }
         let now = Instant::now();
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),

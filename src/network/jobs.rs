@@ -10,8 +10,9 @@
 //! whatever order they complete.
 //!
 //! Frame: `u32` big-endian length of the rest, then
-//! - request: `1`, id `u64`, timeout ms `u32`, app name length `u16`, app
-//!   name, payload (one line of compact JSON);
+//! - request: `1`, id `u64` (per link), job id `u64` (mesh-wide, for logs),
+//!   timeout ms `u32`, app name length `u16`, app name, payload (one line
+//!   of compact JSON);
 //! - answer: `2`, id `u64`, status `u8` (0 ok, else a [`JobError`] kind),
 //!   then the result JSON or the error message.
 //!
@@ -30,12 +31,13 @@ use libp2p_stream::Control;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::apps::AppName;
 use crate::error::JobError;
 use crate::worker::Workers;
 
-pub const JOBS_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/jobs-stream/1");
+pub const JOBS_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/jobs-stream/2");
 /// Room for the header of a frame beyond its payload.
 const FRAME_HEADER_ROOM: usize = 1024;
 /// Largest answer accepted (a worker's result is at most 10 MiB).
@@ -113,6 +115,7 @@ impl JobLinks {
         app: &AppName,
         payload: &str,
         deadline: Instant,
+        job: u64,
     ) -> Result<String, JobError> {
         let link = self.link(peer);
         let _permit = match tokio::time::timeout_at(deadline, link.window.clone().acquire_owned())
@@ -128,7 +131,7 @@ impl JobLinks {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let frame = encode_request(id, remaining, app.as_str(), payload);
+        let frame = encode_request(id, job, remaining, app.as_str(), payload);
         let (reply, rx) = oneshot::channel();
         link.pending.lock().expect("pending lock").insert(id, reply);
         if link.dead.is_cancelled() || link.frames.send(frame).is_err() {
@@ -366,7 +369,15 @@ async fn serve_stream(peer: PeerId, stream: Stream, workers: Workers, max_job_by
                     let workers = workers.clone();
                     running.push(async move {
                         let (id, result) = match decode_request(&body) {
-                            Ok((id, timeout, app, payload)) => (id, run_request(&workers, app, payload, timeout).await),
+                            Ok(r) => {
+                                let span = tracing::debug_span!("job", id = %crate::stats::job_id_text(r.job), app = %r.app, from = %peer);
+                                let result = run_request(&workers, r.app, r.payload, r.timeout).instrument(span.clone()).await;
+                                span.in_scope(|| match &result {
+                                    Ok(_) => tracing::debug!("ran the job for another peer"),
+                                    Err(e) => tracing::debug!("the job failed here: {e}"),
+                                });
+                                (r.id, result)
+                            }
                             Err(e) => (decode_request_header(&body).unwrap_or(0), Err(JobError::BadRequest(e))),
                         };
                         encode_answer(id, &result)
@@ -412,13 +423,26 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u
     Ok(body)
 }
 
-pub fn encode_request(id: u64, timeout: Duration, app: &str, payload: &str) -> Vec<u8> {
+/// A decoded request frame.
+#[derive(Debug, PartialEq)]
+pub struct Request<'a> {
+    pub id: u64,
+    pub job: u64,
+    pub timeout: Duration,
+    pub app: &'a str,
+    pub payload: &'a str,
+}
+
+const REQUEST_HEADER: usize = 1 + 8 + 8 + 4 + 2;
+
+pub fn encode_request(id: u64, job: u64, timeout: Duration, app: &str, payload: &str) -> Vec<u8> {
     let app = &app.as_bytes()[..app.len().min(u16::MAX as usize)];
-    let len = 1 + 8 + 4 + 2 + app.len() + payload.len();
+    let len = REQUEST_HEADER + app.len() + payload.len();
     let mut f = Vec::with_capacity(4 + len);
     f.extend_from_slice(&(len as u32).to_be_bytes());
     f.push(KIND_REQUEST);
     f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&job.to_be_bytes());
     f.extend_from_slice(&(timeout.as_millis().min(u32::MAX as u128) as u32).to_be_bytes());
     f.extend_from_slice(&(app.len() as u16).to_be_bytes());
     f.extend_from_slice(app);
@@ -428,22 +452,23 @@ pub fn encode_request(id: u64, timeout: Duration, app: &str, payload: &str) -> V
 
 /// The id of a request frame, if its header is well-formed.
 fn decode_request_header(body: &[u8]) -> Result<u64, String> {
-    if body.len() < 15 || body[0] != KIND_REQUEST {
+    if body.len() < REQUEST_HEADER || body[0] != KIND_REQUEST {
         return Err("malformed job request frame".into());
     }
     Ok(u64::from_be_bytes(body[1..9].try_into().expect("8 bytes")))
 }
 
-/// Returns (id, timeout, app, payload) of a request frame's body.
-pub fn decode_request(body: &[u8]) -> Result<(u64, Duration, &str, &str), String> {
-    if body.len() < 15 || body[0] != KIND_REQUEST {
+/// Decodes a request frame's body (after its length).
+pub fn decode_request(body: &[u8]) -> Result<Request<'_>, String> {
+    if body.len() < REQUEST_HEADER || body[0] != KIND_REQUEST {
         return Err("malformed job request frame".into());
     }
     let id = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
+    let job = u64::from_be_bytes(body[9..17].try_into().expect("8 bytes"));
     let timeout =
-        Duration::from_millis(u32::from_be_bytes(body[9..13].try_into().expect("4 bytes")) as u64);
-    let app_len = u16::from_be_bytes(body[13..15].try_into().expect("2 bytes")) as usize;
-    let rest = &body[15..];
+        Duration::from_millis(u32::from_be_bytes(body[17..21].try_into().expect("4 bytes")) as u64);
+    let app_len = u16::from_be_bytes(body[21..23].try_into().expect("2 bytes")) as usize;
+    let rest = &body[REQUEST_HEADER..];
     if rest.len() < app_len {
         return Err("malformed job request frame: app name runs past the end".into());
     }
@@ -451,7 +476,13 @@ pub fn decode_request(body: &[u8]) -> Result<(u64, Duration, &str, &str), String
         std::str::from_utf8(&rest[..app_len]).map_err(|_| "app name is not UTF-8".to_string())?;
     let payload =
         std::str::from_utf8(&rest[app_len..]).map_err(|_| "job is not UTF-8".to_string())?;
-    Ok((id, timeout, app, payload))
+    Ok(Request {
+        id,
+        job,
+        timeout,
+        app,
+        payload,
+    })
 }
 
 fn error_code(e: &JobError) -> u8 {
@@ -549,12 +580,13 @@ mod tests {
 
         /// Whatever a caller encodes, the callee decodes the same.
         #[test]
-        fn requests_round_trip(id in any::<u64>(), ms in any::<u32>(), app in any::<String>(),
-                               payload in any::<String>()) {
-            let f = encode_request(id, Duration::from_millis(ms as u64), &app, &payload);
+        fn requests_round_trip(id in any::<u64>(), job in any::<u64>(), ms in any::<u32>(),
+                               app in any::<String>(), payload in any::<String>()) {
+            let timeout = Duration::from_millis(ms as u64);
+            let f = encode_request(id, job, timeout, &app, &payload);
             prop_assert_eq!(u32::from_be_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
-            let (i, t, a, p) = decode_request(&f[4..]).map_err(TestCaseError::fail)?;
-            prop_assert_eq!((i, t, a, p), (id, Duration::from_millis(ms as u64), app.as_str(), payload.as_str()));
+            let r = decode_request(&f[4..]).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(r, Request { id, job, timeout, app: app.as_str(), payload: payload.as_str() });
         }
 
         #[test]
@@ -570,6 +602,7 @@ mod tests {
     fn frames_round_trip() {
         let f = encode_request(
             7,
+            42,
             Duration::from_millis(1500),
             "apps/echo/echo",
             r#"{"a":1}"#,
@@ -578,15 +611,15 @@ mod tests {
             u32::from_be_bytes(f[..4].try_into().unwrap()) as usize,
             f.len() - 4
         );
-        let (id, t, app, payload) = decode_request(&f[4..]).unwrap();
         assert_eq!(
-            (id, t, app, payload),
-            (
-                7,
-                Duration::from_millis(1500),
-                "apps/echo/echo",
-                r#"{"a":1}"#
-            )
+            decode_request(&f[4..]).unwrap(),
+            Request {
+                id: 7,
+                job: 42,
+                timeout: Duration::from_millis(1500),
+                app: "apps/echo/echo",
+                payload: r#"{"a":1}"#
+            }
         );
 
         for r in [
@@ -613,8 +646,8 @@ mod tests {
             assert!(decode_request(body).is_err(), "{body:?}");
             assert!(decode_answer(body).is_err(), "{body:?}");
         }
-        let mut bad_utf8 = encode_request(1, Duration::ZERO, "apps/x", "1")[4..].to_vec();
-        bad_utf8[15] = 0xff;
+        let mut bad_utf8 = encode_request(1, 2, Duration::ZERO, "apps/x", "1")[4..].to_vec();
+        bad_utf8[REQUEST_HEADER] = 0xff;
         assert!(decode_request(&bad_utf8).is_err());
         let mut bad_status = encode_answer(1, &Ok("1".into()))[4..].to_vec();
         bad_status[9] = 99;

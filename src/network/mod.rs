@@ -49,6 +49,7 @@ pub async fn start(
     http_addr: SocketAddr,
     workers: Workers,
     desired_tx: watch::Sender<Arc<DesiredApps>>,
+    registry: &mut prometheus_client::registry::Registry,
 ) -> Result<(Client, EventLoop), StartError> {
     let mut swarm = build_swarm(config)?;
     let mut pending = Vec::new();
@@ -100,7 +101,9 @@ pub async fn start(
             other => tracing::debug!(?other, "event before listeners were ready"),
         }
     }
-    let (client, event_loop) = EventLoop::new(swarm, config, http_addr, workers, desired_tx);
+    let p2p_metrics = libp2p::metrics::Metrics::new(registry);
+    let (client, event_loop) =
+        EventLoop::new(swarm, config, http_addr, workers, desired_tx, p2p_metrics);
     Ok((client, event_loop))
 }
 

@@ -431,6 +431,13 @@ async fn worker_task(
         crashes_in_a_row += 1;
         let backoff = (BACKOFF_MIN * 2u32.saturating_pow(crashes_in_a_row - 1)).min(BACKOFF_MAX);
         tracing::warn!(app = %spec.name, "worker {reason}; restarting in {backoff:?}");
+        crate::metrics::METRICS
+            .worker_restarts
+            .get_or_create(&crate::metrics::AppLabel {
+                app: spec.name.to_string(),
+            })
+            .inc();
+        crate::stats::STATS.error_now("worker", spec.name.as_str(), None, reason.clone());
         set_slot(&slot, |s| {
             s.pid = None;
             s.restarts += 1;

@@ -1,0 +1,491 @@
+//! The status page at `GET /`: a live dashboard of the mesh, rendered on
+//! the server (no build step, no CDN: peers may run offline).
+//!
+//! The page is the HTML of [`fragment`] inside a shell with the styles and
+//! a small script that fetches `/dashboard/live` (the same fragment, fresh)
+//! every second and swaps it in, so the page stays current without a
+//! reload, and still says something useful without JavaScript.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use crate::api::{AppsView, MeshView, PeerView};
+use crate::membership::short_id;
+use crate::stats::{Point, StatsView};
+use crate::worker::AppState;
+
+/// How often the page refreshes its live part.
+pub const REFRESH_MS: u32 = 1000;
+
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// "3m 12s" style age of a unix-ms timestamp.
+pub fn ago(now_ms: u64, then_ms: u64) -> String {
+    let secs = now_ms.saturating_sub(then_ms) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
+        3600..=86399 => format!("{}h {}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d {}h", secs / 86400, (secs % 86400) / 3600),
+    }
+}
+
+const STYLE: &str = r#"
+:root{--up:#1a7f37;--down:#b42318;--mut:#6b7280;--line:#e5e7eb;--bg:#f6f7f9;--card:#fff;--acc:#2563eb}
+*{box-sizing:border-box}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#111827;background:var(--bg)}
+header{background:#111827;color:#f9fafb;padding:.9em 1.5em;display:flex;flex-wrap:wrap;gap:.4em 2em;align-items:baseline}
+header h1{font-size:1.15em;margin:0;font-weight:650}
+header .sub{color:#9ca3af}
+main{padding:1.2em 1.5em;display:grid;grid-template-columns:minmax(300px,380px) 1fr;gap:1.2em}
+@media (max-width:900px){main{grid-template-columns:1fr}}
+.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:1em 1.2em}
+.wide{grid-column:1/-1}
+h2{font-size:.8em;letter-spacing:.06em;text-transform:uppercase;color:var(--mut);margin:0 0 .7em}
+code,.id{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
+.counts{display:flex;gap:1.5em;flex-wrap:wrap}
+.counts div{font-size:1.6em;font-weight:650}.counts span{display:block;font-size:.45em;font-weight:500;color:var(--mut);text-transform:uppercase;letter-spacing:.06em}
+.badge{display:inline-block;padding:.05em .55em;border-radius:99px;font-size:.8em;font-weight:600}
+.b-up{background:#dcfce7;color:var(--up)}.b-down{background:#fee2e2;color:var(--down)}.b-self{background:#dbeafe;color:var(--acc)}.b-mut{background:#f3f4f6;color:var(--mut)}
+table{border-collapse:collapse;width:100%}
+th,td{border-bottom:1px solid var(--line);padding:.4em .6em;text-align:left;vertical-align:top}
+th{font-size:.75em;text-transform:uppercase;letter-spacing:.05em;color:var(--mut);font-weight:600}
+tr.down td{color:var(--mut)}
+.muted{color:var(--mut)}
+.apps{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:1em}
+.app{border:1px solid var(--line);border-radius:8px;padding:.7em .9em}
+.app h3{margin:0 0 .3em;font-size:1em}
+.chart{display:flex;align-items:center;gap:.6em;margin-top:.3em}
+.chart .lbl{width:6em;color:var(--mut);font-size:.85em}
+.chart .val{white-space:nowrap;font-size:.9em}
+.err td{font-size:.9em}
+svg text{font:11px ui-monospace,monospace}
+footer{padding:0 1.5em 1.5em;color:var(--mut)}
+footer a{color:var(--mut)}
+"#;
+
+const SCRIPT: &str = r#"
+(function(){
+  var live=document.getElementById('live'), stamp=document.getElementById('stamp');
+  function tick(){
+    fetch('/dashboard/live',{cache:'no-store'}).then(function(r){
+      if(!r.ok) throw new Error(r.status);
+      return r.text();
+    }).then(function(html){
+      live.innerHTML=html; stamp.textContent='live · updated '+new Date().toLocaleTimeString();
+    }).catch(function(e){ stamp.textContent='cannot reach this peer ('+e.message+'), retrying…'; });
+  }
+  setInterval(tick, REFRESH);
+})();
+"#;
+
+/// The whole page.
+pub fn page(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -> String {
+    let mut h = String::new();
+    let up = view.peers.iter().filter(|p| p.state == "up").count();
+    let _ = write!(
+        h,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<title>disruptor · {short} · {up} up</title><style>{STYLE}</style></head><body>
+<header><h1>disruptor</h1><span class="sub">peer <code>{id}</code></span>
+<span class="sub">HTTP {http} · {private}</span><span class="sub" id="stamp">live</span></header>
+<div id="live">{live}</div>
+<footer>JSON: <a href="/api/peers">/api/peers</a> · <a href="/api/apps">/api/apps</a> ·
+<a href="/api/stats">/api/stats</a> · <a href="/metrics">/metrics</a></footer>
+<script>var REFRESH={REFRESH_MS};{SCRIPT}</script></body></html>
+"#,
+        short = esc(short_id(&view.local.id)),
+        id = esc(&view.local.id),
+        http = esc(&view.local.http),
+        private = if view.local.private {
+            "private mesh (pre-shared key)"
+        } else {
+            "open mesh"
+        },
+        live = fragment(view, apps, stats, now),
+    );
+    h
+}
+
+/// The live part of the page.
+pub fn fragment(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -> String {
+    let mut h = String::from("<main>");
+    let up: Vec<&PeerView> = view.peers.iter().filter(|p| p.state == "up").collect();
+    let rate_now: f64 = stats
+        .apps
+        .values()
+        .filter_map(|pts| pts.iter().rev().nth(1))
+        .map(|p| p.rate)
+        .sum();
+    let _ = write!(
+        h,
+        r#"<section class="card wide"><div class="counts">
+<div id="count-up">{}<span>peers up</span></div>
+<div id="count-down">{}<span>peers down</span></div>
+<div>{}<span>apps</span></div>
+<div>{:.0}<span>jobs/s entering here</span></div>
+<div>{}<span>this peer up</span></div></div></section>"#,
+        up.len() + 1,
+        view.peers.len() - up.len(),
+        apps.mesh.len(),
+        rate_now,
+        ago(now, view.local.started_ms),
+    );
+    h.push_str(r#"<section class="card"><h2>Mesh</h2>"#);
+    h.push_str(&mesh_svg(view));
+    h.push_str(r#"<div class="muted">lines: live connections · grey: down · blue ring: this peer</div></section>"#);
+    h.push_str(r#"<section class="card"><h2>Peers</h2>"#);
+    h.push_str(&peer_table(view, apps, now));
+    h.push_str("</section>");
+    h.push_str(r#"<section class="card wide"><h2>Apps</h2>"#);
+    h.push_str(&app_cards(apps, stats));
+    h.push_str("</section>");
+    h.push_str(r#"<section class="card wide"><h2>Latest errors</h2>"#);
+    h.push_str(&errors(stats, &view.local.id, now));
+    h.push_str("</section></main>");
+    h
+}
+
+fn mesh_svg(view: &MeshView) -> String {
+    // Every peer on a circle, this one at the top; ids sorted, so nodes
+    // keep their places between refreshes.
+    let mut ids: Vec<&str> = view.peers.iter().map(|p| p.id.as_str()).collect();
+    ids.sort();
+    let me = view.local.id.as_str();
+    let pos_of_me = ids.partition_point(|id| *id < me);
+    ids.insert(pos_of_me, me);
+    ids.rotate_left(pos_of_me);
+    let n = ids.len();
+    let (cx, cy, r) = (170.0, 165.0, if n <= 1 { 0.0 } else { 125.0 });
+    let at = |i: usize| {
+        let a = -std::f64::consts::FRAC_PI_2 + i as f64 * std::f64::consts::TAU / n as f64;
+        (cx + r * a.cos(), cy + r * a.sin())
+    };
+    let index = |id: &str| ids.iter().position(|x| *x == id);
+    let peer = |id: &str| view.peers.iter().find(|p| p.id == id);
+    let mut edges = BTreeSet::new();
+    for p in &view.peers {
+        let Some(i) = index(&p.id) else { continue };
+        if p.connected {
+            edges.insert((0, i)); // this peer is at index 0
+        }
+        if p.state != "up" {
+            continue;
+        }
+        for l in &p.links {
+            if let Some(j) = index(l)
+                && j != i
+            {
+                edges.insert((i.min(j), i.max(j)));
+            }
+        }
+    }
+    let mut s = String::from(
+        r#"<svg id="mesh" viewBox="0 0 340 330" width="100%" style="max-width:380px" role="img" aria-label="mesh">"#,
+    );
+    for (a, b) in &edges {
+        let down = [a, b]
+            .iter()
+            .any(|k| **k != 0 && peer(ids[**k]).is_some_and(|p| p.state != "up"));
+        let ((x1, y1), (x2, y2)) = (at(*a), at(*b));
+        let _ = write!(
+            s,
+            r##"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="{}" stroke-width="1.5"/>"##,
+            if down { "#e5e7eb" } else { "#94a3b8" }
+        );
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let (x, y) = at(i);
+        let (fill, state) = if i == 0 {
+            ("#2563eb", "self")
+        } else {
+            match peer(id) {
+                Some(p) if p.state == "up" => ("#1a7f37", "up"),
+                _ => ("#cbd5e1", "down"),
+            }
+        };
+        let ring = if i == 0 {
+            r##"<circle r="19" fill="none" stroke="#2563eb" stroke-width="2"/>"##
+        } else {
+            ""
+        };
+        let _ = write!(
+            s,
+            r##"<g class="node" data-peer="{id}" data-state="{state}" transform="translate({x:.1},{y:.1})"><title>{id} ({state})</title>{ring}<circle r="14" fill="{fill}"/><text y="30" text-anchor="middle" fill="#374151">…{short}</text></g>"##,
+            id = esc(id),
+            short = esc(&id[id.len().saturating_sub(6)..]),
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn peer_table(view: &MeshView, apps: &AppsView, now: u64) -> String {
+    let mut s = String::from(
+        "<table id=\"peers\"><tr><th>peer</th><th>state</th><th>for</th><th>ping</th><th>apps (workers · in flight)</th></tr>",
+    );
+    let apps_of = |id: &str| -> String {
+        let list: Vec<String> = apps
+            .mesh
+            .iter()
+            .filter_map(|(app, per_peer)| per_peer.get(id).map(|st| (app, st)))
+            .map(|(app, st)| {
+                let class = match st.state {
+                    AppState::Running => "b-up",
+                    AppState::Failing | AppState::Missing => "b-down",
+                    _ => "b-mut",
+                };
+                format!(
+                    "<code>{}</code> <span class=\"badge {class}\">{}</span> {} · {}",
+                    esc(app),
+                    format!("{:?}", st.state).to_lowercase(),
+                    st.workers,
+                    st.in_flight
+                )
+            })
+            .collect();
+        if list.is_empty() {
+            "<span class=\"muted\">–</span>".into()
+        } else {
+            list.join("<br>")
+        }
+    };
+    let _ = write!(
+        s,
+        r#"<tr data-peer="{id}" data-state="self"><td><code title="{id}">…{short}</code></td><td><span class="badge b-self">this peer</span></td><td>{up}</td><td>–</td><td>{apps}</td></tr>"#,
+        id = esc(&view.local.id),
+        short = esc(&view.local.id[view.local.id.len().saturating_sub(10)..]),
+        up = ago(now, view.local.started_ms),
+        apps = apps_of(&view.local.id),
+    );
+    let mut peers: Vec<&PeerView> = view.peers.iter().collect();
+    peers.sort_by_key(|p| (p.state != "up", p.id.clone()));
+    for p in peers {
+        let up = p.state == "up";
+        let state = if up {
+            "<span class=\"badge b-up\">up</span>".to_string()
+        } else {
+            format!(
+                "<span class=\"badge b-down\">down</span> <span class=\"muted\">{}</span>",
+                esc(p.reason.as_deref().unwrap_or(""))
+            )
+        };
+        let since = if up {
+            p.started_ms
+                .map(|t| ago(now, t))
+                .unwrap_or_else(|| "?".into())
+        } else {
+            format!("last seen {} ago", ago(now, p.last_seen_ms))
+        };
+        let _ = write!(
+            s,
+            r#"<tr class="{class}" data-peer="{id}" data-state="{st}"><td><code title="{id}">…{short}</code><br><span class="muted">{http}</span></td><td>{state}</td><td>{since}</td><td>{ping}</td><td>{apps}</td></tr>"#,
+            class = if up { "up" } else { "down" },
+            id = esc(&p.id),
+            st = if up { "up" } else { "down" },
+            short = esc(&p.id[p.id.len().saturating_sub(10)..]),
+            http = esc(p.http.as_deref().unwrap_or("")),
+            ping = p
+                .rtt_ms
+                .filter(|_| up)
+                .map(|r| format!("{r:.2} ms"))
+                .unwrap_or_else(|| "–".into()),
+            apps = if up {
+                apps_of(&p.id)
+            } else {
+                "<span class=\"muted\">–</span>".into()
+            },
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
+/// A small line chart of `values` (None: no data), 0 at the bottom.
+fn sparkline(values: &[Option<f64>], color: &str, unit: &str) -> String {
+    let (w, h) = (220.0, 36.0);
+    let max = values.iter().flatten().cloned().fold(0.0f64, f64::max);
+    let last = values.iter().rev().flatten().next().cloned();
+    let mut s = format!(r#"<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}">"#);
+    let _ = write!(
+        s,
+        r##"<line x1="0" y1="{h}" x2="{w}" y2="{h}" stroke="#e5e7eb"/>"##
+    );
+    if max > 0.0 {
+        let step = w / (values.len().max(2) - 1) as f64;
+        let mut path = String::new();
+        for (i, v) in values.iter().enumerate() {
+            if let Some(v) = v {
+                let (x, y) = (i as f64 * step, h - 2.0 - (v / max) * (h - 4.0));
+                let _ = write!(path, "{x:.1},{y:.1} ");
+            }
+        }
+        let _ = write!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{path}"/>"#
+        );
+    }
+    s.push_str("</svg>");
+    let _ = write!(
+        s,
+        "<span class=\"val\">{} <span class=\"muted\">· max {}</span></span>",
+        last.map(|v| format!("{v:.1} {unit}"))
+            .unwrap_or_else(|| "–".into()),
+        if max > 0.0 {
+            format!("{max:.1}")
+        } else {
+            "–".into()
+        }
+    );
+    s
+}
+
+fn app_cards(apps: &AppsView, stats: &StatsView) -> String {
+    let names: BTreeSet<&String> = apps.mesh.keys().chain(stats.apps.keys()).collect();
+    if names.is_empty() {
+        return "<p class=\"muted\">No app started yet: <code>disruptor start HTTP_ADDR apps/NAME</code></p>".into();
+    }
+    let mut s = String::from("<div class=\"apps\">");
+    for app in names {
+        let per_peer = apps.mesh.get(app);
+        let running = per_peer
+            .map(|m| {
+                m.values()
+                    .filter(|st| st.state == AppState::Running)
+                    .count()
+            })
+            .unwrap_or(0);
+        let workers: u32 = per_peer
+            .map(|m| m.values().map(|st| st.workers).sum())
+            .unwrap_or(0);
+        let in_flight: u32 = per_peer
+            .map(|m| m.values().map(|st| st.in_flight).sum())
+            .unwrap_or(0);
+        let empty = Vec::new();
+        let pts: &Vec<Point> = stats.apps.get(app).unwrap_or(&empty);
+        // The last interval is still filling: leave it out of the charts.
+        let done = &pts[..pts.len().saturating_sub(1)];
+        let rate: Vec<Option<f64>> = done.iter().map(|p| Some(p.rate)).collect();
+        let p99: Vec<Option<f64>> = done.iter().map(|p| p.p99_ms).collect();
+        let failed: u64 = done.iter().map(|p| p.failed).sum();
+        let total: u64 = done.iter().map(|p| p.jobs).sum();
+        let _ = write!(
+            s,
+            r#"<div class="app" data-app="{name}"><h3><code>{name}</code></h3>
+<div class="muted">running on {running} peer{plural} · {workers} workers · {in_flight} in flight · last 5 min here: {total} jobs, {failed} failed</div>
+<div class="chart"><span class="lbl">jobs/s</span>{rate}</div>
+<div class="chart"><span class="lbl">p99 latency</span>{p99}</div></div>"#,
+            name = esc(app),
+            plural = if running == 1 { "" } else { "s" },
+            rate = sparkline(&rate, "#2563eb", "/s"),
+            p99 = sparkline(&p99, "#d97706", "ms"),
+        );
+    }
+    s.push_str("</div>");
+    s
+}
+
+fn errors(stats: &StatsView, local_id: &str, now: u64) -> String {
+    if stats.errors.is_empty() {
+        return "<p class=\"muted\">None: no failed job and no worker crash seen here.</p>".into();
+    }
+    let mut s = String::from(
+        "<table class=\"err\"><tr><th>when</th><th>what</th><th>app</th><th>peer</th><th>message</th></tr>",
+    );
+    for e in stats.errors.iter().take(20) {
+        let peer = e.peer.as_deref().unwrap_or(local_id);
+        let _ = write!(
+            s,
+            "<tr><td>{} ago</td><td>{}</td><td><code>{}</code></td><td><code title=\"{}\">…{}</code></td><td>{}</td></tr>",
+            ago(now, e.at_ms),
+            if e.kind == "worker" {
+                "worker exited"
+            } else {
+                "job failed"
+            },
+            esc(&e.app),
+            esc(peer),
+            esc(&peer[peer.len().saturating_sub(8)..]),
+            esc(&e.message),
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SelfView;
+    use crate::stats::Stats;
+
+    fn peer(id: &str, state: &str, links: &[&str]) -> PeerView {
+        PeerView {
+            id: id.into(),
+            peer: None,
+            apps: vec![],
+            state: state.into(),
+            reason: (state == "down").then(|| "unreachable".into()),
+            addrs: vec!["/ip4/127.0.0.1/tcp/2".into()],
+            http: Some("<script>".into()),
+            first_seen_ms: 1_000,
+            last_seen_ms: 61_000,
+            since_ms: 2_000,
+            started_ms: Some(1_000),
+            rtt_ms: Some(0.42),
+            connected: state == "up",
+            links: links.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_page_shows_peers_edges_and_escapes() {
+        let view = MeshView {
+            local: SelfView {
+                id: "12D3KooWself0000".into(),
+                listen: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                http: "127.0.0.1:8001".into(),
+                started_ms: 1_000,
+                private: true,
+            },
+            peers: vec![
+                peer("12D3KooWaaaa1111", "up", &["12D3KooWbbbb2222"]),
+                peer("12D3KooWbbbb2222", "down", &[]),
+            ],
+        };
+        let apps = AppsView::build(&view.local.id, vec![], &view);
+        let stats = Stats::default();
+        stats.error_now("job", "apps/x", None, "<boom>");
+        let page = page(&view, &apps, &stats.view(62_000), 62_000);
+        assert!(page.contains("data-peer=\"12D3KooWaaaa1111\" data-state=\"up\""));
+        assert!(page.contains("data-peer=\"12D3KooWbbbb2222\" data-state=\"down\""));
+        assert!(page.contains("data-state=\"self\""));
+        assert!(page.contains("private mesh"));
+        assert!(page.contains("&lt;script&gt;") && !page.contains("<script>\""));
+        assert!(page.contains("&lt;boom&gt;"));
+        // self-a (connected) and a-b (announced by a): two edges.
+        assert_eq!(page.matches("<line x1").count(), 2, "{page}");
+        assert!(page.contains("/dashboard/live"));
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(ago(61_000, 0), "1m 1s");
+        assert_eq!(ago(3_600_000 * 25, 0), "1d 1h");
+        assert_eq!(ago(0, 5_000), "0s");
+    }
+}

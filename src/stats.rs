@@ -1,0 +1,272 @@
+//! What the dashboard and `disruptor status` show of recent work: per-app
+//! throughput and latency over the last minutes, and the latest errors.
+//!
+//! Jobs are counted where they enter the mesh (this peer's HTTP endpoint);
+//! worker crashes where they happen. Fixed memory: [`BUCKETS`] buckets of
+//! [`BUCKET_SECS`] per app (at most [`MAX_APPS`] apps) and the last
+//! [`MAX_ERRORS`] errors. A std mutex, held for a few arithmetic operations
+//! and never across an await.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::membership::unix_ms;
+
+pub const BUCKET_SECS: u64 = 5;
+/// 5 minutes of history.
+pub const BUCKETS: usize = 60;
+pub const MAX_APPS: usize = 64;
+pub const MAX_ERRORS: usize = 50;
+/// Latency histogram per bucket: bucket k holds latencies below
+/// 100 µs * 2^k (the last one everything above).
+const LAT_BINS: usize = 20;
+
+#[derive(Clone, Default)]
+struct Bucket {
+    /// Start of the bucket, in whole `BUCKET_SECS` since the epoch.
+    slot: u64,
+    ok: u64,
+    failed: u64,
+    lat: [u32; LAT_BINS],
+}
+
+#[derive(Default)]
+struct AppSeries {
+    buckets: Vec<Bucket>,
+}
+
+/// One recent error, as shown on the dashboard.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ErrorEvent {
+    pub at_ms: u64,
+    /// "job" (a job that failed) or "worker" (a worker process that died).
+    pub kind: String,
+    pub app: String,
+    /// The peer where it happened (for a job: where it ran or was last tried).
+    pub peer: Option<String>,
+    pub message: String,
+}
+
+/// One point of an app's series.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Point {
+    /// Start of the interval, unix ms.
+    pub at_ms: u64,
+    pub jobs: u64,
+    pub failed: u64,
+    /// Jobs per second over the interval.
+    pub rate: f64,
+    /// Upper bounds of the bins holding the median and the 99th
+    /// percentile, in milliseconds (null without jobs).
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatsView {
+    pub bucket_secs: u64,
+    /// Per app, oldest first, the last `BUCKETS` intervals (empty ones too).
+    pub apps: BTreeMap<String, Vec<Point>>,
+    /// Newest first.
+    pub errors: Vec<ErrorEvent>,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    apps: Mutex<BTreeMap<String, AppSeries>>,
+    errors: Mutex<VecDeque<ErrorEvent>>,
+}
+
+/// The process's one set (a peer is one process; tests make their own).
+pub static STATS: LazyLock<Stats> = LazyLock::new(Stats::default);
+
+/// A new job id: random, so ids from different entry peers do not clash.
+pub fn new_job_id() -> u64 {
+    rand::random()
+}
+
+/// How a job id appears in logs and in `X-Disruptor-Job-Id`.
+pub fn job_id_text(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+fn lat_bin(d: Duration) -> usize {
+    let us = d.as_micros() as u64;
+    let mut bound = 100u64;
+    for k in 0..LAT_BINS - 1 {
+        if us < bound {
+            return k;
+        }
+        bound *= 2;
+    }
+    LAT_BINS - 1
+}
+
+fn bin_upper_ms(k: usize) -> f64 {
+    0.1 * (1u64 << k) as f64
+}
+
+impl Stats {
+    /// Records a finished job of `app` at `now_ms`.
+    pub fn job(&self, app: &str, ok: bool, took: Duration, now_ms: u64) {
+        let slot = now_ms / 1000 / BUCKET_SECS;
+        let mut apps = self.apps.lock().expect("stats lock");
+        if !apps.contains_key(app) && apps.len() >= MAX_APPS {
+            return;
+        }
+        let series = apps.entry(app.to_string()).or_default();
+        if series.buckets.is_empty() {
+            series.buckets = vec![Bucket::default(); BUCKETS];
+        }
+        let b = &mut series.buckets[(slot % BUCKETS as u64) as usize];
+        if b.slot != slot {
+            *b = Bucket {
+                slot,
+                ..Bucket::default()
+            };
+        }
+        if ok {
+            b.ok += 1;
+        } else {
+            b.failed += 1;
+        }
+        b.lat[lat_bin(took)] += 1;
+    }
+
+    pub fn error(&self, e: ErrorEvent) {
+        let mut errors = self.errors.lock().expect("stats lock");
+        if errors.len() >= MAX_ERRORS {
+            errors.pop_back();
+        }
+        errors.push_front(e);
+    }
+
+    /// Shorthand for an error that happens now.
+    pub fn error_now(
+        &self,
+        kind: &'static str,
+        app: &str,
+        peer: Option<String>,
+        message: impl Into<String>,
+    ) {
+        let mut message = message.into();
+        if let Some((cut, _)) = message.char_indices().nth(300) {
+            message.truncate(cut);
+            message.push('…');
+        }
+        self.error(ErrorEvent {
+            at_ms: unix_ms(),
+            kind: kind.to_string(),
+            app: app.to_string(),
+            peer,
+            message,
+        });
+    }
+
+    pub fn view(&self, now_ms: u64) -> StatsView {
+        let now_slot = now_ms / 1000 / BUCKET_SECS;
+        let apps = self.apps.lock().expect("stats lock");
+        let mut out = BTreeMap::new();
+        for (app, series) in apps.iter() {
+            let mut points = Vec::with_capacity(BUCKETS);
+            for age in (0..BUCKETS as u64).rev() {
+                let Some(slot) = now_slot.checked_sub(age) else {
+                    continue;
+                };
+                let b = series
+                    .buckets
+                    .get((slot % BUCKETS as u64) as usize)
+                    .filter(|b| b.slot == slot);
+                let (jobs, failed, lat) = match b {
+                    Some(b) => (b.ok + b.failed, b.failed, b.lat),
+                    None => (0, 0, [0; LAT_BINS]),
+                };
+                let quantile = |q: f64| -> Option<f64> {
+                    if jobs == 0 {
+                        return None;
+                    }
+                    let want = ((jobs as f64) * q).ceil().max(1.0) as u64;
+                    let mut seen = 0u64;
+                    for (k, n) in lat.iter().enumerate() {
+                        seen += *n as u64;
+                        if seen >= want {
+                            return Some(bin_upper_ms(k));
+                        }
+                    }
+                    Some(bin_upper_ms(LAT_BINS - 1))
+                };
+                // The current interval is still filling: rate over its
+                // elapsed part.
+                let span = if age == 0 {
+                    ((now_ms - slot * BUCKET_SECS * 1000) as f64 / 1000.0).max(1.0)
+                } else {
+                    BUCKET_SECS as f64
+                };
+                points.push(Point {
+                    at_ms: slot * BUCKET_SECS * 1000,
+                    jobs,
+                    failed,
+                    rate: jobs as f64 / span,
+                    p50_ms: quantile(0.5),
+                    p99_ms: quantile(0.99),
+                });
+            }
+            out.insert(app.clone(), points);
+        }
+        drop(apps);
+        StatsView {
+            bucket_secs: BUCKET_SECS,
+            apps: out,
+            errors: self
+                .errors
+                .lock()
+                .expect("stats lock")
+                .iter()
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_count_jobs_per_interval_and_forget_old_ones() {
+        let s = Stats::default();
+        let t0 = 1_000_000_000_000u64; // a multiple of 5 s
+        for i in 0..10 {
+            s.job("apps/a", i % 5 != 0, Duration::from_millis(i), t0 + 100);
+        }
+        s.job("apps/a", true, Duration::from_millis(3), t0 + 5_100);
+        let v = s.view(t0 + 6_000);
+        let pts = &v.apps["apps/a"];
+        assert_eq!(pts.len(), BUCKETS);
+        let last = &pts[BUCKETS - 1];
+        let prev = &pts[BUCKETS - 2];
+        assert_eq!((prev.jobs, prev.failed), (10, 2));
+        assert_eq!(prev.rate, 2.0);
+        assert_eq!(last.jobs, 1);
+        // 0..9 ms: the median is in the bin up to 6.4 ms, p99 up to 12.8.
+        assert_eq!(prev.p50_ms, Some(6.4));
+        assert_eq!(prev.p99_ms, Some(12.8));
+        // Five minutes later, all of it is history.
+        let v = s.view(t0 + 6_000 + (BUCKETS as u64) * 5_000);
+        assert!(v.apps["apps/a"].iter().all(|p| p.jobs == 0));
+    }
+
+    #[test]
+    fn errors_are_bounded_newest_first() {
+        let s = Stats::default();
+        for i in 0..(MAX_ERRORS + 10) {
+            s.error_now("job", "apps/a", None, format!("e{i}"));
+        }
+        let v = s.view(unix_ms());
+        assert_eq!(v.errors.len(), MAX_ERRORS);
+        assert_eq!(v.errors[0].message, format!("e{}", MAX_ERRORS + 9));
+    }
+}
