@@ -10,7 +10,8 @@
 //! - job streams: a length prefix of 4 GiB, unknown frame kinds, bad UTF-8,
 //!   unknown apps, many streams at once, and a flood of real jobs whose
 //!   answers it never reads;
-//! - the member-list protocol: junk bytes and an endless length.
+//! - the member-list and bundle protocols: junk bytes, an endless length,
+//!   paths instead of hashes, unknown hashes.
 //!
 //! Usage: `rogue TARGET_MULTIADDR SECONDS`. Prints one JSON line of what it
 //! did, so a test can check that the attacks really ran.
@@ -25,7 +26,8 @@ use tokio::sync::mpsc;
 
 const TOPIC: &str = "disruptor/membership/1";
 const PROTOCOL_VERSION: &str = "/disruptor/1.0.0";
-const JOBS: StreamProtocol = StreamProtocol::new("/disruptor/jobs-stream/1");
+const JOBS: StreamProtocol = StreamProtocol::new("/disruptor/jobs-stream/2");
+const BUNDLES: StreamProtocol = StreamProtocol::new("/disruptor/bundle/1");
 const MEMBERS: StreamProtocol = StreamProtocol::new("/disruptor/members/1");
 
 #[derive(NetworkBehaviour)]
@@ -299,6 +301,20 @@ async fn stream_attacks(
         }
         t.streams_refused += refused_by_close;
         drop(held);
+        // Junk and unknown hashes on the bundle protocol.
+        for junk in [
+            b"../../../../etc/passwd\n".to_vec(),
+            format!("{}\n", "f".repeat(64)).into_bytes(),
+            vec![0xff; 65],
+        ] {
+            if let Ok(mut s) = control.open_stream(target, BUNDLES).await {
+                if s.write_all(&junk).await.is_ok() {
+                    t.members_garbage += 1;
+                }
+                let mut buf = [0u8; 16];
+                let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+            }
+        }
         // Junk on the member-list protocol.
         for junk in [
             b"\xff\xff\xff\xff\xff\xff\xff\xff\x0f".to_vec(),
@@ -323,11 +339,12 @@ async fn stream_attacks(
 }
 
 fn request_frame(id: u64, app: &str, payload: &str) -> Vec<u8> {
-    let len = 1 + 8 + 4 + 2 + app.len() + payload.len();
+    let len = 1 + 8 + 8 + 4 + 2 + app.len() + payload.len();
     let mut f = Vec::with_capacity(4 + len);
     f.extend_from_slice(&(len as u32).to_be_bytes());
     f.push(1);
     f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&id.to_be_bytes()); // job id
     f.extend_from_slice(&5000u32.to_be_bytes());
     f.extend_from_slice(&(app.len() as u16).to_be_bytes());
     f.extend_from_slice(app.as_bytes());

@@ -42,6 +42,14 @@ pub struct AppsView {
     /// Per app, per peer (this one included, peers that are up only): the
     /// app's state as that peer last announced it.
     pub mesh: BTreeMap<String, BTreeMap<String, crate::worker::AppStatus>>,
+    /// Whether this peer installs deployed bundles (false with
+    /// `--no-remote-deploy`).
+    #[serde(default = "yes")]
+    pub remote_deploy: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl AppsView {
@@ -66,6 +74,7 @@ impl AppsView {
             local_id: local_id.to_string(),
             local,
             mesh: by_app,
+            remote_deploy: true,
         }
     }
 }

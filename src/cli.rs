@@ -45,6 +45,8 @@ pub enum Command {
     Send(SendArgs),
     /// Stream many jobs (one per line) through the mesh; results on stdout.
     Stream(StreamArgs),
+    /// Pack an app's directory and deploy it to every peer of the mesh.
+    Deploy(DeployArgs),
     /// Write a new pre-shared key for a private mesh.
     Keygen(KeygenArgs),
 }
@@ -97,6 +99,20 @@ pub struct PeerArgs {
     /// Directory of worker apps: `apps/<path>` names `<DIR>/<path>`.
     #[arg(long, value_name = "DIR", default_value = "./apps")]
     pub apps: PathBuf,
+
+    /// Where deployed app bundles are kept (content-addressed: peers on one
+    /// machine may share it).
+    #[arg(long, value_name = "DIR", default_value = "./disruptor-data")]
+    pub data_dir: PathBuf,
+
+    /// Never install app bundles deployed by others (`disruptor deploy`):
+    /// run only what the `--apps` directory has.
+    #[arg(long)]
+    pub no_remote_deploy: bool,
+
+    /// Largest app bundle accepted (compressed), in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::bundle::DEFAULT_MAX_BUNDLE_BYTES)]
+    pub max_bundle_bytes: u64,
 
     /// Largest job accepted, in bytes (larger ones get 413).
     #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
@@ -216,6 +232,27 @@ pub struct PeersArgs {
     /// Print the raw JSON of /api/peers instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// HTTP address of any running peer (HOST:PORT or http://HOST:PORT).
+    pub http_addr: String,
+    /// The app's directory: it becomes the directory of the app's name,
+    /// so for `--name apps/myapp/worker` it holds `worker` (or
+    /// `worker.js`, or `worker.toml`), and whatever else it needs
+    /// (`node_modules`, binaries, data).
+    pub dir: PathBuf,
+    /// The app's name in the mesh, e.g. apps/myapp/worker.
+    #[arg(long)]
+    pub name: String,
+    /// Start it on every peer once deployed (else a running app moves to
+    /// the new version, and a stopped one stays stopped).
+    #[arg(long)]
+    pub start: bool,
+    /// How long to wait for every peer to report the new version.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub wait: Duration,
 }
 
 #[derive(Debug, Args)]

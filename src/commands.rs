@@ -7,7 +7,9 @@ use anyhow::Context;
 
 use crate::api::{AppsView, ErrorBody, MeshView};
 use crate::apps::AppName;
-use crate::cli::{KeygenArgs, PeersArgs, SendArgs, StartArgs, StatusArgs, StopArgs, StreamArgs};
+use crate::cli::{
+    DeployArgs, KeygenArgs, PeersArgs, SendArgs, StartArgs, StatusArgs, StopArgs, StreamArgs,
+};
 use crate::config::{self, ConfigError};
 use crate::dashboard::ago;
 use crate::desired::DesiredApp;
@@ -551,6 +553,147 @@ pub fn render_peers_table(view: &MeshView, now: u64) -> String {
     out
 }
 
+/// `disruptor deploy`: checks, packs, uploads, and waits for the mesh.
+pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let base = base_url(&args.http_addr)?;
+    let app = app_arg(&args.name)?;
+    if !args.dir.is_dir() {
+        return Err(UsageError(format!("{} is not a directory", args.dir.display())).into());
+    }
+    // It must run here before it runs anywhere.
+    let spec = crate::bundle::resolve_in(&args.dir, &app)
+        .map_err(|e| UsageError(format!("{}: {e}", args.dir.display())))?;
+    let dir = args.dir.clone();
+    let archive = tokio::task::spawn_blocking(move || crate::bundle::pack(&dir))
+        .await?
+        .with_context(|| format!("packing {}", args.dir.display()))?;
+    let hash = crate::bundle::sha256_hex(&archive);
+    eprintln!(
+        "deploy: {} packed ({} bytes, tar + zstd), sha256 {}; entry {}",
+        args.dir.display(),
+        archive.len(),
+        &hash[..16],
+        spec.source.display()
+    );
+    // The upload, in chunks, with a progress bar for a person watching.
+    let total = archive.len() as u64;
+    let progress = (std::io::stderr().is_terminal() && total > 1024 * 1024).then(|| {
+        let pb = indicatif::ProgressBar::new(total);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}, ETA {eta}",
+        ) {
+            pb.set_style(style);
+        }
+        pb
+    });
+    let chunks: Vec<bytes::Bytes> = archive
+        .chunks(256 * 1024)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let pb = progress.clone();
+    let body =
+        reqwest::Body::wrap_stream(futures::stream::iter(chunks.into_iter().map(move |c| {
+            if let Some(pb) = &pb {
+                pb.inc(c.len() as u64);
+            }
+            Ok::<_, std::io::Error>(c)
+        })));
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let resp = client
+        .post(format!("{base}/api/deploy?name={app}&start={}", args.start))
+        .header("content-type", "application/zstd")
+        .header(crate::http::BUNDLE_HASH_HEADER, &hash)
+        .header("content-length", total)
+        .body(body)
+        .send()
+        .await
+        .with_context(|| {
+            format!("cannot reach the peer at {base} (is `disruptor peer` running there?)")
+        })?;
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
+    }
+    if !resp.status().is_success() {
+        anyhow::bail!("deploy {app}: {}", error_message(resp).await);
+    }
+    let decision: DesiredApp = resp.json().await.context("reading the answer")?;
+    // Wait until every peer that is up (and takes deployments) reports the
+    // new version (running, if the app runs).
+    let deadline = tokio::time::Instant::now() + args.wait;
+    loop {
+        let view: MeshView = get_json(&base, "/api/peers").await?;
+        let apps: AppsView = get_json(&base, "/api/apps").await?;
+        let per_peer = apps.mesh.get(app.as_str());
+        let mut ids: Vec<&str> = vec![view.local.id.as_str()];
+        let mut lines = Vec::new();
+        for p in view.peers.iter().filter(|p| p.state == "up") {
+            if p.remote_deploy {
+                ids.push(p.id.as_str());
+            } else {
+                lines.push(format!(
+                    "  {}  takes no deployments (--no-remote-deploy)\n",
+                    p.id
+                ));
+            }
+        }
+        let mut done = 0;
+        for id in &ids {
+            let st = per_peer.and_then(|m| m.get(*id));
+            let on_version = st.is_some_and(|s| s.version.as_deref() == Some(hash.as_str()));
+            let ok =
+                on_version && (!decision.run || st.is_some_and(|s| s.state == AppState::Running));
+            if ok {
+                done += 1;
+            }
+            let what = match st {
+                None => "waiting".to_string(),
+                Some(s) => format!(
+                    "{} {}{}",
+                    format!("{:?}", s.state).to_lowercase(),
+                    s.version
+                        .as_deref()
+                        .map(|v| format!("version {}", &v[..12.min(v.len())]))
+                        .unwrap_or_else(|| "(from its apps directory)".into()),
+                    s.error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ),
+            };
+            let me = if *id == view.local.id {
+                " (this peer)"
+            } else {
+                ""
+            };
+            lines.push(format!("  {id}{me}  {what}\n"));
+        }
+        if done == ids.len() {
+            println!(
+                "{app} version {} {} on {done} of {} peers:",
+                &hash[..12],
+                if decision.run { "runs" } else { "is installed" },
+                ids.len()
+            );
+            print!("{}", lines.concat());
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            print!("{}", lines.concat());
+            anyhow::bail!(
+                "only {done} of {} peers report {app} version {} after {:?}",
+                ids.len(),
+                &hash[..12],
+                args.wait
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Rows as aligned columns, each line starting with `indent`.
 fn table(rows: &[Vec<String>], indent: &str) -> String {
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
@@ -596,7 +739,7 @@ pub fn render_status(
     let short = |id: &str| format!("…{}", &id[id.len().saturating_sub(10)..]);
     let up = view.peers.iter().filter(|p| p.state == "up").count();
     let mut out = format!(
-        "disruptor peer {} · HTTP {} · up {} · {}\n\nPEERS: {} up (this one included), {} down\n",
+        "disruptor peer {} · HTTP {} · up {} · {}{}\n\nPEERS: {} up (this one included), {} down\n",
         view.local.id,
         view.local.http,
         ago(now, view.local.started_ms),
@@ -604,6 +747,11 @@ pub fn render_status(
             "private mesh"
         } else {
             "open mesh"
+        },
+        if apps.remote_deploy {
+            ""
+        } else {
+            " · remote deploy off"
         },
         up + 1,
         view.peers.len() - up
@@ -615,10 +763,14 @@ pub fn render_status(
             .filter_map(|(app, m)| m.get(id).map(|st| (app, st)))
             .map(|(app, st)| {
                 format!(
-                    "{app} {} ({}w, {} in flight)",
+                    "{app} {} ({}w, {} in flight{})",
                     format!("{:?}", st.state).to_lowercase(),
                     st.workers,
-                    st.in_flight
+                    st.in_flight,
+                    st.version
+                        .as_deref()
+                        .map(|v| format!(", v:{}", &v[..8.min(v.len())]))
+                        .unwrap_or_default()
                 )
             })
             .collect();

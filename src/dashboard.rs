@@ -102,7 +102,7 @@ pub fn page(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -> St
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>disruptor · {short} · {up} up</title><style>{STYLE}</style></head><body>
 <header><h1>disruptor</h1><span class="sub">peer <code>{id}</code></span>
-<span class="sub">HTTP {http} · {private}</span><span class="sub" id="stamp">live</span></header>
+<span class="sub">HTTP {http} · {private}{deploy}</span><span class="sub" id="stamp">live</span></header>
 <div id="live">{live}</div>
 <footer>JSON: <a href="/api/peers">/api/peers</a> · <a href="/api/apps">/api/apps</a> ·
 <a href="/api/stats">/api/stats</a> · <a href="/metrics">/metrics</a></footer>
@@ -117,6 +117,11 @@ pub fn page(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -> St
             "open mesh"
         },
         live = fragment(view, apps, stats, now),
+        deploy = if apps.remote_deploy {
+            ""
+        } else {
+            " · remote deploy off (--no-remote-deploy)"
+        },
     );
     h
 }
@@ -250,11 +255,19 @@ fn peer_table(view: &MeshView, apps: &AppsView, now: u64) -> String {
                     _ => "b-mut",
                 };
                 format!(
-                    "<code>{}</code> <span class=\"badge {class}\">{}</span> {} · {}",
+                    "<code>{}</code> <span class=\"badge {class}\">{}</span> {} · {}{}",
                     esc(app),
                     format!("{:?}", st.state).to_lowercase(),
                     st.workers,
-                    st.in_flight
+                    st.in_flight,
+                    st.version
+                        .as_deref()
+                        .map(|v| format!(
+                            " <span class=\"muted\" title=\"deployed version {}\">v:{}</span>",
+                            esc(v),
+                            esc(&v[..8.min(v.len())])
+                        ))
+                        .unwrap_or_default()
                 )
             })
             .collect();
@@ -449,6 +462,8 @@ mod tests {
             rtt_ms: Some(0.42),
             connected: state == "up",
             links: links.iter().map(|s| s.to_string()).collect(),
+            bundles: vec![],
+            remote_deploy: true,
         }
     }
 

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::apps::{AppName, MAX_WORKERS_PER_APP};
+use crate::bundle::BundleRef;
 
 /// Most entries kept (a rogue peer must not grow this without bound).
 pub const MAX_DESIRED: usize = 256;
@@ -30,6 +31,10 @@ pub struct DesiredApp {
     pub workers: Option<u32>,
     pub clock: u64,
     pub origin: String,
+    /// The deployed version to run (`disruptor deploy`), or none: the app
+    /// as found in each peer's `--apps` directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<BundleRef>,
 }
 
 impl DesiredApp {
@@ -53,6 +58,35 @@ impl DesiredApps {
         workers: Option<u32>,
         origin: &str,
     ) -> DesiredApp {
+        // Starting and stopping keep the deployed version, if any.
+        let bundle = self.apps.get(&app).and_then(|e| e.bundle.clone());
+        self.stamp(app, run, workers, bundle, origin)
+    }
+
+    /// Records a deployment: `bundle` becomes the app's version; it runs if
+    /// `start`, or if it ran already (keeping its number of workers).
+    pub fn deploy(
+        &mut self,
+        app: AppName,
+        bundle: BundleRef,
+        start: bool,
+        origin: &str,
+    ) -> DesiredApp {
+        let (run, workers) = match self.apps.get(&app) {
+            Some(e) => (start || e.run, e.workers),
+            None => (start, None),
+        };
+        self.stamp(app, run, workers, Some(bundle), origin)
+    }
+
+    fn stamp(
+        &mut self,
+        app: AppName,
+        run: bool,
+        workers: Option<u32>,
+        bundle: Option<BundleRef>,
+        origin: &str,
+    ) -> DesiredApp {
         self.clock = self.clock.saturating_add(1);
         let entry = DesiredApp {
             app: app.clone(),
@@ -60,6 +94,7 @@ impl DesiredApps {
             workers,
             clock: self.clock,
             origin: origin.to_string(),
+            bundle,
         };
         self.apps.insert(app, entry.clone());
         entry
@@ -71,6 +106,10 @@ impl DesiredApps {
             .workers
             .is_some_and(|w| w == 0 || w > MAX_WORKERS_PER_APP)
             || incoming.clock > self.clock.saturating_add(MAX_CLOCK_JUMP)
+            || incoming
+                .bundle
+                .as_ref()
+                .is_some_and(|b| !b.is_well_formed())
         {
             return false;
         }
@@ -144,6 +183,7 @@ mod tests {
             workers: Some(u32::MAX),
             clock: 1,
             origin: "p".into(),
+            bundle: None,
         };
         assert!(!a.merge(huge));
         let far = DesiredApp {
@@ -152,6 +192,7 @@ mod tests {
             workers: None,
             clock: u64::MAX,
             origin: "p".into(),
+            bundle: None,
         };
         assert!(!a.merge(far));
         // The local clock still works after such messages.
@@ -164,8 +205,42 @@ mod tests {
             workers: None,
             clock: MAX_CLOCK_JUMP,
             origin: "p".into(),
+            bundle: None,
         });
         assert!(b.set(app(), false, None, "me").clock > MAX_CLOCK_JUMP);
+    }
+
+    #[test]
+    fn deploying_keeps_run_and_workers_and_start_stop_keep_the_version() {
+        let mut a = DesiredApps::default();
+        let v1 = BundleRef {
+            hash: "a".repeat(64),
+            size: 10,
+        };
+        let v2 = BundleRef {
+            hash: "b".repeat(64),
+            size: 20,
+        };
+        // Deployed without --start: installed, not running.
+        let d = a.deploy(app(), v1.clone(), false, "me");
+        assert!(!d.run);
+        // Start keeps the version.
+        let s = a.set(app(), true, Some(3), "me");
+        assert_eq!((s.run, s.bundle.as_ref()), (true, Some(&v1)));
+        // A new version keeps it running with its workers.
+        let d = a.deploy(app(), v2.clone(), false, "me");
+        assert_eq!(
+            (d.run, d.workers, d.bundle.as_ref()),
+            (true, Some(3), Some(&v2))
+        );
+        // A malformed version from another peer is refused.
+        let mut bad = d.clone();
+        bad.clock += 10;
+        bad.bundle = Some(BundleRef {
+            hash: "../x".into(),
+            size: 1,
+        });
+        assert!(!a.merge(bad));
     }
 
     #[test]
@@ -177,6 +252,7 @@ mod tests {
             workers: Some(0),
             clock: 1,
             origin: "p".into(),
+            bundle: None,
         };
         assert!(!a.merge(e));
         assert!(

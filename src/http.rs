@@ -36,6 +36,8 @@ pub const ATTEMPTS_HEADER: &str = "x-disruptor-attempts";
 /// Response header: the job's id, as it appears in the logs of the peer
 /// that received it and of the peer that ran it.
 pub const JOB_ID_HEADER: &str = "x-disruptor-job-id";
+/// Request header of `POST /api/deploy`: the bundle's SHA-256 (hex).
+pub const BUNDLE_HASH_HEADER: &str = "x-disruptor-bundle-sha256";
 /// Response header naming the peer whose worker ran the job.
 pub const PEER_HEADER: &str = "x-disruptor-peer";
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,6 +72,7 @@ pub fn router(dispatcher: Dispatcher, registry: Arc<Registry>, config: HttpConfi
         .route("/api/apps", get(api_apps))
         .route("/api/apps/start", post(api_start))
         .route("/api/apps/stop", post(api_stop))
+        .route("/api/deploy", post(api_deploy))
         .route("/apps/{*path}", post(job).fallback(method_not_allowed))
         .fallback(not_found)
         .with_state(AppState {
@@ -237,7 +240,90 @@ async fn dashboard_live(State(s): State<AppState>) -> Html<String> {
 }
 
 fn apps_view(d: &Dispatcher) -> AppsView {
-    AppsView::build(d.local_id(), d.workers().details(), &d.net().mesh())
+    let mut v = AppsView::build(d.local_id(), d.workers().details(), &d.net().mesh());
+    v.remote_deploy = d.workers().store().is_some();
+    v
+}
+
+/// `POST /api/deploy?name=apps/...&start=true`: the body is an app bundle
+/// (tar + zstd, see [`crate::bundle`]); optional header
+/// `X-Disruptor-Bundle-Sha256`. The bundle is checked and installed here,
+/// then announced to the mesh as the app's version; `202` with the decision.
+async fn api_deploy(
+    State(s): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(store) = s.dispatcher.workers().store().cloned() else {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "this peer does not take deployments (started with --no-remote-deploy)",
+        );
+    };
+    let mut name = None;
+    let mut start = false;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("name", v) => name = Some(v.replace("%2F", "/").replace("%2f", "/")),
+            ("start", v) => start = matches!(v, "true" | "1" | "yes"),
+            _ => {}
+        }
+    }
+    let app = match name.as_deref().map(AppName::parse) {
+        Some(Ok(a)) => a,
+        Some(Err(e)) => return error_response(StatusCode::BAD_REQUEST, e.to_string()),
+        None => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "name the app: POST /api/deploy?name=apps/...",
+            );
+        }
+    };
+    let max = store.max_bytes();
+    let bytes = match axum::body::to_bytes(body, max as usize).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the bundle is larger than the limit of {max} bytes (--max-bundle-bytes)"),
+            );
+        }
+    };
+    let expected = headers
+        .get(BUNDLE_HASH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let (install_store, app2) = (store.clone(), app.clone());
+    let installed = tokio::task::spawn_blocking(move || {
+        let r = install_store.install(&bytes, expected.as_deref())?;
+        install_store.resolve(&r.hash, &app2)?;
+        Ok::<_, crate::bundle::BundleError>(r)
+    })
+    .await;
+    let bundle = match installed {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            use crate::bundle::BundleError as E;
+            let status = match e {
+                E::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                E::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            tracing::warn!(app = %app, "deployment refused: {e}");
+            return error_response(status, e.to_string());
+        }
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match s.dispatcher.net().deploy(app, bundle, start).await {
+        Some(entry) => (StatusCode::ACCEPTED, Json(entry)).into_response(),
+        None => error_response(StatusCode::SERVICE_UNAVAILABLE, "this peer is stopping"),
+    }
 }
 
 async fn api_apps(State(s): State<AppState>) -> Json<AppsView> {

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod apps;
+pub mod bundle;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             Command::Stop(args) => commands::stop(args).await,
             Command::Send(args) => commands::send(args).await,
             Command::Stream(args) => commands::stream(args).await,
+            Command::Deploy(args) => commands::deploy(args).await,
             Command::Keygen(args) => commands::keygen(args),
         }
     });

@@ -72,7 +72,20 @@ pub struct Announce {
     /// picture of the mesh; short, since announcements go out every second).
     #[serde(default)]
     pub links: Vec<String>,
+    /// Hashes of the app bundles it holds and serves to others.
+    #[serde(default)]
+    pub bundles: Vec<String>,
+    /// Whether it installs deployed bundles (false: `--no-remote-deploy`).
+    #[serde(default = "yes")]
+    pub remote_deploy: bool,
 }
+
+fn yes() -> bool {
+    true
+}
+
+/// Bundles listed in an announcement, at most.
+pub const MAX_BUNDLES: usize = 64;
 
 /// Peers listed in an announcement's `links`, at most.
 pub const MAX_LINKS: usize = 256;
@@ -125,6 +138,12 @@ pub struct PeerView {
     /// peer knows, itself included).
     #[serde(default)]
     pub links: Vec<String>,
+    /// Hashes of the app bundles it holds.
+    #[serde(default)]
+    pub bundles: Vec<String>,
+    /// Whether it installs deployed bundles.
+    #[serde(default = "yes")]
+    pub remote_deploy: bool,
 }
 
 #[derive(Debug)]
@@ -148,6 +167,8 @@ struct Entry {
     backoff: Duration,
     apps: Vec<AppStatus>,
     links: Vec<String>,
+    bundles: Vec<String>,
+    remote_deploy: bool,
 }
 
 impl Entry {
@@ -171,6 +192,8 @@ impl Entry {
             backoff: DIAL_BACKOFF_MIN,
             apps: Vec::new(),
             links: Vec::new(),
+            bundles: Vec::new(),
+            remote_deploy: true,
         }
     }
 
@@ -329,6 +352,18 @@ impl Membership {
         if e.links != links {
             e.links = links;
             self.soft_dirty = true;
+        }
+        let bundles: Vec<String> = a
+            .bundles
+            .iter()
+            .take(MAX_BUNDLES)
+            .filter(|h| h.len() == 64)
+            .cloned()
+            .collect();
+        if e.bundles != bundles || e.remote_deploy != a.remote_deploy {
+            e.bundles = bundles;
+            e.remote_deploy = a.remote_deploy;
+            self.dirty = true;
         }
         if routine {
             self.soft_dirty = true;
@@ -593,6 +628,8 @@ impl Membership {
                         .iter()
                         .filter_map(|l| by_short.get(l.as_str()).map(|id| id.to_string()))
                         .collect(),
+                    bundles: e.bundles.clone(),
+                    remote_deploy: e.remote_deploy,
                 }
             })
             .collect();
@@ -639,6 +676,8 @@ pub(crate) mod tests {
             leaving,
             apps: Vec::new(),
             links: Vec::new(),
+            bundles: Vec::new(),
+            remote_deploy: true,
             desired: Vec::new(),
         }
     }

@@ -40,7 +40,15 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     if !apps_dir.root().is_dir() {
         tracing::warn!(dir = %config.apps_dir.display(), "apps directory does not exist: this peer runs no workers, but serves jobs through others");
     }
-    let workers = Workers::new(apps_dir, config.default_workers, config.worker_grace);
+    let store = config
+        .remote_deploy
+        .then(|| crate::bundle::Store::new(&config.data_dir, config.max_bundle_bytes));
+    let workers = Workers::new(
+        apps_dir,
+        store.clone(),
+        config.default_workers,
+        config.worker_grace,
+    );
     let (desired_tx, desired_rx) = watch::channel(Arc::new(DesiredApps::default()));
     let mut registry = crate::metrics::registry();
     let (client, event_loop) = network::start(
@@ -108,7 +116,19 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
         http_config,
         http_shutdown.clone(),
     ));
-    tracker.spawn(reconcile(desired_rx, workers.clone(), shutdown.clone()));
+    tracker.spawn(reconcile(
+        desired_rx,
+        workers.clone(),
+        net.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(store) = store {
+        tracker.spawn(network::bundles::serve(
+            stream_control.clone(),
+            store,
+            shutdown.clone(),
+        ));
+    }
     tracker.spawn(network::serve_inbound(
         stream_control,
         workers.clone(),
@@ -175,20 +195,108 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
 }
 
 /// Applies the mesh's desired app state to this peer's workers whenever it
-/// changes, and every few seconds (for apps that were missing).
+/// changes, and every few seconds (for apps that were missing); fetches
+/// the deployed versions this peer does not have yet.
 async fn reconcile(
     mut desired: watch::Receiver<Arc<DesiredApps>>,
     workers: Workers,
+    net: crate::network::Client,
     shutdown: CancellationToken,
 ) {
     let mut every = tokio::time::interval(RECONCILE_EVERY);
+    // Fetches in progress, by bundle hash; each reports here when done.
+    let fetching: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let (fetched_tx, mut fetched_rx) = tokio::sync::mpsc::channel::<()>(16);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = desired.changed() => if changed.is_err() { return },
             _ = every.tick() => {}
+            Some(()) = fetched_rx.recv() => {}
         }
         let current = desired.borrow_and_update().clone();
         workers.apply(&current);
+        let Some(store) = workers.store() else {
+            continue;
+        };
+        for d in current.entries() {
+            let Some(b) = &d.bundle else { continue };
+            if store.has(&b.hash)
+                || !fetching
+                    .lock()
+                    .expect("fetching lock")
+                    .insert(b.hash.clone())
+            {
+                continue;
+            }
+            let (store, net, b) = (store.clone(), net.clone(), b.clone());
+            let (fetching, done, shutdown) =
+                (fetching.clone(), fetched_tx.clone(), shutdown.clone());
+            let app = d.app.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = fetch_bundle(&store, &net, &app, &b) => {}
+                }
+                fetching.lock().expect("fetching lock").remove(&b.hash);
+                let _ = done.send(()).await;
+            });
+        }
     }
+}
+
+/// Fetches a bundle from the peers that announce it, one after another,
+/// with backoff, until it is installed (or, after many rounds, gives up
+/// until the next reconcile).
+async fn fetch_bundle(
+    store: &crate::bundle::Store,
+    net: &crate::network::Client,
+    app: &crate::apps::AppName,
+    b: &crate::bundle::BundleRef,
+) {
+    use rand::seq::SliceRandom;
+    let mut pause = Duration::from_millis(200);
+    for round in 0..30 {
+        let mut holders: Vec<libp2p::PeerId> = net
+            .mesh()
+            .peers
+            .iter()
+            .filter(|p| p.state == "up" && p.bundles.contains(&b.hash))
+            .filter_map(|p| p.peer)
+            .collect();
+        holders.shuffle(&mut rand::thread_rng());
+        for peer in holders {
+            match net.fetch_bundle(peer, &b.hash, store.max_bytes()).await {
+                Ok(bytes) => {
+                    let store = store.clone();
+                    let hash = b.hash.clone();
+                    let installed =
+                        tokio::task::spawn_blocking(move || store.install(&bytes, Some(&hash)))
+                            .await;
+                    match installed {
+                        Ok(Ok(_)) => {
+                            tracing::info!(app = %app, version = &b.hash[..12], bytes = b.size, from = %peer, "installed a deployed version");
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            crate::stats::STATS.error_now(
+                                "deploy",
+                                app.as_str(),
+                                Some(peer.to_string()),
+                                e.to_string(),
+                            );
+                            tracing::warn!(app = %app, from = %peer, "refused a bundle: {e}");
+                        }
+                        Err(e) => tracing::warn!("bundle install task failed: {e}"),
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(app = %app, from = %peer, round, "bundle fetch failed: {e}")
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+    tracing::warn!(app = %app, version = &b.hash[..12], "could not fetch a deployed version; will try again");
 }

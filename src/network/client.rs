@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::jobs::JobLinks;
 use crate::api::MeshView;
 use crate::apps::AppName;
+use crate::bundle::BundleRef;
 use crate::desired::DesiredApp;
 use crate::error::JobError;
 
@@ -24,6 +25,13 @@ pub(crate) enum Command {
         app: AppName,
         run: bool,
         workers: Option<u32>,
+        reply: oneshot::Sender<DesiredApp>,
+    },
+    /// Record a deployment (a new version of an app) and tell the mesh.
+    Deploy {
+        app: AppName,
+        bundle: BundleRef,
+        start: bool,
         reply: oneshot::Sender<DesiredApp>,
     },
 }
@@ -85,6 +93,32 @@ impl Client {
             .await
             .ok()?;
         rx.await.ok()
+    }
+
+    /// Makes `bundle` the version of `app` mesh-wide (and starts it if
+    /// `start`).
+    pub async fn deploy(&self, app: AppName, bundle: BundleRef, start: bool) -> Option<DesiredApp> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Deploy {
+                app,
+                bundle,
+                start,
+                reply,
+            })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// Fetches a bundle's archive from `peer` (see [`super::bundles`]).
+    pub async fn fetch_bundle(
+        &self,
+        peer: PeerId,
+        hash: &str,
+        max: u64,
+    ) -> Result<Vec<u8>, String> {
+        super::bundles::fetch(self.jobs.control(), peer, hash, max).await
     }
 
     /// Runs a job on `peer`'s workers (see [`JobLinks::send_job`]).

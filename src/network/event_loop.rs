@@ -289,6 +289,21 @@ impl EventLoop {
                 self.announce(false);
                 let _ = reply.send(entry);
             }
+            Command::Deploy {
+                app,
+                bundle,
+                start,
+                reply,
+            } => {
+                let entry = self
+                    .desired
+                    .deploy(app, bundle, start, &self.local.to_string());
+                tracing::info!(app = %entry.app, run = entry.run, version = ?entry.bundle.as_ref().map(|b| &b.hash[..12]), clock = entry.clock, "deployment decided here");
+                self.desired_tx.send_replace(Arc::new(self.desired.clone()));
+                self.last_announce = None;
+                self.announce(false);
+                let _ = reply.send(entry);
+            }
         }
     }
 
@@ -320,6 +335,8 @@ impl EventLoop {
                 self.workers.statuses()
             },
             desired: self.desired.to_vec(),
+            bundles: self.workers.held_bundles(),
+            remote_deploy: self.workers.store().is_some(),
             links: self
                 .swarm
                 .connected_peers()

@@ -84,6 +84,11 @@ impl JobLinks {
         }
     }
 
+    /// A handle for opening other streams (bundle fetches).
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
     fn link(&self, peer: PeerId) -> Arc<Link> {
         let mut links = self.links.lock().expect("links lock");
         if let Some(l) = links.get(&peer).filter(|l| !l.dead.is_cancelled()) {

@@ -2,6 +2,7 @@
 //! the swarm, and the handle everyone else uses.
 
 mod behaviour;
+pub mod bundles;
 mod client;
 mod event_loop;
 mod jobs;

@@ -38,6 +38,10 @@ pub struct AppStatus {
     pub clock: u64,
     #[serde(default)]
     pub error: Option<String>,
+    /// The deployed version (bundle SHA-256) its workers run; none for an
+    /// app from the `--apps` directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// Per-process detail for this peer's own `/api/apps`.

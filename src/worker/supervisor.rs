@@ -24,7 +24,8 @@ use tokio_util::task::TaskTracker;
 use super::protocol::{Line, MAX_RESULT_BYTES, WorkerProcess};
 use super::{AppState, AppStatus, LocalApp, WorkerDetail, WorkerState};
 use crate::apps::{AppName, AppSpec, AppsDir, MAX_WORKERS_PER_APP};
-use crate::desired::DesiredApps;
+use crate::bundle::Store;
+use crate::desired::{DesiredApp, DesiredApps};
 use crate::error::JobError;
 
 /// Jobs that may wait in one app's queue on this peer; more are refused
@@ -57,6 +58,9 @@ pub struct Workers {
 
 struct Inner {
     apps_dir: AppsDir,
+    /// Deployed bundles; none on a peer started with `--no-remote-deploy`
+    /// (it runs only what its `--apps` directory has).
+    store: Option<Store>,
     default_workers: u32,
     grace: Duration,
     apps: Mutex<HashMap<AppName, Entry>>,
@@ -65,6 +69,15 @@ struct Inner {
     draining: std::sync::atomic::AtomicBool,
 }
 
+enum Resolved {
+    Ready(AppSpec, Option<String>),
+    /// Its deployed version is not here yet.
+    Pending(String),
+    Failed(String),
+}
+
+// One entry per app, few apps: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Entry {
     Running(Runner),
     Missing { clock: u64, error: String },
@@ -73,6 +86,8 @@ enum Entry {
 
 struct Runner {
     spec: AppSpec,
+    /// The bundle it runs, if deployed.
+    version: Option<String>,
     clock: u64,
     workers: u32,
     /// Receivers: the runner's worker tasks. Closing it (on stop) ends them
@@ -120,10 +135,16 @@ impl Runner {
 }
 
 impl Workers {
-    pub fn new(apps_dir: AppsDir, default_workers: u32, grace: Duration) -> Workers {
+    pub fn new(
+        apps_dir: AppsDir,
+        store: Option<Store>,
+        default_workers: u32,
+        grace: Duration,
+    ) -> Workers {
         Workers {
             inner: Arc::new(Inner {
                 apps_dir,
+                store,
                 default_workers: default_workers.max(1),
                 grace,
                 apps: Mutex::new(HashMap::new()),
@@ -141,23 +162,54 @@ impl Workers {
         for d in desired.entries() {
             let current = apps.remove(&d.app);
             let next = if d.run {
-                match current {
-                    Some(Entry::Running(mut r)) => {
-                        let spec = self.inner.apps_dir.resolve(&d.app);
-                        let want = d.workers.or(spec.as_ref().ok().and_then(|s| s.workers));
-                        let want = want
-                            .unwrap_or(self.inner.default_workers)
-                            .clamp(1, MAX_WORKERS_PER_APP);
-                        if want == r.workers && spec.as_ref().is_ok_and(|s| *s == r.spec) {
-                            r.clock = d.clock;
-                            Entry::Running(r)
-                        } else {
-                            tracing::info!(app = %d.app, from = r.workers, to = want, "restarting app with new settings");
+                let resolved = self.resolve(d);
+                match (current, resolved) {
+                    // The new version is still on its way: keep running
+                    // what runs (or wait for it).
+                    (Some(Entry::Running(mut r)), Resolved::Pending(_)) => {
+                        r.clock = d.clock;
+                        Entry::Running(r)
+                    }
+                    (_, Resolved::Pending(why)) => Entry::Missing {
+                        clock: d.clock,
+                        error: why,
+                    },
+                    (current, Resolved::Failed(e)) => {
+                        if let Some(Entry::Running(r)) = current {
                             r.shutdown();
-                            self.start_entry(&d.app, d.workers, d.clock)
+                        }
+                        Entry::Missing {
+                            clock: d.clock,
+                            error: e,
                         }
                     }
-                    _ => self.start_entry(&d.app, d.workers, d.clock),
+                    (current, Resolved::Ready(spec, version)) => {
+                        let want = d
+                            .workers
+                            .or(spec.workers)
+                            .unwrap_or(self.inner.default_workers)
+                            .clamp(1, MAX_WORKERS_PER_APP);
+                        match current {
+                            Some(Entry::Running(mut r))
+                                if want == r.workers && spec == r.spec && version == r.version =>
+                            {
+                                r.clock = d.clock;
+                                Entry::Running(r)
+                            }
+                            Some(Entry::Running(r)) => {
+                                // New workers first; the old ones finish
+                                // what they hold, then stop.
+                                tracing::info!(app = %d.app, workers = want, version = ?version.as_deref().map(|v| &v[..12]), source = %spec.source.display(), "moving app to new workers (new version or settings)");
+                                let next = self.spawn_runner(spec, want, d.clock, version);
+                                self.retire(r);
+                                Entry::Running(next)
+                            }
+                            _ => {
+                                tracing::info!(app = %d.app, workers = want, version = ?version.as_deref().map(|v| &v[..12]), source = %spec.source.display(), "starting app");
+                                Entry::Running(self.spawn_runner(spec, want, d.clock, version))
+                            }
+                        }
+                    }
                 }
             } else {
                 if let Some(Entry::Running(r)) = current {
@@ -170,24 +222,64 @@ impl Workers {
         }
     }
 
-    fn start_entry(&self, app: &AppName, workers: Option<u32>, clock: u64) -> Entry {
-        match self.inner.apps_dir.resolve(app) {
-            Ok(spec) => {
-                let n = workers
-                    .or(spec.workers)
-                    .unwrap_or(self.inner.default_workers)
-                    .clamp(1, MAX_WORKERS_PER_APP);
-                tracing::info!(app = %app, workers = n, source = %spec.source.display(), "starting app");
-                Entry::Running(self.spawn_runner(spec, n, clock))
+    /// Where `d`'s app comes from: its deployed bundle (when it has one
+    /// and this peer takes deployments), else the `--apps` directory.
+    fn resolve(&self, d: &DesiredApp) -> Resolved {
+        match (&d.bundle, &self.inner.store) {
+            (Some(b), Some(store)) => {
+                if !store.has(&b.hash) {
+                    return Resolved::Pending(format!(
+                        "fetching version {} ({} bytes) from the mesh",
+                        &b.hash[..12],
+                        b.size
+                    ));
+                }
+                match store.resolve(&b.hash, &d.app) {
+                    Ok(spec) => Resolved::Ready(spec, Some(b.hash.clone())),
+                    Err(e) => Resolved::Failed(e.to_string()),
+                }
             }
-            Err(e) => Entry::Missing {
-                clock,
-                error: e.to_string(),
+            _ => match self.inner.apps_dir.resolve(&d.app) {
+                Ok(spec) => Resolved::Ready(spec, None),
+                Err(e) => Resolved::Failed(e.to_string()),
             },
         }
     }
 
-    fn spawn_runner(&self, spec: AppSpec, workers: u32, clock: u64) -> Runner {
+    /// Lets a replaced runner finish the jobs it holds (nobody sends it
+    /// more: it is out of the table), then stops it.
+    fn retire(&self, r: Runner) {
+        let grace = self.inner.grace.max(Duration::from_secs(30));
+        self.inner.tracker.spawn(async move {
+            let started = tokio::time::Instant::now();
+            while (r.busy() > 0 || !r.queue.is_empty()) && started.elapsed() < grace {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r.shutdown();
+        });
+    }
+
+    /// Hashes of the bundles this peer holds (and serves).
+    pub fn held_bundles(&self) -> Vec<String> {
+        self.inner
+            .store
+            .as_ref()
+            .map(|s| s.list(crate::membership::MAX_BUNDLES))
+            .unwrap_or_default()
+    }
+
+    /// The store of deployed bundles, if this peer takes deployments.
+    pub fn store(&self) -> Option<&Store> {
+        self.inner.store.as_ref()
+    }
+
+    fn spawn_runner(
+        &self,
+        spec: AppSpec,
+        workers: u32,
+        clock: u64,
+        version: Option<String>,
+    ) -> Runner {
         let (tx, rx) = async_channel::bounded(QUEUE_PER_WORKER * workers as usize);
         let stop = CancellationToken::new();
         let mut slots = Vec::new();
@@ -212,6 +304,7 @@ impl Workers {
         }
         Runner {
             spec,
+            version,
             clock,
             workers,
             queue: tx,
@@ -310,6 +403,7 @@ impl Workers {
                             .iter()
                             .filter_map(|s| s.lock().expect("slot lock").last_error.clone())
                             .next_back(),
+                        version: r.version.clone(),
                     },
                     source: Some(r.spec.source.display().to_string()),
                     protocol: Some(r.spec.protocol),
@@ -328,6 +422,7 @@ impl Workers {
                         in_flight: 0,
                         clock: *clock,
                         error: Some(error.clone()),
+                        version: None,
                     },
                     source: None,
                     protocol: None,
@@ -342,6 +437,7 @@ impl Workers {
                         in_flight: 0,
                         clock: *clock,
                         error: None,
+                        version: None,
                     },
                     source: None,
                     protocol: None,

@@ -112,6 +112,9 @@ impl Peer {
             Some(a) => cmd.arg("--apps").arg(a),
             None => cmd.arg("--apps").arg(dir.join("no-apps-here")),
         };
+        if !opts.extra.iter().any(|a| a == "--data-dir") {
+            cmd.arg("--data-dir").arg(dir.join(format!("{name}.data")));
+        }
         cmd.args(&opts.extra)
             .env("RUST_LOG", "info,disruptor=debug")
             .stdin(Stdio::null())

@@ -1,0 +1,364 @@
+//! App bundles: `disruptor deploy` packs an app once and every peer runs
+//! it, newcomers too; new versions replace old ones under load; unsafe,
+//! oversized and mismatched bundles are refused.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const APP: &str = "apps/myapp/worker";
+
+/// A native worker app in `<dir>/<name>/worker` answering
+/// `{"v": version, "pid": ..., "echo": job}`.
+fn write_app(dir: &Path, name: &str, version: u32) -> PathBuf {
+    let app = dir.join(name);
+    std::fs::create_dir_all(app.join("lib")).unwrap();
+    std::fs::write(app.join("lib/version.txt"), version.to_string()).unwrap();
+    let script = app.join("worker");
+    std::fs::write(
+        &script,
+        "#!/usr/bin/env python3\n\
+         import json, os, sys\n\
+         here = os.path.dirname(os.path.abspath(__file__))\n\
+         v = int(open(os.path.join(here, 'lib', 'version.txt')).read())\n\
+         for line in sys.stdin:\n\
+         \x20   print(json.dumps({'v': v, 'pid': os.getpid(), 'echo': json.loads(line)}), flush=True)\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    app
+}
+
+fn deploy(peer: &Peer, dir: &Path, start: bool) -> (bool, String, String) {
+    let mut args = vec![
+        "deploy".to_string(),
+        peer.http.clone(),
+        dir.display().to_string(),
+        "--name".into(),
+        APP.into(),
+        "--wait".into(),
+        "40s".into(),
+    ];
+    if start {
+        args.push("--start".into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cli(&args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn version_of(answer: &str) -> u64 {
+    let v: Value = serde_json::from_str(answer).unwrap_or_else(|e| panic!("{answer}: {e}"));
+    v["v"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no version in {answer}"))
+}
+
+/// Files under `dir` (recursively).
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.extend(files(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn bare_mesh(dir: &Path, n: usize) -> Vec<Peer> {
+    // No --apps directory at all: whatever runs, came by deployment.
+    converged_chain(dir, n, |i| PeerOpts {
+        identity: Some(dir.join(format!("p{i}.key"))),
+        extra: vec!["--workers".into(), "2".into()],
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_deployed_app_runs_on_every_peer_and_on_a_newcomer() {
+    let dir = scratch("deploy");
+    let peers = bare_mesh(dir.path(), 3);
+    let src = write_app(&dir.path().join("src"), "myapp", 1);
+    let (ok, stdout, stderr) = deploy(&peers[0], &src, true);
+    assert!(ok, "deploy failed: {stdout}{stderr}");
+    assert!(stdout.contains("runs on 3 of 3 peers"), "{stdout}");
+    let before: Vec<u64> = peers.iter().map(|p| p.jobs_done(APP)).collect();
+    for p in &peers {
+        for i in 0..30 {
+            let (status, _, answer) = p.job(APP, &format!("{{\"i\":{i}}}"));
+            assert_eq!(status, 200, "through {}: {answer}", p.name);
+            assert_eq!(version_of(&answer), 1);
+        }
+    }
+    for (p, b) in peers.iter().zip(&before) {
+        assert!(
+            p.jobs_done(APP) > *b,
+            "{}'s workers ran none of the jobs",
+            p.name
+        );
+        let v = &p.apps()["mesh"][APP][&p.id]["version"];
+        assert_eq!(v.as_str().map(str::len), Some(64), "{}: {v}", p.name);
+    }
+
+    // A newcomer with nothing: it fetches the bundle and runs it by itself.
+    let late = Peer::start(
+        dir.path(),
+        "late",
+        PeerOpts {
+            bootstrap: vec![peers[2].listen.clone()],
+            extra: vec!["--workers".into(), "2".into()],
+            ..Default::default()
+        },
+    );
+    wait_running(&late, APP, &[&late]);
+    let mut ran_here = 0;
+    for i in 0..60 {
+        let (status, peer, answer) = late.job(APP, &format!("{{\"late\":{i}}}"));
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(version_of(&answer), 1);
+        ran_here += usize::from(peer.as_deref() == Some(late.id.as_str()));
+    }
+    assert!(
+        ran_here > 0,
+        "the newcomer's own workers ran none of 60 jobs"
+    );
+    assert!(
+        late.log_text().contains("installed a deployed version"),
+        "the newcomer fetched it"
+    );
+}
+
+#[test]
+fn a_redeploy_under_load_fails_no_job_and_then_only_the_new_version_answers() {
+    let dir = scratch("redeploy");
+    let peers = bare_mesh(dir.path(), 3);
+    let v1 = write_app(&dir.path().join("v1"), "myapp", 1);
+    let (ok, stdout, stderr) = deploy(&peers[0], &v1, true);
+    assert!(ok, "{stdout}{stderr}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|t| {
+            let http = peers[t].http.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let c = http_client();
+                let mut seen = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) && i < 20_000 {
+                    seen.push(job_attempts(
+                        &c,
+                        &http,
+                        APP,
+                        &format!("{{\"t\":{t},\"i\":{i}}}"),
+                    ));
+                    i += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let v2 = write_app(&dir.path().join("v2"), "myapp", 2);
+    let (ok, stdout, stderr) = deploy(&peers[1], &v2, false);
+    assert!(ok, "{stdout}{stderr}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let mut versions = [0usize; 3];
+    for c in clients {
+        for (status, attempts, body) in c.join().unwrap() {
+            total += 1;
+            assert_eq!(
+                status, 200,
+                "a job failed during the redeploy (attempts {attempts}): {body}"
+            );
+            versions[version_of(&body) as usize] += 1;
+        }
+    }
+    eprintln!(
+        "redeploy under load: {total} jobs, all 200; v1: {}, v2: {}",
+        versions[1], versions[2]
+    );
+    assert!(versions[1] > 0 && versions[2] > 0, "{versions:?}");
+    for p in &peers {
+        for i in 0..20 {
+            let (status, _, answer) = p.job(APP, &format!("[{i}]"));
+            assert_eq!(status, 200);
+            assert_eq!(
+                version_of(&answer),
+                2,
+                "an old version answered through {}",
+                p.name
+            );
+        }
+    }
+}
+
+fn tar_zst(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    build(&mut b);
+    zstd::stream::encode_all(&b.into_inner().unwrap()[..], 3).unwrap()
+}
+
+fn raw_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    kind: tar::EntryType,
+    name: &str,
+    link: &str,
+    body: &[u8],
+) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(body.len() as u64);
+    h.set_mode(0o755);
+    h.set_entry_type(kind);
+    let n = name.as_bytes();
+    h.as_old_mut().name[..n.len()].copy_from_slice(n);
+    let l = link.as_bytes();
+    h.as_old_mut().linkname[..l.len()].copy_from_slice(l);
+    h.set_cksum();
+    b.append(&h, body).unwrap();
+}
+
+fn post_bundle(peer: &Peer, archive: Vec<u8>, hash: Option<&str>) -> (u16, String) {
+    let mut req = http_client()
+        .post(format!(
+            "http://{}/api/deploy?name={APP}&start=true",
+            peer.http
+        ))
+        .header("content-type", "application/zstd")
+        .body(archive);
+    if let Some(h) = hash {
+        req = req.header("x-disruptor-bundle-sha256", h);
+    }
+    let resp = req.send().unwrap();
+    (resp.status().as_u16(), resp.text().unwrap())
+}
+
+#[test]
+fn unsafe_oversized_and_mismatched_bundles_are_refused() {
+    let dir = scratch("deploy-safety");
+    let peers = converged_chain(dir.path(), 2, |i| PeerOpts {
+        extra: if i == 1 {
+            vec!["--no-remote-deploy".into()]
+        } else {
+            vec!["--max-bundle-bytes".into(), "200000".into()]
+        },
+        ..Default::default()
+    });
+    let data0 = dir.path().join("p0.data");
+    let data1 = dir.path().join("p1.data");
+    let script = "#!/bin/sh\nexec cat\n";
+    let evil: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "absolute path",
+            tar_zst(|b| raw_entry(b, tar::EntryType::Regular, "/tmp/evil", "", b"x")),
+        ),
+        (
+            "..",
+            tar_zst(|b| raw_entry(b, tar::EntryType::Regular, "../evil", "", b"x")),
+        ),
+        (
+            "device",
+            tar_zst(|b| raw_entry(b, tar::EntryType::Block, "dev", "", b"")),
+        ),
+        (
+            "link outside",
+            tar_zst(|b| {
+                raw_entry(b, tar::EntryType::Regular, "worker", "", script.as_bytes());
+                raw_entry(
+                    b,
+                    tar::EntryType::Symlink,
+                    "passwd",
+                    "../../../etc/passwd",
+                    b"",
+                );
+            }),
+        ),
+    ];
+    for (what, archive) in evil {
+        let (status, body) = post_bundle(&peers[0], archive, None);
+        assert_eq!(status, 400, "{what}: {body}");
+        assert!(
+            body.contains("refused") || body.contains("not a tar"),
+            "{what}: {body}"
+        );
+        assert!(
+            files(&data0.join("bundles")).is_empty() && files(&data0.join("archives")).is_empty(),
+            "{what}: something was written: {:?}",
+            files(&data0)
+        );
+    }
+    assert!(!Path::new("/tmp/evil").exists());
+
+    // Over the size limit: refused, by the CLI's upload too.
+    let big = dir.path().join("big/myapp");
+    write_app(&dir.path().join("big"), "myapp", 1);
+    // Incompressible: xorshift bytes.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let noise: Vec<u8> = (0..400_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(big.join("lib/noise.bin"), noise).unwrap();
+    let (ok, stdout, stderr) = deploy(&peers[0], &big, true);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("413") && stderr.contains("limit"),
+        "{stderr}"
+    );
+    assert!(files(&data0.join("bundles")).is_empty());
+
+    // v1 deployed and running on p0; p1 (--no-remote-deploy) installs nothing.
+    let v1 = write_app(&dir.path().join("v1"), "myapp", 1);
+    let (ok, stdout, stderr) = deploy(&peers[0], &v1, true);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("runs on 1 of 1 peers"), "{stdout}");
+    assert!(stdout.contains("takes no deployments"), "{stdout}");
+    let (status, _, answer) = peers[0].job(APP, "[1]");
+    assert_eq!((status, version_of(&answer)), (200, 1));
+    let p1_apps = peers[1].apps();
+    assert_eq!(p1_apps["remote_deploy"], false, "{p1_apps}");
+    assert!(files(&data1).is_empty(), "p1 installed {:?}", files(&data1));
+    let page = peers[1].get("/").text().unwrap();
+    assert!(page.contains("remote deploy off"));
+
+    // v2 with a wrong hash: refused, and v1 keeps running.
+    let v2 = write_app(&dir.path().join("v2"), "myapp", 2);
+    let archive = disruptor::bundle::pack(&v2).unwrap();
+    let (status, body) = post_bundle(&peers[0], archive.clone(), Some(&"ab".repeat(32)));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("SHA-256"), "{body}");
+    let (status, _, answer) = peers[0].job(APP, "[2]");
+    assert_eq!((status, version_of(&answer)), (200, 1), "v1 keeps running");
+    // The same bundle with its real hash is taken.
+    let hash = disruptor::bundle::sha256_hex(&archive);
+    let (status, body) = post_bundle(&peers[0], archive, Some(&hash));
+    assert_eq!(status, 202, "{body}");
+    wait_for("v2 to answer", Duration::from_secs(10), || {
+        let (_, _, answer) = peers[0].job(APP, "[3]");
+        if version_of(&answer) == 2 {
+            Ok(())
+        } else {
+            Err(answer)
+        }
+    });
+}
