@@ -78,12 +78,15 @@ pub struct PeerArgs {
     #[arg(long, value_name = "FILE")]
     pub psk_file: Option<PathBuf>,
 
-    /// How often this peer announces itself to the mesh.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    /// How often this peer announces itself to the mesh (its addresses,
+    /// apps, load; changes go out at once). Answered pings (every 5 s) also
+    /// count as hearing from a peer.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub announce_interval: Duration,
 
-    /// A peer that has not announced itself for this long is marked down
-    /// (a lost connection that cannot be re-established marks it down sooner).
+    /// A peer not heard from for this long (no announcement and no answered
+    /// ping) is marked down (a lost connection that cannot be re-established
+    /// marks it down sooner).
     #[arg(long, value_name = "DURATION", default_value = "4s", value_parser = parse_duration)]
     pub down_after: Duration,
 

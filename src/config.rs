@@ -92,7 +92,7 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            announce_interval: Duration::from_secs(1),
+            announce_interval: Duration::from_secs(2),
             down_after: Duration::from_secs(4),
             forget_after: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(4),

@@ -481,9 +481,16 @@ impl Membership {
         }
     }
 
-    pub fn on_rtt(&mut self, peer: PeerId, rtt: Duration) {
+    /// A ping answered: the peer is alive and reachable, which counts as
+    /// hearing from it (once it has announced itself at all). Pings are
+    /// cheap and point to point; announcements are signed and gossiped to
+    /// everyone, so they can be rarer while pings keep detection fast.
+    pub fn on_rtt(&mut self, peer: PeerId, rtt: Duration, now: Instant) {
         if let Some(e) = self.peers.get_mut(&peer) {
             e.rtt = Some(rtt);
+            if e.version.is_some() && e.state == State::Up {
+                e.last_heard = Some(now);
+            }
             self.soft_dirty = true;
         }
     }

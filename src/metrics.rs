@@ -8,7 +8,8 @@
 //! gossipsub, identify and ping metrics are recorded by the network event
 //! loop into the same registry.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -163,21 +164,20 @@ pub fn job_done(
     peer: Option<&str>,
 ) {
     let m = &*METRICS;
-    let outcome = match result {
-        Ok(()) => "ok",
-        Err(e) => e.kind(),
+    // The hot path (a job that went well) uses handles cached per app: no
+    // label strings built, no allocation.
+    let (ok, seconds) = app_handles(app);
+    match result {
+        Ok(()) => ok.inc(),
+        Err(e) => m
+            .jobs
+            .get_or_create(&JobLabels {
+                app: app.to_string(),
+                outcome: e.kind().into(),
+            })
+            .inc(),
     };
-    m.jobs
-        .get_or_create(&JobLabels {
-            app: app.to_string(),
-            outcome: outcome.into(),
-        })
-        .inc();
-    m.job_seconds
-        .get_or_create(&AppLabel {
-            app: app.to_string(),
-        })
-        .observe(took.as_secs_f64());
+    seconds.observe(took.as_secs_f64());
     let stats = &crate::stats::STATS;
     stats.job(
         app.as_str(),
@@ -212,7 +212,45 @@ impl Drop for InFlight {
     }
 }
 
+/// The `ok` counter and the latency histogram of `app`.
+fn app_handles(app: &crate::apps::AppName) -> (Counter, Histogram) {
+    static CACHE: LazyLock<RwLock<HashMap<crate::apps::AppName, (Counter, Histogram)>>> =
+        LazyLock::new(Default::default);
+    if let Some(h) = CACHE.read().expect("metrics cache").get(app) {
+        return h.clone();
+    }
+    let m = &*METRICS;
+    let h = (
+        m.jobs
+            .get_or_create(&JobLabels {
+                app: app.to_string(),
+                outcome: "ok".into(),
+            })
+            .clone(),
+        m.job_seconds
+            .get_or_create(&AppLabel {
+                app: app.to_string(),
+            })
+            .clone(),
+    );
+    CACHE
+        .write()
+        .expect("metrics cache")
+        .insert(app.clone(), h.clone());
+    h
+}
+
 pub fn response(code: u16) {
+    static OK: LazyLock<Counter> = LazyLock::new(|| {
+        METRICS
+            .responses
+            .get_or_create(&CodeLabel { code: "200".into() })
+            .clone()
+    });
+    if code == 200 {
+        OK.inc();
+        return;
+    }
     METRICS
         .responses
         .get_or_create(&CodeLabel {

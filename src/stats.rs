@@ -114,10 +114,13 @@ impl Stats {
     pub fn job(&self, app: &str, ok: bool, took: Duration, now_ms: u64) {
         let slot = now_ms / 1000 / BUCKET_SECS;
         let mut apps = self.apps.lock().expect("stats lock");
-        if !apps.contains_key(app) && apps.len() >= MAX_APPS {
-            return;
+        if !apps.contains_key(app) {
+            if apps.len() >= MAX_APPS {
+                return;
+            }
+            apps.insert(app.to_string(), AppSeries::default());
         }
-        let series = apps.entry(app.to_string()).or_default();
+        let series = apps.get_mut(app).expect("inserted above");
         if series.buckets.is_empty() {
             series.buckets = vec![Bucket::default(); BUCKETS];
         }

@@ -427,7 +427,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, .. })) => {
                 match result {
-                    Ok(rtt) => self.membership.on_rtt(peer, rtt),
+                    Ok(rtt) => self.membership.on_rtt(peer, rtt, Instant::now()),
                     Err(e) => tracing::debug!(%peer, "ping failed: {e}"),
                 }
             }
