@@ -302,7 +302,20 @@ impl Dispatcher {
                         last_peer,
                     );
                 }
-                // A stale view: that peer no longer runs it. Not a failure.
+                // A stale view (that peer no longer runs it), or that peer's
+                // queues are full (another may have room): not a failure,
+                // try elsewhere. When every candidate is full, the last
+                // `Busy` goes back to the client (503).
+                Err(JobError::NotRunning(_) | JobError::Busy(_))
+                    if stale < MAX_STALE_RETRIES
+                        && self
+                            .pick(app, &[excluded.as_slice(), &[target]].concat(), policy)
+                            .is_ok() =>
+                {
+                    stale += 1;
+                    attempts -= 1;
+                    excluded.push(target);
+                }
                 Err(JobError::NotRunning(_)) if stale < MAX_STALE_RETRIES => {
                     stale += 1;
                     attempts -= 1;
