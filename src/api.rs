@@ -44,12 +44,8 @@ pub struct AppsView {
     pub mesh: BTreeMap<String, BTreeMap<String, crate::worker::AppStatus>>,
     /// Whether this peer installs deployed bundles (false with
     /// `--no-remote-deploy`).
-    #[serde(default = "yes")]
+    #[serde(default = "crate::membership::yes")]
     pub remote_deploy: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl AppsView {

@@ -186,6 +186,19 @@ impl Dispatcher {
         job: u64,
     ) -> Result<String, JobError> {
         let _entered = Entered::new(&self.entered);
+        self.attempt(target, app, payload, deadline, job).await
+    }
+
+    /// One attempt, counted as outstanding at its target ([`Self::run`]
+    /// counts the job as entered once, whatever its attempts).
+    async fn attempt(
+        &self,
+        target: Target,
+        app: &AppName,
+        payload: Arc<str>,
+        deadline: Instant,
+        job: u64,
+    ) -> Result<String, JobError> {
         let _out = Outstanding::new(&self.outstanding, target);
         match target {
             Target::Local => run_local(&self.workers, app, payload, deadline).await,
@@ -289,7 +302,7 @@ impl Dispatcher {
             attempts += 1;
             last_peer = Some(peer_id.clone());
             let result = self
-                .run_on(target, app, payload.clone(), deadline, job)
+                .attempt(target, app, payload.clone(), deadline, job)
                 .await;
             match result {
                 Ok(result) => {

@@ -69,7 +69,7 @@ pub struct Announce {
     #[serde(default)]
     pub desired: Vec<DesiredApp>,
     /// The peers it is connected to, by [`short_id`] (for the dashboard's
-    /// picture of the mesh; short, since announcements go out every second).
+    /// picture of the mesh; short, since every announcement carries them).
     #[serde(default)]
     pub links: Vec<String>,
     /// Hashes of the app bundles it holds and serves to others.
@@ -80,7 +80,8 @@ pub struct Announce {
     pub remote_deploy: bool,
 }
 
-fn yes() -> bool {
+/// serde default for flags that are on unless said otherwise.
+pub(crate) fn yes() -> bool {
     true
 }
 
