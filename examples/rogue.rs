@@ -223,13 +223,19 @@ async fn stream_attacks(
     // must stop reading (bounded memory), not buffer without end. Held
     // open for the whole attack.
     let mut flood_control = control.clone();
+    // The other attacks wait until the flood holds its stream: they open
+    // more than the target's per-peer cap of streams, and the flood's must
+    // not be the one refused.
+    let (flooding_tx, flooding_rx) = tokio::sync::oneshot::channel::<()>();
     let flood = tokio::spawn(async move {
         let mut t = Tally::default();
         let Ok(mut s) = flood_control.open_stream(target, JOBS).await else {
             t.streams_refused += 1;
+            let _ = flooding_tx.send(());
             return t;
         };
         t.streams_opened += 1;
+        let mut flooding_tx = Some(flooding_tx);
         let payload = format!("\"{}\"", "x".repeat(1000));
         let mut id = 0u64;
         while Instant::now() < deadline {
@@ -240,6 +246,16 @@ async fn stream_attacks(
                 Ok(Ok(())) => t.jobs_written += 1,
                 _ => break,
             }
+            if t.jobs_written == 100 {
+                // The target has taken the stream and its first jobs.
+                let _ = s.flush().await;
+                if let Some(tx) = flooding_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        if let Some(tx) = flooding_tx.take() {
+            let _ = tx.send(());
         }
         // Hold the stream until the deadline, never reading answers.
         tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
@@ -247,6 +263,11 @@ async fn stream_attacks(
         t
     });
 
+    let _ = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        flooding_rx,
+    )
+    .await;
     let mut control = control;
     while Instant::now() < deadline {
         let garbage: Vec<Vec<u8>> = vec![
