@@ -14,6 +14,15 @@ use nix::unistd::Pid;
 
 const TOOL: &str = "apps/tool";
 
+/// These tests each load both cores on purpose (steady load, a flood); run
+/// side by side they starve each other and measure the machine instead of
+/// the mesh. Each holds this lock while it runs.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `n` peers started as a chain, each with an identity and `tests/apps`
 /// (2 workers each), converged.
 fn five(dir: &std::path::Path, n: usize) -> Vec<Peer> {
@@ -127,6 +136,7 @@ fn steady_load(
 
 #[test]
 fn chaos_peers_and_workers_killed_under_steady_load() {
+    let _serial = one_at_a_time();
     let dir = scratch("chaos");
     let mut peers = five(dir.path(), 5);
     start_app(&peers[0], TOOL, &[]);
@@ -242,6 +252,7 @@ fn chaos_peers_and_workers_killed_under_steady_load() {
 
 #[test]
 fn a_rolling_restart_of_every_peer_under_load_fails_no_job() {
+    let _serial = one_at_a_time();
     let dir = scratch("rolling");
     let mut peers = five(dir.path(), 5);
     start_app(&peers[0], TOOL, &[]);
@@ -340,6 +351,7 @@ fn rogue_bin() -> std::path::PathBuf {
 
 #[test]
 fn a_rogue_peer_cannot_crash_stall_or_poison_the_others() {
+    let _serial = one_at_a_time();
     let dir = scratch("rogue");
     let mut peers = converged_chain(dir.path(), 3, |_| PeerOpts {
         apps: Some(repo_apps()),
