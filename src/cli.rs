@@ -126,6 +126,13 @@ pub struct PeerArgs {
     #[arg(long, value_name = "N")]
     pub workers: Option<u32>,
 
+    /// Threads of the peer's own async runtime [default: half the cores,
+    /// at least 1]. The rest is left to the worker processes: on a 2-core
+    /// machine one thread moved ~25% more jobs/s than two (BENCHMARKS.md),
+    /// because the peer's threads stopped waking each other.
+    #[arg(long, value_name = "N", env = "DISRUPTOR_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
+
     /// Further attempts for a job whose peer was lost or whose worker died
     /// before answering (at-least-once: such a job may run twice).
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]

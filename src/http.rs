@@ -53,8 +53,12 @@ pub struct HttpConfig {
     pub body_timeout: Duration,
 }
 
-#[derive(Clone)]
-struct AppState {
+/// Shared by every request; axum clones the state once per request, so it
+/// sits behind one `Arc` (cloning the dispatcher's handles per job showed
+/// in the profile).
+type AppState = Arc<Shared>;
+
+struct Shared {
     dispatcher: Dispatcher,
     config: HttpConfig,
     registry: Arc<Registry>,
@@ -75,11 +79,11 @@ pub fn router(dispatcher: Dispatcher, registry: Arc<Registry>, config: HttpConfi
         .route("/api/deploy", post(api_deploy))
         .route("/apps/{*path}", post(job).fallback(method_not_allowed))
         .fallback(not_found)
-        .with_state(AppState {
+        .with_state(Arc::new(Shared {
             dispatcher,
             config,
             registry,
-        })
+        }))
 }
 
 /// Serves until `shutdown` is cancelled.

@@ -404,6 +404,8 @@ fn malformed_cli_input_is_a_clear_error_with_exit_code_2() {
         "not a disruptor identity file",
     );
     assert_usage_error(&["peer", "--down-after", "soon"], "--down-after");
+    assert_usage_error(&["peer", "--threads", "0"], "--threads");
+    assert_usage_error(&["peer", "--threads", "many"], "--threads");
     assert_usage_error(&["peer", "--no-such-flag"], "--no-such-flag");
     assert_usage_error(&["peers", "not an address"], "is not an address");
     assert_usage_error(&["frobnicate"], "frobnicate");

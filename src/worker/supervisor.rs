@@ -574,13 +574,26 @@ async fn serve(
     // Jobs written to the worker and not yet answered, oldest first: the
     // worker answers in order, so its next answer is the front one's.
     let mut inflight: VecDeque<LocalJob> = VecDeque::with_capacity(depth);
-    let settled_at = Instant::now() + SETTLE;
+    let settle = tokio::time::sleep(SETTLE);
+    tokio::pin!(settle);
     let mut settled = false;
+    // One timer for the oldest job's deadline, moved only when a job with
+    // an earlier deadline comes to the front or when it fires early (the
+    // front has moved on to a later job): deadlines mostly grow, so under
+    // load it is rarely touched, instead of a new timer per job.
+    let hang = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(hang);
+    let mut hang_at: Option<Instant> = None;
     loop {
-        let front_deadline = inflight.front().map(|j| j.deadline);
+        if let Some(front) = inflight.front().map(|j| j.deadline) {
+            if hang_at.is_none_or(|at| front < at) {
+                hang.as_mut().reset(front);
+                hang_at = Some(front);
+            }
+        }
         tokio::select! {
             biased;
-            _ = tokio::time::sleep_until(settled_at), if !settled => {
+            _ = &mut settle, if !settled => {
                 settled = true;
                 set_slot(slot, |s| s.state = WorkerState::Running);
             }
@@ -633,7 +646,11 @@ async fn serve(
                     return Served::Exited(report, job_related);
                 }
             },
-            _ = sleep_until_opt(front_deadline) => {
+            _ = &mut hang, if hang_at.is_some() && !inflight.is_empty() => {
+                hang_at = None;
+                if inflight.front().is_some_and(|j| Instant::now() < j.deadline) {
+                    continue; // set for a job answered since: re-armed above
+                }
                 if let Some(job) = inflight.pop_front() {
                     let _ = job.reply.send(Err(JobError::Timeout(
                         "no result within the timeout; the worker was recycled".into(),
@@ -674,12 +691,5 @@ async fn serve(
 fn fail_all(inflight: &mut VecDeque<LocalJob>, err: impl Fn() -> JobError) {
     for job in inflight.drain(..) {
         let _ = job.reply.send(Err(err()));
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
