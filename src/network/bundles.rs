@@ -129,7 +129,14 @@ pub async fn fetch(
         }
         let mut data = vec![0u8; len as usize];
         s.read_exact(&mut data).await.map_err(|e| e.to_string())?;
-        let actual = sha256_hex(&data);
+        // Hashing tens of MB takes a while: not on the runtime's thread(s),
+        // which also carry every job and the mesh.
+        let (data, actual) = tokio::task::spawn_blocking(move || {
+            let actual = sha256_hex(&data);
+            (data, actual)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         if actual != hash {
             return Err(format!("it sent a bundle whose SHA-256 is {actual}"));
         }
