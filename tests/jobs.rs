@@ -537,6 +537,39 @@ fn workers_do_not_outlive_a_killed_peer() {
 fn concurrent_jobs_each_get_their_own_result() {
     let dir = scratch("corr");
     let peers = mesh(dir.path(), test_apps(), 2);
+    concurrent_jobs_are_correlated(&peers);
+}
+
+/// The same with runtimes of 4 threads: the default on a 2-core machine is
+/// one thread, which would leave the multi-threaded paths (a job's answer
+/// arriving on another thread than its request) untested there.
+#[test]
+fn concurrent_jobs_are_correlated_on_multi_threaded_runtimes() {
+    let dir = scratch("corr-mt");
+    let peers = converged_chain(dir.path(), 3, |i| PeerOpts {
+        apps: (i < 2).then(test_apps),
+        extra: ["--workers", "2", "--threads", "4"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    for p in &peers {
+        let pid = p.pid().as_raw();
+        let runtime_threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("tokio-r"))
+            .count();
+        assert!(
+            runtime_threads >= 4,
+            "{}: --threads 4 gave {runtime_threads} runtime threads",
+            p.name
+        );
+    }
+    concurrent_jobs_are_correlated(&peers);
+}
+
+fn concurrent_jobs_are_correlated(peers: &[Peer]) {
     start_app(&peers[0], "apps/tool", &[]);
     // 4 worker processes in the mesh, 200 jobs from 16 threads at once, each
     // job sleeping a random few milliseconds so answers interleave.
