@@ -6,17 +6,17 @@
 
 use std::process::ExitCode;
 
+use clap::Parser;
+use disruptor::cli::{Cli, Command, LogFormat};
+use disruptor::commands::{self, UsageError};
+use disruptor::config::{ConfigError, PeerConfig};
+
 /// mimalloc: the job path allocates a few small buffers per job, and glibc
 /// malloc/free was ~8% of a busy peer's CPU in perf (with its arena locks
 /// showing up as futex waits). Built without transparent huge pages: with
 /// them an idle peer was 18 MB resident instead of 10.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use clap::Parser;
-use disruptor::cli::{Cli, Command, LogFormat};
-use disruptor::commands::{self, UsageError};
-use disruptor::config::{ConfigError, PeerConfig};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
