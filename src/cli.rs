@@ -79,8 +79,8 @@ pub struct PeerArgs {
     pub psk_file: Option<PathBuf>,
 
     /// How often this peer announces itself to the mesh (its addresses,
-    /// apps, load; changes go out at once). Answered pings (every 5 s) also
-    /// count as hearing from a peer.
+    /// apps, load; changes go out at once). Answered pings (every 15 s)
+    /// also count as hearing from a peer.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub announce_interval: Duration,
 

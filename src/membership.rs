@@ -104,6 +104,16 @@ pub enum DownReason {
     Silent,
 }
 
+impl DownReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DownReason::Left => "left",
+            DownReason::Unreachable => "unreachable",
+            DownReason::Silent => "silent",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Joining,
@@ -314,6 +324,15 @@ impl Membership {
         let version = (a.incarnation, a.seq);
         if e.version.is_some_and(|v| v >= version) {
             return Ok(None); // stale or duplicate
+        }
+        if let Some((incarnation, seq)) = e.version
+            && incarnation == a.incarnation
+            && a.seq > seq + 1
+        {
+            // Authors number the announcements they publish without gaps.
+            crate::metrics::METRICS
+                .announcements_skipped
+                .inc_by(a.seq - seq - 1);
         }
         if e.left_incarnation == Some(a.incarnation) && !a.leaving {
             return Ok(None); // a delayed message from a run that already said goodbye
@@ -540,6 +559,28 @@ impl Membership {
             .collect()
     }
 
+    /// When [`Membership::tick`] next has something to do: a peer's
+    /// silence reaching `down_after`, a down peer to forget, a redial due.
+    /// O(peers); the caller asks once per round, not per event.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let Timing {
+            down_after,
+            forget_after,
+            ..
+        } = self.timing;
+        self.peers
+            .values()
+            .flat_map(|e| {
+                let state = match e.state {
+                    State::Up => e.last_heard.map_or(now, |t| t + down_after),
+                    State::Down(_) | State::Joining => e.state_since + forget_after,
+                };
+                let dial = (e.connections == 0 && !e.addrs.is_empty()).then_some(e.next_dial);
+                std::iter::once(state).chain(dial)
+            })
+            .min()
+    }
+
     /// Peers that went silent with a connection still open. The caller
     /// closes those connections: a link that carries nothing must not hold
     /// jobs (closing it fails them over at once), and a peer behind a cut
@@ -652,7 +693,17 @@ fn set_state(id: PeerId, e: &mut Entry, state: State, now: Instant) {
     }
     match state {
         State::Up => tracing::info!(peer = %id, "peer is up"),
-        State::Down(reason) => tracing::info!(peer = %id, ?reason, "peer is down"),
+        State::Down(reason) => {
+            tracing::info!(peer = %id, ?reason, "peer is down");
+            if e.state == State::Up {
+                crate::metrics::METRICS
+                    .peer_downs
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: reason.as_str(),
+                    })
+                    .inc();
+            }
+        }
         State::Joining => {}
     }
     e.state = state;
@@ -736,6 +787,39 @@ pub(crate) mod tests {
             None
         );
         assert_eq!(state_of(&m, p), up());
+    }
+
+    #[test]
+    fn next_deadline_is_when_tick_has_work() {
+        let me = PeerId::random();
+        let p = PeerId::random();
+        let q = PeerId::random();
+        let mut m = Membership::new(me, timing());
+        let t0 = Instant::now();
+        assert_eq!(m.next_deadline(t0), None, "nothing known, nothing due");
+        m.on_connected(p, None, t0);
+        m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
+        let silent_at = t0 + timing().down_after;
+        assert_eq!(m.next_deadline(t0), Some(silent_at));
+        // Nothing happens just before; at the deadline the peer goes down.
+        m.tick(silent_at - Duration::from_millis(1));
+        assert_eq!(state_of(&m, p), up());
+        m.tick(silent_at);
+        assert_eq!(state_of(&m, p), down("silent"));
+        // A known address with no connection: the redial is due next.
+        let t1 = silent_at + Duration::from_secs(1);
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
+        m.on_hint(q, vec![addr], t1);
+        let due = m.next_deadline(t1).unwrap();
+        assert!(
+            due <= t1 + DIAL_BACKOFF_MIN,
+            "redial due {:?} after",
+            due - t1
+        );
+        // A later announcement pushes the silence deadline back.
+        let t2 = t1 + Duration::from_secs(1);
+        m.on_announce(p, &announce(p, 1, 2, false), t2).unwrap();
+        assert!(m.next_deadline(t2).unwrap() <= t2 + timing().down_after);
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: String,
 }
@@ -65,6 +70,13 @@ pub struct Metrics {
     pub worker_restarts: Family<AppLabel, Counter>,
     pub workers: Family<AppStateLabels, Gauge>,
     pub peers: Family<StateLabel, Gauge>,
+    /// Times a known peer was marked down here, by reason (`left`,
+    /// `unreachable`, `silent`). Silent downs of peers that are in fact
+    /// alive are false downs: a healthy mesh has none.
+    pub peer_downs: Family<ReasonLabel, Counter>,
+    /// Announcements of other peers that were never taken here: gaps in
+    /// an author's sequence numbers (lost, or overtaken by a later one).
+    pub announcements_skipped: Counter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -76,6 +88,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     worker_restarts: Family::default(),
     workers: Family::default(),
     peers: Family::default(),
+    peer_downs: Family::default(),
+    announcements_skipped: Counter::default(),
 });
 
 /// A registry with disruptor's metrics; the caller adds libp2p's.
@@ -121,6 +135,16 @@ pub fn registry() -> Registry {
         "disruptor_peers",
         "Peers this peer knows, by state",
         m.peers.clone(),
+    );
+    r.register(
+        "disruptor_peer_downs",
+        "Times a known peer was marked down here, by reason (left, unreachable, silent)",
+        m.peer_downs.clone(),
+    );
+    r.register(
+        "disruptor_announcements_skipped",
+        "Announcements of other peers never taken here (gaps in their sequence numbers)",
+        m.announcements_skipped.clone(),
     );
     r
 }

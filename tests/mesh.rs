@@ -124,6 +124,10 @@ fn sigkilled_peer_is_down_everywhere_fast_and_rejoins_after_restart() {
     let refs: Vec<&Peer> = peers.iter().collect();
     let took = wait_converged(&refs, Duration::from_secs(10));
     eprintln!("restarted peer up everywhere after {took:?}");
+    // The kill cost the survivors nothing: no false downs, no lost gossip.
+    for p in peers.iter().filter(|p| p.name != peers[1].name) {
+        p.assert_no_gossip_loss();
+    }
 }
 
 #[test]
@@ -353,6 +357,17 @@ fn no_false_down_under_full_cpu_load() {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(rounds >= 8, "only {rounds} rounds ran");
+    // Between polls too: nobody was marked down even for a moment, and no
+    // announcement was lost.
+    for p in &peers {
+        p.assert_no_gossip_loss();
+        assert_eq!(
+            p.counter(r#"disruptor_peer_downs_total{reason="unreachable"}"#),
+            0.0,
+            "{}",
+            p.name
+        );
+    }
 }
 
 fn assert_usage_error(args: &[&str], needle: &str) {

@@ -34,8 +34,14 @@ use crate::membership::{
 use crate::ratelimit::PerKeyBudget;
 use crate::worker::Workers;
 
-/// How often membership housekeeping runs (silence checks, redials).
-const TICK: Duration = Duration::from_millis(250);
+/// Longest gap between two rounds of membership housekeeping (silence
+/// checks, redials, forgetting, the lazily refreshed view). Rounds run
+/// when the next of those is due, and at least this often: a timer that
+/// fires four times a second whether or not anything is due was a tenth of
+/// an idle peer's wake-ups.
+const HOUSEKEEPING_MAX: Duration = Duration::from_secs(1);
+/// Shortest gap between two rounds, whatever a deadline says.
+const HOUSEKEEPING_MIN: Duration = Duration::from_millis(10);
 /// Minimum gap between two announcements triggered by new subscribers.
 const ANNOUNCE_DEBOUNCE: Duration = Duration::from_millis(100);
 /// How long a stopping peer keeps its connections open so its goodbye
@@ -167,20 +173,36 @@ impl EventLoop {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let _stop_everything_on_exit = shutdown.clone().drop_guard();
         self.dial_bootstraps(Instant::now());
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut announce = tokio::time::interval(self.timing.announce_interval);
-        announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let housekeeping = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(housekeeping);
+        let announce = tokio::time::sleep_until(aligned_after(self.timing.announce_interval));
+        tokio::pin!(announce);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 event = self.swarm.select_next_some() => self.handle_event(event),
-                _ = tick.tick() => self.housekeeping(),
-                _ = announce.tick() => self.announce(false),
+                _ = &mut housekeeping => {
+                    let next = self.housekeeping();
+                    housekeeping.as_mut().reset(next.into());
+                }
+                _ = &mut announce => {
+                    self.announce(false);
+                    announce.as_mut().reset(aligned_after(self.timing.announce_interval));
+                }
                 Some(command) = self.commands.recv() => self.handle_command(command),
             }
             if self.membership.take_dirty() {
                 self.publish_view();
+            }
+            // A debounced announcement goes out at the end of its debounce,
+            // not at the next regular round.
+            if self.announce_soon
+                && let Some(t) = self.last_announce
+            {
+                let due = tokio::time::Instant::from_std(t + ANNOUNCE_DEBOUNCE);
+                if due < housekeeping.deadline() {
+                    housekeeping.as_mut().reset(due);
+                }
             }
         }
         self.goodbye().await;
@@ -199,7 +221,8 @@ impl EventLoop {
         }
     }
 
-    fn housekeeping(&mut self) {
+    /// One round of housekeeping; returns when the next one is due.
+    fn housekeeping(&mut self) -> Instant {
         let now = Instant::now();
         if self.membership.take_any_dirty() {
             self.publish_view();
@@ -215,19 +238,33 @@ impl EventLoop {
             self.announce(false);
         }
         self.dial_bootstraps(now);
+        let mut next = aligned_after(HOUSEKEEPING_MAX).into_std();
+        if let Some(due) = self.membership.next_deadline(now) {
+            next = next.min(due);
+        }
+        if self.bootstraps_pending() {
+            next = next.min(self.next_bootstrap);
+        }
+        // Never a busy loop, whatever a deadline says.
+        next.max(now + HOUSEKEEPING_MIN)
+    }
+
+    /// Whether some bootstrap address is still to be dialled (see
+    /// [`Self::dial_bootstraps`]).
+    fn bootstraps_pending(&self) -> bool {
+        !self.bootstrap.is_empty()
+            && (self.swarm.connected_peers().next().is_none()
+                || !self.bootstrap_reached.iter().all(|r| *r))
     }
 
     /// Dials each bootstrap address until it has been reached once (peers
     /// may be started in any order), and all of them again whenever this
     /// peer finds itself without any connection.
     fn dial_bootstraps(&mut self, now: Instant) {
-        let alone = self.swarm.connected_peers().next().is_none();
-        if self.bootstrap.is_empty()
-            || now < self.next_bootstrap
-            || (!alone && self.bootstrap_reached.iter().all(|r| *r))
-        {
+        if now < self.next_bootstrap || !self.bootstraps_pending() {
             return;
         }
+        let alone = self.swarm.connected_peers().next().is_none();
         self.next_bootstrap = now + self.bootstrap_backoff;
         self.bootstrap_backoff = (self.bootstrap_backoff * 2).min(BOOTSTRAP_BACKOFF_MAX);
         let targets: Vec<Multiaddr> = self
@@ -364,19 +401,23 @@ impl EventLoop {
                 decisions = a.desired.len(),
                 "announcement too large to publish; the mesh will mark this peer silent"
             );
+            self.seq -= 1;
             return;
         }
-        match self
+        let published = self
             .swarm
             .behaviour_mut()
             .gossipsub
-            .publish(self.topic.clone(), data)
-        {
-            Ok(_) => {}
-            // Nobody to tell yet: the first peer of a mesh, or all alone.
-            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-            Err(gossipsub::PublishError::Duplicate) => {}
-            Err(e) => tracing::warn!("announcement not published: {e}"),
+            .publish(self.topic.clone(), data);
+        if let Err(e) = published {
+            // The number goes to the next announcement: others count gaps
+            // in an author's numbers as announcements that never arrived.
+            self.seq -= 1;
+            match e {
+                // Nobody to tell yet: the first peer of a mesh, or all alone.
+                gossipsub::PublishError::NoPeersSubscribedToTopic => {}
+                e => tracing::warn!("announcement not published: {e}"),
+            }
         }
     }
 
@@ -618,6 +659,21 @@ impl EventLoop {
             request_response::Event::ResponseSent { .. } => {}
         }
     }
+}
+
+/// The next multiple of `every` on the wall clock (unix time), as a tokio
+/// instant.
+///
+/// Announcements and housekeeping rounds run on this grid, so every peer
+/// announces at the same moments: a peer then takes its neighbours'
+/// announcements in a burst, handled in a few wake-ups rather than one
+/// each, and its own timers fire in the same wake-up. Clocks a few
+/// milliseconds apart only widen the burst; a clock that jumps moves the
+/// next tick once.
+fn aligned_after(every: Duration) -> tokio::time::Instant {
+    let every_ms = (every.as_millis() as u64).max(1);
+    let wait = every_ms - unix_ms() % every_ms;
+    tokio::time::Instant::now() + Duration::from_millis(wait)
 }
 
 fn truncate_chars(s: &mut String, max: usize) {

@@ -228,6 +228,28 @@ impl Peer {
             .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.name))
     }
 
+    /// A counter from `/metrics` (0 when it has no sample yet), e.g.
+    /// `disruptor_peer_downs_total{reason="silent"}`.
+    pub fn counter(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").text().expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().expect("a number"))
+    }
+
+    /// Gossip trouble this peer saw: live peers it marked down for silence,
+    /// and announcements of others it never got.
+    pub fn assert_no_gossip_loss(&self) {
+        let silent = self.counter(r#"disruptor_peer_downs_total{reason="silent"}"#);
+        let skipped = self.counter("disruptor_announcements_skipped_total");
+        assert!(
+            silent == 0.0 && skipped == 0.0,
+            "{}: {silent} silent downs and {skipped} announcements skipped\n{}",
+            self.name,
+            self.log_text()
+        );
+    }
+
     /// `/api/peers` as JSON.
     pub fn peers(&self) -> Value {
         let resp = self.get("/api/peers");
