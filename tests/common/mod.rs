@@ -237,14 +237,14 @@ impl Peer {
             .map_or(0.0, |v| v.trim().parse().expect("a number"))
     }
 
-    /// Gossip trouble this peer saw: live peers it marked down for silence,
-    /// and announcements of others it never got.
-    pub fn assert_no_gossip_loss(&self) {
+    /// No live peer was ever marked down here for silence (a false down:
+    /// lost gossip, or a peer too busy to announce).
+    pub fn assert_no_false_downs(&self) {
         let silent = self.counter(r#"disruptor_peer_downs_total{reason="silent"}"#);
         let skipped = self.counter("disruptor_announcements_skipped_total");
         assert!(
-            silent == 0.0 && skipped == 0.0,
-            "{}: {silent} silent downs and {skipped} announcements skipped\n{}",
+            silent == 0.0,
+            "{}: {silent} silent downs ({skipped} announcements skipped)\n{}",
             self.name,
             self.log_text()
         );
