@@ -585,11 +585,11 @@ async fn serve(
     tokio::pin!(hang);
     let mut hang_at: Option<Instant> = None;
     loop {
-        if let Some(front) = inflight.front().map(|j| j.deadline) {
-            if hang_at.is_none_or(|at| front < at) {
-                hang.as_mut().reset(front);
-                hang_at = Some(front);
-            }
+        if let Some(front) = inflight.front().map(|j| j.deadline)
+            && hang_at.is_none_or(|at| front < at)
+        {
+            hang.as_mut().reset(front);
+            hang_at = Some(front);
         }
         tokio::select! {
             biased;
