@@ -8,11 +8,18 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::time::{Duration, Instant, SystemTime};
+
 use sha2::{Digest, Sha256};
 
 use super::archive::{self, UNPACKED_MAX_FACTOR, entry_cost};
 use super::{BundleError, BundleRef, is_hash, resolve_in};
 use crate::apps::{AppName, AppSpec};
+
+/// Leftovers in `tmp/` untouched for this long are removed when the store
+/// is collected: what a crash left behind. A live fetch is never this old
+/// (fetches time out after two minutes).
+const TMP_STALE: Duration = Duration::from_secs(3600);
 
 /// The default quota: room for two bundles of the largest size, archive
 /// and unpacked, so that a redeploy of the biggest app fits next to the
@@ -45,6 +52,8 @@ struct State {
     /// What each installed bundle takes (archive and unpacked), measured
     /// once: bundles are immutable.
     sizes: HashMap<String, u64>,
+    /// Since when each held bundle has been unreferenced.
+    unreferenced_since: HashMap<String, Instant>,
 }
 
 /// An archive being written into the store's `tmp/`, hashed as it goes, so
@@ -393,6 +402,99 @@ impl Store {
             .map(str::to_string)
             .collect()
     }
+
+    /// Removes the bundles not in `keep` that have been unreferenced for
+    /// `grace` (a replaced version's workers finish their jobs from its
+    /// directory for a while; a rollback within the grace costs no fetch),
+    /// never one being installed; and leftovers of crashes in `tmp/`.
+    /// Returns the hashes removed. Blocking (it deletes files).
+    pub fn gc(&self, keep: &HashSet<String>, grace: Duration) -> Vec<String> {
+        self.gc_at(keep, grace, Instant::now())
+    }
+
+    fn gc_at(&self, keep: &HashSet<String>, grace: Duration, now: Instant) -> Vec<String> {
+        let mut removed = Vec::new();
+        let mut hidden = Vec::new();
+        {
+            let mut st = self.lock();
+            let held = self.held();
+            let busy: HashSet<String> = st.installing.values().map(|(h, _)| h.clone()).collect();
+            st.unreferenced_since
+                .retain(|h, _| held.contains(h) && !keep.contains(h) && !busy.contains(h));
+            for h in held {
+                if keep.contains(&h) || busy.contains(&h) {
+                    continue;
+                }
+                let since = *st.unreferenced_since.entry(h.clone()).or_insert(now);
+                if now.saturating_duration_since(since) < grace {
+                    continue;
+                }
+                // Out of sight while the lock is held: an install that
+                // claims it after this finds nothing and installs afresh.
+                match self.hide(&h) {
+                    Ok(dir) => hidden.extend(dir),
+                    Err(e) => {
+                        tracing::warn!(bundle = &h[..12], "cannot remove an unused bundle: {e}");
+                        continue;
+                    }
+                }
+                st.unreferenced_since.remove(&h);
+                st.sizes.remove(&h);
+                removed.push(h);
+            }
+        }
+        // Deleting a big tree takes a while: not under the lock.
+        drop(hidden);
+        self.sweep_tmp();
+        removed
+    }
+
+    /// Takes a bundle out of `bundles/` and `archives/` at once; returns its
+    /// directory, moved into `tmp/` and deleted when dropped.
+    fn hide(&self, hash: &str) -> std::io::Result<Option<tempfile::TempDir>> {
+        let (Some(dir), Some(archive)) = (self.dir(hash), self.archive_path(hash)) else {
+            return Ok(None);
+        };
+        match std::fs::remove_file(&archive) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let grave = tempfile::Builder::new()
+            .prefix("gc-")
+            .tempdir_in(self.tmp_dir()?)?;
+        std::fs::rename(&dir, grave.path().join("b"))?;
+        Ok(Some(grave))
+    }
+
+    fn sweep_tmp(&self) {
+        let Ok(entries) = std::fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for e in entries.flatten() {
+            let Ok(meta) = e.path().symlink_metadata() else {
+                continue;
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok());
+            if age.is_none_or(|a| a < TMP_STALE) {
+                continue;
+            }
+            let gone = if meta.is_dir() {
+                std::fs::remove_dir_all(e.path())
+            } else {
+                std::fs::remove_file(e.path())
+            };
+            if let Err(err) = gone {
+                tracing::warn!(path = %e.path().display(), "cannot remove a stale temporary file: {err}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -504,5 +606,91 @@ mod tests {
         assert!(walk(&data.path().join("tmp")).is_empty());
         // What is installed already is taken again without counting twice.
         assert!(store.install(&a, None).is_ok());
+    }
+
+    fn keep(hashes: &[&BundleRef]) -> HashSet<String> {
+        hashes.iter().map(|r| r.hash.clone()).collect()
+    }
+
+    #[test]
+    fn unreferenced_bundles_go_after_the_grace_and_not_before() {
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::new(data.path(), DEFAULT_MAX_BUNDLE_BYTES);
+        let a = store.install(&app(b"#!/bin/sh\n# a\n"), None).unwrap();
+        let b = store.install(&app(b"#!/bin/sh\n# b\n"), None).unwrap();
+        let only_a = store.usage() / 2;
+        let (grace, t0) = (Duration::from_secs(600), Instant::now());
+        let secs = |s: u64| t0 + Duration::from_secs(s);
+        let none = HashSet::new();
+        assert!(store.gc_at(&keep(&[&a]), grace, t0).is_empty());
+        assert!(store.gc_at(&keep(&[&a]), grace, secs(599)).is_empty());
+        assert!(store.has(&b.hash));
+        assert_eq!(
+            store.gc_at(&keep(&[&a]), grace, secs(600)),
+            vec![b.hash.clone()]
+        );
+        assert!(!store.has(&b.hash) && store.has(&a.hash));
+        let b_files = walk(data.path())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(&b.hash))
+            .collect::<Vec<_>>();
+        assert!(b_files.is_empty(), "{b_files:?}");
+        assert!(walk(&data.path().join("tmp")).is_empty());
+        assert_eq!(store.usage(), only_a);
+        // Referenced again within its grace: the clock starts over.
+        assert!(store.gc_at(&none, grace, secs(700)).is_empty());
+        assert!(store.gc_at(&keep(&[&a]), grace, secs(1000)).is_empty());
+        assert!(store.gc_at(&none, grace, secs(1400)).is_empty());
+        assert!(store.gc_at(&none, grace, secs(1999)).is_empty());
+        assert!(store.has(&a.hash));
+        assert_eq!(store.gc_at(&none, grace, secs(2000)), vec![a.hash.clone()]);
+        assert_eq!(store.usage(), 0);
+        // And it can come back.
+        assert!(store.install(&app(b"#!/bin/sh\n# a\n"), None).is_ok());
+    }
+
+    #[test]
+    fn a_bundle_being_installed_is_never_collected() {
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::new(data.path(), DEFAULT_MAX_BUNDLE_BYTES);
+        let a = store.install(&app_bytes(), None).unwrap();
+        let claim = store.claim(&a.hash);
+        let later = Instant::now() + Duration::from_secs(3600);
+        assert!(
+            store
+                .gc_at(&HashSet::new(), Duration::ZERO, later)
+                .is_empty()
+        );
+        assert!(store.has(&a.hash));
+        drop(claim);
+        assert_eq!(
+            store.gc_at(&HashSet::new(), Duration::ZERO, later),
+            vec![a.hash]
+        );
+    }
+
+    #[test]
+    fn what_a_crash_left_is_collected_too() {
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::new(data.path(), DEFAULT_MAX_BUNDLE_BYTES);
+        let tmp = store.tmp_dir().unwrap();
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        std::fs::write(tmp.join("in-old"), b"x").unwrap();
+        std::fs::create_dir_all(tmp.join("unpack-old/b")).unwrap();
+        std::fs::write(tmp.join("unpack-old/b/f"), b"x").unwrap();
+        for old in ["in-old", "unpack-old"] {
+            let f = std::fs::File::open(tmp.join(old)).unwrap();
+            f.set_modified(two_hours_ago).unwrap();
+        }
+        std::fs::write(tmp.join("in-new"), b"x").unwrap();
+        // An archive without its directory (a crash between the renames).
+        let orphan = "cd".repeat(32);
+        std::fs::create_dir_all(data.path().join("archives")).unwrap();
+        let orphan_path = data.path().join(format!("archives/{orphan}.tar.zst"));
+        std::fs::write(&orphan_path, b"x").unwrap();
+        let removed = store.gc(&HashSet::new(), Duration::ZERO);
+        assert_eq!(removed, vec![orphan]);
+        assert!(!orphan_path.exists());
+        assert_eq!(walk(&tmp), vec![tmp.join("in-new")]);
     }
 }
