@@ -15,9 +15,11 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::apps::AppsDir;
+use crate::bundle::{BundleError, BundleRef, Store};
 use crate::config::PeerConfig;
 use crate::desired::DesiredApps;
 use crate::dispatch::Dispatcher;
+use crate::network::bundles::Fetched;
 use crate::worker::Workers;
 use crate::{http, network};
 
@@ -29,6 +31,10 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// before it is deleted (at least: see [`gc_grace`]). A rollback within it
 /// costs no fetch.
 const GC_GRACE: Duration = Duration::from_secs(600);
+
+/// How long a bundle whose contents were refused is left alone before it is
+/// fetched again (the refusal may have been for room, freed since).
+const REFUSED_RETRY: Duration = Duration::from_secs(600);
 
 /// How long the tasks get to finish after shutdown was requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -47,7 +53,7 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     }
     let store = config
         .remote_deploy
-        .then(|| crate::bundle::Store::new(&config.data_dir, config.max_bundle_bytes));
+        .then(|| Store::new(&config.data_dir, config.max_bundle_bytes));
     let workers = Workers::new(
         apps_dir,
         store.clone(),
@@ -212,24 +218,32 @@ async fn reconcile(
 ) {
     let mut every = tokio::time::interval(RECONCILE_EVERY);
     let mut gc: Option<tokio::task::JoinHandle<()>> = None;
-    // Fetches in progress, by bundle hash; each reports here when done.
+    // Fetches in progress, by bundle hash; each reports here when done,
+    // and whether the bundle was refused.
     let fetching: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
-    let (fetched_tx, mut fetched_rx) = tokio::sync::mpsc::channel::<()>(16);
+    let (fetched_tx, mut fetched_rx) = tokio::sync::mpsc::channel::<(String, bool)>(16);
+    // Bundles refused lately, not fetched again until REFUSED_RETRY has
+    // passed (at most one per decision: they expire or are replaced).
+    let mut refused: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = desired.changed() => if changed.is_err() { return },
             _ = every.tick() => {}
-            Some(()) = fetched_rx.recv() => {}
+            Some((hash, was_refused)) = fetched_rx.recv() => if was_refused {
+                refused.insert(hash, tokio::time::Instant::now());
+            },
         }
         let current = desired.borrow_and_update().clone();
         workers.apply(&current);
         let Some(store) = workers.store() else {
             continue;
         };
+        refused.retain(|_, at| at.elapsed() < REFUSED_RETRY);
         for d in current.entries() {
             let Some(b) = &d.bundle else { continue };
             if store.has(&b.hash)
+                || refused.contains_key(&b.hash)
                 || !fetching
                     .lock()
                     .expect("fetching lock")
@@ -242,12 +256,12 @@ async fn reconcile(
                 (fetching.clone(), fetched_tx.clone(), shutdown.clone());
             let app = d.app.clone();
             tokio::spawn(async move {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = fetch_bundle(&store, &net, &app, &b) => {}
-                }
+                let outcome = tokio::select! {
+                    _ = shutdown.cancelled() => Fetch::GaveUp,
+                    o = fetch_bundle(&store, &net, &app, &b) => o,
+                };
                 fetching.lock().expect("fetching lock").remove(&b.hash);
-                let _ = done.send(()).await;
+                let _ = done.send((b.hash, matches!(outcome, Fetch::Refused))).await;
             });
         }
         // One collection at a time, off the runtime (it deletes files).
@@ -291,53 +305,52 @@ fn gc_grace(worker_grace: Duration) -> Duration {
     GC_GRACE.max(retiring + Duration::from_secs(60))
 }
 
+/// How a fetch ended.
+enum Fetch {
+    Installed,
+    /// The contents were refused. Every holder serves the same bytes (the
+    /// hash says so), so fetching them again from another is pointless.
+    Refused,
+    GaveUp,
+}
+
 /// Fetches a bundle from the peers that announce it, one after another,
 /// with backoff, until it is installed (or, after many rounds, gives up
 /// until the next reconcile).
 async fn fetch_bundle(
-    store: &crate::bundle::Store,
+    store: &Store,
     net: &crate::network::Client,
     app: &crate::apps::AppName,
-    b: &crate::bundle::BundleRef,
-) {
-    use rand::seq::SliceRandom;
+    b: &BundleRef,
+) -> Fetch {
     let mut pause = Duration::from_millis(200);
     for round in 0..30 {
-        let mut holders: Vec<libp2p::PeerId> = net
-            .mesh()
-            .peers
-            .iter()
-            .filter(|p| p.state == "up" && p.bundles.contains(&b.hash))
-            .filter_map(|p| p.peer)
-            .collect();
-        holders.shuffle(&mut rand::thread_rng());
-        for peer in holders {
-            match net.fetch_bundle(peer, &b.hash, store.max_bytes()).await {
-                Ok(bytes) => {
-                    let store = store.clone();
-                    let hash = b.hash.clone();
-                    let installed =
-                        tokio::task::spawn_blocking(move || store.install(&bytes, Some(&hash)))
-                            .await;
-                    match installed {
-                        Ok(Ok(_)) => {
-                            tracing::info!(app = %app, version = &b.hash[..12], bytes = b.size, from = %peer, "installed a deployed version");
-                            return;
-                        }
-                        Ok(Err(e)) => {
-                            crate::stats::STATS.error_now(
-                                "deploy",
-                                app.as_str(),
-                                Some(peer.to_string()),
-                                e.to_string(),
-                            );
-                            tracing::warn!(app = %app, from = %peer, "refused a bundle: {e}");
-                        }
-                        Err(e) => tracing::warn!("bundle install task failed: {e}"),
-                    }
+        for peer in holders(net, b) {
+            let fetched = match net.fetch_bundle(peer, b, store).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!(app = %app, from = %peer, round, "bundle fetch failed: {e}");
+                    continue;
+                }
+            };
+            match install(store, fetched, &b.hash).await {
+                Ok(()) => {
+                    tracing::info!(app = %app, version = &b.hash[..12], bytes = b.size, from = %peer, "installed a deployed version");
+                    return Fetch::Installed;
+                }
+                // Says nothing about the bundle: another try may work.
+                Err(BundleError::Io(e)) => {
+                    tracing::warn!(app = %app, "cannot store a fetched bundle: {e}")
                 }
                 Err(e) => {
-                    tracing::debug!(app = %app, from = %peer, round, "bundle fetch failed: {e}")
+                    crate::stats::STATS.error_now(
+                        "deploy",
+                        app.as_str(),
+                        Some(peer.to_string()),
+                        e.to_string(),
+                    );
+                    tracing::warn!(app = %app, from = %peer, "refused a bundle: {e}");
+                    return Fetch::Refused;
                 }
             }
         }
@@ -345,6 +358,33 @@ async fn fetch_bundle(
         pause = (pause * 2).min(Duration::from_secs(5));
     }
     tracing::warn!(app = %app, version = &b.hash[..12], "could not fetch a deployed version; will try again");
+    Fetch::GaveUp
+}
+
+/// The peers that announce they hold `b`, in random order.
+fn holders(net: &crate::network::Client, b: &BundleRef) -> Vec<libp2p::PeerId> {
+    use rand::seq::SliceRandom;
+    let mut holders: Vec<libp2p::PeerId> = net
+        .mesh()
+        .peers
+        .iter()
+        .filter(|p| p.state == "up" && p.bundles.contains(&b.hash))
+        .filter_map(|p| p.peer)
+        .collect();
+    holders.shuffle(&mut rand::thread_rng());
+    holders
+}
+
+/// Installs a fetched archive off the runtime, holding its fetch permit
+/// until it is unpacked.
+async fn install(store: &Store, fetched: Fetched, hash: &str) -> Result<(), BundleError> {
+    let (store, hash) = (store.clone(), hash.to_string());
+    tokio::task::spawn_blocking(move || {
+        let (archive, _permit) = fetched.into_parts();
+        store.install_received(archive, Some(&hash)).map(drop)
+    })
+    .await
+    .unwrap_or_else(|e| Err(BundleError::Io(std::io::Error::other(e))))
 }
 
 #[cfg(test)]

@@ -6,13 +6,14 @@
 use std::sync::Arc;
 
 use libp2p::PeerId;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::bundles::Fetched;
 use super::jobs::JobLinks;
 use crate::api::MeshView;
 use crate::apps::AppName;
-use crate::bundle::BundleRef;
+use crate::bundle::{BundleRef, Store};
 use crate::desired::DesiredApp;
 use crate::error::JobError;
 
@@ -46,6 +47,8 @@ pub struct Client {
     commands: mpsc::Sender<Command>,
     /// Job streams to other peers.
     jobs: JobLinks,
+    /// Bundle fetches this peer may run at once (shared by all clones).
+    bundle_fetches: Arc<Semaphore>,
 }
 
 impl Client {
@@ -58,6 +61,7 @@ impl Client {
             view,
             commands,
             jobs,
+            bundle_fetches: Arc::new(Semaphore::new(super::bundles::MAX_FETCHES)),
         }
     }
 
@@ -111,14 +115,16 @@ impl Client {
         rx.await.ok()
     }
 
-    /// Fetches a bundle's archive from `peer` (see [`super::bundles`]).
+    /// Fetches a bundle's archive from `peer` into `store`'s `tmp/`, at most
+    /// [`super::bundles::MAX_FETCHES`] at a time (see [`super::bundles`]).
     pub async fn fetch_bundle(
         &self,
         peer: PeerId,
-        hash: &str,
-        max: u64,
-    ) -> Result<Vec<u8>, String> {
-        super::bundles::fetch(self.jobs.control(), peer, hash, max).await
+        bundle: &BundleRef,
+        store: &Store,
+    ) -> Result<Fetched, String> {
+        let permits = self.bundle_fetches.clone();
+        super::bundles::fetch(self.jobs.control(), permits, peer, bundle, store).await
     }
 
     /// Runs a job on `peer`'s workers (see [`JobLinks::send_job`]).
