@@ -166,6 +166,12 @@ pub struct PeerArgs {
     /// How long a worker gets between SIGTERM and SIGKILL when it is stopped.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub worker_grace: Duration,
+
+    /// Most bytes the installed bundles may take together, archives plus
+    /// unpacked files [default: 18 times --max-bundle-bytes: room for two
+    /// of the largest bundles].
+    #[arg(long, value_name = "BYTES")]
+    pub max_store_bytes: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -78,6 +78,7 @@ pub struct PeerConfig {
     pub http_max_connections: usize,
     pub http_header_timeout: Duration,
     pub http_body_timeout: Duration,
+    pub max_store_bytes: Option<u64>,
 }
 
 /// Membership timing knobs (see the README for what each one trades).
@@ -170,6 +171,7 @@ impl PeerConfig {
             http_max_connections: args.http_max_connections,
             http_header_timeout: args.http_header_timeout,
             http_body_timeout: args.http_body_timeout,
+            max_store_bytes: args.max_store_bytes,
         })
     }
 }

@@ -51,9 +51,13 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     if !apps_dir.root().is_dir() {
         tracing::warn!(dir = %config.apps_dir.display(), "apps directory does not exist: this peer runs no workers, but serves jobs through others");
     }
-    let store = config
-        .remote_deploy
-        .then(|| Store::new(&config.data_dir, config.max_bundle_bytes));
+    let store = config.remote_deploy.then(|| {
+        let store = Store::new(&config.data_dir, config.max_bundle_bytes);
+        match config.max_store_bytes {
+            Some(quota) => store.with_quota(quota),
+            None => store,
+        }
+    });
     let workers = Workers::new(
         apps_dir,
         store.clone(),

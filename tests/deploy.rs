@@ -222,9 +222,20 @@ fn raw_entry(
     link: &str,
     body: &[u8],
 ) {
+    raw_entry_mode(b, kind, name, link, body, 0o755);
+}
+
+fn raw_entry_mode(
+    b: &mut tar::Builder<Vec<u8>>,
+    kind: tar::EntryType,
+    name: &str,
+    link: &str,
+    body: &[u8],
+    mode: u32,
+) {
     let mut h = tar::Header::new_gnu();
     h.set_size(body.len() as u64);
-    h.set_mode(0o755);
+    h.set_mode(mode);
     h.set_entry_type(kind);
     let n = name.as_bytes();
     h.as_old_mut().name[..n.len()].copy_from_slice(n);
@@ -361,4 +372,113 @@ fn unsafe_oversized_and_mismatched_bundles_are_refused() {
             Err(answer)
         }
     });
+}
+
+/// Everything under `dir` resolves inside `dir`.
+fn assert_all_inside(dir: &Path) {
+    let root = std::fs::canonicalize(dir).unwrap();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if let Ok(real) = std::fs::canonicalize(e.path()) {
+                assert!(
+                    real.starts_with(&root),
+                    "{} resolves to {}",
+                    e.path().display(),
+                    real.display()
+                );
+            }
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+}
+
+/// The bundle attacks of issue 14 against one running peer, through its
+/// upload (peers that fetch a bundle install it by the same code): a
+/// decompression bomb, a symlink chain to /etc/passwd, setuid modes, a full
+/// store. The peer refuses each with a clear error and keeps running.
+#[test]
+fn bundle_attacks_are_refused_and_the_peer_keeps_running() {
+    use tar::EntryType::{Directory, Regular, Symlink};
+    let dir = scratch("deploy-attacks");
+    let peer = Peer::start(
+        dir.path(),
+        "p0",
+        PeerOpts {
+            extra: vec!["--max-store-bytes".into(), "40000".into()],
+            ..Default::default()
+        },
+    );
+    let data = dir.path().join("p0.data");
+
+    // 321 bytes that unpacked to 8 MB.
+    let bomb = tar_zst(|b| raw_entry(b, Regular, "worker", "", &vec![0u8; 8 << 20]));
+    let (status, body) = post_bundle(&peer, bomb, None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unpacks to more than"), "{body}");
+
+    // `y` is the bundle's root 16 directories down; `x` climbs out from it.
+    let dirs = vec!["d"; 16].join("/");
+    let chain = tar_zst(|b| {
+        raw_entry(b, Directory, &dirs, "", b"");
+        raw_entry(b, Symlink, &format!("{dirs}/y"), &"../".repeat(16), b"");
+        let target = format!("{dirs}/y/{}etc/passwd", "../".repeat(17));
+        raw_entry(b, Symlink, "x", &target, b"");
+    });
+    let (status, body) = post_bundle(&peer, chain, None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("through another link"), "{body}");
+    assert!(files(&data.join("bundles")).is_empty());
+    assert_all_inside(&data);
+
+    // Setuid, setgid and world-writable: installed without those bits, and
+    // it still runs.
+    let suid = tar_zst(|b| {
+        raw_entry_mode(b, Regular, "worker", "", b"#!/bin/sh\nexec cat\n", 0o4777);
+        raw_entry_mode(b, Directory, "lib", "", b"", 0o1777);
+        raw_entry_mode(b, Regular, "lib/data", "", b"x", 0o2666);
+    });
+    let (status, body) = post_bundle(&peer, suid, None);
+    assert_eq!(status, 202, "{body}");
+    for f in files(&data.join("bundles")) {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode & !0o755, 0, "{} has mode {mode:o}", f.display());
+    }
+    let lib = files(&data.join("bundles"))[0]
+        .parent()
+        .unwrap()
+        .join("lib");
+    let mode = std::fs::metadata(&lib).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode & !0o755, 0, "lib/ has mode {mode:o}");
+    wait_for(
+        "the masked worker to answer",
+        Duration::from_secs(15),
+        || match peer.job(APP, "[7]") {
+            (200, _, answer) if answer == "[7]" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+
+    // 50 kB that do not compress, in a store of 40 kB.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let noise: Vec<u8> = (0..50_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let big = tar_zst(|b| raw_entry(b, Regular, "worker", "", &noise));
+    let (status, body) = post_bundle(&peer, big, None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("--max-store-bytes"), "{body}");
+    let (status, _, answer) = peer.job(APP, "[8]");
+    assert_eq!(
+        (status, answer.as_str()),
+        (200, "[8]"),
+        "the peer keeps running"
+    );
 }
