@@ -78,6 +78,12 @@ pub struct PeerConfig {
     pub http_max_connections: usize,
     pub http_header_timeout: Duration,
     pub http_body_timeout: Duration,
+    /// Admin keys whose signed decisions this peer takes (empty: none).
+    pub admins: crate::trust::Admins,
+    /// Names the HTTP endpoint answers to besides its address and loopback.
+    pub http_hosts: Vec<String>,
+    /// Bearer token every HTTP request must carry (`--http-token-file`).
+    pub http_token: Option<String>,
 }
 
 /// Membership timing knobs (see the README for what each one trades).
@@ -144,6 +150,24 @@ impl PeerConfig {
                 crate::apps::MAX_WORKERS_PER_APP
             )));
         }
+        let admins = load_admins(&args.admins, args.admins_file.as_deref())?;
+        let http_token = args
+            .http_token_file
+            .as_deref()
+            .map(load_http_token)
+            .transpose()?;
+        if !http.ip().is_loopback() && http_token.is_none() {
+            return Err(ConfigError::Value(format!(
+                "--http {http} is not a loopback address: anyone who can reach it could drive this peer. \
+                 Give it a bearer token with --http-token-file FILE (one line of at least {MIN_TOKEN_LEN} characters, mode 0600), \
+                 or listen on 127.0.0.1"
+            )));
+        }
+        let http_hosts = args
+            .http_host
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
         let default_workers = args.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
@@ -164,14 +188,86 @@ impl PeerConfig {
             retries: args.retries,
             drain_grace: args.drain_grace,
             data_dir: args.data_dir.clone(),
-            remote_deploy: !args.no_remote_deploy,
+            // Secure by default: bundles from the network only on a peer
+            // that knows who may deploy them.
+            remote_deploy: !args.no_remote_deploy && !admins.is_empty(),
             max_bundle_bytes: args.max_bundle_bytes,
             dispatch: args.dispatch,
             http_max_connections: args.http_max_connections,
             http_header_timeout: args.http_header_timeout,
             http_body_timeout: args.http_body_timeout,
+            admins,
+            http_hosts,
+            http_token,
         })
     }
+}
+
+/// Shortest HTTP bearer token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The admin keys of `--admin` and `--admins FILE`, together.
+fn load_admins(keys: &[String], file: Option<&Path>) -> Result<crate::trust::Admins, ConfigError> {
+    use crate::trust::{AdminKey, Admins, MAX_ADMINS};
+    let mut all = keys
+        .iter()
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| AdminKey::parse(k).map_err(|e| ConfigError::Value(format!("--admin: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(path) = file {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::ReadKey {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let listed = Admins::parse_file(&text)
+            .map_err(|e| ConfigError::Value(format!("--admins {}: {e}", path.display())))?;
+        all.extend(listed);
+    }
+    if all.len() > MAX_ADMINS {
+        return Err(ConfigError::Value(format!(
+            "at most {MAX_ADMINS} admin keys are accepted"
+        )));
+    }
+    Ok(Admins::new(all))
+}
+
+/// Reads the HTTP bearer token: the file's first line, trimmed.
+fn load_http_token(path: &Path) -> Result<String, ConfigError> {
+    check_private_file(path)?;
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::ReadKey {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::Value(format!(
+            "--http-token-file {}: the token must be one line of at least {MIN_TOKEN_LEN} printable characters without spaces",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+/// Refuses a secret file (key, token) that others than its owner may read:
+/// a secret readable by every user of the machine is not a secret.
+pub fn check_private_file(path: &Path) -> Result<(), ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = fs::metadata(path).map_err(|source| ConfigError::ReadKey {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::Value(format!(
+                "{} is readable by others (mode {mode:03o}); it holds a secret: run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Parses `HOST:PORT` (IPv4, `[IPv6]` or a host name, resolved now) or a

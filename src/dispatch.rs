@@ -256,6 +256,11 @@ impl Dispatcher {
         &self.local_id
     }
 
+    /// The mesh's decisions as this peer holds them.
+    pub fn desired(&self) -> Arc<DesiredApps> {
+        self.desired.borrow().clone()
+    }
+
     /// Runs `payload` (one line of compact JSON) on a worker of `app`.
     ///
     /// At-least-once: when the chosen peer cannot be reached or its

@@ -77,6 +77,13 @@ pub struct Metrics {
     /// Announcements of other peers that were never taken here: gaps in
     /// an author's sequence numbers (lost, or overtaken by a later one).
     pub announcements_skipped: Counter,
+    /// Start/stop/deploy decisions not taken here, by reason (`unsigned`,
+    /// `bad_signature`, `untrusted_key`, `invalid`, `full`, `stale`): each
+    /// counted once, however often it is relayed.
+    pub decisions_refused: Family<ReasonLabel, Counter>,
+    /// HTTP requests refused by the guard, by reason (`host`, `origin`,
+    /// `content_type`, `token`).
+    pub http_refused: Family<ReasonLabel, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -90,6 +97,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     peers: Family::default(),
     peer_downs: Family::default(),
     announcements_skipped: Counter::default(),
+    decisions_refused: Family::default(),
+    http_refused: Family::default(),
 });
 
 /// A registry with disruptor's metrics; the caller adds libp2p's.
@@ -145,6 +154,16 @@ pub fn registry() -> Registry {
         "disruptor_announcements_skipped",
         "Announcements of other peers never taken here (gaps in their sequence numbers)",
         m.announcements_skipped.clone(),
+    );
+    r.register(
+        "disruptor_decisions_refused",
+        "Start/stop/deploy decisions refused here, by reason (each counted once)",
+        m.decisions_refused.clone(),
+    );
+    r.register(
+        "disruptor_http_refused",
+        "HTTP requests refused before reaching a handler, by reason (host, origin, content_type, token)",
+        m.http_refused.clone(),
     );
     r
 }

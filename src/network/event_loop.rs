@@ -27,11 +27,12 @@ use super::behaviour::{
 use super::client::{Client, Command};
 use crate::api::{MeshView, SelfView};
 use crate::config::{PeerConfig, Timing};
-use crate::desired::DesiredApps;
+use crate::desired::{DesiredApp, DesiredApps};
 use crate::membership::{
     ANNOUNCE_VERSION, Announce, Dial, MAX_LINKS, MAX_PEERS, Membership, unix_ms,
 };
 use crate::ratelimit::PerKeyBudget;
+use crate::trust::{Admins, Refusal};
 use crate::worker::Workers;
 
 /// Longest gap between two rounds of membership housekeeping (silence
@@ -77,6 +78,8 @@ pub struct EventLoop {
     desired_tx: watch::Sender<Arc<DesiredApps>>,
     /// Set once this peer has announced that it is leaving (draining).
     leaving: bool,
+    /// Whose signed decisions this peer takes (empty: unsigned ones).
+    admins: Admins,
     /// Announcements each author may have us process and forward: an
     /// honest peer sends about one a second (a few more while its apps
     /// change); a flood from one author is dropped, not forwarded.
@@ -142,6 +145,7 @@ impl EventLoop {
             desired: DesiredApps::default(),
             desired_tx,
             leaving: false,
+            admins: config.admins.clone(),
             p2p_metrics,
             announce_budget: PerKeyBudget::new(ANNOUNCE_BURST, ANNOUNCE_RATE, MAX_PEERS),
         };
@@ -224,6 +228,9 @@ impl EventLoop {
     /// One round of housekeeping; returns when the next one is due.
     fn housekeeping(&mut self) -> Instant {
         let now = Instant::now();
+        if self.desired.expire(unix_ms()) {
+            self.desired_tx.send_replace(Arc::new(self.desired.clone()));
+        }
         if self.membership.take_any_dirty() {
             self.publish_view();
         }
@@ -319,29 +326,49 @@ impl EventLoop {
                 workers,
                 reply,
             } => {
-                let entry = self.desired.set(app, run, workers, &self.local.to_string());
-                tracing::info!(app = %entry.app, run, clock = entry.clock, "start/stop decision taken here");
-                self.desired_tx.send_replace(Arc::new(self.desired.clone()));
-                self.last_announce = None; // tell the mesh now, not after the debounce
-                self.announce(false);
+                // Defence in depth: the HTTP layer refuses these already.
+                let entry = if self.admins.is_empty() {
+                    self.desired
+                        .set(app, run, workers, &self.local.to_string(), unix_ms())
+                } else {
+                    Err(Refusal::Unsigned)
+                };
+                if let Ok(e) = &entry {
+                    tracing::info!(app = %e.app, run, clock = e.clock, "start/stop decision taken here");
+                    self.decided();
+                }
                 let _ = reply.send(entry);
             }
-            Command::Deploy {
-                app,
-                bundle,
-                start,
-                reply,
-            } => {
-                let entry = self
+            Command::Decide { decision, reply } => {
+                let held = self.desired.get(&decision.app).cloned();
+                let result = match self
                     .desired
-                    .deploy(app, bundle, start, &self.local.to_string());
-                tracing::info!(app = %entry.app, run = entry.run, version = ?entry.bundle.as_ref().map(|b| &b.hash[..12]), clock = entry.clock, "deployment decided here");
-                self.desired_tx.send_replace(Arc::new(self.desired.clone()));
-                self.last_announce = None;
-                self.announce(false);
-                let _ = reply.send(entry);
+                    .merge((*decision).clone(), &self.admins, unix_ms())
+                {
+                    Ok(true) => {
+                        tracing::info!(app = %decision.app, run = decision.run, origin = %decision.origin, clock = decision.clock, "signed decision taken here");
+                        self.decided();
+                        Ok(*decision)
+                    }
+                    // Sent twice: the same decision is held already.
+                    Ok(false) if held.as_ref() == Some(&*decision) => Ok(*decision),
+                    Ok(false) => Err(Refusal::Stale),
+                    Err(refusal) => {
+                        refused(refusal);
+                        Err(refusal)
+                    }
+                };
+                let _ = reply.send(result);
             }
         }
+    }
+
+    /// A decision was taken here: apply it, and tell the mesh now rather
+    /// than after the debounce.
+    fn decided(&mut self) {
+        self.desired_tx.send_replace(Arc::new(self.desired.clone()));
+        self.last_announce = None;
+        self.announce(false);
     }
 
     fn announce(&mut self, leaving: bool) {
@@ -573,13 +600,7 @@ impl EventLoop {
                             if let Some(dial) = dial {
                                 self.dial(dial);
                             }
-                            let mut changed = false;
-                            for d in desired {
-                                changed |= self.desired.merge(d);
-                            }
-                            if changed {
-                                self.desired_tx.send_replace(Arc::new(self.desired.clone()));
-                            }
+                            self.merge_decisions(desired, propagation_source);
                             MessageAcceptance::Accept
                         }
                         Err(e) => {
@@ -601,6 +622,26 @@ impl EventLoop {
                 self.announce(false);
             }
             _ => {}
+        }
+    }
+
+    /// Merges the decisions an announcement carries, each checked against
+    /// this peer's own admins whoever relayed it. Refusals are counted and
+    /// logged once per decision (it comes again in every announcement).
+    fn merge_decisions(&mut self, decisions: Vec<DesiredApp>, relayed_by: PeerId) {
+        let now = unix_ms();
+        let mut changed = false;
+        for d in decisions.into_iter().take(crate::desired::MAX_DESIRED) {
+            match self.desired.merge(d.clone(), &self.admins, now) {
+                Ok(c) => changed |= c,
+                Err(refusal) => {
+                    refused(refusal);
+                    tracing::warn!(app = %d.app, origin = %d.origin, clock = d.clock, relayed_by = %relayed_by, "refused a decision from the mesh: {refusal}");
+                }
+            }
+        }
+        if changed {
+            self.desired_tx.send_replace(Arc::new(self.desired.clone()));
         }
     }
 
@@ -659,6 +700,16 @@ impl EventLoop {
             request_response::Event::ResponseSent { .. } => {}
         }
     }
+}
+
+/// Counts a refused decision in `/metrics`.
+fn refused(refusal: Refusal) {
+    crate::metrics::METRICS
+        .decisions_refused
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: refusal.as_str(),
+        })
+        .inc();
 }
 
 /// The next multiple of `every` on the wall clock (unix time), as a tokio

@@ -576,3 +576,40 @@ pub fn job_attempts(
         .unwrap_or(0);
     (status, attempts, resp.text().unwrap())
 }
+
+/// An admin key made by `disruptor keygen --admin`: its file and the
+/// public key it printed.
+pub struct AdminKey {
+    pub file: PathBuf,
+    pub public: String,
+}
+
+impl AdminKey {
+    pub fn new(dir: &Path, name: &str) -> AdminKey {
+        let file = dir.join(format!("{name}.admin.key"));
+        let out = cli(&["keygen", "--admin", "--out", &file.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "keygen --admin: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(public.starts_with("ed25519:"), "{public}");
+        AdminKey { file, public }
+    }
+
+    /// `--admin PUBKEY`, for `PeerOpts::extra`.
+    pub fn trust(&self) -> Vec<String> {
+        vec!["--admin".into(), self.public.clone()]
+    }
+
+    /// `--key FILE`, for a CLI command.
+    pub fn sign(&self) -> Vec<String> {
+        vec!["--key".into(), self.file.display().to_string()]
+    }
+
+    /// The key itself, to sign decisions in a test.
+    pub fn secret(&self) -> disruptor::trust::AdminSecret {
+        disruptor::trust::AdminSecret::load(&self.file).expect("admin key")
+    }
+}
