@@ -96,9 +96,12 @@ impl Peer {
         let mut cmd = Command::new(BIN);
         cmd.arg("peer")
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", opts.listen_port))
-            .arg("--http")
-            .arg(format!("127.0.0.1:{}", opts.http_port));
+            .arg(format!("127.0.0.1:{}", opts.listen_port));
+        // `extra` may bind the HTTP endpoint elsewhere (with a token).
+        if !opts.extra.iter().any(|a| a == "--http") {
+            cmd.arg("--http")
+                .arg(format!("127.0.0.1:{}", opts.http_port));
+        }
         for b in &opts.bootstrap {
             cmd.arg("--bootstrap").arg(b);
         }
@@ -153,11 +156,12 @@ impl Peer {
                             peer.listen = host_port_of_multiaddr(addr.trim());
                         }
                     } else if let Some(url) = line.strip_prefix("http: ") {
+                        // A peer bound to 0.0.0.0 is reached on loopback.
                         peer.http = url
                             .trim()
                             .trim_start_matches("http://")
                             .trim_end_matches('/')
-                            .to_string();
+                            .replace("0.0.0.0:", "127.0.0.1:");
                     }
                     seen.push(line);
                 }
