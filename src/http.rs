@@ -727,8 +727,7 @@ fn job_target(path: &str, headers: &HeaderMap) -> Result<(AppName, Duration), Jo
     Ok((app, timeout))
 }
 
-/// A single job's body, size-checked, as one line of JSON (a `text/plain`
-/// body becomes a JSON string).
+/// A single job's body, size-checked, as one line of JSON.
 async fn read_job_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<String, JobError> {
     let max = s.config.max_job_bytes;
     let too_large = || {
@@ -763,13 +762,9 @@ async fn read_job_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<
         })?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| JobError::BadRequest("the body is not UTF-8".into()))?;
-    if content_type_is(headers, "text/plain") {
-        Ok(serde_json::Value::String(text.to_string()).to_string())
-    } else {
-        one_line(text).map_err(|e| {
-            JobError::BadRequest(format!(
-                "the body is not valid JSON ({e}); send JSON, or text with content-type: text/plain"
-            ))
-        })
-    }
+    one_line(text).map_err(|e| {
+        JobError::BadRequest(format!(
+            "the body is not valid JSON ({e}); send text as a JSON string (\"like this\")"
+        ))
+    })
 }
