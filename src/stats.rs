@@ -20,6 +20,8 @@ pub const BUCKET_SECS: u64 = 5;
 pub const BUCKETS: usize = 60;
 pub const MAX_APPS: usize = 64;
 pub const MAX_ERRORS: usize = 50;
+/// An error message is cut to this many characters.
+pub const MAX_ERROR_CHARS: usize = 300;
 /// Latency histogram per bucket: bucket k holds latencies below
 /// 100 µs * 2^k (the last one everything above).
 const LAT_BINS: usize = 20;
@@ -156,10 +158,7 @@ impl Stats {
         message: impl Into<String>,
     ) {
         let mut message = message.into();
-        if let Some((cut, _)) = message.char_indices().nth(300) {
-            message.truncate(cut);
-            message.push('…');
-        }
+        crate::text::truncate(&mut message, MAX_ERROR_CHARS);
         self.error(ErrorEvent {
             at_ms: unix_ms(),
             kind: kind.to_string(),

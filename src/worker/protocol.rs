@@ -34,6 +34,7 @@ use crate::apps::{AppSpec, Protocol};
 pub const MAX_RESULT_BYTES: usize = 10 * 1024 * 1024;
 /// Lines of stderr kept for error messages.
 const STDERR_TAIL_LINES: usize = 20;
+/// Characters kept of each such line.
 const STDERR_LINE_MAX: usize = 500;
 /// The fd number Node expects its IPC channel on.
 const NODE_CHANNEL_FD: i32 = 3;
@@ -50,16 +51,7 @@ impl LogTail {
         if t.len() == STDERR_TAIL_LINES {
             t.pop_front();
         }
-        let mut line = line.to_string();
-        if line.len() > STDERR_LINE_MAX {
-            let mut cut = STDERR_LINE_MAX;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push('…');
-        }
-        t.push_back(line);
+        t.push_back(crate::text::truncated(line, STDERR_LINE_MAX).into_owned());
     }
 
     pub fn text(&self) -> String {
@@ -302,11 +294,7 @@ fn classify(line: String, protocol: Protocol) -> Line {
             trimmed.to_string()
         }),
         Err(e) => {
-            let mut shown = trimmed.to_string();
-            if let Some((cut, _)) = shown.char_indices().nth(200) {
-                shown.truncate(cut);
-                shown.push('…');
-            }
+            let shown = crate::text::truncated(trimmed, 200);
             Line::NotJson(format!(
                 "worker answered a line that is not JSON ({e}): {shown:?}"
             ))
