@@ -1,0 +1,92 @@
+//! Hardening of a single peer against what others send it and what it was
+//! started with: key files that other users may read stop the peer before
+//! it starts.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Runs `disruptor peer ARGS`; its exit status and stderr, or a failure
+/// if it is still running after 15 s (it started on the key).
+fn peer_refusal(args: &[&str]) -> (Option<i32>, String) {
+    let dir = scratch("refusal");
+    let mut child = Command::new(BIN)
+        .arg("peer")
+        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("disruptor peer {args:?} started instead of refusing its key file");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn key_files_other_users_can_read_stop_the_peer_with_exit_2() {
+    let dir = scratch("keys");
+    // Valid keys, made as a user would: keygen, and a first start.
+    let psk = dir.path().join("mesh.psk");
+    assert!(
+        cli(&["keygen", "--out", psk.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let id = dir.path().join("id.key");
+    let mut first = Peer::start(
+        dir.path(),
+        "first",
+        PeerOpts {
+            identity: Some(id.clone()),
+            psk: Some(psk.clone()),
+            ..Default::default()
+        },
+    );
+    first.sigterm();
+
+    for (flag, path, mode) in [
+        ("--identity", &id, 0o644),
+        ("--identity", &id, 0o640),
+        ("--psk-file", &psk, 0o604),
+        ("--psk-file", &psk, 0o660),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (code, stderr) = peer_refusal(&[flag, path.to_str().unwrap()]);
+        assert_eq!(code, Some(2), "{flag} at {mode:o}: {stderr}");
+        assert!(
+            stderr.contains(&format!("chmod 600 {}", path.display())),
+            "{flag} at {mode:o}: {stderr}"
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // Private again, both are taken.
+    let again = Peer::start(
+        dir.path(),
+        "again",
+        PeerOpts {
+            identity: Some(id.clone()),
+            psk: Some(psk.clone()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(again.peers()["self"]["private"], true);
+}
