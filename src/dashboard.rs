@@ -396,14 +396,21 @@ fn app_cards(apps: &AppsView, stats: &StatsView) -> String {
         let p99: Vec<Option<f64>> = done.iter().map(|p| p.p99_ms).collect();
         let failed: u64 = done.iter().map(|p| p.failed).sum();
         let total: u64 = done.iter().map(|p| p.jobs).sum();
+        let what = if app == crate::metrics::OTHER_APP {
+            "jobs for apps the mesh does not run, counted together".to_string()
+        } else {
+            format!(
+                "running on {running} peer{} · {workers} workers · {in_flight} in flight",
+                if running == 1 { "" } else { "s" }
+            )
+        };
         let _ = write!(
             s,
             r#"<div class="app" data-app="{name}"><h3><code>{name}</code></h3>
-<div class="muted">running on {running} peer{plural} · {workers} workers · {in_flight} in flight · last 5 min here: {total} jobs, {failed} failed</div>
+<div class="muted">{what} · last 5 min here: {total} jobs, {failed} failed</div>
 <div class="chart"><span class="lbl">jobs/s</span>{rate}</div>
 <div class="chart"><span class="lbl">p99 latency</span>{p99}</div></div>"#,
             name = esc(app),
-            plural = if running == 1 { "" } else { "s" },
             rate = sparkline(&rate, "#2563eb", "/s"),
             p99 = sparkline(&p99, "#d97706", "ms"),
         );

@@ -1,14 +1,79 @@
 //! Hardening of a single peer against what others send it and what it was
-//! started with: key files that other users may read stop the peer before
-//! it starts.
+//! started with: made-up app names must not grow `/metrics`, and key files
+//! that other users may read stop the peer before it starts.
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::Value;
+
+const ECHO: &str = "apps/echo/echo";
+
+#[test]
+fn made_up_app_names_do_not_grow_metrics() {
+    let dir = scratch("labels");
+    let p = Peer::start(
+        dir.path(),
+        "p",
+        PeerOpts {
+            apps: Some(repo_apps()),
+            extra: vec!["--workers".into(), "1".into()],
+            ..Default::default()
+        },
+    );
+    start_app(&p, ECHO, &[]);
+    wait_running(&p, ECHO, &[&p]);
+    assert_eq!(p.job(ECHO, r#"{"a":1}"#).0, 200);
+    let before = p.get("/metrics").text().unwrap();
+
+    // Anyone who can reach the HTTP port can choose app names.
+    let client = http_client();
+    for i in 0..3000 {
+        let resp = client
+            .post(format!("http://{}/apps/made-up-{i}", p.http))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .expect("POST to a made-up app");
+        assert_eq!(resp.status(), 404, "apps/made-up-{i}");
+    }
+
+    let after = p.get("/metrics").text().unwrap();
+    assert!(
+        !after.contains("apps/made-up-"),
+        "a made-up app got its own label set"
+    );
+    assert!(
+        after.contains(r#"disruptor_jobs_total{app="(other)",outcome="not_running"} 3000"#),
+        "{after}"
+    );
+    assert!(after.contains(r#"disruptor_jobs_total{app="apps/echo/echo",outcome="ok"} 1"#));
+    // One label set for all of them: a few dozen lines (it was 72,000
+    // lines, 15 MB, for 3,000 names).
+    let grown = after.lines().count().saturating_sub(before.lines().count());
+    assert!(
+        grown < 100 && after.len() < before.len() + 8 * 1024,
+        "/metrics grew by {grown} lines, from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+    // The dashboard's series: the app the mesh runs, and "(other)".
+    let stats: Value = p.get("/api/stats").json().unwrap();
+    let apps: BTreeSet<&str> = stats["apps"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(apps, BTreeSet::from([ECHO, "(other)"]));
+    // And the peer is fine.
+    assert_eq!(p.job(ECHO, r#"{"a":2}"#).0, 200);
+}
 
 /// Runs `disruptor peer ARGS`; its exit status and stderr, or a failure
 /// if it is still running after 15 s (it started on the key).
