@@ -15,6 +15,7 @@ use crate::config::{self, ConfigError};
 use crate::dashboard::ago;
 use crate::desired::{Change, DesiredApp, next_decision};
 use crate::membership::unix_ms;
+use crate::text::{head, printable, short_id};
 use crate::trust::AdminSecret;
 use crate::worker::AppState;
 
@@ -90,10 +91,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         .await
         .with_context(|| format!("reading the answer of {url}"))?;
     if !status.is_success() {
-        let msg = serde_json::from_slice::<ErrorBody>(&body)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        anyhow::bail!("{url} answered {status}: {msg}");
+        anyhow::bail!("{url} answered {status}: {}", error_text(&body));
     }
     serde_json::from_slice(&body)
         .with_context(|| format!("{url} did not answer with the expected JSON"))
@@ -103,10 +101,16 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 async fn error_message(resp: reqwest::Response) -> String {
     let status = resp.status();
     let body = resp.bytes().await.unwrap_or_default();
-    let msg = serde_json::from_slice::<ErrorBody>(&body)
+    format!("{status}: {}", error_text(&body))
+}
+
+/// The message of an error answer (`{"error": ...}`, or the body as
+/// text), printable: a peer may answer anything, and main prints it.
+fn error_text(body: &[u8]) -> String {
+    let msg = serde_json::from_slice::<ErrorBody>(body)
         .map(|e| e.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-    format!("{status}: {msg}")
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    printable(&msg).into_owned()
 }
 
 fn app_arg(app: &str) -> Result<AppName, UsageError> {
@@ -168,11 +172,13 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
             "{} of {} peers answered an error: {}",
             failed.len(),
             all.len(),
-            failed
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            printable(
+                &failed
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         );
     }
     Ok(())
@@ -592,7 +598,7 @@ fn settle_report(view: &MeshView, apps: &AppsView, decision: &DesiredApp) -> (bo
                     l.push_str(&format!(", {} workers", s.workers));
                 }
                 if let Some(e) = &s.error {
-                    l.push_str(&format!(" ({e})"));
+                    l.push_str(&format!(" ({})", printable(e)));
                 }
                 l
             }
@@ -797,11 +803,11 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                     format!("{:?}", s.state).to_lowercase(),
                     s.version
                         .as_deref()
-                        .map(|v| format!("version {}", &v[..12.min(v.len())]))
+                        .map(|v| format!("version {}", printable(head(v, 12))))
                         .unwrap_or_else(|| "(from its apps directory)".into()),
                     s.error
                         .as_deref()
-                        .map(|e| format!(" ({e})"))
+                        .map(|e| format!(" ({})", printable(e)))
                         .unwrap_or_default()
                 ),
             };
@@ -835,8 +841,14 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Rows as aligned columns, each line starting with `indent`.
+/// Rows as aligned columns, each line starting with `indent`. Cells are
+/// made [`printable`] here, before their widths are measured: tables show
+/// what other peers announced (addresses, app names, versions, errors).
 fn table(rows: &[Vec<String>], indent: &str) -> String {
+    let rows: Vec<Vec<std::borrow::Cow<str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|i| {
@@ -878,12 +890,12 @@ pub fn render_status(
     stats: &crate::stats::StatsView,
     now: u64,
 ) -> String {
-    let short = |id: &str| format!("…{}", &id[id.len().saturating_sub(10)..]);
+    let short = |id: &str| short_id(id, 10);
     let up = view.peers.iter().filter(|p| p.state == "up").count();
     let mut out = format!(
         "disruptor peer {} · HTTP {} · up {} · {}{}\n\nPEERS: {} up (this one included), {} down\n",
-        view.local.id,
-        view.local.http,
+        printable(&view.local.id),
+        printable(&view.local.http),
         ago(now, view.local.started_ms),
         if view.local.private {
             "private mesh"
@@ -911,7 +923,7 @@ pub fn render_status(
                     st.in_flight,
                     st.version
                         .as_deref()
-                        .map(|v| format!(", v:{}", &v[..8.min(v.len())]))
+                        .map(|v| format!(", v:{}", head(v, 8)))
                         .unwrap_or_default()
                 )
             })
@@ -1017,9 +1029,9 @@ pub fn render_status(
             } else {
                 "job failed"
             },
-            e.app,
-            short(e.peer.as_deref().unwrap_or(&view.local.id)),
-            e.message
+            printable(&e.app),
+            printable(&short(e.peer.as_deref().unwrap_or(&view.local.id))),
+            printable(&e.message)
         ));
     }
     out
@@ -1076,6 +1088,107 @@ fn keygen_admin(args: &KeygenArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{PeerView, SelfView};
+    use crate::stats::{ErrorEvent, StatsView};
+    use crate::worker::AppStatus;
+
+    /// A mesh of this peer and one other, which announced `http` as its
+    /// address and runs `apps/x` at `version` with `error`.
+    fn mesh_with(http: &str, version: &str, error: &str) -> (MeshView, AppsView) {
+        let other = "12D3KooWother0000";
+        let view = MeshView {
+            local: SelfView {
+                id: "12D3KooWself0000".into(),
+                listen: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                http: "127.0.0.1:8001".into(),
+                started_ms: 1_000,
+                private: false,
+            },
+            peers: vec![PeerView {
+                id: other.into(),
+                peer: None,
+                apps: vec![],
+                state: "up".into(),
+                reason: None,
+                addrs: vec!["/ip4/127.0.0.1/tcp/2".into()],
+                http: Some(http.into()),
+                first_seen_ms: 1_000,
+                last_seen_ms: 61_000,
+                since_ms: 2_000,
+                started_ms: Some(1_000),
+                rtt_ms: Some(0.42),
+                connected: true,
+                links: vec![],
+                bundles: vec![],
+                remote_deploy: true,
+            }],
+        };
+        let mut apps = AppsView::build(&view.local.id, vec![], &view);
+        let status = AppStatus {
+            app: AppName::parse("apps/x").unwrap(),
+            state: AppState::Running,
+            workers: 1,
+            in_flight: 0,
+            clock: 1,
+            error: Some(error.into()),
+            version: Some(version.into()),
+        };
+        apps.mesh
+            .entry("apps/x".into())
+            .or_default()
+            .insert(other.into(), status);
+        (view, apps)
+    }
+
+    fn stats_with_error(message: &str) -> StatsView {
+        StatsView {
+            bucket_secs: 5,
+            apps: Default::default(),
+            errors: vec![ErrorEvent {
+                at_ms: 60_000,
+                kind: "job".into(),
+                app: "apps/x".into(),
+                peer: Some("12D3KooWother0000".into()),
+                message: message.into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn status_shortens_a_multi_byte_version_without_panicking() {
+        // Byte 8 falls inside the é: `&v[..8]` panicked `disruptor status`.
+        let (view, apps) = mesh_with("127.0.0.1:8002", &"1234567é".repeat(8), "");
+        let out = render_status(&view, &apps, &stats_with_error("boom"), 62_000);
+        assert!(out.contains("v:1234567é)"), "{out}");
+    }
+
+    #[test]
+    fn peer_strings_reach_the_terminal_without_control_characters() {
+        let evil = "\x1b]0;owned\x07\x1b[2J\x1b[31m";
+        let (view, apps) = mesh_with(
+            &format!("{evil}10.0.0.1:80"),
+            &format!("{evil}abc"),
+            &format!("{evil}bad\nnews"),
+        );
+        let stats = stats_with_error(&format!("{evil}boom\r\u{9b}1Afake line"));
+        for out in [
+            render_peers_table(&view, 62_000),
+            render_status(&view, &apps, &stats, 62_000),
+        ] {
+            assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        }
+        let table = render_peers_table(&view, 62_000);
+        assert!(table.contains(" 10.0.0.1:80 "), "{table}");
+        let status = render_status(&view, &apps, &stats, 62_000);
+        assert!(status.contains("boom fake line"), "{status}");
+        assert!(!status.contains("owned"), "{status}");
+    }
+
+    #[test]
+    fn error_answers_are_printable() {
+        assert_eq!(error_text(br#"{"error":"no \u001b[31mway\n"}"#), "no way ");
+        assert_eq!(error_text(b"plain \x1b[1mtext"), "plain text");
+    }
 
     #[test]
     fn base_urls() {

@@ -29,5 +29,6 @@ pub mod peer;
 pub mod ratelimit;
 pub mod stats;
 pub mod stream;
+pub mod text;
 pub mod trust;
 pub mod worker;

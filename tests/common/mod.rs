@@ -87,6 +87,18 @@ impl Peer {
     /// Starts a peer and waits until it printed its id, listen address and
     /// HTTP URL (deadline 15 s).
     pub fn start(dir: &Path, name: &str, opts: PeerOpts) -> Peer {
+        Peer::start_with(dir, name, opts, |_| {})
+    }
+
+    /// [`Peer::start`], with `customize` applied to the command last (an
+    /// environment variable, a descriptor to inherit, ...). A restart does
+    /// not apply it again.
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        opts: PeerOpts,
+        customize: impl FnOnce(&mut Command),
+    ) -> Peer {
         let log = dir.join(format!("{name}.log"));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -123,6 +135,7 @@ impl Peer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));
+        customize(&mut cmd);
         let mut child = cmd.spawn().expect("spawn disruptor peer");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
