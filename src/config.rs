@@ -233,11 +233,7 @@ fn load_admins(keys: &[String], file: Option<&Path>) -> Result<crate::trust::Adm
 
 /// Reads the HTTP bearer token: the file's first line, trimmed.
 fn load_http_token(path: &Path) -> Result<String, ConfigError> {
-    check_private_file(path)?;
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::ReadKey {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = String::from_utf8_lossy(&read_private_file(path)?).into_owned();
     let token = text.lines().next().unwrap_or("").trim().to_string();
     if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ConfigError::Value(format!(
@@ -246,28 +242,6 @@ fn load_http_token(path: &Path) -> Result<String, ConfigError> {
         )));
     }
     Ok(token)
-}
-
-/// Refuses a secret file (key, token) that others than its owner may read:
-/// a secret readable by every user of the machine is not a secret.
-pub fn check_private_file(path: &Path) -> Result<(), ConfigError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = fs::metadata(path).map_err(|source| ConfigError::ReadKey {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(ConfigError::Value(format!(
-                "{} is readable by others (mode {mode:03o}); it holds a secret: run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Parses `HOST:PORT` (IPv4, `[IPv6]` or a host name, resolved now) or a

@@ -278,5 +278,5 @@ fn same_secret(a: &str, b: &str) -> bool {
 /// At most 100 characters of `s`, without control characters: text from
 /// a request, safe to echo into an error or a log.
 fn printable(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(100).collect()
+    crate::text::head(&crate::text::printable(s), 100).to_string()
 }

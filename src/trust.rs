@@ -236,9 +236,8 @@ impl AdminSecret {
 
     /// Reads a key file, refusing one that others may read.
     pub fn load(path: &Path) -> Result<AdminSecret, String> {
-        crate::config::check_private_file(path).map_err(|e| e.to_string())?;
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read admin key {}: {e}", path.display()))?;
+        let bytes = crate::config::read_private_file(path).map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&bytes);
         AdminSecret::from_file_text(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
