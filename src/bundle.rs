@@ -5,29 +5,34 @@
 //! - `archives/<hash>.tar.zst`: the archive as received (served to peers
 //!   that fetch it);
 //! - `bundles/<hash>/`: the archive unpacked: the app's directory;
-//! - `tmp/`: unpacking happens here, then one rename makes it visible.
+//! - `tmp/`: archives arrive here (streamed, hashed as they come) and are
+//!   unpacked here, then one rename makes each visible.
 //!
 //! Everything in the store is content-addressed and written by rename, so
 //! peers on one machine may share a data directory.
 //!
-//! An archive is checked completely before anything is written: every entry
-//! must be a plain file, a directory, or a link that stays inside the
-//! bundle; no absolute path, no `..`, no device, FIFO or socket; and the
-//! sizes must stay within the limits.
+//! An archive is checked completely before anything is unpacked (see
+//! [`archive`] for the rules): every entry must be a plain file, a
+//! directory, or a link that stays inside the bundle without passing
+//! through another link; the unpacked size must stay in proportion to the
+//! archive's; and the store as a whole has a quota. Unpacked files keep at
+//! most mode 0755.
 
-use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+mod archive;
+mod store;
+
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::apps::{AppName, AppsDir};
 
+pub use archive::{Plan, check, unpacked_limit};
+pub use store::{ArchiveWriter, Received, Store, default_quota};
+
 /// Default limit of an archive's (compressed) size.
 pub const DEFAULT_MAX_BUNDLE_BYTES: u64 = 256 * 1024 * 1024;
-/// Unpacked size allowed per byte of limit (zstd compresses code well).
-const UNPACKED_FACTOR: u64 = 8;
-const MAX_ENTRIES: usize = 200_000;
 
 /// A deployed version of an app, as carried in the mesh's decisions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -40,18 +45,33 @@ pub struct BundleRef {
 
 impl BundleRef {
     pub fn is_well_formed(&self) -> bool {
-        self.hash.len() == 64
-            && self
-                .hash
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        is_hash(&self.hash)
     }
+}
+
+/// Whether `s` is a bundle hash: 64 lowercase hex digits, nothing else (so
+/// it is always safe to use as a file name).
+pub fn is_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("the bundle is {size} bytes, over the limit of {limit} bytes")]
     TooLarge { size: u64, limit: u64 },
+    #[error(
+        "the bundle unpacks to more than {limit} bytes, more than its {archive}-byte archive may \
+         (32 times the archive plus 1 MiB, at most 8 times --max-bundle-bytes)"
+    )]
+    UnpackedTooLarge { limit: u64, archive: u64 },
+    #[error(
+        "no room for the bundle: it takes {need} bytes (archive and unpacked), and {used} of the \
+         store's {quota} are in use (--max-store-bytes; bundles no app refers to are removed \
+         after a grace period)"
+    )]
+    QuotaExceeded { need: u64, used: u64, quota: u64 },
+    #[error("{0:?} is not a bundle hash (64 lowercase hex digits)")]
+    BadHash(String),
     #[error("the bundle's SHA-256 is {actual}, not the {expected} it was announced as")]
     HashMismatch { expected: String, actual: String },
     #[error("the bundle is not a tar + zstd archive: {0}")]
@@ -65,8 +85,11 @@ pub enum BundleError {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut s = String::with_capacity(64);
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    let mut s = String::with_capacity(2 * digest.len());
     for b in digest {
         s.push_str(&format!("{b:02x}"));
     }
@@ -100,262 +123,6 @@ fn add_dir(tar: &mut tar::Builder<Vec<u8>>, root: &Path, rel: &Path) -> std::io:
     Ok(())
 }
 
-/// Checks every entry of `archive` without writing anything.
-pub fn check(archive: &[u8], max_bytes: u64) -> Result<(), BundleError> {
-    if archive.len() as u64 > max_bytes {
-        return Err(BundleError::TooLarge {
-            size: archive.len() as u64,
-            limit: max_bytes,
-        });
-    }
-    let mut tar = open(archive, max_bytes)?;
-    let mut count = 0;
-    for entry in tar
-        .entries()
-        .map_err(|e| BundleError::Malformed(e.to_string()))?
-    {
-        let entry = entry.map_err(|e| BundleError::Malformed(e.to_string()))?;
-        count += 1;
-        if count > MAX_ENTRIES {
-            return Err(BundleError::Unsafe(format!(
-                "more than {MAX_ENTRIES} entries"
-            )));
-        }
-        let path = entry
-            .path()
-            .map_err(|e| BundleError::Malformed(e.to_string()))?
-            .into_owned();
-        let rel = safe_relative(&path)?;
-        let kind = entry.header().entry_type();
-        match kind {
-            tar::EntryType::Regular | tar::EntryType::Directory | tar::EntryType::Continuous => {}
-            tar::EntryType::Symlink | tar::EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| BundleError::Malformed(e.to_string()))?
-                    .ok_or_else(|| {
-                        BundleError::Malformed(format!("{} has no link target", path.display()))
-                    })?;
-                // A symlink is relative to its directory; a hard link to the
-                // archive's root. Either way it must stay inside.
-                let base = if kind == tar::EntryType::Symlink {
-                    rel.parent().unwrap_or(Path::new("")).to_path_buf()
-                } else {
-                    PathBuf::new()
-                };
-                if target.is_absolute() || !stays_inside(&base, &target) {
-                    return Err(BundleError::Unsafe(format!(
-                        "{} links outside the bundle (to {})",
-                        path.display(),
-                        target.display()
-                    )));
-                }
-            }
-            tar::EntryType::XHeader
-            | tar::EntryType::XGlobalHeader
-            | tar::EntryType::GNULongName
-            | tar::EntryType::GNULongLink => {}
-            other => {
-                return Err(BundleError::Unsafe(format!(
-                    "{} is a {other:?} entry (devices, FIFOs and the like are refused)",
-                    path.display()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The decompressed archive, read with a size cap.
-fn open(archive: &[u8], max_bytes: u64) -> Result<tar::Archive<impl Read + '_>, BundleError> {
-    let limit = max_bytes.saturating_mul(UNPACKED_FACTOR);
-    let z =
-        zstd::stream::Decoder::new(archive).map_err(|e| BundleError::Malformed(e.to_string()))?;
-    Ok(tar::Archive::new(CappedReader {
-        inner: z,
-        left: limit,
-        limit,
-    }))
-}
-
-struct CappedReader<R> {
-    inner: R,
-    left: u64,
-    limit: u64,
-}
-
-impl<R: Read> Read for CappedReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n as u64 > self.left {
-            return Err(std::io::Error::other(format!(
-                "unpacks to more than {} bytes",
-                self.limit
-            )));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-fn safe_relative(path: &Path) -> Result<PathBuf, BundleError> {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                return Err(BundleError::Unsafe(format!(
-                    "{} contains ..",
-                    path.display()
-                )));
-            }
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(BundleError::Unsafe(format!(
-                    "{} is an absolute path",
-                    path.display()
-                )));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Whether `base/target`, with `..` resolved lexically, stays inside.
-fn stays_inside(base: &Path, target: &Path) -> bool {
-    let mut depth: Vec<&std::ffi::OsStr> = base
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(p) => Some(p),
-            _ => None,
-        })
-        .collect();
-    for c in target.components() {
-        match c {
-            Component::Normal(p) => depth.push(p),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if depth.pop().is_none() {
-                    return false;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
-}
-
-/// The bundles this peer holds, under `--data-dir`.
-#[derive(Clone, Debug)]
-pub struct Store {
-    root: PathBuf,
-    max_bytes: u64,
-}
-
-impl Store {
-    pub fn new(root: &Path, max_bytes: u64) -> Store {
-        let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
-        Store { root, max_bytes }
-    }
-
-    pub fn max_bytes(&self) -> u64 {
-        self.max_bytes
-    }
-
-    pub fn dir(&self, hash: &str) -> PathBuf {
-        self.root.join("bundles").join(hash)
-    }
-
-    fn archive_path(&self, hash: &str) -> PathBuf {
-        self.root.join("archives").join(format!("{hash}.tar.zst"))
-    }
-
-    /// Hashes of the installed bundles (at most `max`).
-    pub fn list(&self, max: usize) -> Vec<String> {
-        let Ok(dir) = std::fs::read_dir(self.root.join("bundles")) else {
-            return Vec::new();
-        };
-        let mut out: Vec<String> = dir
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|h| h.len() == 64 && self.has(h))
-            .collect();
-        out.sort();
-        out.truncate(max);
-        out
-    }
-
-    /// Whether the bundle is installed (unpacked and its archive kept).
-    pub fn has(&self, hash: &str) -> bool {
-        self.dir(hash).is_dir() && self.archive_path(hash).is_file()
-    }
-
-    /// The archive, to serve to another peer.
-    pub fn archive(&self, hash: &str) -> Option<std::fs::File> {
-        if !self.has(hash) {
-            return None;
-        }
-        std::fs::File::open(self.archive_path(hash)).ok()
-    }
-
-    /// Verifies `archive` against `expected` (when given), checks it, and
-    /// installs it: unpacked in a temporary directory, then renamed into
-    /// place. Returns its reference. Nothing is written for a refused one.
-    pub fn install(
-        &self,
-        archive: &[u8],
-        expected: Option<&str>,
-    ) -> Result<BundleRef, BundleError> {
-        let hash = sha256_hex(archive);
-        if let Some(e) = expected
-            && e != hash
-        {
-            return Err(BundleError::HashMismatch {
-                expected: e.to_string(),
-                actual: hash,
-            });
-        }
-        let r = BundleRef {
-            hash: hash.clone(),
-            size: archive.len() as u64,
-        };
-        if self.has(&hash) {
-            return Ok(r);
-        }
-        check(archive, self.max_bytes)?;
-        let tmp_root = self.root.join("tmp");
-        std::fs::create_dir_all(&tmp_root)?;
-        std::fs::create_dir_all(self.root.join("bundles"))?;
-        std::fs::create_dir_all(self.root.join("archives"))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("{hash}-"))
-            .tempdir_in(&tmp_root)?;
-        let unpack_to = tmp.path().join("b");
-        std::fs::create_dir(&unpack_to)?;
-        let mut tar = open(archive, self.max_bytes)?;
-        tar.set_preserve_permissions(true);
-        tar.set_overwrite(false);
-        tar.unpack(&unpack_to)
-            .map_err(|e| BundleError::Malformed(e.to_string()))?;
-        let archive_tmp = tmp.path().join("a");
-        std::fs::write(&archive_tmp, archive)?;
-        std::fs::rename(&archive_tmp, self.archive_path(&hash))?;
-        match std::fs::rename(&unpack_to, self.dir(&hash)) {
-            Ok(()) => {}
-            // Another peer sharing this directory got there first.
-            Err(_) if self.dir(&hash).is_dir() => {}
-            Err(e) => return Err(e.into()),
-        }
-        Ok(r)
-    }
-
-    /// How `app` resolves inside an installed bundle: the bundle is the
-    /// app's directory, and the app's last name part its entry.
-    pub fn resolve(&self, hash: &str, app: &AppName) -> Result<crate::apps::AppSpec, BundleError> {
-        resolve_in(&self.dir(hash), app)
-    }
-}
-
 /// `app`'s entry (its last name part) resolved in `dir`, by the usual
 /// rules (manifest, executable, `.js`).
 pub fn resolve_in(dir: &Path, app: &AppName) -> Result<crate::apps::AppSpec, BundleError> {
@@ -374,37 +141,103 @@ pub fn resolve_in(dir: &Path, app: &AppName) -> Result<crate::apps::AppSpec, Bun
     Ok(spec)
 }
 
+/// Archives built entry by entry, for the tests of every module here.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use std::path::{Path, PathBuf};
 
-    fn tar_zst(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        build(&mut b);
-        zstd::stream::encode_all(&b.into_inner().unwrap()[..], 3).unwrap()
+    pub fn tar_zst(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        zstd::stream::encode_all(&raw_tar(build)[..], 3).unwrap()
     }
 
-    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, body: &[u8]) {
+    pub fn raw_tar(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    /// An entry with any kind, path, mode and link target: `set_path`
+    /// refuses `..` and absolute paths, so the names are written raw.
+    pub fn raw(
+        b: &mut tar::Builder<Vec<u8>>,
+        kind: tar::EntryType,
+        path: &str,
+        mode: u32,
+        target: &str,
+        body: &[u8],
+    ) {
         let mut h = tar::Header::new_gnu();
         h.set_size(body.len() as u64);
-        h.set_mode(0o755);
-        h.set_entry_type(tar::EntryType::Regular);
-        // set_path refuses `..` and absolute paths: write the name raw.
+        h.set_mode(mode);
+        h.set_entry_type(kind);
         let name = path.as_bytes();
         h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        let t = target.as_bytes();
+        h.as_old_mut().linkname[..t.len()].copy_from_slice(t);
         h.set_cksum();
         b.append(&h, body).unwrap();
     }
 
-    fn link(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, path: &str, target: &str) {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(0);
-        h.set_entry_type(kind);
-        h.set_path(path).unwrap();
-        let t = target.as_bytes();
-        h.as_old_mut().linkname[..t.len()].copy_from_slice(t);
-        h.set_cksum();
-        b.append(&h, &[][..]).unwrap();
+    pub fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, body: &[u8]) {
+        raw(b, tar::EntryType::Regular, path, 0o755, "", body);
+    }
+
+    pub fn dir(b: &mut tar::Builder<Vec<u8>>, path: &str) {
+        raw(b, tar::EntryType::Directory, path, 0o755, "", b"");
+    }
+
+    pub fn symlink(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) {
+        raw(b, tar::EntryType::Symlink, path, 0o777, target, b"");
+    }
+
+    pub fn hard_link(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) {
+        raw(b, tar::EntryType::Link, path, 0o644, target, b"");
+    }
+
+    /// Files (and links) under `dir`, recursively; directories are not
+    /// listed but entered.
+    pub fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
+    }
+
+    /// Asserts that nothing under `root` resolves to a place outside it.
+    pub fn assert_all_inside(root: &Path) {
+        let real_root = std::fs::canonicalize(root).unwrap();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if let Ok(real) = std::fs::canonicalize(e.path()) {
+                    assert!(
+                        real.starts_with(&real_root),
+                        "{} resolves to {}",
+                        e.path().display(),
+                        real.display()
+                    );
+                }
+                if e.file_type().unwrap().is_dir() {
+                    todo.push(e.path());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use tar::EntryType;
+
+    fn store(dir: &Path) -> Store {
+        Store::new(dir, DEFAULT_MAX_BUNDLE_BYTES)
     }
 
     #[test]
@@ -427,81 +260,59 @@ mod tests {
             "packing is deterministic"
         );
         let data = tempfile::tempdir().unwrap();
-        let store = Store::new(data.path(), DEFAULT_MAX_BUNDLE_BYTES);
+        let store = store(data.path());
         let r = store.install(&archive, None).unwrap();
         assert!(r.is_well_formed());
         assert!(store.has(&r.hash));
         let app = AppName::parse("apps/mine/worker").unwrap();
         let spec = store.resolve(&r.hash, &app).unwrap();
         assert_eq!(spec.name, app);
-        assert!(spec.source.starts_with(store.dir(&r.hash)));
-        assert_eq!(
-            std::fs::read_to_string(store.dir(&r.hash).join("alias")).unwrap(),
-            "x"
-        );
+        let dir = store.dir(&r.hash).unwrap();
+        assert!(spec.source.starts_with(&dir));
+        assert_eq!(std::fs::read_to_string(dir.join("alias")).unwrap(), "x");
+        let mode = std::fs::metadata(dir.join("worker"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o100, 0o100, "the entry stays executable");
         // Installing again is a no-op.
         assert_eq!(store.install(&archive, Some(&r.hash)).unwrap(), r);
+        assert!(
+            walk(&data.path().join("tmp")).is_empty(),
+            "tmp/ is left clean"
+        );
     }
 
     #[test]
     fn unsafe_archives_are_refused_and_nothing_is_written() {
+        let device = |kind: EntryType| tar_zst(|b| raw(b, kind, "dev", 0o644, "", b""));
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("absolute", tar_zst(|b| file(b, "/etc/evil", b"x"))),
             ("dotdot", tar_zst(|b| file(b, "../evil", b"x"))),
             ("nested dotdot", tar_zst(|b| file(b, "a/../../evil", b"x"))),
             (
                 "symlink out",
-                tar_zst(|b| link(b, tar::EntryType::Symlink, "l", "../../etc/passwd")),
+                tar_zst(|b| symlink(b, "l", "../../etc/passwd")),
             ),
             (
                 "absolute symlink",
-                tar_zst(|b| link(b, tar::EntryType::Symlink, "l", "/etc/passwd")),
+                tar_zst(|b| symlink(b, "l", "/etc/passwd")),
             ),
-            (
-                "hard link out",
-                tar_zst(|b| link(b, tar::EntryType::Link, "l", "../x")),
-            ),
-            (
-                "device",
-                tar_zst(|b| {
-                    let mut h = tar::Header::new_gnu();
-                    h.set_path("dev").unwrap();
-                    h.set_size(0);
-                    h.set_entry_type(tar::EntryType::Char);
-                    h.set_cksum();
-                    b.append(&h, &[][..]).unwrap();
-                }),
-            ),
-            (
-                "fifo",
-                tar_zst(|b| {
-                    let mut h = tar::Header::new_gnu();
-                    h.set_path("fifo").unwrap();
-                    h.set_size(0);
-                    h.set_entry_type(tar::EntryType::Fifo);
-                    h.set_cksum();
-                    b.append(&h, &[][..]).unwrap();
-                }),
-            ),
+            ("hard link out", tar_zst(|b| hard_link(b, "l", "../x"))),
+            ("device", device(EntryType::Char)),
+            ("fifo", device(EntryType::Fifo)),
             ("not zstd", b"plain bytes".to_vec()),
         ];
         for (what, archive) in cases {
             let data = tempfile::tempdir().unwrap();
-            let store = Store::new(data.path(), DEFAULT_MAX_BUNDLE_BYTES);
-            let err = store.install(&archive, None).expect_err(what);
+            let err = store(data.path()).install(&archive, None).expect_err(what);
             assert!(
                 matches!(err, BundleError::Unsafe(_) | BundleError::Malformed(_)),
                 "{what}: {err}"
             );
-            let written: Vec<_> = walk(data.path());
+            let written = walk(data.path());
             assert!(written.is_empty(), "{what}: wrote {written:?}");
         }
-        // A link that stays inside is fine.
-        let ok = tar_zst(|b| {
-            file(b, "a/f", b"x");
-            link(b, tar::EntryType::Symlink, "a/l", "../a/f");
-        });
-        assert!(check(&ok, DEFAULT_MAX_BUNDLE_BYTES).is_ok());
     }
 
     #[test]
@@ -513,30 +324,113 @@ mod tests {
             small.install(&archive, None),
             Err(BundleError::TooLarge { .. })
         ));
-        // Small archive, huge contents: the unpacked cap catches it.
-        let tiny = Store::new(data.path(), archive.len() as u64);
-        let bomb = tar_zst(|b| file(b, "w", &vec![0u8; 50 * archive.len()]));
-        if bomb.len() <= archive.len() {
-            assert!(tiny.install(&bomb, None).is_err());
-        }
-        let store = Store::new(data.path(), DEFAULT_MAX_BUNDLE_BYTES);
+        let store = store(data.path());
         let wrong = "0".repeat(64);
         assert!(matches!(
             store.install(&archive, Some(&wrong)),
             Err(BundleError::HashMismatch { .. })
         ));
+        assert!(matches!(
+            store.install(&archive, Some("../../x")),
+            Err(BundleError::BadHash(_))
+        ));
         assert!(walk(data.path()).is_empty());
     }
 
-    fn walk(dir: &Path) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            if e.file_type().unwrap().is_dir() {
-                out.extend(walk(&e.path()));
-            } else {
-                out.push(e.path());
-            }
+    /// The issue's decompression bomb: a few hundred bytes that unpacked to
+    /// 8 MB on every peer (the cap was 8 times --max-bundle-bytes, 2 GiB).
+    #[test]
+    fn a_tiny_archive_cannot_unpack_to_megabytes() {
+        let bomb = tar_zst(|b| file(b, "w", &vec![0u8; 8 << 20]));
+        assert!(bomb.len() < 2048, "{}", bomb.len());
+        let data = tempfile::tempdir().unwrap();
+        let err = store(data.path())
+            .install(&bomb, None)
+            .expect_err("8 MB from a tiny archive");
+        assert!(
+            matches!(err, BundleError::UnpackedTooLarge { archive, .. } if archive == bomb.len() as u64),
+            "{err}"
+        );
+        assert!(err.to_string().contains("unpacks to more than"), "{err}");
+        assert!(walk(data.path()).is_empty());
+    }
+
+    #[test]
+    fn setuid_setgid_sticky_and_group_or_world_write_are_masked() {
+        use std::os::unix::fs::PermissionsExt;
+        let archive = tar_zst(|b| {
+            raw(b, EntryType::Directory, "d", 0o1777, "", b"");
+            raw(b, EntryType::Regular, "d/suid", 0o4777, "", b"x");
+            raw(b, EntryType::Regular, "sgid", 0o2777, "", b"x");
+            raw(b, EntryType::Regular, "shared", 0o666, "", b"x");
+            raw(b, EntryType::Directory, "private", 0o700, "", b"");
+        });
+        let data = tempfile::tempdir().unwrap();
+        let store = store(data.path());
+        let r = store.install(&archive, None).unwrap();
+        let dir = store.dir(&r.hash).unwrap();
+        for p in ["", "d", "d/suid", "sgid", "shared", "private"] {
+            let mode = std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode & !0o755, 0, "{p:?} has mode {mode:o}");
         }
-        out
+        let suid = std::fs::metadata(dir.join("d/suid")).unwrap();
+        assert_eq!(
+            suid.permissions().mode() & 0o700,
+            0o700,
+            "the owner's bits stay"
+        );
+    }
+
+    /// Each link alone stays inside when `..` is resolved lexically, but `y`
+    /// is the bundle's root, 16 directories up, so the `..`s after it
+    /// climb out of the bundle and the data directory, up to `/`.
+    fn chain_to_etc_passwd(y_first: bool) -> Vec<u8> {
+        // Names fit in the 100 bytes of a plain header; 16 levels up from
+        // the bundle reach `/` from any usual temporary directory.
+        let depth = 16;
+        let dirs = vec!["d"; depth].join("/");
+        let up = |n: usize| "../".repeat(n);
+        let y = |b: &mut tar::Builder<Vec<u8>>| symlink(b, &format!("{dirs}/y"), &up(depth));
+        let x = |b: &mut tar::Builder<Vec<u8>>| {
+            let target = format!("{dirs}/y/{}etc/passwd", up(depth + 1));
+            symlink(b, "x", &target)
+        };
+        tar_zst(|b| {
+            dir(b, &dirs);
+            if y_first {
+                y(b);
+                x(b);
+            } else {
+                x(b);
+                y(b);
+            }
+        })
+    }
+
+    #[test]
+    fn a_symlink_chain_cannot_reach_etc_passwd() {
+        let short = |b: &mut tar::Builder<Vec<u8>>| {
+            dir(b, "s");
+            symlink(b, "s/y", ".");
+            symlink(b, "s/x", "y/../..");
+        };
+        let cases = [
+            ("chain to /etc/passwd", chain_to_etc_passwd(true)),
+            (
+                "chain, the link used defined last",
+                chain_to_etc_passwd(false),
+            ),
+            ("y -> ., x -> y/../..", tar_zst(short)),
+        ];
+        for (what, archive) in cases {
+            let data = tempfile::tempdir().unwrap();
+            let err = store(data.path()).install(&archive, None).expect_err(what);
+            assert!(
+                matches!(&err, BundleError::Unsafe(m) if m.contains("through another link")),
+                "{what}: {err}"
+            );
+            assert_all_inside(data.path());
+            assert!(walk(data.path()).is_empty(), "{what}");
+        }
     }
 }

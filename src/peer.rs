@@ -25,6 +25,11 @@ use crate::{http, network};
 /// app copied into the apps directory later starts without a new `start`.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
+/// How long a bundle that no decision and no worker refers to is kept
+/// before it is deleted (at least: see [`gc_grace`]). A rollback within it
+/// costs no fetch.
+const GC_GRACE: Duration = Duration::from_secs(600);
+
 /// How long the tasks get to finish after shutdown was requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long after start a peer with a mesh to join may wait for the mesh
@@ -136,6 +141,7 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
         desired_rx,
         workers.clone(),
         net.clone(),
+        gc_grace(config.worker_grace),
         shutdown.clone(),
     ));
     if let Some(store) = store {
@@ -217,9 +223,11 @@ async fn reconcile(
     mut desired: watch::Receiver<Arc<DesiredApps>>,
     workers: Workers,
     net: crate::network::Client,
+    gc_grace: Duration,
     shutdown: CancellationToken,
 ) {
     let mut every = tokio::time::interval(RECONCILE_EVERY);
+    let mut gc: Option<tokio::task::JoinHandle<()>> = None;
     // Fetches in progress, by bundle hash; each reports here when done.
     let fetching: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
     let (fetched_tx, mut fetched_rx) = tokio::sync::mpsc::channel::<()>(16);
@@ -259,7 +267,45 @@ async fn reconcile(
                 let _ = done.send(()).await;
             });
         }
+        // One collection at a time, off the runtime (it deletes files).
+        if gc.as_ref().is_none_or(|t| t.is_finished()) {
+            let keep = referenced(&current, &workers, &fetching.lock().expect("fetching lock"));
+            let store = store.clone();
+            gc = Some(tokio::task::spawn_blocking(move || {
+                for h in store.gc(&keep, gc_grace) {
+                    tracing::info!(
+                        version = &h[..12],
+                        "removed a bundle nothing refers to any more"
+                    );
+                }
+            }));
+        }
     }
+}
+
+/// The bundles that must stay: those the mesh's decisions name (running
+/// or stopped: a start needs it again), those this peer's workers run, and
+/// those being fetched.
+fn referenced(
+    desired: &DesiredApps,
+    workers: &Workers,
+    fetching: &std::collections::HashSet<String>,
+) -> std::collections::HashSet<String> {
+    let decided = desired
+        .entries()
+        .filter_map(|d| d.bundle.as_ref().map(|b| b.hash.clone()));
+    decided
+        .chain(workers.running_versions())
+        .chain(fetching.iter().cloned())
+        .collect()
+}
+
+/// The collection grace: a replaced version's workers may take up to
+/// `max(worker_grace, 30 s)` to finish their jobs and `worker_grace` more
+/// to exit, and run from the bundle's directory all that time.
+fn gc_grace(worker_grace: Duration) -> Duration {
+    let retiring = worker_grace.max(Duration::from_secs(30)) * 2;
+    GC_GRACE.max(retiring + Duration::from_secs(60))
 }
 
 /// Fetches a bundle from the peers that announce it, one after another,
@@ -316,4 +362,18 @@ async fn fetch_bundle(
         pause = (pause * 2).min(Duration::from_secs(5));
     }
     tracing::warn!(app = %app, version = &b.hash[..12], "could not fetch a deployed version; will try again");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_collection_grace_outlasts_a_retiring_version() {
+        assert_eq!(gc_grace(Duration::from_secs(5)), GC_GRACE);
+        assert_eq!(
+            gc_grace(Duration::from_secs(600)),
+            Duration::from_secs(2 * 600 + 60)
+        );
+    }
 }

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::{PeerId, Stream, StreamProtocol};
 use libp2p_stream::Control;
 use tokio_util::sync::CancellationToken;
 
-use crate::bundle::{Store, sha256_hex};
+use crate::bundle::{Store, is_hash, sha256_hex};
 
 pub const BUNDLE_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/bundle/1");
 /// Fetches one peer may have running from this one at once.
@@ -54,33 +54,7 @@ pub async fn serve(mut control: Control, store: Store, shutdown: CancellationTok
                 *n += 1;
                 *n > MAX_SERVES_PER_PEER
             };
-            let r = tokio::time::timeout(FETCH_TIMEOUT, async {
-                let mut line = [0u8; 65];
-                stream.read_exact(&mut line).await?;
-                let hash = std::str::from_utf8(&line[..64]).unwrap_or("");
-                if over {
-                    stream.write_all(&[2]).await?;
-                } else if let Some(mut file) =
-                    (line[64] == b'\n').then(|| store.archive(hash)).flatten()
-                {
-                    let len = file.metadata()?.len();
-                    stream.write_all(&[0]).await?;
-                    stream.write_all(&len.to_be_bytes()).await?;
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = std::io::Read::read(&mut file, &mut buf)?;
-                        if n == 0 {
-                            break;
-                        }
-                        stream.write_all(&buf[..n]).await?;
-                    }
-                    tracing::debug!(%peer, bundle = &hash[..12], bytes = len, "served a bundle");
-                } else {
-                    stream.write_all(&[1]).await?;
-                }
-                stream.close().await
-            })
-            .await;
+            let r = tokio::time::timeout(FETCH_TIMEOUT, serve_one(&mut stream, &store, over)).await;
             if let Ok(Err(e)) = r {
                 tracing::debug!(%peer, "bundle fetch by another peer failed: {e}");
             }
@@ -93,6 +67,55 @@ pub async fn serve(mut control: Control, store: Store, shutdown: CancellationTok
             }
         });
     }
+}
+
+/// Answers one fetch: reads the request, then the archive from disk with
+/// `tokio::fs` (a slow disk stalls this stream, not the runtime's threads,
+/// which carry every job).
+async fn serve_one(stream: &mut Stream, store: &Store, over: bool) -> std::io::Result<()> {
+    let mut line = [0u8; 65];
+    stream.read_exact(&mut line).await?;
+    let held = match requested_hash(&line) {
+        Some(hash) if !over => {
+            let (store, hash) = (store.clone(), hash.to_string());
+            tokio::task::spawn_blocking(move || store.archive(&hash))
+                .await
+                .map_err(std::io::Error::other)?
+        }
+        _ => None,
+    };
+    match held {
+        _ if over => stream.write_all(&[2]).await?,
+        None => stream.write_all(&[1]).await?,
+        Some((file, len)) => {
+            stream.write_all(&[0]).await?;
+            stream.write_all(&len.to_be_bytes()).await?;
+            copy_file(tokio::fs::File::from_std(file), stream).await?;
+        }
+    }
+    stream.close().await
+}
+
+async fn copy_file(mut file: tokio::fs::File, stream: &mut Stream) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        stream.write_all(&buf[..n]).await?;
+    }
+}
+
+/// The hash a fetch asks for: exactly 64 lowercase hex digits and a
+/// newline. Anything else is answered "not held" without touching the file
+/// system (the store refuses it too: this keeps junk out of the logs).
+fn requested_hash(line: &[u8; 65]) -> Option<&str> {
+    let (hash, newline) = line.split_at(64);
+    if newline != b"\n" {
+        return None;
+    }
+    std::str::from_utf8(hash).ok().filter(|h| is_hash(h))
 }
 
 /// Fetches the archive with SHA-256 `hash` from `peer`, at most `max` bytes.
@@ -144,4 +167,41 @@ pub async fn fetch(
     })
     .await
     .map_err(|_| format!("no complete bundle within {FETCH_TIMEOUT:?}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(s: &[u8]) -> [u8; 65] {
+        let mut l = [b'\n'; 65];
+        l[..s.len().min(65)].copy_from_slice(&s[..s.len().min(65)]);
+        l
+    }
+
+    #[test]
+    fn only_a_lowercase_hex_hash_is_looked_up() {
+        let good = "0123456789abcdef".repeat(4);
+        assert_eq!(requested_hash(&line(good.as_bytes())), Some(good.as_str()));
+        let mut no_newline = line(good.as_bytes());
+        no_newline[64] = b'x';
+        let absolute = format!("/tmp/{}", "x".repeat(59));
+        let dotdot = format!("../../../../etc/passwd{}", "/".repeat(42));
+        for bad in [
+            no_newline,
+            line(good.to_uppercase().as_bytes()),
+            line(absolute.as_bytes()),
+            line(dotdot.as_bytes()),
+            line(&[b'g'; 64]),
+            line(&[0xff; 64]),
+            line(&[b'a'; 63]),
+        ] {
+            assert_eq!(
+                requested_hash(&bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(&bad)
+            );
+        }
+    }
 }

@@ -268,6 +268,18 @@ impl Workers {
             .unwrap_or_default()
     }
 
+    /// The deployed versions this peer's apps run now (their bundles must
+    /// not be collected).
+    pub fn running_versions(&self) -> Vec<String> {
+        let apps = self.inner.apps.lock().expect("apps lock");
+        apps.values()
+            .filter_map(|e| match e {
+                Entry::Running(r) => r.version.clone(),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The store of deployed bundles, if this peer takes deployments.
     pub fn store(&self) -> Option<&Store> {
         self.inner.store.as_ref()
