@@ -29,7 +29,8 @@ use crate::api::{MeshView, SelfView};
 use crate::config::{PeerConfig, Timing};
 use crate::desired::{DesiredApp, DesiredApps};
 use crate::membership::{
-    ANNOUNCE_VERSION, Announce, Dial, MAX_LINKS, MAX_PEERS, Membership, unix_ms,
+    ANNOUNCE_VERSION, Announce, AnnounceError, Dial, MAX_LINKS, MAX_PEERS, Membership,
+    Refusal as MemberRefusal, unix_ms,
 };
 use crate::ratelimit::PerKeyBudget;
 use crate::trust::{Admins, Refusal};
@@ -49,6 +50,8 @@ const ANNOUNCE_DEBOUNCE: Duration = Duration::from_millis(100);
 /// announcement is flushed to every neighbour.
 const GOODBYE_FLUSH: Duration = Duration::from_millis(300);
 const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Shortest gap between two log lines summing up membership refusals.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -87,6 +90,9 @@ pub struct EventLoop {
     /// libp2p's own metrics (swarm, gossipsub, identify, ping), in the
     /// registry `/metrics` serves.
     p2p_metrics: libp2p::metrics::Metrics,
+    /// Membership refusals as last logged (see [`Self::log_refusals`]).
+    refusals_logged: [u64; MemberRefusal::ALL.len()],
+    next_refusal_log: Instant,
 }
 
 /// Announcements per second (and burst) accepted from any one author.
@@ -148,6 +154,8 @@ impl EventLoop {
             admins: config.admins.clone(),
             p2p_metrics,
             announce_budget: PerKeyBudget::new(ANNOUNCE_BURST, ANNOUNCE_RATE, MAX_PEERS),
+            refusals_logged: [0; MemberRefusal::ALL.len()],
+            next_refusal_log: Instant::now(),
         };
         event_loop.publish_view();
         let jobs = super::jobs::JobLinks::new(event_loop.swarm.behaviour().stream.new_control());
@@ -245,6 +253,7 @@ impl EventLoop {
             self.announce(false);
         }
         self.dial_bootstraps(now);
+        self.log_refusals(now);
         let mut next = aligned_after(HOUSEKEEPING_MAX).into_std();
         if let Some(due) = self.membership.next_deadline(now) {
             next = next.min(due);
@@ -542,6 +551,17 @@ impl EventLoop {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 let reason = describe_dial_error(&error, self.private);
                 match peer_id {
+                    // Not a dial membership made (those always carry
+                    // addresses): a job stream to a peer whose connection
+                    // just closed. Membership redials it on its own.
+                    Some(peer) if matches!(error, DialError::NoAddresses) => {
+                        tracing::debug!(%peer, "no connection to open a stream on: {reason}");
+                    }
+                    // This peer's own connection limits: nothing learned
+                    // about the other peer.
+                    Some(peer) if matches!(error, DialError::Denied { .. }) => {
+                        tracing::debug!(%peer, "dial not made: {reason}");
+                    }
                     Some(peer) => {
                         let was_up = self.membership.is_up(&peer);
                         self.membership.on_dial_failed(peer, now);
@@ -553,6 +573,15 @@ impl EventLoop {
                     }
                     None => tracing::warn!("cannot connect to bootstrap peer: {reason}"),
                 }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error: libp2p::swarm::ListenError::Denied { cause },
+                ..
+            } => {
+                // Over a connection limit (see `behaviour.rs`); counted in
+                // libp2p's swarm metrics, not worth a line each under a flood.
+                tracing::debug!(from = %send_back_addr, "incoming connection refused: {cause}");
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -603,10 +632,7 @@ impl EventLoop {
                             self.merge_decisions(desired, propagation_source);
                             MessageAcceptance::Accept
                         }
-                        Err(e) => {
-                            tracing::warn!(from = %propagation_source, "rejected announcement: {e}");
-                            MessageAcceptance::Reject
-                        }
+                        Err(e) => self.refused_announcement(source, propagation_source, &e),
                     }
                 } else {
                     MessageAcceptance::Reject
@@ -642,6 +668,65 @@ impl EventLoop {
         }
         if changed {
             self.desired_tx.send_replace(Arc::new(self.desired.clone()));
+        }
+    }
+
+    /// What gossipsub is told about an announcement membership refused.
+    ///
+    /// `Reject` lowers the score of the peer that relayed it (see
+    /// `behaviour.rs`), so it is kept for what every honest peer refuses
+    /// alike: malformed JSON, another peer's id. A peer must not be
+    /// punished for relaying what only this peer's state or policy turns
+    /// down (a full table, a format it does not know yet): those are
+    /// `Ignore`d, neither forwarded nor held against anyone.
+    fn refused_announcement(
+        &mut self,
+        author: PeerId,
+        relay: PeerId,
+        e: &AnnounceError,
+    ) -> MessageAcceptance {
+        if e.is_invalid() {
+            tracing::warn!(%author, %relay, "rejected announcement: {e}");
+            MessageAcceptance::Reject
+        } else {
+            // Counted by membership; summed up in the log by `log_refusals`.
+            tracing::debug!(%author, %relay, "ignored announcement: {e}");
+            MessageAcceptance::Ignore
+        }
+    }
+
+    /// Logs what membership refused since the last call (at most every
+    /// [`REFUSAL_LOG_EVERY`]): under a flood, one line instead of one per
+    /// message.
+    fn log_refusals(&mut self, now: Instant) {
+        if now < self.next_refusal_log {
+            return;
+        }
+        self.next_refusal_log = now + REFUSAL_LOG_EVERY;
+        let totals: Vec<(MemberRefusal, u64)> = self.membership.refusals().collect();
+        let new: Vec<String> = totals
+            .iter()
+            .zip(&self.refusals_logged)
+            .filter(|((_, n), before)| n > before)
+            .map(|((r, n), before)| format!("{} {}", n - before, r.as_str()))
+            .collect();
+        if !new.is_empty() {
+            let (verified, unverified) = self.membership.sizes();
+            tracing::warn!(
+                verified,
+                unverified,
+                "membership refused: {} (peers never connected are bounded; see disruptor_membership_refused_total)",
+                new.join(", ")
+            );
+        }
+        for (slot, (_, n)) in self.refusals_logged.iter_mut().zip(totals) {
+            *slot = n;
+        }
+        let (verified, unverified) = self.membership.sizes();
+        for (kind, n) in [("verified", verified), ("unverified", unverified)] {
+            super::TABLE_SIZE
+                .get_or_create(&super::KindLabel { kind })
+                .set(n as i64);
         }
     }
 
