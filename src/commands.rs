@@ -371,7 +371,8 @@ impl Tally {
             && let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(line)
             && o.len() == 1
         {
-            return Some(o["stream_error"].as_str().unwrap_or("").to_string());
+            // The peer's words, printed by main: printable.
+            return Some(printable(o["stream_error"].as_str().unwrap_or("")).into_owned());
         }
         if line.starts_with(b"{\"line\":")
             && let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(line)
