@@ -15,6 +15,13 @@
 //!
 //! Usage: `rogue TARGET_MULTIADDR SECONDS`. Prints one JSON line of what it
 //! did, so a test can check that the attacks really ran.
+//!
+//! `rogue decide ...` is the attack on who decides what runs (see
+//! [`decide`]): it announces start decisions for a bundle it serves itself.
+
+#[path = "support/rogue_decide.rs"]
+mod rogue_decide;
+use rogue_decide as decide;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -53,8 +60,11 @@ struct Tally {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("decide") {
+        return decide::run(&args[2..]).await;
+    }
     if args.len() != 3 {
-        eprintln!("usage: rogue TARGET_MULTIADDR SECONDS");
+        eprintln!("usage: rogue TARGET_MULTIADDR SECONDS | rogue decide ...");
         std::process::exit(2);
     }
     let target: Multiaddr = args[1].parse()?;

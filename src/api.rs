@@ -26,6 +26,17 @@ pub struct SelfView {
     pub private: bool,
 }
 
+/// `GET /api/decisions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecisionsView {
+    /// The highest Lamport clock this peer has seen: a new decision is
+    /// stamped above it.
+    pub clock: u64,
+    /// Whether this peer takes only decisions signed by an admin key.
+    pub admins: bool,
+    pub decisions: Vec<crate::desired::DesiredApp>,
+}
+
 /// Body of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -47,7 +47,7 @@ pub enum Command {
     Stream(StreamArgs),
     /// Pack an app's directory and deploy it to every peer of the mesh.
     Deploy(DeployArgs),
-    /// Write a new pre-shared key for a private mesh.
+    /// Write a new pre-shared key for a private mesh, or an admin key.
     Keygen(KeygenArgs),
 }
 
@@ -63,8 +63,8 @@ pub struct PeerArgs {
     #[arg(long, value_name = "ADDR")]
     pub bootstrap: Vec<String>,
 
-    /// Local HTTP endpoint (status page and API). It has no authentication,
-    /// so it listens on loopback unless told otherwise.
+    /// Local HTTP endpoint (status page and API). On loopback by default;
+    /// any other address needs `--http-token-file`.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
     pub http: String,
 
@@ -108,10 +108,40 @@ pub struct PeerArgs {
     #[arg(long, value_name = "DIR", default_value = "./disruptor-data")]
     pub data_dir: PathBuf,
 
-    /// Never install app bundles deployed by others (`disruptor deploy`):
-    /// run only what the `--apps` directory has.
+    /// Never install app bundles deployed by others (`disruptor deploy`),
+    /// even when signed by an admin: run only what the `--apps` directory
+    /// has. (A peer without `--admin` never installs bundles anyway.)
     #[arg(long)]
     pub no_remote_deploy: bool,
+
+    /// An admin's public key (`ed25519:...`, as `disruptor keygen --admin`
+    /// prints it). May repeat. With admins, this peer takes only start,
+    /// stop and deploy decisions signed by one of them (`--key`), and
+    /// installs deployed bundles; without, it takes unsigned start/stop of
+    /// its own `--apps` and never installs a bundle.
+    #[arg(
+        long = "admin",
+        value_name = "PUBKEY",
+        env = "DISRUPTOR_ADMIN",
+        value_delimiter = ','
+    )]
+    pub admins: Vec<String>,
+
+    /// File of admin public keys, one per line (`#` starts a comment).
+    #[arg(long = "admins", value_name = "FILE")]
+    pub admins_file: Option<PathBuf>,
+
+    /// A host name this peer's HTTP endpoint answers to, besides its bound
+    /// address and loopback names (requests naming another `Host` are
+    /// refused, which defeats DNS rebinding). May repeat.
+    #[arg(long, value_name = "NAME")]
+    pub http_host: Vec<String>,
+
+    /// File holding a bearer token (one line, at least 16 characters) that
+    /// every HTTP request except `GET /healthz` must carry. Required when
+    /// `--http` listens on an address other than loopback.
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
 
     /// Largest app bundle accepted (compressed), in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = crate::bundle::DEFAULT_MAX_BUNDLE_BYTES)]
@@ -174,6 +204,25 @@ pub struct PeerArgs {
     pub max_store_bytes: Option<u64>,
 }
 
+/// What a client command needs to reach a peer's HTTP endpoint.
+#[derive(Debug, Clone, Args)]
+pub struct Access {
+    /// File holding the peer's HTTP bearer token (`--http-token-file` of the
+    /// peer), for a peer that listens on a non-loopback address.
+    #[arg(long, value_name = "FILE", env = "DISRUPTOR_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The admin key a decision is signed with.
+#[derive(Debug, Clone, Args)]
+pub struct Signing {
+    /// Admin key file (`disruptor keygen --admin`): the decision is signed
+    /// here, before any peer sees it. Peers started with `--admin` take
+    /// only signed decisions.
+    #[arg(long, value_name = "FILE", env = "DISRUPTOR_KEY")]
+    pub key: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct StartArgs {
     /// HTTP address of any running peer (HOST:PORT or http://HOST:PORT).
@@ -183,6 +232,10 @@ pub struct StartArgs {
     /// Worker processes per peer (default: the app's manifest, else one per core).
     #[arg(long, value_name = "N")]
     pub workers: Option<u32>,
+    #[command(flatten)]
+    pub signing: Signing,
+    #[command(flatten)]
+    pub access: Access,
     /// How long to wait for the mesh to report the new state.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub wait: Duration,
@@ -197,6 +250,10 @@ pub struct StopArgs {
     /// How long to wait for the mesh to report the new state.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub wait: Duration,
+    #[command(flatten)]
+    pub signing: Signing,
+    #[command(flatten)]
+    pub access: Access,
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +271,8 @@ pub struct SendArgs {
     /// peer's result (or error) by peer id.
     #[arg(long)]
     pub all: bool,
+    #[command(flatten)]
+    pub access: Access,
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +298,8 @@ pub struct StreamArgs {
     /// Give up on a job after this long (sent as X-Disruptor-Timeout-Ms).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    #[command(flatten)]
+    pub access: Access,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +309,8 @@ pub struct PeersArgs {
     /// Print the raw JSON of /api/peers instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub access: Access,
 }
 
 #[derive(Debug, Args)]
@@ -269,19 +332,31 @@ pub struct DeployArgs {
     /// How long to wait for every peer to report the new version.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub wait: Duration,
+    #[command(flatten)]
+    pub signing: Signing,
+    #[command(flatten)]
+    pub access: Access,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// HTTP address of a running peer (HOST:PORT or http://HOST:PORT).
     pub http_addr: String,
+    #[command(flatten)]
+    pub access: Access,
 }
 
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
     /// Write the key to this file (mode 0600) instead of standard output.
+    /// Required with `--admin`.
     #[arg(long, short, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Make an admin key (Ed25519) instead of a pre-shared key: the
+    /// private key goes to `--out`, its public key (for `peer --admin`)
+    /// to standard output.
+    #[arg(long)]
+    pub admin: bool,
     /// Overwrite FILE if it exists.
     #[arg(long)]
     pub force: bool,

@@ -5,15 +5,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::api::{AppsView, ErrorBody, MeshView};
+use crate::api::{AppsView, DecisionsView, ErrorBody, MeshView};
 use crate::apps::AppName;
 use crate::cli::{
-    DeployArgs, KeygenArgs, PeersArgs, SendArgs, StartArgs, StatusArgs, StopArgs, StreamArgs,
+    Access, DeployArgs, KeygenArgs, PeersArgs, SendArgs, Signing, StartArgs, StatusArgs, StopArgs,
+    StreamArgs,
 };
 use crate::config::{self, ConfigError};
 use crate::dashboard::ago;
-use crate::desired::DesiredApp;
+use crate::desired::{Change, DesiredApp, next_decision};
 use crate::membership::unix_ms;
+use crate::text::{head, printable, short_id};
+use crate::trust::AdminSecret;
 use crate::worker::AppState;
 
 /// A user error in a client command's arguments (exit code 2).
@@ -35,18 +38,51 @@ pub fn base_url(addr: &str) -> Result<String, UsageError> {
     Ok(format!("http://{rest}"))
 }
 
-fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+/// An HTTP client for the peer's API: timeouts, and the bearer token when
+/// one is given (`--token-file`, `DISRUPTOR_TOKEN_FILE`).
+fn client(access: &Access, timeout: Option<Duration>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(path) = &access.token_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            UsageError(format!(
+                "cannot read the token file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let token = text.lines().next().unwrap_or("").trim();
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| {
+                UsageError(format!(
+                    "{}: the token is not valid header text",
+                    path.display()
+                ))
+            })?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .build()?)
+        .default_headers(headers);
+    if let Some(t) = timeout {
+        builder = builder.timeout(t);
+    }
+    Ok(builder.build()?)
+}
+
+/// The client for short API calls.
+fn api_client(access: &Access) -> anyhow::Result<reqwest::Client> {
+    client(access, Some(Duration::from_secs(30)))
 }
 
 /// GETs `path` from the peer at `base` and decodes JSON, turning an error
 /// answer into its message.
-async fn get_json<T: serde::de::DeserializeOwned>(base: &str, path: &str) -> anyhow::Result<T> {
+async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+) -> anyhow::Result<T> {
     let url = format!("{base}{path}");
-    let resp = http_client()?.get(&url).send().await.with_context(|| {
+    let resp = client.get(&url).send().await.with_context(|| {
         format!("cannot reach the peer at {base} (is `disruptor peer` running there?)")
     })?;
     let status = resp.status();
@@ -55,10 +91,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(base: &str, path: &str) -> any
         .await
         .with_context(|| format!("reading the answer of {url}"))?;
     if !status.is_success() {
-        let msg = serde_json::from_slice::<ErrorBody>(&body)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        anyhow::bail!("{url} answered {status}: {msg}");
+        anyhow::bail!("{url} answered {status}: {}", error_text(&body));
     }
     serde_json::from_slice(&body)
         .with_context(|| format!("{url} did not answer with the expected JSON"))
@@ -68,10 +101,16 @@ async fn get_json<T: serde::de::DeserializeOwned>(base: &str, path: &str) -> any
 async fn error_message(resp: reqwest::Response) -> String {
     let status = resp.status();
     let body = resp.bytes().await.unwrap_or_default();
-    let msg = serde_json::from_slice::<ErrorBody>(&body)
+    format!("{status}: {}", error_text(&body))
+}
+
+/// The message of an error answer (`{"error": ...}`, or the body as
+/// text), printable: a peer may answer anything, and main prints it.
+fn error_text(body: &[u8]) -> String {
+    let msg = serde_json::from_slice::<ErrorBody>(body)
         .map(|e| e.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-    format!("{status}: {msg}")
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    printable(&msg).into_owned()
 }
 
 fn app_arg(app: &str) -> Result<AppName, UsageError> {
@@ -90,15 +129,13 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         args.payload
     };
     // JSON goes as JSON; anything else as a JSON string.
-    let (content_type, body) = match serde_json::from_str::<serde_json::Value>(&payload) {
-        Ok(_) => ("application/json", payload),
-        Err(_) => ("text/plain; charset=utf-8", payload),
+    let body = match serde_json::from_str::<serde_json::Value>(&payload) {
+        Ok(_) => payload,
+        Err(_) => serde_json::Value::String(payload).to_string(),
     };
+    let content_type = "application/json";
     let server_timeout = args.timeout.unwrap_or(crate::http::DEFAULT_JOB_TIMEOUT);
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(server_timeout + Duration::from_secs(5))
-        .build()?;
+    let client = client(&args.access, Some(server_timeout + Duration::from_secs(5)))?;
     let query = if args.all { "?to=all" } else { "" };
     let mut req = client
         .post(format!("{base}/{app}{query}"))
@@ -135,11 +172,13 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
             "{} of {} peers answered an error: {}",
             failed.len(),
             all.len(),
-            failed
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            printable(
+                &failed
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         );
     }
     Ok(())
@@ -224,9 +263,7 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<()> {
     if args.unordered {
         url.push_str("&ordered=false");
     }
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()?;
+    let client = client(&args.access, None)?;
     let mut req = client
         .post(&url)
         .header("content-type", crate::stream::NDJSON)
@@ -334,7 +371,8 @@ impl Tally {
             && let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(line)
             && o.len() == 1
         {
-            return Some(o["stream_error"].as_str().unwrap_or("").to_string());
+            // The peer's words, printed by main: printable.
+            return Some(printable(o["stream_error"].as_str().unwrap_or("")).into_owned());
         }
         if line.starts_with(b"{\"line\":")
             && let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(line)
@@ -374,43 +412,130 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
     if args.workers == Some(0) {
         return Err(UsageError("--workers must be at least 1".into()).into());
     }
-    start_stop(&args.http_addr, &args.app, true, args.workers, args.wait).await
+    let change = Change::Start {
+        workers: args.workers,
+    };
+    let target = Target::new(&args.http_addr, &args.access)?;
+    start_stop(&target, &args.app, change, &args.signing, args.wait).await
 }
 
 pub async fn stop(args: StopArgs) -> anyhow::Result<()> {
-    start_stop(&args.http_addr, &args.app, false, None, args.wait).await
+    let target = Target::new(&args.http_addr, &args.access)?;
+    start_stop(&target, &args.app, Change::Stop, &args.signing, args.wait).await
+}
+
+/// A peer's API: its base URL and a client that carries the token.
+struct Target {
+    base: String,
+    api: reqwest::Client,
+}
+
+impl Target {
+    fn new(addr: &str, access: &Access) -> anyhow::Result<Target> {
+        Ok(Target {
+            base: base_url(addr)?,
+            api: api_client(access)?,
+        })
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        get_json(&self.api, &self.base, path).await
+    }
+
+    /// POSTs JSON; the answer decoded, or its error message.
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<Result<T, (reqwest::StatusCode, String)>> {
+        let resp = self
+            .api
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the peer at {} (is `disruptor peer` running there?)",
+                    self.base
+                )
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            return Ok(Err((status, error_message(resp).await)));
+        }
+        Ok(Ok(resp.json().await.context("reading the answer")?))
+    }
+}
+
+/// Loads the admin key of `--key` / `DISRUPTOR_KEY`, if one is given.
+fn signing_key(signing: &Signing) -> anyhow::Result<Option<AdminSecret>> {
+    signing
+        .key
+        .as_deref()
+        .map(|p| AdminSecret::load(p).map_err(|e| UsageError(e).into()))
+        .transpose()
+}
+
+/// Makes a decision signed by `key` and hands it to the peer: reads the
+/// peer's decisions and clock, stamps the change above them, signs it, and
+/// sends it; if another decision got in between (409), does it again.
+async fn signed_decision(
+    target: &Target,
+    app: &AppName,
+    change: Change,
+    key: &AdminSecret,
+    deliver: impl AsyncFn(
+        &DesiredApp,
+    ) -> anyhow::Result<Result<DesiredApp, (reqwest::StatusCode, String)>>,
+) -> anyhow::Result<DesiredApp> {
+    for _ in 0..5 {
+        let held: DecisionsView = target.get("/api/decisions").await?;
+        let mut d = next_decision(&held.decisions, held.clock, app, change.clone(), unix_ms());
+        key.sign(&mut d);
+        match deliver(&d).await? {
+            Ok(taken) => return Ok(taken),
+            Err((reqwest::StatusCode::CONFLICT, msg)) if msg.contains("newer decision") => continue,
+            Err((status, msg)) => anyhow::bail!("{app}: {status}: {msg}"),
+        }
+    }
+    anyhow::bail!("{app}: other decisions kept getting in first; try again")
 }
 
 async fn start_stop(
-    addr: &str,
+    target: &Target,
     app: &str,
-    run: bool,
-    workers: Option<u32>,
+    change: Change,
+    signing: &Signing,
     wait: Duration,
 ) -> anyhow::Result<()> {
-    let base = base_url(addr)?;
     let app = app_arg(app)?;
+    let run = !matches!(change, Change::Stop);
     let verb = if run { "start" } else { "stop" };
-    let mut body = serde_json::json!({ "app": app });
-    if let Some(w) = workers {
-        body["workers"] = w.into();
-    }
-    let resp = http_client()?
-        .post(format!("{base}/api/apps/{verb}"))
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| {
-            format!("cannot reach the peer at {base} (is `disruptor peer` running there?)")
-        })?;
-    if !resp.status().is_success() {
-        anyhow::bail!("{verb} {app}: {}", error_message(resp).await);
-    }
-    let decision: DesiredApp = resp.json().await.context("reading the answer")?;
+    let decision: DesiredApp = match signing_key(signing)? {
+        Some(key) => {
+            signed_decision(target, &app, change, &key, async |d: &DesiredApp| {
+                target.post("/api/decisions", d).await
+            })
+            .await?
+        }
+        None => {
+            let mut body = serde_json::json!({ "app": app });
+            if let Change::Start { workers: Some(w) } = change {
+                body["workers"] = w.into();
+            }
+            target
+                .post(&format!("/api/apps/{verb}"), &body)
+                .await?
+                .map_err(|(_, msg)| anyhow::anyhow!("{verb} {app}: {msg}"))?
+        }
+    };
+    let base = &target.base;
+    let api = &target.api;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let view: MeshView = get_json(&base, "/api/peers").await?;
-        let apps: AppsView = get_json(&base, "/api/apps").await?;
+        let view: MeshView = get_json(api, base, "/api/peers").await?;
+        let apps: AppsView = get_json(api, base, "/api/apps").await?;
         let (settled, report) = settle_report(&view, &apps, &decision);
         if settled {
             print!("{report}");
@@ -474,7 +599,7 @@ fn settle_report(view: &MeshView, apps: &AppsView, decision: &DesiredApp) -> (bo
                     l.push_str(&format!(", {} workers", s.workers));
                 }
                 if let Some(e) = &s.error {
-                    l.push_str(&format!(" ({e})"));
+                    l.push_str(&format!(" ({})", printable(e)));
                 }
                 l
             }
@@ -500,12 +625,13 @@ fn settle_report(view: &MeshView, apps: &AppsView, decision: &DesiredApp) -> (bo
 
 pub async fn peers(args: PeersArgs) -> anyhow::Result<()> {
     let base = base_url(&args.http_addr)?;
+    let api = api_client(&args.access)?;
     if args.json {
-        let v: serde_json::Value = get_json(&base, "/api/peers").await?;
+        let v: serde_json::Value = get_json(&api, &base, "/api/peers").await?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let view: MeshView = get_json(&base, "/api/peers").await?;
+    let view: MeshView = get_json(&api, &base, "/api/peers").await?;
     print!("{}", render_peers_table(&view, unix_ms()));
     Ok(())
 }
@@ -556,8 +682,19 @@ pub fn render_peers_table(view: &MeshView, now: u64) -> String {
 /// `disruptor deploy`: checks, packs, uploads, and waits for the mesh.
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    let base = base_url(&args.http_addr)?;
+    let target = Target::new(&args.http_addr, &args.access)?;
+    let base = target.base.clone();
+    let api = target.api.clone();
     let app = app_arg(&args.name)?;
+    let Some(key) = signing_key(&args.signing)? else {
+        return Err(UsageError(
+            "a deployment runs new code on every peer, so it must be signed by an admin key: \
+             --key FILE (or DISRUPTOR_KEY); make one with `disruptor keygen --admin --out FILE` \
+             and start the peers with --admin PUBKEY"
+                .into(),
+        )
+        .into());
+    };
     if !args.dir.is_dir() {
         return Err(UsageError(format!("{} is not a directory", args.dir.display())).into());
     }
@@ -587,46 +724,57 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         }
         pb
     });
-    let chunks: Vec<bytes::Bytes> = archive
-        .chunks(256 * 1024)
-        .map(bytes::Bytes::copy_from_slice)
-        .collect();
-    let pb = progress.clone();
-    let body =
-        reqwest::Body::wrap_stream(futures::stream::iter(chunks.into_iter().map(move |c| {
-            if let Some(pb) = &pb {
-                pb.inc(c.len() as u64);
-            }
-            Ok::<_, std::io::Error>(c)
-        })));
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(600))
-        .build()?;
-    let resp = client
-        .post(format!("{base}/api/deploy?name={app}&start={}", args.start))
-        .header("content-type", "application/zstd")
-        .header(crate::http::BUNDLE_HASH_HEADER, &hash)
-        .header("content-length", total)
-        .body(body)
-        .send()
-        .await
-        .with_context(|| {
-            format!("cannot reach the peer at {base} (is `disruptor peer` running there?)")
-        })?;
+    let upload = client(&args.access, Some(Duration::from_secs(600)))?;
+    let bundle = crate::bundle::BundleRef {
+        hash: hash.clone(),
+        size: total,
+    };
+    let change = Change::Deploy {
+        bundle,
+        start: args.start,
+    };
+    let decision = signed_decision(&target, &app, change, &key, async |d: &DesiredApp| {
+        let pb = progress.clone();
+        let chunks: Vec<bytes::Bytes> = archive
+            .chunks(256 * 1024)
+            .map(bytes::Bytes::copy_from_slice)
+            .collect();
+        let body =
+            reqwest::Body::wrap_stream(futures::stream::iter(chunks.into_iter().map(move |c| {
+                if let Some(pb) = &pb {
+                    pb.inc(c.len() as u64);
+                }
+                Ok::<_, std::io::Error>(c)
+            })));
+        let resp = upload
+            .post(format!("{base}/api/deploy?name={app}"))
+            .header("content-type", "application/zstd")
+            .header(crate::http::BUNDLE_HASH_HEADER, &hash)
+            .header(crate::http::DECISION_HEADER, serde_json::to_string(d)?)
+            .header("content-length", total)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| {
+                format!("cannot reach the peer at {base} (is `disruptor peer` running there?)")
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            return Ok(Err((status, error_message(resp).await)));
+        }
+        Ok(Ok(resp.json().await.context("reading the answer")?))
+    })
+    .await;
     if let Some(pb) = progress {
         pb.finish_and_clear();
     }
-    if !resp.status().is_success() {
-        anyhow::bail!("deploy {app}: {}", error_message(resp).await);
-    }
-    let decision: DesiredApp = resp.json().await.context("reading the answer")?;
+    let decision = decision.map_err(|e| anyhow::anyhow!("deploy {e:#}"))?;
     // Wait until every peer that is up (and takes deployments) reports the
     // new version (running, if the app runs).
     let deadline = tokio::time::Instant::now() + args.wait;
     loop {
-        let view: MeshView = get_json(&base, "/api/peers").await?;
-        let apps: AppsView = get_json(&base, "/api/apps").await?;
+        let view: MeshView = get_json(&api, &base, "/api/peers").await?;
+        let apps: AppsView = get_json(&api, &base, "/api/apps").await?;
         let per_peer = apps.mesh.get(app.as_str());
         let mut ids: Vec<&str> = vec![view.local.id.as_str()];
         let mut lines = Vec::new();
@@ -656,11 +804,11 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                     format!("{:?}", s.state).to_lowercase(),
                     s.version
                         .as_deref()
-                        .map(|v| format!("version {}", &v[..12.min(v.len())]))
+                        .map(|v| format!("version {}", printable(head(v, 12))))
                         .unwrap_or_else(|| "(from its apps directory)".into()),
                     s.error
                         .as_deref()
-                        .map(|e| format!(" ({e})"))
+                        .map(|e| format!(" ({})", printable(e)))
                         .unwrap_or_default()
                 ),
             };
@@ -694,8 +842,14 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Rows as aligned columns, each line starting with `indent`.
+/// Rows as aligned columns, each line starting with `indent`. Cells are
+/// made [`printable`] here, before their widths are measured: tables show
+/// what other peers announced (addresses, app names, versions, errors).
 fn table(rows: &[Vec<String>], indent: &str) -> String {
+    let rows: Vec<Vec<std::borrow::Cow<str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|i| {
@@ -723,9 +877,10 @@ fn table(rows: &[Vec<String>], indent: &str) -> String {
 /// `disruptor status`: the dashboard's picture as text.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let base = base_url(&args.http_addr)?;
-    let view: MeshView = get_json(&base, "/api/peers").await?;
-    let apps: AppsView = get_json(&base, "/api/apps").await?;
-    let stats: crate::stats::StatsView = get_json(&base, "/api/stats").await?;
+    let api = api_client(&args.access)?;
+    let view: MeshView = get_json(&api, &base, "/api/peers").await?;
+    let apps: AppsView = get_json(&api, &base, "/api/apps").await?;
+    let stats: crate::stats::StatsView = get_json(&api, &base, "/api/stats").await?;
     print!("{}", render_status(&view, &apps, &stats, unix_ms()));
     Ok(())
 }
@@ -736,12 +891,12 @@ pub fn render_status(
     stats: &crate::stats::StatsView,
     now: u64,
 ) -> String {
-    let short = |id: &str| format!("…{}", &id[id.len().saturating_sub(10)..]);
+    let short = |id: &str| short_id(id, 10);
     let up = view.peers.iter().filter(|p| p.state == "up").count();
     let mut out = format!(
         "disruptor peer {} · HTTP {} · up {} · {}{}\n\nPEERS: {} up (this one included), {} down\n",
-        view.local.id,
-        view.local.http,
+        printable(&view.local.id),
+        printable(&view.local.http),
         ago(now, view.local.started_ms),
         if view.local.private {
             "private mesh"
@@ -769,7 +924,7 @@ pub fn render_status(
                     st.in_flight,
                     st.version
                         .as_deref()
-                        .map(|v| format!(", v:{}", &v[..8.min(v.len())]))
+                        .map(|v| format!(", v:{}", head(v, 8)))
                         .unwrap_or_default()
                 )
             })
@@ -875,15 +1030,18 @@ pub fn render_status(
             } else {
                 "job failed"
             },
-            e.app,
-            short(e.peer.as_deref().unwrap_or(&view.local.id)),
-            e.message
+            printable(&e.app),
+            printable(&short(e.peer.as_deref().unwrap_or(&view.local.id))),
+            printable(&e.message)
         ));
     }
     out
 }
 
 pub fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    if args.admin {
+        return keygen_admin(&args);
+    }
     let key = config::generate_psk();
     let text = key.to_string();
     match args.out {
@@ -904,9 +1062,134 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `keygen --admin --out FILE`: the private key to FILE (0600), the public
+/// key, one line, to stdout (for `peer --admin`).
+fn keygen_admin(args: &KeygenArgs) -> anyhow::Result<()> {
+    let Some(path) = &args.out else {
+        return Err(UsageError(
+            "an admin key is a secret: name its file with --out FILE (the public key is printed)"
+                .into(),
+        )
+        .into());
+    };
+    let key = AdminSecret::generate();
+    config::write_private_file(path, key.to_file_text().as_bytes(), args.force)?;
+    let public = key.public();
+    eprintln!(
+        "wrote admin key {} (keep it private); start peers with --admin {public}, and sign with --key {}",
+        path.display(),
+        path.display()
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{public}")?;
+    out.flush()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{PeerView, SelfView};
+    use crate::stats::{ErrorEvent, StatsView};
+    use crate::worker::AppStatus;
+
+    /// A mesh of this peer and one other, which announced `http` as its
+    /// address and runs `apps/x` at `version` with `error`.
+    fn mesh_with(http: &str, version: &str, error: &str) -> (MeshView, AppsView) {
+        let other = "12D3KooWother0000";
+        let view = MeshView {
+            local: SelfView {
+                id: "12D3KooWself0000".into(),
+                listen: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                http: "127.0.0.1:8001".into(),
+                started_ms: 1_000,
+                private: false,
+            },
+            peers: vec![PeerView {
+                id: other.into(),
+                peer: None,
+                apps: vec![],
+                state: "up".into(),
+                reason: None,
+                addrs: vec!["/ip4/127.0.0.1/tcp/2".into()],
+                http: Some(http.into()),
+                first_seen_ms: 1_000,
+                last_seen_ms: 61_000,
+                since_ms: 2_000,
+                started_ms: Some(1_000),
+                rtt_ms: Some(0.42),
+                connected: true,
+                links: vec![],
+                bundles: vec![],
+                remote_deploy: true,
+            }],
+        };
+        let mut apps = AppsView::build(&view.local.id, vec![], &view);
+        let status = AppStatus {
+            app: AppName::parse("apps/x").unwrap(),
+            state: AppState::Running,
+            workers: 1,
+            in_flight: 0,
+            clock: 1,
+            error: Some(error.into()),
+            version: Some(version.into()),
+        };
+        apps.mesh
+            .entry("apps/x".into())
+            .or_default()
+            .insert(other.into(), status);
+        (view, apps)
+    }
+
+    fn stats_with_error(message: &str) -> StatsView {
+        StatsView {
+            bucket_secs: 5,
+            apps: Default::default(),
+            errors: vec![ErrorEvent {
+                at_ms: 60_000,
+                kind: "job".into(),
+                app: "apps/x".into(),
+                peer: Some("12D3KooWother0000".into()),
+                message: message.into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn status_shortens_a_multi_byte_version_without_panicking() {
+        // Byte 8 falls inside the é: `&v[..8]` panicked `disruptor status`.
+        let (view, apps) = mesh_with("127.0.0.1:8002", &"1234567é".repeat(8), "");
+        let out = render_status(&view, &apps, &stats_with_error("boom"), 62_000);
+        assert!(out.contains("v:1234567é)"), "{out}");
+    }
+
+    #[test]
+    fn peer_strings_reach_the_terminal_without_control_characters() {
+        let evil = "\x1b]0;owned\x07\x1b[2J\x1b[31m";
+        let (view, apps) = mesh_with(
+            &format!("{evil}10.0.0.1:80"),
+            &format!("{evil}abc"),
+            &format!("{evil}bad\nnews"),
+        );
+        let stats = stats_with_error(&format!("{evil}boom\r\u{9b}1Afake line"));
+        for out in [
+            render_peers_table(&view, 62_000),
+            render_status(&view, &apps, &stats, 62_000),
+        ] {
+            assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        }
+        let table = render_peers_table(&view, 62_000);
+        assert!(table.contains(" 10.0.0.1:80 "), "{table}");
+        let status = render_status(&view, &apps, &stats, 62_000);
+        assert!(status.contains("boom fake line"), "{status}");
+        assert!(!status.contains("owned"), "{status}");
+    }
+
+    #[test]
+    fn error_answers_are_printable() {
+        assert_eq!(error_text(br#"{"error":"no \u001b[31mway\n"}"#), "no way ");
+        assert_eq!(error_text(b"plain \x1b[1mtext"), "plain text");
+    }
 
     #[test]
     fn base_urls() {

@@ -78,6 +78,12 @@ pub struct PeerConfig {
     pub http_max_connections: usize,
     pub http_header_timeout: Duration,
     pub http_body_timeout: Duration,
+    /// Admin keys whose signed decisions this peer takes (empty: none).
+    pub admins: crate::trust::Admins,
+    /// Names the HTTP endpoint answers to besides its address and loopback.
+    pub http_hosts: Vec<String>,
+    /// Bearer token every HTTP request must carry (`--http-token-file`).
+    pub http_token: Option<String>,
     pub max_store_bytes: Option<u64>,
 }
 
@@ -145,6 +151,24 @@ impl PeerConfig {
                 crate::apps::MAX_WORKERS_PER_APP
             )));
         }
+        let admins = load_admins(&args.admins, args.admins_file.as_deref())?;
+        let http_token = args
+            .http_token_file
+            .as_deref()
+            .map(load_http_token)
+            .transpose()?;
+        if !http.ip().is_loopback() && http_token.is_none() {
+            return Err(ConfigError::Value(format!(
+                "--http {http} is not a loopback address: anyone who can reach it could drive this peer. \
+                 Give it a bearer token with --http-token-file FILE (one line of at least {MIN_TOKEN_LEN} characters, mode 0600), \
+                 or listen on 127.0.0.1"
+            )));
+        }
+        let http_hosts = args
+            .http_host
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
         let default_workers = args.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
@@ -165,15 +189,61 @@ impl PeerConfig {
             retries: args.retries,
             drain_grace: args.drain_grace,
             data_dir: args.data_dir.clone(),
-            remote_deploy: !args.no_remote_deploy,
+            // Secure by default: bundles from the network only on a peer
+            // that knows who may deploy them.
+            remote_deploy: !args.no_remote_deploy && !admins.is_empty(),
             max_bundle_bytes: args.max_bundle_bytes,
             dispatch: args.dispatch,
             http_max_connections: args.http_max_connections,
             http_header_timeout: args.http_header_timeout,
             http_body_timeout: args.http_body_timeout,
+            admins,
+            http_hosts,
+            http_token,
             max_store_bytes: args.max_store_bytes,
         })
     }
+}
+
+/// Shortest HTTP bearer token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The admin keys of `--admin` and `--admins FILE`, together.
+fn load_admins(keys: &[String], file: Option<&Path>) -> Result<crate::trust::Admins, ConfigError> {
+    use crate::trust::{AdminKey, Admins, MAX_ADMINS};
+    let mut all = keys
+        .iter()
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| AdminKey::parse(k).map_err(|e| ConfigError::Value(format!("--admin: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(path) = file {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::ReadKey {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let listed = Admins::parse_file(&text)
+            .map_err(|e| ConfigError::Value(format!("--admins {}: {e}", path.display())))?;
+        all.extend(listed);
+    }
+    if all.len() > MAX_ADMINS {
+        return Err(ConfigError::Value(format!(
+            "at most {MAX_ADMINS} admin keys are accepted"
+        )));
+    }
+    Ok(Admins::new(all))
+}
+
+/// Reads the HTTP bearer token: the file's first line, trimmed.
+fn load_http_token(path: &Path) -> Result<String, ConfigError> {
+    let text = String::from_utf8_lossy(&read_private_file(path)?).into_owned();
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::Value(format!(
+            "--http-token-file {}: the token must be one line of at least {MIN_TOKEN_LEN} printable characters without spaces",
+            path.display()
+        )));
+    }
+    Ok(token)
 }
 
 /// Parses `HOST:PORT` (IPv4, `[IPv6]` or a host name, resolved now) or a
@@ -276,16 +346,19 @@ fn parse_socket_addr_inner(value: &str) -> Result<SocketAddr, String> {
 }
 
 /// Reads the identity key at `path`, or creates a new Ed25519 key there
-/// (mode 0600, written to a temporary file and renamed into place).
+/// (mode 0600, written to a temporary file and renamed into place). An
+/// existing file that other users may read is refused.
 pub fn load_or_create_identity(path: &Path) -> Result<Keypair, ConfigError> {
-    match fs::read(path) {
+    match read_private_file(path) {
         Ok(bytes) => {
             Keypair::from_protobuf_encoding(&bytes).map_err(|e| ConfigError::BadIdentity {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(ConfigError::ReadKey { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
             let keypair = Keypair::generate_ed25519();
             let bytes = keypair
                 .to_protobuf_encoding()
@@ -293,22 +366,76 @@ pub fn load_or_create_identity(path: &Path) -> Result<Keypair, ConfigError> {
             write_private_file(path, &bytes, false)?;
             Ok(keypair)
         }
-        Err(source) => Err(ConfigError::ReadKey {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(e) => Err(e),
     }
 }
 
+/// Reads the pre-shared key at `path`; a file other users may read is
+/// refused.
 pub fn load_psk(path: &Path) -> Result<PreSharedKey, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::ReadKey {
+    let bytes = read_private_file(path)?;
+    let text = String::from_utf8(bytes).map_err(|_| ConfigError::BadPsk {
         path: path.to_path_buf(),
-        source,
+        reason: "it is not text".into(),
     })?;
     parse_psk(&text).map_err(|reason| ConfigError::BadPsk {
         path: path.to_path_buf(),
         reason,
     })
+}
+
+/// Refuses a secret file (identity, pre-shared key, admin key) that users
+/// other than its owner may read or change: mode bits for group or others
+/// (`mode & 0o077`), as ssh does for private keys. A key others can read
+/// is no longer a secret, and one others can write can be replaced; either
+/// way the peer must not start on it as if nothing were wrong. The error
+/// says what to run (`chmod 600 FILE`); `main` exits with code 2. Symlinks
+/// are followed: the file's own mode is what counts.
+pub fn check_private_file(path: &Path) -> Result<(), ConfigError> {
+    let meta = fs::metadata(path).map_err(|source| ConfigError::ReadKey {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    check_private_mode(path, &meta)
+}
+
+/// Reads a secret file after [`check_private_file`]'s check, made on the
+/// open file itself, so the bytes read are those of the file checked.
+pub fn read_private_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let read_err = |source| ConfigError::ReadKey {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = fs::File::open(path).map_err(read_err)?;
+    check_private_mode(path, &f.metadata().map_err(read_err)?)?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(read_err)?;
+    Ok(bytes)
+}
+
+fn check_private_mode(path: &Path, meta: &fs::Metadata) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    Err(ConfigError::Value(format!(
+        "key file {} can be read or changed by other users (mode {mode:04o}); \
+         make it private to its owner: chmod 600 {}",
+        path.display(),
+        shell_quote(&path.to_string_lossy())
+    )))
+}
+
+/// `s` as one shell word, so the printed command can be pasted as it is.
+fn shell_quote(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:,@%=".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// Parses the swarm-key text format, with a readable reason on failure.
@@ -436,6 +563,46 @@ mod tests {
                 .unwrap_err()
                 .contains("first line")
         );
+    }
+
+    #[test]
+    fn key_files_others_may_read_or_change_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let psk = dir.path().join("my psk");
+        fs::write(&psk, generate_psk().to_string()).unwrap();
+        let id = dir.path().join("id.key");
+        load_or_create_identity(&id).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
+            for path in [&psk, &id] {
+                fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+                let e = check_private_file(path).unwrap_err().to_string();
+                assert!(
+                    e.contains(&format!("chmod 600 '{}'", path.display()))
+                        || e.contains(&format!("chmod 600 {}", path.display())),
+                    "{mode:o}: {e}"
+                );
+            }
+            assert!(
+                load_psk(&psk)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("chmod 600")
+            );
+            assert!(
+                load_or_create_identity(&id)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("chmod 600")
+            );
+        }
+        for mode in [0o600, 0o400] {
+            fs::set_permissions(&psk, fs::Permissions::from_mode(mode)).unwrap();
+            fs::set_permissions(&id, fs::Permissions::from_mode(mode)).unwrap();
+            assert!(load_psk(&psk).is_ok() && load_or_create_identity(&id).is_ok());
+        }
+        assert_eq!(shell_quote("/a/b.key"), "/a/b.key");
+        assert_eq!(shell_quote("/a/it's key"), r"'/a/it'\''s key'");
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use crate::api::{AppsView, MeshView, PeerView};
-use crate::membership::short_id;
 use crate::stats::{Point, StatsView};
+use crate::text::{head, short_id, tail};
 use crate::worker::AppState;
 
 /// How often the page refreshes its live part.
@@ -108,7 +108,7 @@ pub fn page(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -> St
 <a href="/api/stats">/api/stats</a> · <a href="/metrics">/metrics</a></footer>
 <script>var REFRESH={REFRESH_MS};{SCRIPT}</script></body></html>
 "#,
-        short = esc(short_id(&view.local.id)),
+        short = esc(tail(&view.local.id, 8)),
         id = esc(&view.local.id),
         http = esc(&view.local.http),
         private = if view.local.private {
@@ -230,9 +230,9 @@ fn mesh_svg(view: &MeshView) -> String {
         };
         let _ = write!(
             s,
-            r##"<g class="node" data-peer="{id}" data-state="{state}" transform="translate({x:.1},{y:.1})"><title>{id} ({state})</title>{ring}<circle r="14" fill="{fill}"/><text y="30" text-anchor="middle" fill="#374151">…{short}</text></g>"##,
+            r##"<g class="node" data-peer="{id}" data-state="{state}" transform="translate({x:.1},{y:.1})"><title>{id} ({state})</title>{ring}<circle r="14" fill="{fill}"/><text y="30" text-anchor="middle" fill="#374151">{short}</text></g>"##,
             id = esc(id),
-            short = esc(&id[id.len().saturating_sub(6)..]),
+            short = esc(&short_id(id, 6)),
         );
     }
     s.push_str("</svg>");
@@ -265,7 +265,7 @@ fn peer_table(view: &MeshView, apps: &AppsView, now: u64) -> String {
                         .map(|v| format!(
                             " <span class=\"muted\" title=\"deployed version {}\">v:{}</span>",
                             esc(v),
-                            esc(&v[..8.min(v.len())])
+                            esc(head(v, 8))
                         ))
                         .unwrap_or_default()
                 )
@@ -279,9 +279,9 @@ fn peer_table(view: &MeshView, apps: &AppsView, now: u64) -> String {
     };
     let _ = write!(
         s,
-        r#"<tr data-peer="{id}" data-state="self"><td><code title="{id}">…{short}</code></td><td><span class="badge b-self">this peer</span></td><td>{up}</td><td>–</td><td>{apps}</td></tr>"#,
+        r#"<tr data-peer="{id}" data-state="self"><td><code title="{id}">{short}</code></td><td><span class="badge b-self">this peer</span></td><td>{up}</td><td>–</td><td>{apps}</td></tr>"#,
         id = esc(&view.local.id),
-        short = esc(&view.local.id[view.local.id.len().saturating_sub(10)..]),
+        short = esc(&short_id(&view.local.id, 10)),
         up = ago(now, view.local.started_ms),
         apps = apps_of(&view.local.id),
     );
@@ -306,11 +306,11 @@ fn peer_table(view: &MeshView, apps: &AppsView, now: u64) -> String {
         };
         let _ = write!(
             s,
-            r#"<tr class="{class}" data-peer="{id}" data-state="{st}"><td><code title="{id}">…{short}</code><br><span class="muted">{http}</span></td><td>{state}</td><td>{since}</td><td>{ping}</td><td>{apps}</td></tr>"#,
+            r#"<tr class="{class}" data-peer="{id}" data-state="{st}"><td><code title="{id}">{short}</code><br><span class="muted">{http}</span></td><td>{state}</td><td>{since}</td><td>{ping}</td><td>{apps}</td></tr>"#,
             class = if up { "up" } else { "down" },
             id = esc(&p.id),
             st = if up { "up" } else { "down" },
-            short = esc(&p.id[p.id.len().saturating_sub(10)..]),
+            short = esc(&short_id(&p.id, 10)),
             http = esc(p.http.as_deref().unwrap_or("")),
             ping = p
                 .rtt_ms
@@ -396,14 +396,21 @@ fn app_cards(apps: &AppsView, stats: &StatsView) -> String {
         let p99: Vec<Option<f64>> = done.iter().map(|p| p.p99_ms).collect();
         let failed: u64 = done.iter().map(|p| p.failed).sum();
         let total: u64 = done.iter().map(|p| p.jobs).sum();
+        let what = if app == crate::metrics::OTHER_APP {
+            "jobs for apps the mesh does not run, counted together".to_string()
+        } else {
+            format!(
+                "running on {running} peer{} · {workers} workers · {in_flight} in flight",
+                if running == 1 { "" } else { "s" }
+            )
+        };
         let _ = write!(
             s,
             r#"<div class="app" data-app="{name}"><h3><code>{name}</code></h3>
-<div class="muted">running on {running} peer{plural} · {workers} workers · {in_flight} in flight · last 5 min here: {total} jobs, {failed} failed</div>
+<div class="muted">{what} · last 5 min here: {total} jobs, {failed} failed</div>
 <div class="chart"><span class="lbl">jobs/s</span>{rate}</div>
 <div class="chart"><span class="lbl">p99 latency</span>{p99}</div></div>"#,
             name = esc(app),
-            plural = if running == 1 { "" } else { "s" },
             rate = sparkline(&rate, "#2563eb", "/s"),
             p99 = sparkline(&p99, "#d97706", "ms"),
         );
@@ -423,7 +430,7 @@ fn errors(stats: &StatsView, local_id: &str, now: u64) -> String {
         let peer = e.peer.as_deref().unwrap_or(local_id);
         let _ = write!(
             s,
-            "<tr><td>{} ago</td><td>{}</td><td><code>{}</code></td><td><code title=\"{}\">…{}</code></td><td>{}</td></tr>",
+            "<tr><td>{} ago</td><td>{}</td><td><code>{}</code></td><td><code title=\"{}\">{}</code></td><td>{}</td></tr>",
             ago(now, e.at_ms),
             if e.kind == "worker" {
                 "worker exited"
@@ -432,7 +439,7 @@ fn errors(stats: &StatsView, local_id: &str, now: u64) -> String {
             },
             esc(&e.app),
             esc(peer),
-            esc(&peer[peer.len().saturating_sub(8)..]),
+            esc(&short_id(peer, 8)),
             esc(&e.message),
         );
     }
@@ -495,6 +502,38 @@ mod tests {
         // self-a (connected) and a-b (announced by a): two edges.
         assert_eq!(page.matches("<line x1").count(), 2, "{page}");
         assert!(page.contains("/dashboard/live"));
+    }
+
+    /// A version is whatever another peer announced: a multi-byte
+    /// character where the page shortens it must not panic the page.
+    #[test]
+    fn a_multi_byte_version_from_another_peer_is_shortened_safely() {
+        let view = MeshView {
+            local: SelfView {
+                id: "12D3KooWself0000".into(),
+                listen: vec![],
+                http: "127.0.0.1:8001".into(),
+                started_ms: 1_000,
+                private: false,
+            },
+            peers: vec![peer("12D3KooWaaaa1111", "up", &[])],
+        };
+        let mut apps = AppsView::build(&view.local.id, vec![], &view);
+        let status = crate::worker::AppStatus {
+            app: crate::apps::AppName::parse("apps/x").unwrap(),
+            state: AppState::Running,
+            workers: 1,
+            in_flight: 0,
+            clock: 1,
+            error: None,
+            version: Some("1234567é".repeat(4)), // byte 8 is inside the é
+        };
+        apps.mesh
+            .entry("apps/x".into())
+            .or_default()
+            .insert("12D3KooWaaaa1111".into(), status);
+        let page = page(&view, &apps, &Stats::default().view(62_000), 62_000);
+        assert!(page.contains("v:1234567é<"), "{page}");
     }
 
     #[test]

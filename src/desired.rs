@@ -1,26 +1,50 @@
 //! Which apps should run: mesh-wide state, not a one-off message.
 //!
-//! Every `start`/`stop` becomes an entry `(app, run, workers)` stamped with a
-//! Lamport clock and the id of the peer that took the request. Entries are
-//! merged last-writer-wins on `(clock, origin)`, so a stop and a start sent
-//! to different peers end the same everywhere, whatever order the messages
-//! arrive in. Each peer carries the whole map in its announcements (it is
-//! small), so a peer that joins or restarts learns it within one
-//! announcement and starts what the mesh runs.
+//! Every `start`/`stop`/`deploy` becomes an entry `(app, run, workers,
+//! version)` stamped with a Lamport clock and an origin: the peer that took
+//! the request, or the admin key that signed it (see [`crate::trust`]).
+//! Entries are merged last-writer-wins on `(clock, origin)`, so a stop and a
+//! start sent to different peers end the same everywhere, whatever order
+//! the messages arrive in. Each peer carries the whole map in its
+//! announcements (it is small and capped), so a peer that joins or restarts
+//! learns it within one announcement and starts what the mesh runs.
+//!
+//! Every peer checks every entry itself against its own admin keys before
+//! merging it; stops are forgotten [`STOP_TTL`] after they were decided.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::apps::{AppName, MAX_WORKERS_PER_APP};
 use crate::bundle::BundleRef;
+use crate::trust::{Admins, Refusal, Signature};
 
-/// Most entries kept (a rogue peer must not grow this without bound).
-pub const MAX_DESIRED: usize = 256;
+/// Most entries kept, local and merged alike (a rogue peer must not grow
+/// this without bound). Sized so that an announcement carrying all of them
+/// at their longest, with as many app statuses, always fits in one gossip
+/// message (see the test `a_full_announcement_fits_in_one_message`).
+pub const MAX_DESIRED: usize = 128;
 /// A decision whose clock is this far ahead of everything seen is refused:
 /// honest clocks grow by one per decision, and a clock near `u64::MAX`
 /// would freeze every later decision.
 pub const MAX_CLOCK_JUMP: u64 = 1 << 20;
+/// Longest origin accepted: a peer id (52 characters) or an admin key's
+/// short name.
+pub const MAX_ORIGIN: usize = 64;
+/// A stop is remembered this long after it was decided, then forgotten
+/// everywhere (its `at_ms` is carried with it, so every peer forgets it at
+/// the same time and none brings it back). A peer cut off for longer than
+/// this may bring back what it ran before the stop.
+pub const STOP_TTL: Duration = Duration::from_secs(3600);
+/// Decisions dated further in the future than this are refused (clocks of
+/// honest machines agree to within seconds; a far-future stop would never
+/// expire).
+pub const MAX_FUTURE: Duration = Duration::from_secs(600);
+/// Refusals remembered, so a refused decision relayed again in every
+/// announcement is neither verified nor counted again.
+const MAX_REFUSALS_REMEMBERED: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredApp {
@@ -35,11 +59,38 @@ pub struct DesiredApp {
     /// as found in each peer's `--apps` directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<BundleRef>,
+    /// Unix ms at which the decision was made (a stop expires
+    /// [`STOP_TTL`] after it).
+    #[serde(default)]
+    pub at_ms: u64,
+    /// The admin's signature over every field above (see [`crate::trust`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<Signature>,
 }
 
 impl DesiredApp {
     fn stamp(&self) -> (u64, &str) {
         (self.clock, &self.origin)
+    }
+
+    /// Whether a stop has been remembered long enough to forget.
+    fn expired(&self, now_ms: u64) -> bool {
+        !self.run && now_ms.saturating_sub(self.at_ms) >= STOP_TTL.as_millis() as u64
+    }
+
+    /// Bounds every field that another peer chooses.
+    fn in_bounds(&self, clock: u64, now_ms: u64) -> bool {
+        !self
+            .workers
+            .is_some_and(|w| w == 0 || w > MAX_WORKERS_PER_APP)
+            && self.clock <= clock.saturating_add(MAX_CLOCK_JUMP)
+            && self.origin.len() <= MAX_ORIGIN
+            && self.at_ms <= now_ms.saturating_add(MAX_FUTURE.as_millis() as u64)
+            && self.bundle.as_ref().is_none_or(|b| b.is_well_formed())
+            && self
+                .signed
+                .as_ref()
+                .is_none_or(|s| s.key.len() + s.sig.len() <= Signature::MAX_TEXT)
     }
 }
 
@@ -47,36 +98,41 @@ impl DesiredApp {
 pub struct DesiredApps {
     apps: BTreeMap<AppName, DesiredApp>,
     clock: u64,
+    /// Decisions refused already, by [`fingerprint`]: see
+    /// [`MAX_REFUSALS_REMEMBERED`].
+    refused: HashSet<[u8; 32]>,
+}
+
+/// A digest of everything a decision says, its signature included: two
+/// decisions with one fingerprint are the same decision. (Keyed by less,
+/// say the stamp and signature, a forger could copy a real decision's
+/// signature onto altered contents, have that refused first, and so get
+/// the real decision skipped as "refused before".)
+fn fingerprint(d: &DesiredApp) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(crate::trust::signed_bytes(d));
+    if let Some(s) = &d.signed {
+        h.update(s.key.as_bytes());
+        h.update(b"\n");
+        h.update(s.sig.as_bytes());
+    }
+    h.finalize().into()
 }
 
 impl DesiredApps {
-    /// Records a local decision; returns the stamped entry.
+    /// Records a local, unsigned decision; returns the stamped entry.
     pub fn set(
         &mut self,
         app: AppName,
         run: bool,
         workers: Option<u32>,
         origin: &str,
-    ) -> DesiredApp {
+        now_ms: u64,
+    ) -> Result<DesiredApp, Refusal> {
         // Starting and stopping keep the deployed version, if any.
         let bundle = self.apps.get(&app).and_then(|e| e.bundle.clone());
-        self.stamp(app, run, workers, bundle, origin)
-    }
-
-    /// Records a deployment: `bundle` becomes the app's version; it runs if
-    /// `start`, or if it ran already (keeping its number of workers).
-    pub fn deploy(
-        &mut self,
-        app: AppName,
-        bundle: BundleRef,
-        start: bool,
-        origin: &str,
-    ) -> DesiredApp {
-        let (run, workers) = match self.apps.get(&app) {
-            Some(e) => (start || e.run, e.workers),
-            None => (start, None),
-        };
-        self.stamp(app, run, workers, Some(bundle), origin)
+        self.stamp(app, run, workers, bundle, origin, now_ms)
     }
 
     fn stamp(
@@ -86,42 +142,88 @@ impl DesiredApps {
         workers: Option<u32>,
         bundle: Option<BundleRef>,
         origin: &str,
-    ) -> DesiredApp {
-        self.clock = self.clock.saturating_add(1);
+        now_ms: u64,
+    ) -> Result<DesiredApp, Refusal> {
+        self.expire(now_ms);
+        if !self.apps.contains_key(&app) && self.apps.len() >= MAX_DESIRED {
+            return Err(Refusal::Full);
+        }
         let entry = DesiredApp {
             app: app.clone(),
             run,
             workers,
-            clock: self.clock,
+            clock: self.clock.saturating_add(1),
             origin: origin.to_string(),
             bundle,
+            at_ms: now_ms,
+            signed: None,
         };
+        if !entry.in_bounds(self.clock, now_ms) {
+            return Err(Refusal::Invalid);
+        }
+        self.clock = entry.clock;
         self.apps.insert(app, entry.clone());
-        entry
+        Ok(entry)
     }
 
-    /// Merges an entry heard from another peer; true if it changed anything.
-    pub fn merge(&mut self, incoming: DesiredApp) -> bool {
-        if incoming
-            .workers
-            .is_some_and(|w| w == 0 || w > MAX_WORKERS_PER_APP)
-            || incoming.clock > self.clock.saturating_add(MAX_CLOCK_JUMP)
-            || incoming
-                .bundle
-                .as_ref()
-                .is_some_and(|b| !b.is_well_formed())
+    /// Merges a decision heard from another peer, or signed in the CLI:
+    /// `Ok(true)` if it changed anything, `Ok(false)` if it is not newer
+    /// than what is held (or was refused before), `Err` the first time a
+    /// decision is refused. Signatures are checked only for decisions that
+    /// would win, so the copies every announcement repeats cost a
+    /// comparison, not a verification.
+    pub fn merge(
+        &mut self,
+        incoming: DesiredApp,
+        admins: &Admins,
+        now_ms: u64,
+    ) -> Result<bool, Refusal> {
+        if incoming.expired(now_ms) {
+            return Ok(false);
+        }
+        if let Some(cur) = self.apps.get(&incoming.app)
+            && cur.stamp() >= incoming.stamp()
         {
-            return false;
+            return Ok(false);
+        }
+        let memo = fingerprint(&incoming);
+        if self.refused.contains(&memo) {
+            return Ok(false);
+        }
+        let verdict = if !incoming.in_bounds(self.clock, now_ms) {
+            Err(Refusal::Invalid)
+        } else if !self.apps.contains_key(&incoming.app) && self.apps.len() >= MAX_DESIRED {
+            self.expire(now_ms);
+            if self.apps.len() >= MAX_DESIRED {
+                Err(Refusal::Full)
+            } else {
+                crate::trust::check(&incoming, admins)
+            }
+        } else {
+            crate::trust::check(&incoming, admins)
+        };
+        if let Err(refusal) = verdict {
+            if self.refused.len() >= MAX_REFUSALS_REMEMBERED {
+                self.refused.clear();
+            }
+            self.refused.insert(memo);
+            return Err(refusal);
         }
         self.clock = self.clock.max(incoming.clock);
-        match self.apps.get(&incoming.app) {
-            Some(cur) if cur.stamp() >= incoming.stamp() => false,
-            None if self.apps.len() >= MAX_DESIRED => false,
-            _ => {
-                self.apps.insert(incoming.app.clone(), incoming);
-                true
-            }
-        }
+        self.apps.insert(incoming.app.clone(), incoming);
+        Ok(true)
+    }
+
+    /// Forgets stops older than [`STOP_TTL`]; true if any was forgotten.
+    pub fn expire(&mut self, now_ms: u64) -> bool {
+        let before = self.apps.len();
+        self.apps.retain(|_, d| !d.expired(now_ms));
+        self.apps.len() != before
+    }
+
+    /// The highest clock seen: a new decision must be stamped above it.
+    pub fn clock(&self) -> u64 {
+        self.clock
     }
 
     pub fn get(&self, app: &AppName) -> Option<&DesiredApp> {
@@ -135,84 +237,218 @@ impl DesiredApps {
     pub fn to_vec(&self) -> Vec<DesiredApp> {
         self.apps.values().cloned().collect()
     }
+
+    pub fn len(&self) -> usize {
+        self.apps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty()
+    }
+}
+
+/// What a new decision for `app` looks like before it is signed: the next
+/// clock, the deployed version kept (or replaced by `bundle`), and for a
+/// deployment the running state kept unless `start`. Used by the CLI,
+/// which signs decisions before any peer sees them.
+pub fn next_decision(
+    held: &[DesiredApp],
+    clock: u64,
+    app: &AppName,
+    change: Change,
+    now_ms: u64,
+) -> DesiredApp {
+    let cur = held.iter().find(|d| &d.app == app);
+    let (run, workers, bundle) = match change {
+        Change::Start { workers } => (true, workers, cur.and_then(|c| c.bundle.clone())),
+        Change::Stop => (false, None, cur.and_then(|c| c.bundle.clone())),
+        Change::Deploy { bundle, start } => (
+            start || cur.is_some_and(|c| c.run),
+            cur.and_then(|c| c.workers),
+            Some(bundle),
+        ),
+    };
+    DesiredApp {
+        app: app.clone(),
+        run,
+        workers,
+        clock: clock.saturating_add(1),
+        origin: String::new(),
+        bundle,
+        at_ms: now_ms,
+        signed: None,
+    }
+}
+
+/// The change a new decision makes (see [`next_decision`]).
+#[derive(Debug, Clone)]
+pub enum Change {
+    Start { workers: Option<u32> },
+    Stop,
+    Deploy { bundle: BundleRef, start: bool },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trust::AdminSecret;
+
+    const NOW: u64 = 1_800_000_000_000;
 
     fn app() -> AppName {
         AppName::parse("apps/x").unwrap()
+    }
+
+    fn none() -> Admins {
+        Admins::default()
+    }
+
+    fn entry(clock: u64) -> DesiredApp {
+        DesiredApp {
+            app: app(),
+            run: true,
+            workers: None,
+            clock,
+            origin: "p".into(),
+            bundle: None,
+            at_ms: NOW,
+            signed: None,
+        }
     }
 
     #[test]
     fn last_writer_wins_whatever_the_order() {
         let mut a = DesiredApps::default();
         let mut b = DesiredApps::default();
-        let start = a.set(app(), true, None, "peerA");
-        b.merge(start.clone());
-        let stop = b.set(app(), false, None, "peerB"); // later: clock 2
+        let start = a.set(app(), true, None, "peerA", NOW).unwrap();
+        b.merge(start.clone(), &none(), NOW).unwrap();
+        let stop = b.set(app(), false, None, "peerB", NOW).unwrap(); // later: clock 2
         // Deliver in both orders to a third peer.
         let mut c1 = DesiredApps::default();
-        c1.merge(start.clone());
-        c1.merge(stop.clone());
+        c1.merge(start.clone(), &none(), NOW).unwrap();
+        c1.merge(stop.clone(), &none(), NOW).unwrap();
         let mut c2 = DesiredApps::default();
-        c2.merge(stop.clone());
-        c2.merge(start.clone());
+        c2.merge(stop.clone(), &none(), NOW).unwrap();
+        c2.merge(start.clone(), &none(), NOW).unwrap();
         assert_eq!(c1.get(&app()), c2.get(&app()));
         assert!(!c1.get(&app()).unwrap().run);
         // Concurrent decisions with equal clocks: the origin breaks the tie.
         let mut x = DesiredApps::default();
         let mut y = DesiredApps::default();
-        let sx = x.set(app(), true, None, "peerA");
-        let sy = y.set(app(), false, None, "peerB");
-        x.merge(sy.clone());
-        y.merge(sx.clone());
+        let sx = x.set(app(), true, None, "peerA", NOW).unwrap();
+        let sy = y.set(app(), false, None, "peerB", NOW).unwrap();
+        x.merge(sy.clone(), &none(), NOW).unwrap();
+        y.merge(sx.clone(), &none(), NOW).unwrap();
         assert_eq!(x.get(&app()), y.get(&app()));
         // After merging, a new local decision outranks everything seen.
-        let next = x.set(app(), true, Some(3), "peerA");
+        let next = x.set(app(), true, Some(3), "peerA", NOW).unwrap();
         assert!(next.clock > sy.clock);
     }
 
     #[test]
-    fn rogue_workers_and_clocks_are_refused() {
+    fn rogue_workers_clocks_origins_and_dates_are_refused() {
         let mut a = DesiredApps::default();
-        let huge = DesiredApp {
-            app: app(),
-            run: true,
-            workers: Some(u32::MAX),
-            clock: 1,
-            origin: "p".into(),
-            bundle: None,
-        };
-        assert!(!a.merge(huge));
-        let far = DesiredApp {
-            app: app(),
-            run: true,
-            workers: None,
-            clock: u64::MAX,
-            origin: "p".into(),
-            bundle: None,
-        };
-        assert!(!a.merge(far));
+        let mut huge = entry(1);
+        huge.workers = Some(u32::MAX);
+        assert_eq!(a.merge(huge, &none(), NOW), Err(Refusal::Invalid));
+        let mut zero = entry(1);
+        zero.workers = Some(0);
+        assert_eq!(a.merge(zero, &none(), NOW), Err(Refusal::Invalid));
+        assert_eq!(
+            a.merge(entry(u64::MAX), &none(), NOW),
+            Err(Refusal::Invalid)
+        );
+        let mut long = entry(1);
+        long.origin = "o".repeat(MAX_ORIGIN + 1);
+        assert_eq!(a.merge(long, &none(), NOW), Err(Refusal::Invalid));
+        let mut future = entry(1);
+        future.run = false;
+        future.at_ms = NOW + MAX_FUTURE.as_millis() as u64 + 1;
+        assert_eq!(a.merge(future, &none(), NOW), Err(Refusal::Invalid));
         // The local clock still works after such messages.
-        let e = a.set(app(), true, None, "me");
+        let e = a.set(app(), true, None, "me", NOW).unwrap();
         assert_eq!(e.clock, 1);
+        // The bounds are inclusive: the largest allowed values are taken.
         let mut b = DesiredApps::default();
-        b.merge(DesiredApp {
-            app: app(),
-            run: true,
-            workers: None,
-            clock: MAX_CLOCK_JUMP,
-            origin: "p".into(),
-            bundle: None,
-        });
-        assert!(b.set(app(), false, None, "me").clock > MAX_CLOCK_JUMP);
+        let mut edge = entry(MAX_CLOCK_JUMP);
+        edge.workers = Some(MAX_WORKERS_PER_APP);
+        edge.origin = "o".repeat(MAX_ORIGIN);
+        edge.at_ms = NOW + MAX_FUTURE.as_millis() as u64;
+        assert_eq!(b.merge(edge, &none(), NOW), Ok(true));
+        assert!(b.set(app(), false, None, "me", NOW).unwrap().clock > MAX_CLOCK_JUMP);
     }
 
     #[test]
-    fn deploying_keeps_run_and_workers_and_start_stop_keep_the_version() {
+    fn a_refused_decision_is_reported_once_and_a_valid_one_with_its_stamp_still_wins() {
+        let k = AdminSecret::generate();
+        let admins = Admins::new([k.public()]);
         let mut a = DesiredApps::default();
+        let mut good = entry(5);
+        k.sign(&mut good);
+        // A forgery with the same stamp arrives first.
+        let mut forged = good.clone();
+        forged.run = false;
+        assert_eq!(
+            a.merge(forged.clone(), &admins, NOW),
+            Err(Refusal::BadSignature)
+        );
+        assert_eq!(a.merge(forged, &admins, NOW), Ok(false), "counted once");
+        assert_eq!(a.merge(good.clone(), &admins, NOW), Ok(true));
+        // Unsigned is refused by a peer with admins.
+        let mut later = entry(6);
+        later.origin = good.origin.clone();
+        assert_eq!(a.merge(later, &admins, NOW), Err(Refusal::Unsigned));
+        assert!(a.get(&app()).unwrap().run);
+    }
+
+    #[test]
+    fn the_table_is_capped_for_local_and_merged_decisions_alike() {
+        let name = |i: usize| AppName::parse(&format!("apps/junk{i}")).unwrap();
+        let mut a = DesiredApps::default();
+        for i in 0..MAX_DESIRED {
+            let mut e = entry(1);
+            e.app = name(i);
+            assert_eq!(a.merge(e, &none(), NOW), Ok(true), "{i}");
+        }
+        let mut over = entry(1);
+        over.app = name(MAX_DESIRED);
+        assert_eq!(a.merge(over, &none(), NOW), Err(Refusal::Full));
+        assert_eq!(
+            a.set(name(MAX_DESIRED + 1), true, None, "me", NOW),
+            Err(Refusal::Full)
+        );
+        assert_eq!(a.len(), MAX_DESIRED);
+        // Apps already held can still be decided on.
+        assert!(a.set(name(0), false, None, "me", NOW).is_ok());
+        // Once that stop has expired, there is room again.
+        let later = NOW + STOP_TTL.as_millis() as u64;
+        assert!(
+            a.set(name(MAX_DESIRED + 1), true, None, "me", later)
+                .is_ok()
+        );
+        assert_eq!(a.len(), MAX_DESIRED);
+    }
+
+    #[test]
+    fn stops_expire_everywhere_and_do_not_come_back() {
+        let mut a = DesiredApps::default();
+        let stop = a.set(app(), false, None, "me", NOW).unwrap();
+        let ttl = STOP_TTL.as_millis() as u64;
+        assert!(!a.expire(NOW + ttl - 1));
+        assert!(a.get(&app()).is_some());
+        assert!(a.expire(NOW + ttl));
+        assert!(a.get(&app()).is_none());
+        // A peer that still announces it cannot bring it back.
+        assert_eq!(a.merge(stop, &none(), NOW + ttl), Ok(false));
+        assert!(a.is_empty());
+        // Starts do not expire.
+        let mut b = DesiredApps::default();
+        b.set(app(), true, None, "me", NOW).unwrap();
+        assert!(!b.expire(NOW + 10 * ttl));
+    }
+
+    #[test]
+    fn next_decisions_keep_versions_running_state_and_workers() {
         let v1 = BundleRef {
             hash: "a".repeat(64),
             size: 10,
@@ -221,40 +457,56 @@ mod tests {
             hash: "b".repeat(64),
             size: 20,
         };
-        // Deployed without --start: installed, not running.
-        let d = a.deploy(app(), v1.clone(), false, "me");
-        assert!(!d.run);
-        // Start keeps the version.
-        let s = a.set(app(), true, Some(3), "me");
-        assert_eq!((s.run, s.bundle.as_ref()), (true, Some(&v1)));
-        // A new version keeps it running with its workers.
-        let d = a.deploy(app(), v2.clone(), false, "me");
+        let mut held = entry(4);
+        held.workers = Some(3);
+        held.bundle = Some(v1.clone());
+        let held = vec![held];
+        let s = next_decision(&held, 9, &app(), Change::Stop, NOW);
+        assert_eq!((s.run, s.clock, s.bundle.as_ref()), (false, 10, Some(&v1)));
+        let s = next_decision(&held, 9, &app(), Change::Start { workers: Some(2) }, NOW);
+        assert_eq!(
+            (s.run, s.workers, s.bundle.as_ref()),
+            (true, Some(2), Some(&v1))
+        );
+        let d = next_decision(
+            &held,
+            9,
+            &app(),
+            Change::Deploy {
+                bundle: v2.clone(),
+                start: false,
+            },
+            NOW,
+        );
         assert_eq!(
             (d.run, d.workers, d.bundle.as_ref()),
             (true, Some(3), Some(&v2))
         );
-        // A malformed version from another peer is refused.
-        let mut bad = d.clone();
-        bad.clock += 10;
-        bad.bundle = Some(BundleRef {
-            hash: "../x".into(),
-            size: 1,
-        });
-        assert!(!a.merge(bad));
+        let fresh = next_decision(
+            &[],
+            0,
+            &app(),
+            Change::Deploy {
+                bundle: v2.clone(),
+                start: false,
+            },
+            NOW,
+        );
+        assert!(
+            !fresh.run,
+            "deployed without --start: installed, not running"
+        );
     }
 
     #[test]
     fn bad_entries_are_refused() {
         let mut a = DesiredApps::default();
-        let e = DesiredApp {
-            app: app(),
-            run: true,
-            workers: Some(0),
-            clock: 1,
-            origin: "p".into(),
-            bundle: None,
-        };
-        assert!(!a.merge(e));
+        let mut bad = entry(1);
+        bad.bundle = Some(BundleRef {
+            hash: "../x".into(),
+            size: 1,
+        });
+        assert_eq!(a.merge(bad, &none(), NOW), Err(Refusal::Invalid));
         assert!(
             serde_json::from_str::<DesiredApp>(
                 r#"{"app":"apps/../x","run":true,"clock":1,"origin":"p"}"#

@@ -15,6 +15,7 @@ use rand::Rng;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use crate::api::PeerView;
 use crate::apps::{AppName, MAX_WORKERS_PER_APP};
 use crate::desired::DesiredApps;
 use crate::error::JobError;
@@ -68,6 +69,8 @@ pub struct Dispatcher {
     /// Jobs that entered the mesh here and are not answered yet (a peer
     /// that drains waits for them, wherever they run).
     entered: Arc<AtomicUsize>,
+    /// See [`worker_cap`].
+    unset_cap: u32,
 }
 
 /// Counts a job in [`Dispatcher::in_flight`] while it lives.
@@ -131,6 +134,7 @@ impl Dispatcher {
             desired,
             learning_until,
             entered: Arc::default(),
+            unset_cap: unset_cap(),
         }
     }
 
@@ -256,6 +260,11 @@ impl Dispatcher {
         &self.local_id
     }
 
+    /// The mesh's decisions as this peer holds them.
+    pub fn desired(&self) -> Arc<DesiredApps> {
+        self.desired.borrow().clone()
+    }
+
     /// Runs `payload` (one line of compact JSON) on a worker of `app`.
     ///
     /// At-least-once: when the chosen peer cannot be reached or its
@@ -372,63 +381,40 @@ impl Dispatcher {
         excluded: &[Target],
         policy: Policy,
     ) -> Result<(Target, String), JobError> {
-        let mut candidates: Vec<(Target, &str, u64)> = Vec::new();
-        // What each candidate last announced as in flight (remote only).
-        let mut announced_load: Vec<u64> = Vec::new();
+        let mut candidates: Vec<Candidate> = Vec::new();
         let local = self.workers.capacity(app);
         if local > 0 && !excluded.contains(&Target::Local) {
-            candidates.push((Target::Local, self.local_id.as_str(), local as u64));
-            announced_load.push(0);
+            candidates.push(Candidate {
+                target: Target::Local,
+                id: self.local_id.as_str(),
+                weight: local as u64,
+                announced_load: 0,
+            });
         }
+        let decided = self.desired.borrow().get(app).and_then(|d| d.workers);
+        let cap = worker_cap(decided, local, self.unset_cap);
         let mesh = self.net.mesh();
-        for p in mesh.peers.iter().filter(|p| p.state == "up") {
-            let Some(peer) = p.peer else { continue };
-            if excluded.contains(&Target::Remote(peer)) {
-                continue;
-            }
-            if let Some(a) = p.apps.iter().find(|a| a.app == *app) {
-                // Announced by the other peer: capped, never trusted to add up.
-                let weight = match a.state {
-                    AppState::Running => a.workers.min(MAX_WORKERS_PER_APP),
-                    AppState::Starting => 1,
-                    _ => 0,
-                };
-                if weight > 0 {
-                    candidates.push((Target::Remote(peer), p.id.as_str(), weight as u64));
-                    announced_load.push(a.in_flight.min(1 << 20) as u64);
-                }
-            }
-        }
-        let total: u64 = candidates.iter().map(|(_, _, w)| w).sum();
+        candidates.extend(remote_candidates(&mesh.peers, app, excluded, cap));
+        let total: u64 = candidates.iter().map(|c| c.weight).sum();
         if total == 0 {
             return Err(JobError::NotRunning(format!(
                 "{app} has no live worker anywhere in the mesh (start it with `disruptor start`)"
             )));
         }
         let mut rng = rand::thread_rng();
-        let mut draw = || {
-            let mut r = rng.gen_range(0..total);
-            for (i, (_, _, w)) in candidates.iter().enumerate() {
-                if r < *w {
-                    return i;
-                }
-                r -= w;
-            }
-            unreachable!("r < total")
-        };
-        let first = draw();
+        let first = draw(&candidates, total, &mut rng);
         let chosen = match policy {
             Policy::Random => first,
             Policy::LeastLoaded => {
                 // Two distinct candidates (the same one twice would
                 // compare nothing).
-                let mut second = draw();
+                let mut second = draw(&candidates, total, &mut rng);
                 if candidates.len() > 1 {
                     for _ in 0..8 {
                         if second != first {
                             break;
                         }
-                        second = draw();
+                        second = draw(&candidates, total, &mut rng);
                     }
                     if second == first {
                         second = (first + 1) % candidates.len();
@@ -437,24 +423,107 @@ impl Dispatcher {
                 let outstanding = self.outstanding.lock().expect("outstanding lock");
                 // Load per worker, compared without division.
                 let load = |i: usize| {
-                    let (t, _, _) = candidates[i];
-                    let announced = match t {
-                        Target::Local => 0,
-                        Target::Remote(_) => announced_load[i],
-                    };
-                    outstanding.get(&t).copied().unwrap_or(0) as u64 + announced
+                    let c = &candidates[i];
+                    outstanding.get(&c.target).copied().unwrap_or(0) as u64 + c.announced_load
                 };
                 let (la, lb) = (load(first), load(second));
-                if lb * candidates[first].2 < la * candidates[second].2 {
+                if lb * candidates[first].weight < la * candidates[second].weight {
                     second
                 } else {
                     first
                 }
             }
         };
-        let (t, id, _) = candidates[chosen];
-        Ok((t, id.to_string()))
+        let c = &candidates[chosen];
+        Ok((c.target, c.id.to_string()))
     }
+}
+
+/// A place a job may run, and how much of the draw it gets.
+#[derive(Debug, Clone, PartialEq)]
+struct Candidate<'a> {
+    target: Target,
+    id: &'a str,
+    /// Live workers, as far as they are believed (see [`worker_cap`]).
+    weight: u64,
+    /// Jobs it announced in flight (remote only).
+    announced_load: u64,
+}
+
+/// When the decision does not say how many workers each peer runs, a
+/// remote peer is weighted by at most this many, or twice this machine's
+/// cores if more (see [`worker_cap`]).
+const UNSET_CAP_MIN: u32 = 8;
+
+/// Most live workers a remote peer is believed to have for an app.
+///
+/// A peer's worker count is its own claim, and jobs are drawn in
+/// proportion to it: a peer announcing 256 would draw nearly every job,
+/// and see (and answer) them all. So it is capped by what the mesh's
+/// decision allows:
+/// - the decision's `workers`, when it sets one: every honest peer runs
+///   exactly that many (the supervisor applies it as is);
+/// - otherwise each peer runs its manifest's count or one per core, which
+///   this peer cannot check. `unset_cap` is then twice this machine's
+///   cores, at least [`UNSET_CAP_MIN`] (machines of one mesh are usually
+///   alike; twice leaves room for a bigger one), and never less than what
+///   this peer runs itself (a manifest may ask for more than the cores).
+///   A peer claiming more gets no more jobs for it.
+fn worker_cap(decided: Option<u32>, local: u32, unset_cap: u32) -> u32 {
+    let cap = match decided {
+        Some(w) => w,
+        None => unset_cap.max(local),
+    };
+    cap.min(MAX_WORKERS_PER_APP)
+}
+
+/// [`worker_cap`]'s bound when the decision leaves the count open.
+fn unset_cap() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    cores.saturating_mul(2).max(UNSET_CAP_MIN)
+}
+
+/// The up peers that announced live workers of `app`, weighted by their
+/// workers capped at `cap` (a starting app counts as one).
+fn remote_candidates<'a>(
+    peers: &'a [PeerView],
+    app: &AppName,
+    excluded: &[Target],
+    cap: u32,
+) -> impl Iterator<Item = Candidate<'a>> {
+    peers
+        .iter()
+        .filter(|p| p.state == "up")
+        .filter_map(move |p| {
+            let target = Target::Remote(p.peer?);
+            if excluded.contains(&target) {
+                return None;
+            }
+            let a = p.apps.iter().find(|a| a.app == *app)?;
+            let weight = match a.state {
+                AppState::Running => a.workers.min(cap),
+                AppState::Starting => 1,
+                _ => 0,
+            };
+            (weight > 0).then(|| Candidate {
+                target,
+                id: p.id.as_str(),
+                weight: weight as u64,
+                announced_load: a.in_flight.min(1 << 20) as u64,
+            })
+        })
+}
+
+/// Index of a candidate drawn with probability weight / `total`.
+fn draw(candidates: &[Candidate], total: u64, rng: &mut impl Rng) -> usize {
+    let mut r = rng.gen_range(0..total);
+    for (i, c) in candidates.iter().enumerate() {
+        if r < c.weight {
+            return i;
+        }
+        r -= c.weight;
+    }
+    unreachable!("r < total")
 }
 
 /// Counts a job as outstanding at a target while it lives.
@@ -533,6 +602,99 @@ pub fn one_line(text: &str) -> Result<String, serde_json::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::AppStatus;
+    use rand::SeedableRng;
+
+    fn peer(apps: Vec<AppStatus>) -> PeerView {
+        let id = libp2p::PeerId::random();
+        PeerView {
+            id: id.to_string(),
+            peer: Some(id),
+            state: "up".into(),
+            reason: None,
+            addrs: Vec::new(),
+            http: None,
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            since_ms: 0,
+            started_ms: None,
+            rtt_ms: None,
+            connected: true,
+            apps,
+            links: Vec::new(),
+            bundles: Vec::new(),
+            remote_deploy: true,
+        }
+    }
+
+    fn running(app: &AppName, workers: u32) -> AppStatus {
+        AppStatus {
+            app: app.clone(),
+            state: AppState::Running,
+            workers,
+            in_flight: 0,
+            clock: 1,
+            error: None,
+            version: None,
+        }
+    }
+
+    /// Share of `draws` jobs that go to `peers[which]`.
+    fn share(peers: &[PeerView], app: &AppName, cap: u32, which: usize, draws: u32) -> f64 {
+        let candidates: Vec<Candidate> = remote_candidates(peers, app, &[], cap).collect();
+        let total = candidates.iter().map(|c| c.weight).sum();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let target = Target::Remote(peers[which].peer.unwrap());
+        let hits = (0..draws)
+            .filter(|_| candidates[draw(&candidates, total, &mut rng)].target == target)
+            .count();
+        hits as f64 / draws as f64
+    }
+
+    #[test]
+    fn a_peer_announcing_256_workers_draws_no_more_than_the_decision_allows() {
+        let app = AppName::parse("apps/echo/echo").unwrap();
+        let peers = vec![
+            peer(vec![running(&app, 2)]),
+            peer(vec![running(&app, 2)]),
+            peer(vec![running(&app, 256)]), // the rogue
+        ];
+        // The decision asks for 2 workers per peer: everyone weighs 2.
+        let cap = worker_cap(Some(2), 0, unset_cap());
+        assert_eq!(cap, 2);
+        let rogue = share(&peers, &app, cap, 2, 30_000);
+        assert!(
+            (rogue - 1.0 / 3.0).abs() < 0.02,
+            "the rogue drew {rogue:.3}"
+        );
+        // Uncapped, it would draw 256 of every 260 jobs.
+        let uncapped = share(&peers, &app, MAX_WORKERS_PER_APP, 2, 30_000);
+        assert!(uncapped > 0.97, "{uncapped:.3}");
+    }
+
+    #[test]
+    fn without_a_decided_count_the_cap_is_a_bound_a_real_default_stays_under() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let unset = unset_cap();
+        assert!(unset >= UNSET_CAP_MIN && unset >= 2 * cores);
+        assert_eq!(worker_cap(None, 0, unset), unset);
+        // This peer's own count raises it (a manifest may ask for more).
+        assert_eq!(worker_cap(None, unset + 5, unset), unset + 5);
+        // Never above the hard limit, whatever is decided.
+        assert_eq!(worker_cap(Some(10_000), 0, unset), MAX_WORKERS_PER_APP);
+        assert_eq!(worker_cap(None, 10_000, unset), MAX_WORKERS_PER_APP);
+        // A starting app counts one, stopped or missing nothing.
+        let app = AppName::parse("apps/echo/echo").unwrap();
+        let mut starting = running(&app, 256);
+        starting.state = AppState::Starting;
+        let mut failing = running(&app, 256);
+        failing.state = AppState::Failing;
+        let peers = vec![peer(vec![starting]), peer(vec![failing])];
+        let weights: Vec<u64> = remote_candidates(&peers, &app, &[], unset)
+            .map(|c| c.weight)
+            .collect();
+        assert_eq!(weights, vec![1]);
+    }
 
     #[test]
     fn one_line_validates_and_compacts() {

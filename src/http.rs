@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -18,13 +18,16 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AppsView, ErrorBody, MeshView};
+use crate::api::{AppsView, DecisionsView, ErrorBody, MeshView};
 use crate::apps::{AppName, MAX_WORKERS_PER_APP};
+use crate::desired::DesiredApp;
 use crate::dispatch::{Dispatcher, Policy, one_line};
 use crate::error::JobError;
+use crate::guard::Guard;
 use crate::membership::unix_ms;
 use crate::network::MAX_JOB_TIMEOUT;
 use crate::stream;
+use crate::trust::{Admins, Refusal};
 use crate::{dashboard, metrics, stats};
 use prometheus_client::registry::Registry;
 use tracing::Instrument;
@@ -38,6 +41,9 @@ pub const ATTEMPTS_HEADER: &str = "x-disruptor-attempts";
 pub const JOB_ID_HEADER: &str = "x-disruptor-job-id";
 /// Request header of `POST /api/deploy`: the bundle's SHA-256 (hex).
 pub const BUNDLE_HASH_HEADER: &str = "x-disruptor-bundle-sha256";
+/// Request header of `POST /api/deploy`: the signed deployment decision
+/// (JSON).
+pub const DECISION_HEADER: &str = "x-disruptor-decision";
 /// Response header naming the peer whose worker ran the job.
 pub const PEER_HEADER: &str = "x-disruptor-peer";
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,9 +68,24 @@ struct Shared {
     dispatcher: Dispatcher,
     config: HttpConfig,
     registry: Arc<Registry>,
+    /// Whose signed decisions this peer takes (empty: unsigned ones).
+    admins: Admins,
 }
 
-pub fn router(dispatcher: Dispatcher, registry: Arc<Registry>, config: HttpConfig) -> Router {
+/// Who may do what through this endpoint: the request guard's settings
+/// and the admin keys decisions are checked against.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub guard: Guard,
+    pub admins: Admins,
+}
+
+pub fn router(
+    dispatcher: Dispatcher,
+    registry: Arc<Registry>,
+    config: HttpConfig,
+    access: Access,
+) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/healthz", get(healthz))
@@ -77,13 +98,20 @@ pub fn router(dispatcher: Dispatcher, registry: Arc<Registry>, config: HttpConfi
         .route("/api/apps/start", post(api_start))
         .route("/api/apps/stop", post(api_stop))
         .route("/api/deploy", post(api_deploy))
+        .route("/api/decisions", get(api_decisions).post(api_decide))
         .route("/apps/{*path}", post(job).fallback(method_not_allowed))
         .fallback(not_found)
         .with_state(Arc::new(Shared {
             dispatcher,
             config,
             registry,
+            admins: access.admins,
         }))
+        // Outermost: nothing reaches a handler without passing the guard.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(access.guard),
+            crate::guard::check,
+        ))
 }
 
 /// Serves until `shutdown` is cancelled.
@@ -92,13 +120,14 @@ pub async fn serve(
     dispatcher: Dispatcher,
     registry: Arc<Registry>,
     config: HttpConfig,
+    access: Access,
     shutdown: CancellationToken,
 ) {
     // Our own accept loop rather than `axum::serve`, for two limits that
     // keep slow or idle clients from exhausting the endpoint: a cap on
     // open connections (over it, a new one is closed at once) and a
     // deadline for a request's headers (hyper closes the connection).
-    let app = router(dispatcher, registry, config);
+    let app = router(dispatcher, registry, config, access);
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let connections = tokio_util::task::TaskTracker::new();
     loop {
@@ -249,69 +278,58 @@ fn apps_view(d: &Dispatcher) -> AppsView {
     v
 }
 
-/// `POST /api/deploy?name=apps/...&start=true`: the body is an app bundle
-/// (tar + zstd, see [`crate::bundle`]); optional header
-/// `X-Disruptor-Bundle-Sha256`. The bundle is checked and installed here,
-/// then announced to the mesh as the app's version; `202` with the decision.
+/// `POST /api/deploy?name=apps/...`: the body is an app bundle (tar +
+/// zstd, see [`crate::bundle`]); header `X-Disruptor-Decision` holds the
+/// deployment decision signed by an admin key (`disruptor deploy --key`),
+/// which names the bundle's SHA-256 and size. The decision is checked
+/// before a byte of the body is read; the bundle is checked against it and
+/// installed here, then the decision is announced; `202` with it.
 async fn api_deploy(
     State(s): State<AppState>,
-    RawQuery(query): RawQuery,
+    Query(q): Query<DeployQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let Some(store) = s.dispatcher.workers().store().cloned() else {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            "this peer does not take deployments (started with --no-remote-deploy)",
-        );
+        let why = if s.admins.is_empty() {
+            "this peer installs no deployed bundles: it has no admin key to check them against (start it with --admin PUBKEY)"
+        } else {
+            "this peer installs no deployed bundles (started with --no-remote-deploy)"
+        };
+        return error_response(StatusCode::FORBIDDEN, why);
     };
-    let mut name = None;
-    let mut start = false;
-    for pair in query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=').unwrap_or((pair, "")) {
-            ("name", v) => name = Some(v.replace("%2F", "/").replace("%2f", "/")),
-            ("start", v) => start = matches!(v, "true" | "1" | "yes"),
-            _ => {}
-        }
-    }
-    let app = match name.as_deref().map(AppName::parse) {
-        Some(Ok(a)) => a,
-        Some(Err(e)) => return error_response(StatusCode::BAD_REQUEST, e.to_string()),
-        None => {
+    let app = match AppName::parse(&q.name) {
+        Ok(a) => a,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let decision = match signed_deployment(&headers, &app, &s.admins, store.max_bytes()) {
+        Ok(d) => d,
+        Err(resp) => return resp,
+    };
+    let Some(bundle) = decision.bundle.clone() else {
+        unreachable!("signed_deployment checks that a bundle is named");
+    };
+    let bytes = match axum::body::to_bytes(body, bundle.size as usize).await {
+        Ok(b) if b.len() as u64 == bundle.size => b,
+        _ => {
             return error_response(
                 StatusCode::BAD_REQUEST,
-                "name the app: POST /api/deploy?name=apps/...",
+                format!(
+                    "the body is not the {} bytes the decision names",
+                    bundle.size
+                ),
             );
         }
     };
-    let max = store.max_bytes();
-    let bytes = match axum::body::to_bytes(body, max as usize).await {
-        Ok(b) => b,
-        Err(_) => {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the bundle is larger than the limit of {max} bytes (--max-bundle-bytes)"),
-            );
-        }
-    };
-    let expected = headers
-        .get(BUNDLE_HASH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase());
-    let (install_store, app2) = (store.clone(), app.clone());
+    let (install_store, app2, hash) = (store.clone(), app.clone(), bundle.hash.clone());
     let installed = tokio::task::spawn_blocking(move || {
-        let r = install_store.install(&bytes, expected.as_deref())?;
+        let r = install_store.install(&bytes, Some(&hash))?;
         install_store.resolve(&r.hash, &app2)?;
         Ok::<_, crate::bundle::BundleError>(r)
     })
     .await;
-    let bundle = match installed {
-        Ok(Ok(b)) => b,
+    match installed {
+        Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             use crate::bundle::BundleError as E;
             let status = match e {
@@ -323,11 +341,113 @@ async fn api_deploy(
             return error_response(status, e.to_string());
         }
         Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    decide(&s, decision).await
+}
+
+#[derive(Deserialize)]
+struct DeployQuery {
+    #[serde(default)]
+    name: String,
+}
+
+/// The signed deployment decision of a `POST /api/deploy`, checked against
+/// this peer's admins and the request before the body is read.
+#[allow(clippy::result_large_err)]
+fn signed_deployment(
+    headers: &HeaderMap,
+    app: &AppName,
+    admins: &Admins,
+    max_bytes: u64,
+) -> Result<DesiredApp, Response> {
+    let Some(raw) = headers.get(DECISION_HEADER) else {
+        return Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            "a deployment must be signed by an admin key: `disruptor deploy ... --key FILE`",
+        ));
     };
-    match s.dispatcher.net().deploy(app, bundle, start).await {
-        Some(entry) => (StatusCode::ACCEPTED, Json(entry)).into_response(),
+    let decision: DesiredApp = serde_json::from_slice(raw.as_bytes()).map_err(|e| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            format!("{DECISION_HEADER} is not a decision: {e}"),
+        )
+    })?;
+    crate::trust::check(&decision, admins).map_err(refusal_response)?;
+    let Some(bundle) = &decision.bundle else {
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "the decision names no bundle",
+        ));
+    };
+    if &decision.app != app {
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            format!("the decision is for {}, not {app}", decision.app),
+        ));
+    }
+    if bundle.size > max_bytes {
+        return Err(error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the bundle is {} bytes, over the limit of {max_bytes} bytes (--max-bundle-bytes)",
+                bundle.size
+            ),
+        ));
+    }
+    Ok(decision)
+}
+
+/// `GET /api/decisions`: the start/stop/deploy decisions this peer holds and
+/// the highest clock it has seen: what the CLI needs to make (and sign) the
+/// next decision.
+async fn api_decisions(State(s): State<AppState>) -> Json<DecisionsView> {
+    let desired = s.dispatcher.desired();
+    Json(DecisionsView {
+        clock: desired.clock(),
+        admins: !s.admins.is_empty(),
+        decisions: desired.to_vec(),
+    })
+}
+
+/// `POST /api/decisions`: a decision signed in the CLI (start, stop, or a
+/// version already installed). `202` with it once taken.
+async fn api_decide(State(s): State<AppState>, body: Bytes) -> Response {
+    let decision: DesiredApp = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected a signed decision (`disruptor start ... --key FILE` makes one): {e}"
+                ),
+            );
+        }
+    };
+    if let Err(refusal) = crate::trust::check(&decision, &s.admins) {
+        return refusal_response(refusal);
+    }
+    decide(&s, decision).await
+}
+
+/// Hands a checked decision to the event loop, which checks it again (it
+/// is the one place that merges) and tells the mesh.
+async fn decide(s: &AppState, decision: DesiredApp) -> Response {
+    match s.dispatcher.net().decide(decision).await {
+        Some(Ok(entry)) => (StatusCode::ACCEPTED, Json(entry)).into_response(),
+        Some(Err(refusal)) => refusal_response(refusal),
         None => error_response(StatusCode::SERVICE_UNAVAILABLE, "this peer is stopping"),
     }
+}
+
+/// The answer for a refused decision.
+fn refusal_response(refusal: Refusal) -> Response {
+    let status = match refusal {
+        Refusal::Unsigned | Refusal::BadSignature => StatusCode::UNAUTHORIZED,
+        Refusal::UntrustedKey => StatusCode::FORBIDDEN,
+        Refusal::Invalid => StatusCode::BAD_REQUEST,
+        Refusal::Full | Refusal::Stale => StatusCode::CONFLICT,
+    };
+    error_response(status, refusal.to_string())
 }
 
 async fn api_apps(State(s): State<AppState>) -> Json<AppsView> {
@@ -378,8 +498,18 @@ async fn start_stop(s: &AppState, body: &[u8], run: bool) -> Response {
     if !run && req.workers.is_some() {
         return error_response(StatusCode::BAD_REQUEST, "stop takes no workers");
     }
+    if !s.admins.is_empty() {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "this peer takes only decisions signed by an admin key: `disruptor {} ... --key FILE`",
+                if run { "start" } else { "stop" }
+            ),
+        );
+    }
     match s.dispatcher.net().set_desired(app, run, req.workers).await {
-        Some(entry) => (StatusCode::ACCEPTED, Json(entry)).into_response(),
+        Some(Ok(entry)) => (StatusCode::ACCEPTED, Json(entry)).into_response(),
+        Some(Err(refusal)) => refusal_response(refusal),
         None => error_response(StatusCode::SERVICE_UNAVAILABLE, "this peer is stopping"),
     }
 }
@@ -597,8 +727,7 @@ fn job_target(path: &str, headers: &HeaderMap) -> Result<(AppName, Duration), Jo
     Ok((app, timeout))
 }
 
-/// A single job's body, size-checked, as one line of JSON (a `text/plain`
-/// body becomes a JSON string).
+/// A single job's body, size-checked, as one line of JSON.
 async fn read_job_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<String, JobError> {
     let max = s.config.max_job_bytes;
     let too_large = || {
@@ -633,13 +762,9 @@ async fn read_job_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<
         })?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| JobError::BadRequest("the body is not UTF-8".into()))?;
-    if content_type_is(headers, "text/plain") {
-        Ok(serde_json::Value::String(text.to_string()).to_string())
-    } else {
-        one_line(text).map_err(|e| {
-            JobError::BadRequest(format!(
-                "the body is not valid JSON ({e}); send JSON, or text with content-type: text/plain"
-            ))
-        })
-    }
+    one_line(text).map_err(|e| {
+        JobError::BadRequest(format!(
+            "the body is not valid JSON ({e}); send text as a JSON string (\"like this\")"
+        ))
+    })
 }

@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
+pub mod guard;
 pub mod http;
 pub mod membership;
 pub mod metrics;
@@ -28,4 +29,6 @@ pub mod peer;
 pub mod ratelimit;
 pub mod stats;
 pub mod stream;
+pub mod text;
+pub mod trust;
 pub mod worker;

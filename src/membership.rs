@@ -22,17 +22,45 @@
 //! - Announcements carry `(incarnation, seq)`; older ones are ignored. A
 //!   restart starts a new incarnation (its start time), so a peer that left
 //!   can come back.
-//! - Peers heard of (through another peer's table) but never connected are
-//!   `joining` and hidden from the API until they are up or a dial failed.
+//! - Peers heard of (through another peer's member list, or an announcement
+//!   relayed by another peer) but never connected are *unverified*: nobody
+//!   vouches for them but the peer that passed them on, and their addresses
+//!   are only claims. They are hidden from the API, at most
+//!   [`MAX_UNVERIFIED`] are held at once, the first dials of new ones are
+//!   rate limited, and each is dialled at most [`UNVERIFIED_DIALS`] times,
+//!   then dropped. A peer that connects (an authenticated connection, in
+//!   either direction) is *verified* and keeps its entry as described above.
+//!
+//! # Addresses are claims until a dial confirms them
+//! Announcements, member lists and identify all carry addresses the peer
+//! (or whoever relays it) chose; an attacker can name a third party's. So
+//! only an address at which this peer itself connected to the right peer id
+//! is *confirmed*, and redialled without limit (with backoff). Every other
+//! address is dialled at most [`CLAIMED_ADDR_DIALS`] times per
+//! [`CLAIMED_ADDR_WINDOW`], whichever peer id claims it: a mesh of honest
+//! peers cannot be turned into a connection flood at someone else. Of two
+//! connected peers at least one dialled the other, so one side always holds
+//! a confirmed address and a restarted peer is still found again.
+//!
+//! # Bounds
+//! The table holds at most [`MAX_PEERS`] entries. A peer that connects
+//! always gets one: when the table is full, an unverified entry (or else the
+//! longest-gone unconnected one) makes room. Refusals are counted
+//! ([`Membership::refusals`], and `disruptor_membership_refused_total`).
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::{Multiaddr, PeerId};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Timing;
 use crate::desired::DesiredApp;
+use crate::metrics::ReasonLabel;
+use crate::ratelimit::PerKeyBudget;
 use crate::worker::AppStatus;
 
 /// Version of the announcement format. Unknown fields are ignored, so later
@@ -41,11 +69,38 @@ pub const ANNOUNCE_VERSION: u32 = 1;
 /// Limits on what a peer accepts from others (a rogue peer must not be able
 /// to grow our memory without bound).
 pub const MAX_ADDRS_PER_PEER: usize = 16;
+/// Entries in the table, at most (verified and unverified).
 pub const MAX_PEERS: usize = 4096;
 const MAX_HTTP_LEN: usize = 256;
 
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(4);
+
+/// Unverified entries (peers never connected) held at once. An honest
+/// newcomer learns the whole mesh in one member list and dials it at once,
+/// so this only needs to cover the peers it has not reached yet; a peer
+/// also reaches others by being dialled, which needs no entry beforehand.
+pub const MAX_UNVERIFIED: usize = 64;
+/// Dials an unverified entry gets (0.5, 1, 2 s apart) before it is dropped.
+pub const UNVERIFIED_DIALS: u32 = 3;
+/// An unverified entry still not connected after this long is dropped,
+/// whatever became of its dials (3 dials of `connect_timeout` fit in it).
+pub const UNVERIFIED_TTL: Duration = Duration::from_secs(30);
+/// First dials of newly learned (unverified) peers: a burst of this many
+/// (a newcomer's member list of a mesh of a few dozen peers), then
+/// [`DISCOVERY_DIAL_RATE`] per second.
+const DISCOVERY_DIAL_BURST: u32 = 32;
+const DISCOVERY_DIAL_RATE: u32 = 4;
+/// When the discovery rate held a first dial back, it is tried again after this.
+const DISCOVERY_RETRY: Duration = Duration::from_millis(250);
+/// Dials of an address nobody has connected from, per window, whichever
+/// peer id claims it (see the module docs).
+pub const CLAIMED_ADDR_DIALS: u32 = 3;
+pub const CLAIMED_ADDR_WINDOW: Duration = Duration::from_secs(300);
+/// Claimed addresses tracked, at most. When every one of them is within
+/// its window, no further claimed address is dialled until one expires
+/// (fail closed: it takes an attack to get there).
+const MAX_TRACKED_ADDRS: usize = 1024;
 
 /// What a peer publishes about itself on the membership topic.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -162,7 +217,15 @@ struct Entry {
     /// The peer id in text form, cached: base58 encoding showed up in
     /// profiles of an idle 20-peer mesh.
     id: String,
+    /// Every address known for it, claimed or confirmed (newest last).
     addrs: Vec<Multiaddr>,
+    /// Addresses at which this peer connected to it (see the module docs).
+    confirmed: Vec<Multiaddr>,
+    /// This peer held an authenticated connection to it at some point.
+    verified: bool,
+    /// Dials made while unverified (see [`UNVERIFIED_DIALS`]).
+    dials: u32,
+    created: Instant,
     http: Option<String>,
     state: State,
     state_since: Instant,
@@ -188,6 +251,10 @@ impl Entry {
         Entry {
             id: id.to_string(),
             addrs: Vec::new(),
+            confirmed: Vec::new(),
+            verified: false,
+            dials: 0,
+            created: now,
             http: None,
             state: State::Joining,
             state_since: now,
@@ -210,19 +277,41 @@ impl Entry {
 
     fn merge_addrs(&mut self, addrs: impl IntoIterator<Item = Multiaddr>) {
         for a in addrs {
-            if !self.addrs.contains(&a) {
-                if self.addrs.len() >= MAX_ADDRS_PER_PEER {
-                    self.addrs.remove(0);
-                }
-                self.addrs.push(a);
-            }
+            push_bounded(&mut self.addrs, a);
         }
+    }
+
+    /// `addr` reached this very peer: it may be redialled without limit.
+    fn confirm(&mut self, addr: Multiaddr) {
+        push_bounded(&mut self.confirmed, addr.clone());
+        push_bounded(&mut self.addrs, addr);
     }
 
     fn heard_recently(&self, now: Instant, down_after: Duration) -> bool {
         self.last_heard
             .is_some_and(|t| now.saturating_duration_since(t) < down_after)
     }
+
+    /// An unverified entry that may not be dialled again.
+    fn spent(&self) -> bool {
+        !self.verified && self.dials >= UNVERIFIED_DIALS
+    }
+
+    /// Whether a dial could be made once `next_dial` has come.
+    fn dialable(&self) -> bool {
+        self.connections == 0 && !self.addrs.is_empty() && !self.spent()
+    }
+}
+
+/// Adds `a` to a list of at most [`MAX_ADDRS_PER_PEER`], dropping the oldest.
+fn push_bounded(list: &mut Vec<Multiaddr>, a: Multiaddr) {
+    if list.contains(&a) {
+        return;
+    }
+    if list.len() >= MAX_ADDRS_PER_PEER {
+        list.remove(0);
+    }
+    list.push(a);
 }
 
 /// Why an announcement was not taken.
@@ -236,6 +325,96 @@ pub enum AnnounceError {
     Version(u32),
     #[error("membership table is full ({MAX_PEERS} peers)")]
     Full,
+    #[error(
+        "{MAX_UNVERIFIED} peers that never connected are already being tried; an announcement from another one waits until one connects or is dropped"
+    )]
+    UnverifiedFull,
+}
+
+impl AnnounceError {
+    /// Whether every honest peer would refuse this message too, whoever
+    /// relayed it. Only those are reported to gossipsub as invalid, which
+    /// lowers the score of the peer that passed it on (see `behaviour.rs`):
+    /// a relay must never be punished for our own state (a full table) or
+    /// for a format version it may know and we do not.
+    pub fn is_invalid(&self) -> bool {
+        matches!(
+            self,
+            AnnounceError::Malformed(_) | AnnounceError::WrongId { .. }
+        )
+    }
+}
+
+/// Something membership did not take or do, counted by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A peer not in the table while it held [`MAX_PEERS`] entries of which
+    /// none could make room.
+    TableFull,
+    /// A new unverified peer while [`MAX_UNVERIFIED`] were being tried.
+    UnverifiedFull,
+    /// A first dial of a new unverified peer, held back by the discovery rate
+    /// (it is tried again shortly).
+    DiscoveryRate,
+    /// A claimed address left out of a dial: it was dialled
+    /// [`CLAIMED_ADDR_DIALS`] times in its window already.
+    ClaimedAddress,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 4] = [
+        Refusal::TableFull,
+        Refusal::UnverifiedFull,
+        Refusal::DiscoveryRate,
+        Refusal::ClaimedAddress,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::TableFull => "table_full",
+            Refusal::UnverifiedFull => "unverified_full",
+            Refusal::DiscoveryRate => "discovery_rate",
+            Refusal::ClaimedAddress => "claimed_address_budget",
+        }
+    }
+}
+
+/// `disruptor_membership_refused_total{reason}`: [`Refusal`]s, registered
+/// by the network layer in the `/metrics` registry.
+pub static REFUSED: LazyLock<Family<ReasonLabel, Counter>> = LazyLock::new(Family::default);
+
+/// How often each claimed (never confirmed) address was dialled in its
+/// current window, whichever peer claimed it.
+#[derive(Debug, Default)]
+struct ClaimedAddrs {
+    dials: HashMap<Multiaddr, (u32, Instant)>,
+}
+
+impl ClaimedAddrs {
+    /// Takes one dial of `a` if its budget allows.
+    fn take(&mut self, a: &Multiaddr, now: Instant) -> bool {
+        let fresh = |since: Instant| now.saturating_duration_since(since) < CLAIMED_ADDR_WINDOW;
+        if !self.dials.contains_key(a) && self.dials.len() >= MAX_TRACKED_ADDRS {
+            self.dials.retain(|_, (_, since)| fresh(*since));
+            if self.dials.len() >= MAX_TRACKED_ADDRS {
+                return false;
+            }
+        }
+        let (n, since) = self.dials.entry(a.clone()).or_insert((0, now));
+        if !fresh(*since) {
+            (*n, *since) = (0, now);
+        }
+        if *n >= CLAIMED_ADDR_DIALS {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// `a` was confirmed: it is no longer a claim.
+    fn forget(&mut self, a: &Multiaddr) {
+        self.dials.remove(a);
+    }
 }
 
 /// A dial the event loop should make.
@@ -249,6 +428,16 @@ pub struct Membership {
     local: PeerId,
     timing: Timing,
     peers: HashMap<PeerId, Entry>,
+    /// The unverified entries of `peers`, oldest first (at most
+    /// [`MAX_UNVERIFIED`]; a list, not a count, so eviction never scans
+    /// the whole table).
+    unverified: Vec<PeerId>,
+    /// Dials of claimed addresses, per address.
+    claimed: ClaimedAddrs,
+    /// First dials of newly learned unverified peers.
+    discovery: PerKeyBudget<()>,
+    /// Counts by [`Refusal`] (in the order of [`Refusal::ALL`]).
+    refused: [u64; Refusal::ALL.len()],
     /// The view must be republished now (a state, address or app changed).
     dirty: bool,
     /// The view should be republished soon (times changed).
@@ -268,12 +457,24 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What applying an announcement's fields changed in the view.
+struct Change {
+    /// Something the view shows at once (addresses, apps, bundles, ...).
+    hard: bool,
+    /// Only what may be shown lazily (links).
+    soft: bool,
+}
+
 impl Membership {
     pub fn new(local: PeerId, timing: Timing) -> Self {
         Membership {
             local,
             timing,
             peers: HashMap::new(),
+            unverified: Vec::new(),
+            claimed: ClaimedAddrs::default(),
+            discovery: PerKeyBudget::new(DISCOVERY_DIAL_BURST, DISCOVERY_DIAL_RATE, 1),
+            refused: [0; Refusal::ALL.len()],
             dirty: true,
             soft_dirty: false,
             silenced: Vec::new(),
@@ -289,8 +490,7 @@ impl Membership {
         data: &[u8],
         now: Instant,
     ) -> Result<(Option<Dial>, Vec<DesiredApp>), AnnounceError> {
-        let a: Announce =
-            serde_json::from_slice(data).map_err(|e| AnnounceError::Malformed(e.to_string()))?;
+        let a: Announce = serde_json::from_slice(data).map_err(|e| parse_error(data, &e))?;
         if a.v != ANNOUNCE_VERSION {
             return Err(AnnounceError::Version(a.v));
         }
@@ -300,7 +500,7 @@ impl Membership {
         };
         if !same_id {
             return Err(AnnounceError::WrongId {
-                claimed: a.id,
+                claimed: printable(&a.id),
                 source_id: source.to_string(),
             });
         }
@@ -317,14 +517,13 @@ impl Membership {
         if source == self.local {
             return Ok(None);
         }
-        if !self.peers.contains_key(&source) && self.peers.len() >= MAX_PEERS {
-            return Err(AnnounceError::Full);
+        if !self.peers.contains_key(&source) {
+            // Not connected (a connection makes an entry first): a peer
+            // known only from what others relay.
+            self.admit_unverified(source, now)?;
         }
         let down_after = self.timing.down_after;
-        let e = self
-            .peers
-            .entry(source)
-            .or_insert_with(|| Entry::new(source, now));
+        let e = self.peers.get_mut(&source).expect("admitted above");
         let version = (a.incarnation, a.seq);
         if e.version.is_some_and(|v| v >= version) {
             return Ok(None); // stale or duplicate
@@ -346,56 +545,9 @@ impl Membership {
         e.version = Some(version);
         e.last_heard = Some(now);
         e.last_seen_ms = unix_ms();
-        let addrs_before = e.addrs.len();
-        e.merge_addrs(a.listen.iter().filter_map(|s| s.parse::<Multiaddr>().ok()));
-        let http = a.http.as_ref().filter(|h| h.len() <= MAX_HTTP_LEN).cloned();
-        let apps: Vec<AppStatus> = if a.leaving {
-            Vec::new()
-        } else {
-            a.apps
-                .iter()
-                .take(crate::desired::MAX_DESIRED)
-                .cloned()
-                .collect()
-        };
-        // Most announcements only say "still here": those refresh the view
-        // lazily; anything that may change what the view shows, at once.
-        let routine = !a.leaving
-            && e.state == State::Up
-            && e.connections > 0
-            && e.addrs.len() == addrs_before
-            && e.http == http
-            && e.apps == apps;
-        e.http = http;
-        e.apps = apps;
-        let links: Vec<String> = a
-            .links
-            .iter()
-            .take(MAX_LINKS)
-            .filter(|l| l.len() <= 8)
-            .cloned()
-            .collect();
-        if e.links != links {
-            e.links = links;
-            self.soft_dirty = true;
-        }
-        let bundles: Vec<String> = a
-            .bundles
-            .iter()
-            .take(MAX_BUNDLES)
-            .filter(|h| h.len() == 64)
-            .cloned()
-            .collect();
-        if e.bundles != bundles || e.remote_deploy != a.remote_deploy {
-            e.bundles = bundles;
-            e.remote_deploy = a.remote_deploy;
-            self.dirty = true;
-        }
-        if routine {
-            self.soft_dirty = true;
-        } else {
-            self.dirty = true;
-        }
+        let change = apply_fields(e, a);
+        self.dirty |= change.hard;
+        self.soft_dirty |= change.soft;
 
         if a.leaving {
             e.left_incarnation = Some(a.incarnation);
@@ -412,32 +564,31 @@ impl Membership {
             // Connection lost, redial in flight: keep it up until that fails.
             State::Up => Ok(None),
             // A new incarnation of a peer that left: try it right away.
-            State::Down(DownReason::Left) | State::Joining => {
+            State::Down(DownReason::Left) => {
                 e.next_dial = now;
                 Ok(self.take_dial_if_due(source, now))
             }
-            State::Down(_) => Ok(self.take_dial_if_due(source, now)),
+            State::Joining | State::Down(_) => Ok(self.take_dial_if_due(source, now)),
         }
     }
 
-    /// Addresses of a peer learned second-hand (another peer's table, identify).
-    /// Creates a `joining` entry for an unknown peer and asks for a dial.
+    /// Addresses of a peer learned second-hand (a connected peer's member
+    /// list). Creates an unverified entry for an unknown peer and asks for a
+    /// dial. Peers that ever connected are not touched: they announce their
+    /// addresses themselves, signed, and nobody else may add to them.
     pub fn on_hint(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, now: Instant) -> Option<Dial> {
         if peer == self.local || addrs.is_empty() {
             return None;
         }
-        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_PEERS {
+        if !self.peers.contains_key(&peer) {
+            self.admit_unverified(peer, now).ok()?;
+        }
+        let e = self.peers.get_mut(&peer)?;
+        if e.verified {
             return None;
         }
-        let e = self
-            .peers
-            .entry(peer)
-            .or_insert_with(|| Entry::new(peer, now));
         e.merge_addrs(addrs.into_iter().take(MAX_ADDRS_PER_PEER));
-        if e.connections == 0 && e.state == State::Joining {
-            return self.take_dial_if_due(peer, now);
-        }
-        None
+        self.take_dial_if_due(peer, now)
     }
 
     /// Adds addresses for a peer we already know (identify); unknown peers
@@ -448,28 +599,34 @@ impl Membership {
         }
     }
 
+    /// A connection to `peer` is established; `addr` is the address this
+    /// peer dialled, if it dialled (that address is then confirmed).
     pub fn on_connected(&mut self, peer: PeerId, addr: Option<Multiaddr>, now: Instant) {
         if peer == self.local {
             return;
         }
-        let down_after = self.timing.down_after;
-        let Some(e) = self.peers.get_mut(&peer) else {
-            // Not known yet: its announcement will follow (we announce on every
-            // new subscription). Remember the connection count only.
-            if self.peers.len() < MAX_PEERS {
-                let mut e = Entry::new(peer, now);
-                e.connections = 1;
-                e.merge_addrs(addr);
-                self.peers.insert(peer, e);
-            }
+        if !self.peers.contains_key(&peer) && !self.admit_connected() {
+            tracing::warn!(%peer, "membership table full of connected peers ({MAX_PEERS}); not tracking a new one");
             return;
-        };
+        }
+        let down_after = self.timing.down_after;
+        let e = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| Entry::new(peer, now));
+        if !e.verified {
+            e.verified = true;
+            self.unverified.retain(|p| *p != peer);
+        }
         e.connections += 1;
         e.backoff = DIAL_BACKOFF_MIN;
         e.last_seen_ms = unix_ms();
-        e.merge_addrs(addr);
+        if let Some(a) = addr {
+            self.claimed.forget(&a);
+            e.confirm(a);
+        }
         let left = e.left_incarnation.is_some() && e.left_incarnation == e.version.map(|v| v.0);
-        if !left && e.heard_recently(now, down_after) {
+        if !left && e.version.is_some() && e.heard_recently(now, down_after) {
             set_state(peer, e, State::Up, now);
         }
         self.dirty = true;
@@ -477,23 +634,30 @@ impl Membership {
 
     /// The last-but-`remaining` connection to `peer` closed. Returns a dial
     /// when the peer was up: a quick redial tells a dead peer (refused) from
-    /// a dropped connection (succeeds).
+    /// a dropped connection (succeeds). With no address it may redial, the
+    /// peer is unreachable from here at once (it may still dial back).
     pub fn on_disconnected(&mut self, peer: PeerId, remaining: u32, now: Instant) -> Option<Dial> {
         let e = self.peers.get_mut(&peer)?;
         e.connections = remaining;
         e.rtt = if remaining == 0 { None } else { e.rtt };
         self.dirty = true;
-        if remaining == 0 && e.version.is_none() && e.addrs.is_empty() {
-            // A connection that never announced anything and left no way to
-            // reach it back: nothing worth a table slot.
-            self.peers.remove(&peer);
+        if remaining > 0 {
             return None;
         }
-        if remaining == 0 && matches!(e.state, State::Up | State::Joining) {
-            e.next_dial = now;
-            return self.take_dial_if_due(peer, now);
+        if e.version.is_none() {
+            // Connected, never announced: not a member, nothing to redial.
+            self.remove(peer);
+            return None;
         }
-        None
+        if !matches!(e.state, State::Up | State::Joining) {
+            return None;
+        }
+        e.next_dial = now;
+        let dial = self.take_dial_if_due(peer, now);
+        if dial.is_none() {
+            self.on_dial_failed(peer, now);
+        }
+        dial
     }
 
     /// A dial to `peer` failed (refused, timed out, handshake failed).
@@ -501,6 +665,14 @@ impl Membership {
         let Some(e) = self.peers.get_mut(&peer) else {
             return;
         };
+        if !e.verified {
+            // Its last dial failed: nobody ever reached it, drop it.
+            if e.spent() {
+                tracing::debug!(%peer, "dropping a peer that never connected: its dials failed");
+                self.remove(peer);
+            }
+            return;
+        }
         if e.connections == 0 && matches!(e.state, State::Up | State::Joining) {
             set_state(peer, e, State::Down(DownReason::Unreachable), now);
             self.dirty = true;
@@ -522,7 +694,7 @@ impl Membership {
     }
 
     /// Periodic housekeeping: silent peers go down, long-down peers are
-    /// forgotten, due redials are returned.
+    /// forgotten, unverified ones dropped when spent, due redials returned.
     pub fn tick(&mut self, now: Instant) -> Vec<Dial> {
         let Timing {
             down_after,
@@ -531,6 +703,14 @@ impl Membership {
         } = self.timing;
         let mut forget = Vec::new();
         for (id, e) in self.peers.iter_mut() {
+            if !e.verified {
+                let expired = now.saturating_duration_since(e.created) >= UNVERIFIED_TTL;
+                if expired || (e.spent() && e.next_dial <= now) {
+                    tracing::debug!(peer = %id, "dropping a peer that never connected");
+                    forget.push(*id);
+                }
+                continue;
+            }
             match e.state {
                 State::Up if !e.heard_recently(now, down_after) => {
                     set_state(*id, e, State::Down(DownReason::Silent), now);
@@ -539,25 +719,25 @@ impl Membership {
                         self.silenced.push(*id);
                     }
                 }
-                State::Down(_) if now.saturating_duration_since(e.state_since) >= forget_after => {
-                    forget.push(*id);
-                }
-                // A connection that never produced an announcement.
-                State::Joining if now.saturating_duration_since(e.state_since) >= forget_after => {
+                State::Down(_) | State::Joining
+                    if now.saturating_duration_since(e.state_since) >= forget_after =>
+                {
+                    // Long down, or a connection that never produced an
+                    // announcement.
+                    tracing::info!(peer = %id, "forgetting peer that has been down for {:?}", forget_after);
                     forget.push(*id);
                 }
                 _ => {}
             }
         }
         for id in forget {
-            tracing::info!(peer = %id, "forgetting peer that has been down for {:?}", forget_after);
-            self.peers.remove(&id);
+            self.remove(id);
             self.dirty = true;
         }
         let due: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, e)| e.connections == 0 && !e.addrs.is_empty() && e.next_dial <= now)
+            .filter(|(_, e)| e.dialable() && e.next_dial <= now)
             .map(|(id, _)| *id)
             .collect();
         due.into_iter()
@@ -566,8 +746,9 @@ impl Membership {
     }
 
     /// When [`Membership::tick`] next has something to do: a peer's
-    /// silence reaching `down_after`, a down peer to forget, a redial due.
-    /// O(peers); the caller asks once per round, not per event.
+    /// silence reaching `down_after`, a down peer to forget, an unverified
+    /// one to drop, a redial due. O(peers); the caller asks once per round,
+    /// not per event.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let Timing {
             down_after,
@@ -578,10 +759,11 @@ impl Membership {
             .values()
             .flat_map(|e| {
                 let state = match e.state {
+                    _ if !e.verified => e.created + UNVERIFIED_TTL,
                     State::Up => e.last_heard.map_or(now, |t| t + down_after),
                     State::Down(_) | State::Joining => e.state_since + forget_after,
                 };
-                let dial = (e.connections == 0 && !e.addrs.is_empty()).then_some(e.next_dial);
+                let dial = (e.dialable() || e.spent()).then_some(e.next_dial);
                 std::iter::once(state).chain(dial)
             })
             .min()
@@ -597,17 +779,126 @@ impl Membership {
         std::mem::take(&mut self.silenced)
     }
 
+    /// Counts of what was refused, by kind, since the start.
+    pub fn refusals(&self) -> impl Iterator<Item = (Refusal, u64)> + '_ {
+        Refusal::ALL.into_iter().zip(self.refused.iter().copied())
+    }
+
+    /// Entries in the table: (verified, unverified).
+    pub fn sizes(&self) -> (usize, usize) {
+        let unverified = self.unverified.len();
+        (self.peers.len() - unverified, unverified)
+    }
+
+    fn refuse(&mut self, r: Refusal) {
+        let i = Refusal::ALL.iter().position(|x| *x == r).expect("listed");
+        self.refused[i] += 1;
+        REFUSED
+            .get_or_create(&ReasonLabel { reason: r.as_str() })
+            .inc();
+    }
+
+    /// Makes room for a new unverified entry, or says why there is none.
+    fn admit_unverified(&mut self, peer: PeerId, now: Instant) -> Result<(), AnnounceError> {
+        if self.unverified.len() >= MAX_UNVERIFIED && !self.evict_spent_unverified() {
+            self.refuse(Refusal::UnverifiedFull);
+            return Err(AnnounceError::UnverifiedFull);
+        }
+        if self.peers.len() >= MAX_PEERS {
+            self.refuse(Refusal::TableFull);
+            return Err(AnnounceError::Full);
+        }
+        self.peers.insert(peer, Entry::new(peer, now));
+        self.unverified.push(peer);
+        Ok(())
+    }
+
+    /// Drops the oldest unverified entry that may not be dialled again.
+    fn evict_spent_unverified(&mut self) -> bool {
+        let spent = self
+            .unverified
+            .iter()
+            .copied()
+            .find(|p| self.peers.get(p).is_some_and(|e| e.spent()));
+        spent.inspect(|p| self.remove(*p)).is_some()
+    }
+
+    /// Makes room for a peer that connected: when the table is full, an
+    /// unverified entry goes first, else the unconnected entry that
+    /// matters least (never announced, then the longest gone). False only
+    /// when every entry is connected.
+    fn admit_connected(&mut self) -> bool {
+        if self.peers.len() < MAX_PEERS {
+            return true;
+        }
+        let victim = self.unverified.first().copied().or_else(|| {
+            self.peers
+                .iter()
+                .filter(|(_, e)| e.connections == 0)
+                .min_by_key(|(_, e)| (e.version.is_some(), e.state == State::Up, e.state_since))
+                .map(|(id, _)| *id)
+        });
+        let Some(victim) = victim else {
+            self.refuse(Refusal::TableFull);
+            return false;
+        };
+        tracing::debug!(peer = %victim, "table full: dropping an unconnected peer for one that connected");
+        self.remove(victim);
+        true
+    }
+
+    fn remove(&mut self, peer: PeerId) {
+        if let Some(e) = self.peers.remove(&peer)
+            && !e.verified
+        {
+            self.unverified.retain(|p| *p != peer);
+        }
+    }
+
+    /// The dial `peer` is due, if any: its confirmed addresses and the
+    /// claimed ones whose budget allows. Moves its next dial on (with
+    /// backoff) whenever one was due, dialled or not.
     fn take_dial_if_due(&mut self, peer: PeerId, now: Instant) -> Option<Dial> {
-        let e = self.peers.get_mut(&peer)?;
-        if e.connections > 0 || e.addrs.is_empty() || e.next_dial > now {
+        let Membership {
+            peers,
+            claimed,
+            discovery,
+            ..
+        } = self;
+        let e = peers.get_mut(&peer)?;
+        if !e.dialable() || e.next_dial > now {
+            return None;
+        }
+        if !e.verified && e.dials == 0 && !discovery.allow(&(), now) {
+            e.next_dial = now + DISCOVERY_RETRY;
+            self.refuse(Refusal::DiscoveryRate);
             return None;
         }
         e.next_dial = now + e.backoff;
         e.backoff = (e.backoff * 2).min(DIAL_BACKOFF_MAX);
-        Some(Dial {
-            peer,
-            addrs: e.addrs.clone(),
-        })
+        let mut addrs = e.confirmed.clone();
+        let mut held_back = 0;
+        for a in e.addrs.iter().filter(|a| !e.confirmed.contains(a)) {
+            if claimed.take(a, now) {
+                addrs.push(a.clone());
+            } else {
+                held_back += 1;
+            }
+        }
+        if !e.verified {
+            // Counted whether or not an address was left: an unverified
+            // entry with nothing to dial is as spent as a dialled one.
+            e.dials = if addrs.is_empty() {
+                UNVERIFIED_DIALS
+            } else {
+                e.dials + 1
+            };
+        }
+        let dial = (!addrs.is_empty()).then_some(Dial { peer, addrs });
+        for _ in 0..held_back {
+            self.refuse(Refusal::ClaimedAddress);
+        }
+        dial
     }
 
     /// Peers that are up, with their addresses: what we tell a newcomer.
@@ -691,6 +982,82 @@ impl Membership {
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
+}
+
+/// Copies an announcement's fields into its entry, bounded; says what changed.
+fn apply_fields(e: &mut Entry, a: &Announce) -> Change {
+    let addrs_before = e.addrs.len();
+    e.merge_addrs(a.listen.iter().filter_map(|s| s.parse::<Multiaddr>().ok()));
+    let http = a.http.as_ref().filter(|h| h.len() <= MAX_HTTP_LEN).cloned();
+    let apps: Vec<AppStatus> = if a.leaving {
+        Vec::new()
+    } else {
+        a.apps
+            .iter()
+            .take(crate::desired::MAX_DESIRED)
+            .cloned()
+            .collect()
+    };
+    // Most announcements only say "still here": those refresh the view
+    // lazily; anything that may change what the view shows, at once.
+    let routine = !a.leaving
+        && e.state == State::Up
+        && e.connections > 0
+        && e.addrs.len() == addrs_before
+        && e.http == http
+        && e.apps == apps;
+    e.http = http;
+    e.apps = apps;
+    let mut change = Change {
+        hard: !routine,
+        soft: routine,
+    };
+    let links: Vec<String> = a
+        .links
+        .iter()
+        .take(MAX_LINKS)
+        .filter(|l| l.len() <= 8)
+        .cloned()
+        .collect();
+    if e.links != links {
+        e.links = links;
+        change.soft = true;
+    }
+    let bundles: Vec<String> = a
+        .bundles
+        .iter()
+        .take(MAX_BUNDLES)
+        .filter(|h| h.len() == 64)
+        .cloned()
+        .collect();
+    if e.bundles != bundles || e.remote_deploy != a.remote_deploy {
+        e.bundles = bundles;
+        e.remote_deploy = a.remote_deploy;
+        change.hard = true;
+    }
+    change
+}
+
+/// Why `data` did not parse: a version this peer does not speak (a later
+/// format may change any field), or a malformed v1 announcement.
+fn parse_error(data: &[u8], e: &serde_json::Error) -> AnnounceError {
+    #[derive(Deserialize)]
+    struct Head {
+        v: u32,
+    }
+    match serde_json::from_slice::<Head>(data) {
+        Ok(h) if h.v != ANNOUNCE_VERSION => AnnounceError::Version(h.v),
+        _ => AnnounceError::Malformed(printable(&e.to_string())),
+    }
+}
+
+/// Text from another peer made fit for a log line: at most 200 characters,
+/// control characters replaced (serde's messages quote the input).
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(200)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 fn set_state(id: PeerId, e: &mut Entry, state: State, now: Instant) {
@@ -892,13 +1259,21 @@ pub(crate) mod tests {
         assert_eq!(state_of(&m, p), up());
     }
 
+    fn addr(port: u16) -> Multiaddr {
+        format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+    }
+
     #[test]
     fn down_peers_are_redialled_with_backoff_then_forgotten() {
         let me = PeerId::random();
         let p = PeerId::random();
         let mut m = Membership::new(me, timing());
         let t0 = Instant::now();
+        // Dialled and reached at its address once: that address is
+        // confirmed, so it is redialled for as long as the peer is known.
+        m.on_connected(p, Some(addr(4001)), t0);
         m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
+        assert!(m.on_disconnected(p, 0, t0).is_some());
         m.on_dial_failed(p, t0);
         assert_eq!(state_of(&m, p), down("unreachable"));
         let mut dial_times = Vec::new();
@@ -980,5 +1355,305 @@ pub(crate) mod tests {
         m.on_announce(p, &a, t0).unwrap();
         m.on_connected(p, None, t0);
         assert!(m.views()[0].addrs.len() <= MAX_ADDRS_PER_PEER);
+    }
+
+    fn dials_to(dials: &[Dial], a: &Multiaddr) -> usize {
+        dials.iter().filter(|d| d.addrs.contains(a)).count()
+    }
+
+    /// Ticks every 100 ms from `from` for `span`, failing every dial;
+    /// returns the dials made.
+    fn run_failing(m: &mut Membership, from: Instant, span: Duration) -> Vec<Dial> {
+        let mut all = Vec::new();
+        let mut t = from;
+        while t < from + span {
+            for d in m.tick(t) {
+                m.on_dial_failed(d.peer, t);
+                all.push(d);
+            }
+            t += Duration::from_millis(100);
+        }
+        all
+    }
+
+    #[test]
+    fn unverified_peers_are_hidden_dialled_a_few_times_then_dropped() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        // A hint whose dials all fail: dropped after its last one.
+        let p = PeerId::random();
+        let first = m.on_hint(p, vec![addr(5000)], t0).expect("dialled at once");
+        m.on_dial_failed(p, t0);
+        assert_eq!(state_of(&m, p), None, "never shown");
+        let later = run_failing(&mut m, t0, Duration::from_secs(20));
+        assert_eq!(
+            1 + later.len(),
+            UNVERIFIED_DIALS as usize,
+            "{first:?} {later:?}"
+        );
+        assert_eq!(m.sizes(), (0, 0), "dropped after its last dial failed");
+        // One whose dials never report back: dropped all the same.
+        let q = PeerId::random();
+        m.on_announce(q, &announce(q, 1, 1, false), t0).unwrap();
+        let mut dials = 1;
+        let mut t = t0;
+        while t < t0 + UNVERIFIED_TTL {
+            dials += m.tick(t).len();
+            t += Duration::from_millis(100);
+        }
+        assert!(dials <= UNVERIFIED_DIALS as usize, "{dials} dials");
+        assert_eq!(m.sizes(), (0, 0));
+        assert!(m.views().is_empty());
+        // A later announcement of the same peer is not a reason to flood:
+        // its claimed address has spent its budget.
+        m.on_announce(q, &announce(q, 1, 2, false), t).unwrap();
+        assert!(m.tick(t).is_empty());
+    }
+
+    #[test]
+    fn a_claimed_address_is_dialled_a_few_times_whoever_claims_it() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let victim = addr(9);
+        let mut dials = Vec::new();
+        // Throwaway ids, a few a second, all naming the same third party.
+        let mut t = t0;
+        for _ in 0..200 {
+            let p = PeerId::random();
+            dials.extend(m.on_hint(p, vec![victim.clone(), addr(9999)], t));
+            dials.extend(run_failing(&mut m, t, Duration::from_millis(300)));
+            t += Duration::from_millis(300);
+        }
+        assert_eq!(
+            dials_to(&dials, &victim),
+            CLAIMED_ADDR_DIALS as usize,
+            "in {:?}",
+            t - t0
+        );
+        assert!(
+            m.refusals()
+                .any(|(r, n)| r == Refusal::ClaimedAddress && n > 0)
+        );
+        assert!(m.sizes().1 <= MAX_UNVERIFIED);
+        // A new window, a few more.
+        let t = t0 + CLAIMED_ADDR_WINDOW + Duration::from_secs(1);
+        let mut again = Vec::new();
+        for i in 0..10 {
+            let at = t + Duration::from_secs(i);
+            again.extend(m.on_hint(PeerId::random(), vec![victim.clone()], at));
+            again.extend(run_failing(&mut m, at, Duration::from_secs(1)));
+        }
+        assert_eq!(dials_to(&again, &victim), CLAIMED_ADDR_DIALS as usize);
+    }
+
+    #[test]
+    fn unverified_entries_are_bounded_and_spent_ones_make_room() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let mut refused = 0;
+        for i in 0..(MAX_UNVERIFIED + 50) {
+            let p = PeerId::random();
+            let mut a = announce(p, 1, 1, false);
+            a.listen = vec![addr(6000 + i as u16).to_string()];
+            let a = serde_json::to_vec(&a).unwrap();
+            match m.on_announce_bytes(p, &a, t0) {
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e, AnnounceError::UnverifiedFull);
+                    assert!(
+                        !e.is_invalid(),
+                        "a full table is ours, not the relay's fault"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(m.sizes(), (0, MAX_UNVERIFIED));
+        assert_eq!(refused, 50);
+        let counted = m.refusals().find(|(r, _)| *r == Refusal::UnverifiedFull);
+        assert_eq!(counted, Some((Refusal::UnverifiedFull, 50)));
+        // Every one has spent its dials (or had nothing left to dial):
+        // newcomers may take their places.
+        run_failing(&mut m, t0, Duration::from_secs(10));
+        let p = PeerId::random();
+        assert!(
+            m.on_announce(p, &announce(p, 1, 1, false), t0 + Duration::from_secs(10))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_spent_unverified_entry_is_evicted_for_a_new_one() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let first = PeerId::random();
+        m.on_hint(first, vec![addr(1)], t0);
+        for i in 0..(MAX_UNVERIFIED - 1) {
+            m.on_hint(PeerId::random(), vec![addr(100 + i as u16)], t0);
+        }
+        assert!(m.on_hint(PeerId::random(), vec![addr(99)], t0).is_none());
+        assert_eq!(m.sizes().1, MAX_UNVERIFIED);
+        // `first` dials its last time (its failure not reported yet).
+        for t in [500, 1500].map(|ms| t0 + Duration::from_millis(ms)) {
+            m.tick(t);
+        }
+        assert!(m.peers[&first].spent());
+        let p = PeerId::random();
+        m.on_hint(p, vec![addr(2)], t0 + Duration::from_millis(1600));
+        assert_eq!(m.sizes().1, MAX_UNVERIFIED);
+        assert!(
+            !m.peers.contains_key(&first),
+            "the oldest spent one made room"
+        );
+        assert!(m.peers.contains_key(&p));
+    }
+
+    #[test]
+    fn first_dials_of_new_peers_are_rate_limited() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let dialled = (0..MAX_UNVERIFIED)
+            .filter_map(|i| m.on_hint(PeerId::random(), vec![addr(2000 + i as u16)], t0))
+            .count();
+        assert_eq!(dialled, DISCOVERY_DIAL_BURST as usize);
+        assert_eq!(m.sizes().1, MAX_UNVERIFIED, "held back, not refused");
+        let counted = m.refusals().find(|(r, _)| *r == Refusal::DiscoveryRate);
+        assert_eq!(counted.map(|(_, n)| n), Some(32));
+        // Then DISCOVERY_DIAL_RATE a second (dialled entries excluded).
+        let later = m.tick(t0 + Duration::from_secs(1));
+        let fresh = later.iter().filter(|d| m.peers[&d.peer].dials == 1).count();
+        assert_eq!(fresh, DISCOVERY_DIAL_RATE as usize, "{later:?}");
+    }
+
+    /// A peer that connected to us (inbound) and announced.
+    fn connected(m: &mut Membership, t: Instant) -> PeerId {
+        let p = PeerId::random();
+        m.on_connected(p, None, t);
+        m.on_announce(p, &announce(p, 1, 1, false), t).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_table_never_exceeds_max_peers_and_a_connected_newcomer_gets_a_slot() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let mut peers: Vec<PeerId> = (0..MAX_PEERS - 10).map(|_| connected(&mut m, t0)).collect();
+        let hinted: Vec<PeerId> = (0..10).map(|_| PeerId::random()).collect();
+        for (i, p) in hinted.iter().enumerate() {
+            m.on_hint(*p, vec![addr(3000 + i as u16)], t0);
+        }
+        assert_eq!(m.sizes(), (MAX_PEERS - 10, 10));
+        // Full: nobody new from hearsay...
+        let stranger = PeerId::random();
+        assert!(m.on_hint(stranger, vec![addr(3999)], t0).is_none());
+        let a = announce(stranger, 1, 1, false);
+        assert_eq!(m.on_announce(stranger, &a, t0), Err(AnnounceError::Full));
+        assert_eq!(m.peers.len(), MAX_PEERS);
+        // ...but a peer that connects takes the oldest unverified slot.
+        peers.push(connected(&mut m, t0));
+        assert_eq!(m.sizes(), (MAX_PEERS - 9, 9));
+        assert!(!m.peers.contains_key(&hinted[0]));
+        for _ in 0..9 {
+            peers.push(connected(&mut m, t0));
+        }
+        assert_eq!(m.sizes(), (MAX_PEERS, 0));
+        // Every entry connected: the next one is refused, and counted.
+        let extra = PeerId::random();
+        m.on_connected(extra, None, t0);
+        assert_eq!(m.peers.len(), MAX_PEERS);
+        assert!(!m.peers.contains_key(&extra));
+        assert_eq!(m.on_disconnected(extra, 0, t0), None);
+        assert!(m.refusals().any(|(r, n)| r == Refusal::TableFull && n >= 2));
+        // One goes away: its slot goes to the next that connects.
+        let gone = peers[7];
+        m.on_disconnected(gone, 0, t0);
+        m.on_dial_failed(gone, t0);
+        let newcomer = connected(&mut m, t0);
+        assert!(m.is_up(&newcomer));
+        assert!(!m.peers.contains_key(&gone));
+        assert_eq!(m.peers.len(), MAX_PEERS);
+    }
+
+    #[test]
+    fn a_known_peer_cannot_announce_under_another_id() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = connected(&mut m, t0);
+        let other = PeerId::random();
+        let mut a = announce(other, 1, 2, false);
+        a.listen = vec!["/ip4/10.9.9.9/tcp/1".into()];
+        let err = m
+            .on_announce_bytes(p, &serde_json::to_vec(&a).unwrap(), t0)
+            .unwrap_err();
+        assert!(matches!(err, AnnounceError::WrongId { .. }), "{err}");
+        assert!(err.is_invalid());
+        let view = m.views().pop().unwrap();
+        assert!(
+            !view.addrs.iter().any(|a| a.contains("10.9.9.9")),
+            "{view:?}"
+        );
+        // Its own id, next number: taken.
+        let a = serde_json::to_vec(&announce(p, 1, 2, false)).unwrap();
+        assert!(m.on_announce_bytes(p, &a, t0).is_ok());
+    }
+
+    #[test]
+    fn a_later_format_is_ignored_not_called_invalid() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let p = PeerId::random();
+        let t0 = Instant::now();
+        let err = m
+            .on_announce_bytes(p, br#"{"v":2,"id":7,"listen":"elsewhere"}"#, t0)
+            .unwrap_err();
+        assert_eq!(err, AnnounceError::Version(2));
+        assert!(!err.is_invalid());
+        let err = m
+            .on_announce_bytes(p, br#"{"v":1,"id":7}"#, t0)
+            .unwrap_err();
+        assert!(matches!(err, AnnounceError::Malformed(_)) && err.is_invalid());
+    }
+
+    #[test]
+    fn a_connection_that_never_announced_leaves_nothing_to_redial() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = PeerId::random();
+        m.on_connected(p, None, t0);
+        m.on_identify(p, vec![addr(9)]);
+        assert_eq!(m.on_disconnected(p, 0, t0), None);
+        assert_eq!(m.sizes(), (0, 0));
+        assert!(m.tick(t0 + Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn an_inbound_peer_is_redialled_within_the_claimed_budget_only() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = connected(&mut m, t0);
+        // Its connection closes: a quick redial at its claimed address.
+        assert!(m.on_disconnected(p, 0, t0).is_some());
+        m.on_dial_failed(p, t0);
+        assert_eq!(state_of(&m, p), down("unreachable"));
+        let later = run_failing(&mut m, t0, Duration::from_secs(30));
+        assert_eq!(1 + later.len(), CLAIMED_ADDR_DIALS as usize, "{later:?}");
+        // It dials back and leaves again: no address left to try, so it is
+        // unreachable at once rather than up until it falls silent.
+        let t = t0 + Duration::from_secs(30);
+        m.on_connected(p, None, t);
+        m.on_announce(p, &announce(p, 1, 2, false), t).unwrap();
+        assert_eq!(state_of(&m, p), up());
+        assert_eq!(m.on_disconnected(p, 0, t), None);
+        assert_eq!(state_of(&m, p), down("unreachable"));
+    }
+
+    #[test]
+    fn hints_do_not_touch_a_peer_that_connected() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = PeerId::random();
+        m.on_connected(p, Some(addr(4001)), t0);
+        m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
+        assert_eq!(m.on_hint(p, vec![addr(9)], t0), None);
+        assert_eq!(m.views()[0].addrs, vec![addr(4001).to_string()]);
     }
 }

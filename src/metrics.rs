@@ -7,9 +7,18 @@
 //! by state) are set from the live views when scraped. libp2p's swarm,
 //! gossipsub, identify and ping metrics are recorded by the network event
 //! loop into the same registry.
+//!
+//! Label sets are bounded by design: an `app` label exists only for apps
+//! in the mesh's desired state (see [`track_apps`]); jobs sent to any other
+//! name, made up or mistyped, are counted together under
+//! `app="(other)"` ([`OTHER_APP`]). Anyone who can POST to a peer can
+//! choose app names, and each label set costs a few dozen lines of
+//! `/metrics` for the life of the process.
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, RwLock};
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -77,6 +86,13 @@ pub struct Metrics {
     /// Announcements of other peers that were never taken here: gaps in
     /// an author's sequence numbers (lost, or overtaken by a later one).
     pub announcements_skipped: Counter,
+    /// Start/stop/deploy decisions not taken here, by reason (`unsigned`,
+    /// `bad_signature`, `untrusted_key`, `invalid`, `full`, `stale`): each
+    /// counted once, however often it is relayed.
+    pub decisions_refused: Family<ReasonLabel, Counter>,
+    /// HTTP requests refused by the guard, by reason (`host`, `origin`,
+    /// `content_type`, `token`).
+    pub http_refused: Family<ReasonLabel, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -90,6 +106,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     peers: Family::default(),
     peer_downs: Family::default(),
     announcements_skipped: Counter::default(),
+    decisions_refused: Family::default(),
+    http_refused: Family::default(),
 });
 
 /// A registry with disruptor's metrics; the caller adds libp2p's.
@@ -146,6 +164,16 @@ pub fn registry() -> Registry {
         "Announcements of other peers never taken here (gaps in their sequence numbers)",
         m.announcements_skipped.clone(),
     );
+    r.register(
+        "disruptor_decisions_refused",
+        "Start/stop/deploy decisions refused here, by reason (each counted once)",
+        m.decisions_refused.clone(),
+    );
+    r.register(
+        "disruptor_http_refused",
+        "HTTP requests refused before reaching a handler, by reason (host, origin, content_type, token)",
+        m.http_refused.clone(),
+    );
     r
 }
 
@@ -179,36 +207,164 @@ pub fn scrape(registry: &Registry, mesh: &MeshView, apps: &AppsView) -> String {
     out
 }
 
+/// The `app` label (and dashboard series) of every job for an app that is
+/// not in the mesh's desired state.
+pub const OTHER_APP: &str = "(other)";
+
+/// Most apps with label sets of their own: as many as the desired state
+/// holds, so every app the mesh runs has its own.
+pub const MAX_LABELLED_APPS: usize = crate::desired::MAX_DESIRED;
+
+/// Every outcome label: `ok` and each [`crate::error::JobError::kind`].
+const OUTCOMES: [&str; 9] = [
+    "ok",
+    "bad_request",
+    "not_running",
+    "too_large",
+    "worker_crashed",
+    "bad_output",
+    "timeout",
+    "busy",
+    "unreachable",
+];
+
+/// What the job path needs of one app's metrics, made once per app: no
+/// label strings built and no family lookup for a job that went well.
+#[derive(Clone)]
+struct AppHandles {
+    label: Arc<str>,
+    ok: Counter,
+    seconds: Histogram,
+}
+
+impl AppHandles {
+    fn new(label: &str) -> AppHandles {
+        let m = &*METRICS;
+        AppHandles {
+            label: label.into(),
+            ok: m
+                .jobs
+                .get_or_create(&JobLabels {
+                    app: label.to_string(),
+                    outcome: "ok".into(),
+                })
+                .clone(),
+            seconds: m
+                .job_seconds
+                .get_or_create(&AppLabel {
+                    app: label.to_string(),
+                })
+                .clone(),
+        }
+    }
+}
+
+type Labelled = HashMap<crate::apps::AppName, AppHandles>;
+
+/// The apps with label sets of their own, with a generation number that
+/// changes whenever they do. Written by [`track_apps`] (rarely: when the
+/// desired state changes); read by the job path only after a change.
+static LABELLED: LazyLock<RwLock<(u64, Arc<Labelled>)>> = LazyLock::new(Default::default);
+/// [`LABELLED`]'s generation, readable without its lock.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+static OTHER: LazyLock<AppHandles> = LazyLock::new(|| AppHandles::new(OTHER_APP));
+
+thread_local! {
+    /// Each thread's copy of [`LABELLED`]: the job path looks an app up
+    /// here, and compares one atomic with [`GENERATION`] to know that the
+    /// copy is current, so it takes no lock (it takes the read lock once
+    /// per thread after a change).
+    static SNAPSHOT: RefCell<(u64, Arc<Labelled>)> = RefCell::default();
+}
+
+/// Runs `f` with `app`'s handles, or [`OTHER_APP`]'s if it has none.
+fn with_handles<T>(app: &crate::apps::AppName, f: impl FnOnce(&AppHandles) -> T) -> T {
+    SNAPSHOT.with(|cell| {
+        let mut snap = cell.borrow_mut();
+        if snap.0 != GENERATION.load(Ordering::Acquire) {
+            *snap = LABELLED.read().expect("metrics labels").clone();
+        }
+        f(snap.1.get(app).unwrap_or(&OTHER))
+    })
+}
+
+/// Gives `apps` (the desired state's entries, started or stopped: the apps
+/// the mesh runs or ran) label sets of their own, at most
+/// [`MAX_LABELLED_APPS`]; jobs for any other name count as [`OTHER_APP`].
+/// The label sets and dashboard series of apps no longer listed are
+/// dropped, so what `/metrics` holds follows the desired state, which is
+/// bounded. Called by the reconciler at every change of the desired state
+/// (and every few seconds); nearly free when nothing changed.
+pub fn track_apps<'a>(apps: impl IntoIterator<Item = &'a crate::apps::AppName>) {
+    let wanted: BTreeSet<&crate::apps::AppName> =
+        apps.into_iter().take(MAX_LABELLED_APPS).collect();
+    let mut labelled = LABELLED.write().expect("metrics labels");
+    let (generation, current) = &*labelled;
+    if current.len() == wanted.len() && wanted.iter().all(|a| current.contains_key(*a)) {
+        return;
+    }
+    let next: Labelled = wanted
+        .into_iter()
+        .map(|app| {
+            let h = current.get(app).cloned();
+            (
+                app.clone(),
+                h.unwrap_or_else(|| AppHandles::new(app.as_str())),
+            )
+        })
+        .collect();
+    for gone in current.keys().filter(|a| !next.contains_key(*a)) {
+        forget(gone.as_str());
+    }
+    let generation = generation + 1;
+    let keep: HashSet<String> = next.keys().map(|a| a.to_string()).collect();
+    *labelled = (generation, Arc::new(next));
+    GENERATION.store(generation, Ordering::Release);
+    drop(labelled);
+    crate::stats::STATS.keep_apps(|app| app == OTHER_APP || keep.contains(app));
+}
+
+/// Drops every label set of `app`.
+fn forget(app: &str) {
+    let m = &*METRICS;
+    for outcome in OUTCOMES {
+        m.jobs.remove(&JobLabels {
+            app: app.to_string(),
+            outcome: outcome.to_string(),
+        });
+    }
+    let label = AppLabel {
+        app: app.to_string(),
+    };
+    m.job_seconds.remove(&label);
+    m.worker_restarts.remove(&label);
+}
+
 /// Records a finished job that entered here: counters, latency, the
 /// dashboard's series, and (when it failed) the dashboard's latest errors.
+/// An app the mesh does not run is recorded as [`OTHER_APP`].
 pub fn job_done(
     app: &crate::apps::AppName,
     result: Result<(), &crate::error::JobError>,
     took: std::time::Duration,
     peer: Option<&str>,
 ) {
-    let m = &*METRICS;
-    // The hot path (a job that went well) uses handles cached per app: no
-    // label strings built, no allocation.
-    let (ok, seconds) = app_handles(app);
-    match result {
-        Ok(()) => ok.inc(),
-        Err(e) => m
-            .jobs
-            .get_or_create(&JobLabels {
-                app: app.to_string(),
-                outcome: e.kind().into(),
-            })
-            .inc(),
-    };
-    seconds.observe(took.as_secs_f64());
+    let label = with_handles(app, |h| {
+        match result {
+            Ok(()) => h.ok.inc(),
+            Err(e) => METRICS
+                .jobs
+                .get_or_create(&JobLabels {
+                    app: h.label.to_string(),
+                    outcome: e.kind().into(),
+                })
+                .inc(),
+        };
+        h.seconds.observe(took.as_secs_f64());
+        h.label.clone()
+    });
     let stats = &crate::stats::STATS;
-    stats.job(
-        app.as_str(),
-        result.is_ok(),
-        took,
-        crate::membership::unix_ms(),
-    );
+    stats.job(&label, result.is_ok(), took, crate::membership::unix_ms());
     if let Err(e) = result {
         stats.error_now("job", app.as_str(), peer.map(str::to_string), e.to_string());
     }
@@ -236,34 +392,6 @@ impl Drop for InFlight {
     }
 }
 
-/// The `ok` counter and the latency histogram of `app`.
-fn app_handles(app: &crate::apps::AppName) -> (Counter, Histogram) {
-    static CACHE: LazyLock<RwLock<HashMap<crate::apps::AppName, (Counter, Histogram)>>> =
-        LazyLock::new(Default::default);
-    if let Some(h) = CACHE.read().expect("metrics cache").get(app) {
-        return h.clone();
-    }
-    let m = &*METRICS;
-    let h = (
-        m.jobs
-            .get_or_create(&JobLabels {
-                app: app.to_string(),
-                outcome: "ok".into(),
-            })
-            .clone(),
-        m.job_seconds
-            .get_or_create(&AppLabel {
-                app: app.to_string(),
-            })
-            .clone(),
-    );
-    CACHE
-        .write()
-        .expect("metrics cache")
-        .insert(app.clone(), h.clone());
-    h
-}
-
 pub fn response(code: u16) {
     static OK: LazyLock<Counter> = LazyLock::new(|| {
         METRICS
@@ -281,4 +409,84 @@ pub fn response(code: u16) {
             code: code.to_string(),
         })
         .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apps::AppName;
+    use crate::error::JobError;
+    use std::time::Duration;
+
+    fn text() -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry()).unwrap();
+        out
+    }
+
+    fn lines_of(app: &str) -> usize {
+        let label = format!("app=\"{app}\"");
+        text().lines().filter(|l| l.contains(&label)).count()
+    }
+
+    /// The only test here that calls `track_apps` (it is process-wide).
+    #[test]
+    fn only_tracked_apps_get_label_sets_and_forgotten_ones_lose_them() {
+        let known = AppName::parse("apps/unit-known").unwrap();
+        let made_up = AppName::parse("apps/unit-made-up").unwrap();
+        let fail = JobError::NotRunning("no".into());
+        job_done(&known, Ok(()), Duration::from_millis(1), None);
+        job_done(&made_up, Err(&fail), Duration::from_millis(1), None);
+        assert_eq!(lines_of("apps/unit-known"), 0, "not tracked yet");
+        assert_eq!(lines_of("apps/unit-made-up"), 0);
+        assert!(lines_of(OTHER_APP) > 0);
+
+        track_apps([&known]);
+        job_done(&known, Ok(()), Duration::from_millis(1), None);
+        job_done(&known, Err(&fail), Duration::from_millis(1), None);
+        job_done(&made_up, Ok(()), Duration::from_millis(1), None);
+        let t = text();
+        assert!(
+            t.contains(r#"disruptor_jobs_total{app="apps/unit-known",outcome="ok"} 1"#),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"disruptor_jobs_total{app="apps/unit-known",outcome="not_running"} 1"#)
+        );
+        assert_eq!(lines_of("apps/unit-made-up"), 0);
+        assert!(
+            crate::stats::STATS
+                .view(0)
+                .apps
+                .contains_key("apps/unit-known")
+        );
+
+        // Out of the desired state: its label sets and series go.
+        track_apps([]);
+        assert_eq!(lines_of("apps/unit-known"), 0);
+        assert!(
+            !crate::stats::STATS
+                .view(0)
+                .apps
+                .contains_key("apps/unit-known")
+        );
+        job_done(&known, Ok(()), Duration::from_millis(1), None);
+        assert_eq!(lines_of("apps/unit-known"), 0);
+    }
+
+    #[test]
+    fn every_error_kind_is_an_outcome_that_can_be_forgotten() {
+        for e in [
+            JobError::BadRequest(String::new()),
+            JobError::NotRunning(String::new()),
+            JobError::TooLarge(String::new()),
+            JobError::WorkerCrashed(String::new()),
+            JobError::BadOutput(String::new()),
+            JobError::Timeout(String::new()),
+            JobError::Busy(String::new()),
+            JobError::Unreachable(String::new()),
+        ] {
+            assert!(OUTCOMES.contains(&e.kind()), "{}", e.kind());
+        }
+    }
 }

@@ -111,8 +111,16 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
         peer = %event_loop.local_peer_id(),
         private = config.psk.is_some(),
         bootstrap = config.bootstrap.len(),
+        admins = config.admins.len(),
+        remote_deploy = config.remote_deploy,
+        http_token = config.http_token.is_some(),
         "peer started"
     );
+    if config.admins.is_empty() {
+        tracing::info!(
+            "no admin keys (--admin): this peer takes unsigned start/stop of its own --apps and installs no deployed bundles"
+        );
+    }
 
     // Cancelled by a signal, or by any task that ends unexpectedly (each
     // holds a drop guard), so the peer never lingers half-alive.
@@ -124,11 +132,19 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     let drain_dispatcher = dispatcher.clone();
     let tracker = TaskTracker::new();
     tracker.spawn(event_loop.run(shutdown.clone()));
+    let access = http::Access {
+        guard: crate::guard::Guard {
+            hosts: config.http_hosts.clone(),
+            token: config.http_token.clone(),
+        },
+        admins: config.admins.clone(),
+    };
     tracker.spawn(http::serve(
         http_listener,
         dispatcher,
         registry,
         http_config,
+        access,
         http_shutdown.clone(),
     ));
     tracker.spawn(reconcile(
@@ -240,6 +256,7 @@ async fn reconcile(
         }
         let current = desired.borrow_and_update().clone();
         workers.apply(&current);
+        crate::metrics::track_apps(current.entries().map(|d| &d.app));
         let Some(store) = workers.store() else {
             continue;
         };

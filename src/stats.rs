@@ -3,8 +3,10 @@
 //!
 //! Jobs are counted where they enter the mesh (this peer's HTTP endpoint);
 //! worker crashes where they happen. Fixed memory: [`BUCKETS`] buckets of
-//! [`BUCKET_SECS`] per app (at most [`MAX_APPS`] apps) and the last
-//! [`MAX_ERRORS`] errors. A std mutex, held for a few arithmetic operations
+//! [`BUCKET_SECS`] per app and the last [`MAX_ERRORS`] errors. The apps are
+//! those of the mesh's desired state, and `(other)` for every other name
+//! ([`crate::metrics::track_apps`] chooses, and drops the series of apps
+//! that leave it); [`MAX_APPS`] is a backstop. A std mutex, held for a few arithmetic operations
 //! and never across an await.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -18,8 +20,11 @@ use crate::membership::unix_ms;
 pub const BUCKET_SECS: u64 = 5;
 /// 5 minutes of history.
 pub const BUCKETS: usize = 60;
-pub const MAX_APPS: usize = 64;
+/// Every app that has its own metrics, and `(other)`.
+pub const MAX_APPS: usize = crate::metrics::MAX_LABELLED_APPS + 1;
 pub const MAX_ERRORS: usize = 50;
+/// An error message is cut to this many characters.
+pub const MAX_ERROR_CHARS: usize = 300;
 /// Latency histogram per bucket: bucket k holds latencies below
 /// 100 µs * 2^k (the last one everything above).
 const LAT_BINS: usize = 20;
@@ -139,6 +144,14 @@ impl Stats {
         b.lat[lat_bin(took)] += 1;
     }
 
+    /// Drops the series of every app for which `keep` is false.
+    pub fn keep_apps(&self, keep: impl Fn(&str) -> bool) {
+        self.apps
+            .lock()
+            .expect("stats lock")
+            .retain(|app, _| keep(app));
+    }
+
     pub fn error(&self, e: ErrorEvent) {
         let mut errors = self.errors.lock().expect("stats lock");
         if errors.len() >= MAX_ERRORS {
@@ -156,10 +169,7 @@ impl Stats {
         message: impl Into<String>,
     ) {
         let mut message = message.into();
-        if let Some((cut, _)) = message.char_indices().nth(300) {
-            message.truncate(cut);
-            message.push('…');
-        }
+        crate::text::truncate(&mut message, MAX_ERROR_CHARS);
         self.error(ErrorEvent {
             at_ms: unix_ms(),
             kind: kind.to_string(),

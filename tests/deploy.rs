@@ -36,7 +36,13 @@ fn write_app(dir: &Path, name: &str, version: u32) -> PathBuf {
     app
 }
 
-fn deploy(peer: &Peer, dir: &Path, start: bool) -> (bool, String, String) {
+/// The admin key of a test's mesh: peers trust it, deployments are signed
+/// with it.
+fn admin(dir: &Path) -> AdminKey {
+    AdminKey::new(dir, "mesh")
+}
+
+fn deploy(peer: &Peer, key: &AdminKey, dir: &Path, start: bool) -> (bool, String, String) {
     let mut args = vec![
         "deploy".to_string(),
         peer.http.clone(),
@@ -46,6 +52,7 @@ fn deploy(peer: &Peer, dir: &Path, start: bool) -> (bool, String, String) {
         "--wait".into(),
         "40s".into(),
     ];
+    args.extend(key.sign());
     if start {
         args.push("--start".into());
     }
@@ -80,11 +87,11 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn bare_mesh(dir: &Path, n: usize) -> Vec<Peer> {
+fn bare_mesh(dir: &Path, n: usize, key: &AdminKey) -> Vec<Peer> {
     // No --apps directory at all: whatever runs, came by deployment.
     converged_chain(dir, n, |i| PeerOpts {
         identity: Some(dir.join(format!("p{i}.key"))),
-        extra: vec!["--workers".into(), "2".into()],
+        extra: [vec!["--workers".into(), "2".into()], key.trust()].concat(),
         ..Default::default()
     })
 }
@@ -92,9 +99,10 @@ fn bare_mesh(dir: &Path, n: usize) -> Vec<Peer> {
 #[test]
 fn a_deployed_app_runs_on_every_peer_and_on_a_newcomer() {
     let dir = scratch("deploy");
-    let peers = bare_mesh(dir.path(), 3);
+    let key = admin(dir.path());
+    let peers = bare_mesh(dir.path(), 3, &key);
     let src = write_app(&dir.path().join("src"), "myapp", 1);
-    let (ok, stdout, stderr) = deploy(&peers[0], &src, true);
+    let (ok, stdout, stderr) = deploy(&peers[0], &key, &src, true);
     assert!(ok, "deploy failed: {stdout}{stderr}");
     assert!(stdout.contains("runs on 3 of 3 peers"), "{stdout}");
     let before: Vec<u64> = peers.iter().map(|p| p.jobs_done(APP)).collect();
@@ -121,7 +129,7 @@ fn a_deployed_app_runs_on_every_peer_and_on_a_newcomer() {
         "late",
         PeerOpts {
             bootstrap: vec![peers[2].listen.clone()],
-            extra: vec!["--workers".into(), "2".into()],
+            extra: [vec!["--workers".into(), "2".into()], key.trust()].concat(),
             ..Default::default()
         },
     );
@@ -146,9 +154,10 @@ fn a_deployed_app_runs_on_every_peer_and_on_a_newcomer() {
 #[test]
 fn a_redeploy_under_load_fails_no_job_and_then_only_the_new_version_answers() {
     let dir = scratch("redeploy");
-    let peers = bare_mesh(dir.path(), 3);
+    let key = admin(dir.path());
+    let peers = bare_mesh(dir.path(), 3, &key);
     let v1 = write_app(&dir.path().join("v1"), "myapp", 1);
-    let (ok, stdout, stderr) = deploy(&peers[0], &v1, true);
+    let (ok, stdout, stderr) = deploy(&peers[0], &key, &v1, true);
     assert!(ok, "{stdout}{stderr}");
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..3)
@@ -174,7 +183,7 @@ fn a_redeploy_under_load_fails_no_job_and_then_only_the_new_version_answers() {
         .collect();
     std::thread::sleep(Duration::from_millis(700));
     let v2 = write_app(&dir.path().join("v2"), "myapp", 2);
-    let (ok, stdout, stderr) = deploy(&peers[1], &v2, false);
+    let (ok, stdout, stderr) = deploy(&peers[1], &key, &v2, false);
     assert!(ok, "{stdout}{stderr}");
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
@@ -245,29 +254,70 @@ fn raw_entry_mode(
     b.append(&h, body).unwrap();
 }
 
-fn post_bundle(peer: &Peer, archive: Vec<u8>, hash: Option<&str>) -> (u16, String) {
-    let mut req = http_client()
-        .post(format!(
-            "http://{}/api/deploy?name={APP}&start=true",
-            peer.http
-        ))
+/// POSTs `archive` as a deployment of `APP` signed by `key`, its decision
+/// naming `hash` (the archive's own by default).
+fn post_bundle(peer: &Peer, key: &AdminKey, archive: Vec<u8>, hash: Option<&str>) -> (u16, String) {
+    let hash = hash.map_or_else(|| disruptor::bundle::sha256_hex(&archive), str::to_string);
+    let bundle = disruptor::bundle::BundleRef {
+        hash,
+        size: archive.len() as u64,
+    };
+    let decision = signed(
+        peer,
+        key,
+        disruptor::desired::Change::Deploy {
+            bundle,
+            start: true,
+        },
+    );
+    let resp = http_client()
+        .post(format!("http://{}/api/deploy?name={APP}", peer.http))
         .header("content-type", "application/zstd")
-        .body(archive);
-    if let Some(h) = hash {
-        req = req.header("x-disruptor-bundle-sha256", h);
-    }
-    let resp = req.send().unwrap();
+        .header(
+            "x-disruptor-decision",
+            serde_json::to_string(&decision).unwrap(),
+        )
+        .body(archive)
+        .send()
+        .unwrap();
     (resp.status().as_u16(), resp.text().unwrap())
+}
+
+/// The next decision for `APP` on `peer`, signed by `key`.
+fn signed(
+    peer: &Peer,
+    key: &AdminKey,
+    change: disruptor::desired::Change,
+) -> disruptor::desired::DesiredApp {
+    let held: disruptor::api::DecisionsView = http_client()
+        .get(format!("http://{}/api/decisions", peer.http))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let app = disruptor::apps::AppName::parse(APP).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut d = disruptor::desired::next_decision(&held.decisions, held.clock, &app, change, now);
+    key.secret().sign(&mut d);
+    d
 }
 
 #[test]
 fn unsafe_oversized_and_mismatched_bundles_are_refused() {
     let dir = scratch("deploy-safety");
+    let key = admin(dir.path());
     let peers = converged_chain(dir.path(), 2, |i| PeerOpts {
         extra: if i == 1 {
-            vec!["--no-remote-deploy".into()]
+            [vec!["--no-remote-deploy".into()], key.trust()].concat()
         } else {
-            vec!["--max-bundle-bytes".into(), "200000".into()]
+            [
+                vec!["--max-bundle-bytes".into(), "200000".into()],
+                key.trust(),
+            ]
+            .concat()
         },
         ..Default::default()
     });
@@ -302,7 +352,7 @@ fn unsafe_oversized_and_mismatched_bundles_are_refused() {
         ),
     ];
     for (what, archive) in evil {
-        let (status, body) = post_bundle(&peers[0], archive, None);
+        let (status, body) = post_bundle(&peers[0], &key, archive, None);
         assert_eq!(status, 400, "{what}: {body}");
         assert!(
             body.contains("refused") || body.contains("not a tar"),
@@ -330,7 +380,7 @@ fn unsafe_oversized_and_mismatched_bundles_are_refused() {
         })
         .collect();
     std::fs::write(big.join("lib/noise.bin"), noise).unwrap();
-    let (ok, stdout, stderr) = deploy(&peers[0], &big, true);
+    let (ok, stdout, stderr) = deploy(&peers[0], &key, &big, true);
     assert!(!ok, "{stdout}");
     assert!(
         stderr.contains("413") && stderr.contains("limit"),
@@ -340,7 +390,7 @@ fn unsafe_oversized_and_mismatched_bundles_are_refused() {
 
     // v1 deployed and running on p0; p1 (--no-remote-deploy) installs nothing.
     let v1 = write_app(&dir.path().join("v1"), "myapp", 1);
-    let (ok, stdout, stderr) = deploy(&peers[0], &v1, true);
+    let (ok, stdout, stderr) = deploy(&peers[0], &key, &v1, true);
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("runs on 1 of 1 peers"), "{stdout}");
     assert!(stdout.contains("takes no deployments"), "{stdout}");
@@ -355,14 +405,14 @@ fn unsafe_oversized_and_mismatched_bundles_are_refused() {
     // v2 with a wrong hash: refused, and v1 keeps running.
     let v2 = write_app(&dir.path().join("v2"), "myapp", 2);
     let archive = disruptor::bundle::pack(&v2).unwrap();
-    let (status, body) = post_bundle(&peers[0], archive.clone(), Some(&"ab".repeat(32)));
+    let (status, body) = post_bundle(&peers[0], &key, archive.clone(), Some(&"ab".repeat(32)));
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("SHA-256"), "{body}");
     let (status, _, answer) = peers[0].job(APP, "[2]");
     assert_eq!((status, version_of(&answer)), (200, 1), "v1 keeps running");
     // The same bundle with its real hash is taken.
     let hash = disruptor::bundle::sha256_hex(&archive);
-    let (status, body) = post_bundle(&peers[0], archive, Some(&hash));
+    let (status, body) = post_bundle(&peers[0], &key, archive, Some(&hash));
     assert_eq!(status, 202, "{body}");
     wait_for("v2 to answer", Duration::from_secs(10), || {
         let (_, _, answer) = peers[0].job(APP, "[3]");
@@ -396,18 +446,24 @@ fn assert_all_inside(dir: &Path) {
 }
 
 /// The bundle attacks of issue 14 against one running peer, through its
-/// upload (peers that fetch a bundle install it by the same code): a
-/// decompression bomb, a symlink chain to /etc/passwd, setuid modes, a full
-/// store. The peer refuses each with a clear error and keeps running.
+/// upload signed by its admin (peers that fetch a bundle install it by the
+/// same code): a decompression bomb, a symlink chain to /etc/passwd, setuid
+/// modes, a full store. The peer refuses each with a clear error and keeps
+/// running.
 #[test]
 fn bundle_attacks_are_refused_and_the_peer_keeps_running() {
     use tar::EntryType::{Directory, Regular, Symlink};
     let dir = scratch("deploy-attacks");
+    let key = admin(dir.path());
     let peer = Peer::start(
         dir.path(),
         "p0",
         PeerOpts {
-            extra: vec!["--max-store-bytes".into(), "40000".into()],
+            extra: [
+                vec!["--max-store-bytes".into(), "40000".into()],
+                key.trust(),
+            ]
+            .concat(),
             ..Default::default()
         },
     );
@@ -415,7 +471,7 @@ fn bundle_attacks_are_refused_and_the_peer_keeps_running() {
 
     // 321 bytes that unpacked to 8 MB.
     let bomb = tar_zst(|b| raw_entry(b, Regular, "worker", "", &vec![0u8; 8 << 20]));
-    let (status, body) = post_bundle(&peer, bomb, None);
+    let (status, body) = post_bundle(&peer, &key, bomb, None);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("unpacks to more than"), "{body}");
 
@@ -427,7 +483,7 @@ fn bundle_attacks_are_refused_and_the_peer_keeps_running() {
         let target = format!("{dirs}/y/{}etc/passwd", "../".repeat(17));
         raw_entry(b, Symlink, "x", &target, b"");
     });
-    let (status, body) = post_bundle(&peer, chain, None);
+    let (status, body) = post_bundle(&peer, &key, chain, None);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("through another link"), "{body}");
     assert!(files(&data.join("bundles")).is_empty());
@@ -440,7 +496,7 @@ fn bundle_attacks_are_refused_and_the_peer_keeps_running() {
         raw_entry_mode(b, Directory, "lib", "", b"", 0o1777);
         raw_entry_mode(b, Regular, "lib/data", "", b"x", 0o2666);
     });
-    let (status, body) = post_bundle(&peer, suid, None);
+    let (status, body) = post_bundle(&peer, &key, suid, None);
     assert_eq!(status, 202, "{body}");
     for f in files(&data.join("bundles")) {
         let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
@@ -472,7 +528,7 @@ fn bundle_attacks_are_refused_and_the_peer_keeps_running() {
         })
         .collect();
     let big = tar_zst(|b| raw_entry(b, Regular, "worker", "", &noise));
-    let (status, body) = post_bundle(&peer, big, None);
+    let (status, body) = post_bundle(&peer, &key, big, None);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("--max-store-bytes"), "{body}");
     let (status, _, answer) = peer.job(APP, "[8]");

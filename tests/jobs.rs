@@ -68,8 +68,13 @@ fn the_original_story_wordcount_across_the_mesh() {
         ran_on == peers[0].id || ran_on == peers[1].id,
         "ran on {ran_on}"
     );
-    // text/plain is sent as a JSON string.
+    // text/plain is what a web page may send cross-site: refused, with
+    // the way to send text (as a JSON string).
     let (status, _, body) = peers[2].job_with(COUNTER, SENTENCE_2, "text/plain", None);
+    assert_eq!(status, 415, "{body}");
+    assert!(body.contains("application/json"), "{body}");
+    let as_json = serde_json::to_string(SENTENCE_2).unwrap();
+    let (status, _, body) = peers[2].job(COUNTER, &as_json);
     assert_eq!((status, body.as_str()), (200, RESULT_2));
 
     // The CLI, with a payload that is not JSON (sent as a string), and from stdin.
@@ -434,12 +439,20 @@ fn bad_input_gets_clear_errors_and_the_peer_keeps_serving() {
     let c = http_client();
     let r = c
         .post(format!("http://{}/api/apps/start", p.http))
+        .body(r#"{"app":"apps/tool"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 415, "no content type");
+    let r = c
+        .post(format!("http://{}/api/apps/start", p.http))
+        .header("content-type", "application/json")
         .body("{}")
         .send()
         .unwrap();
     assert_eq!(r.status(), 400);
     let r = c
         .post(format!("http://{}/api/apps/start", p.http))
+        .header("content-type", "application/json")
         .body(r#"{"app":"apps/../../bin/sh"}"#)
         .send()
         .unwrap();
@@ -862,7 +875,7 @@ fn slow_and_idle_clients_cannot_exhaust_the_http_endpoint() {
     let mut slow: Vec<std::net::TcpStream> = (0..100)
         .map(|_| {
             let mut s = std::net::TcpStream::connect(&p.http).expect("connect");
-            let _ = s.write_all(b"POST /apps/tool HTTP/1.1\r\nHost: x\r\n");
+            let _ = s.write_all(b"POST /apps/tool HTTP/1.1\r\nHost: 127.0.0.1\r\n");
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             s
         })
@@ -889,7 +902,7 @@ fn slow_and_idle_clients_cannot_exhaust_the_http_endpoint() {
     assert_eq!(status, 200, "{body}");
     // A body that never completes: 400 after the body deadline.
     let mut s = std::net::TcpStream::connect(&p.http).unwrap();
-    s.write_all(b"POST /apps/tool HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n[1,").unwrap();
+    s.write_all(b"POST /apps/tool HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n[1,").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
@@ -1018,6 +1031,7 @@ fn least_loaded_dispatch_avoids_a_slow_peer() {
     // A bad policy name is a clear 400.
     let r = http_client()
         .post(format!("http://{}/apps/work?dispatch=fastest", entry.http))
+        .header("content-type", "application/json")
         .body("1")
         .send()
         .unwrap();

@@ -398,6 +398,10 @@ fn malformed_cli_input_is_a_clear_error_with_exit_code_2() {
     std::fs::write(&bad_key, "/key/swarm/psk/1.0.0/\n/base16/\n1234\n").unwrap();
     let bad_id = dir.path().join("bad.id");
     std::fs::write(&bad_id, "not a key").unwrap();
+    // Key files must be private to their owner (or the peer refuses them
+    // before it looks inside).
+    make_private(&bad_key);
+    make_private(&bad_id);
     let missing = dir.path().join("missing.key");
     let missing = missing.to_str().unwrap();
 
@@ -441,6 +445,7 @@ fn malformed_cli_input_is_a_clear_error_with_exit_code_2() {
     assert!(out.status.success());
     let path = dir.path().join("stdout.key");
     std::fs::write(&path, &out.stdout).unwrap();
+    make_private(&path);
     let p = Peer::start(
         dir.path(),
         "keyed",
@@ -450,6 +455,11 @@ fn malformed_cli_input_is_a_clear_error_with_exit_code_2() {
         },
     );
     assert_eq!(p.peers()["self"]["private"], true);
+}
+
+fn make_private(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 #[test]

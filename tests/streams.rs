@@ -240,7 +240,7 @@ fn a_slow_reader_holds_the_stream_back_and_memory_stays_bounded() {
         let written = written.clone();
         std::thread::spawn(move || {
             let head = format!(
-                "POST /{ECHO} HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-ndjson\r\n\
+                "POST /{ECHO} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/x-ndjson\r\n\
                  transfer-encoding: chunked\r\n\r\n"
             );
             if writer.write_all(head.as_bytes()).is_err() {
@@ -402,7 +402,7 @@ fn a_stalled_stream_is_answered_so_far_then_says_why() {
     let lines = "[1]\n[2]\n[3]\n";
     write!(
         sock,
-        "POST /{ECHO} HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-ndjson\r\n\
+        "POST /{ECHO} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/x-ndjson\r\n\
          transfer-encoding: chunked\r\n\r\n{:x}\r\n{lines}\r\n",
         lines.len()
     )

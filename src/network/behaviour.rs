@@ -2,11 +2,14 @@
 
 use std::time::Duration;
 
+use libp2p::gossipsub::{PeerScoreParams, PeerScoreThresholds, TopicScoreParams};
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, gossipsub, identify, ping};
+use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, ping};
 use serde::{Deserialize, Serialize};
+
+use crate::membership::MAX_PEERS;
 
 /// Identify protocol version: peers that answer with another one are not
 /// disruptor peers (or speak an incompatible version) and are disconnected.
@@ -54,8 +57,123 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// Longest a job may be given (`X-Disruptor-Timeout-Ms`).
 pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Connections to one peer, at most: two peers that dial each other at the
+/// same moment each keep the connection they made, so an honest pair may
+/// hold two; a third is refused.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Established connections, at most. Membership gives every connected peer
+/// a table slot (it drops unconnected entries to make room), which it can
+/// only keep doing while connected peers fit the table: one per slot.
+pub const MAX_ESTABLISHED: u32 = MAX_PEERS as u32;
+/// Established inbound connections, at most: three quarters of the total,
+/// so that a flood of inbound connections from throwaway keys cannot take
+/// every slot and this peer can still dial the peers it knows.
+pub const MAX_ESTABLISHED_INCOMING: u32 = MAX_ESTABLISHED / 4 * 3;
+/// Inbound connections still in their handshake, at most. A handshake on
+/// a LAN takes milliseconds; a whole mesh of a hundred peers restarting at
+/// once fits, and a flood of half-open connections stops here rather than
+/// at the file descriptor limit.
+pub const MAX_PENDING_INCOMING: u32 = 128;
+/// Outbound dials in flight, at most: membership dials at most every
+/// entry of its table once at a time.
+pub const MAX_PENDING_OUTGOING: u32 = MAX_PEERS as u32;
+
+fn connection_limits() -> connection_limits::Behaviour {
+    connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+            .with_max_established(Some(MAX_ESTABLISHED))
+            .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+            .with_max_established_outgoing(Some(MAX_ESTABLISHED))
+            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+            .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING)),
+    )
+}
+
+/// Weight of an invalid message on the membership topic (gossipsub's P4):
+/// the score is this times the square of a decaying count of them.
+const INVALID_MESSAGE_WEIGHT: f64 = -10.0;
+/// The count of invalid messages decays to a tenth in this long.
+const INVALID_MESSAGE_MEMORY: Duration = Duration::from_secs(60);
+/// Below this score, no IHAVE/IWANT gossip is exchanged with a peer
+/// (4 invalid messages in a short while: 4² × -10 = -160).
+const GOSSIP_THRESHOLD: f64 = -100.0;
+/// Below this, this peer's own announcements are no longer sent to it (5).
+const PUBLISH_THRESHOLD: f64 = -200.0;
+/// Below this, everything it sends is dropped unread (7: 7² × -10 = -490).
+const GRAYLIST_THRESHOLD: f64 = -400.0;
+
+/// gossipsub peer scoring (v1.1): how a peer that sends or relays invalid
+/// announcements is turned away.
+///
+/// Only penalties count, so an honest peer sits at 0:
+/// - P4, invalid messages on the membership topic: what the event loop
+///   reports as `Reject` (announcements every honest peer refuses alike:
+///   malformed, or claiming another peer's id) and what gossipsub itself
+///   refuses (bad signatures). One is a glitch (-10); a handful within a
+///   minute cross [`GOSSIP_THRESHOLD`], [`PUBLISH_THRESHOLD`] and then
+///   [`GRAYLIST_THRESHOLD`], where gossipsub drops whatever the peer sends
+///   before it costs any work. The count decays to a tenth in a minute, so
+///   a peer that stops is heard again (after ~10 s for 10 invalid
+///   messages, ~1 min for 50).
+/// - P7, gossip misbehaviour (IHAVE promises not kept, GRAFT during a
+///   backoff) and slow peers: gossipsub's defaults, which forgive within
+///   seconds.
+///
+/// Turned off, with the reason:
+/// - P1/P2/P3/P3b (time in mesh, first and mesh deliveries): announcements
+///   reach everyone by flood publish and the mesh is one peer on purpose
+///   (see [`gossipsub_config`]); delivery counts would mostly measure who
+///   happened to be in it, and P3 would punish honest mesh peers whose
+///   messages arrive first by another path.
+/// - P6 (peers sharing an IP): peers of one mesh often share a host or a
+///   NAT (containers, tests, a LAN behind one address). Throwaway keys are
+///   bounded by the connection limits and membership's bounds instead.
+/// - P5 (application score): not used.
+///
+/// A disconnected peer's score is kept for 5 minutes (gossipsub's default
+/// is an hour): long enough that reconnecting does not wash it, short
+/// enough that throwaway keys do not pile up.
+fn peer_score() -> (PeerScoreParams, PeerScoreThresholds) {
+    let topic = TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: INVALID_MESSAGE_WEIGHT,
+        invalid_message_deliveries_decay: gossipsub::score_parameter_decay(INVALID_MESSAGE_MEMORY),
+        ..TopicScoreParams::default()
+    };
+    let mut params = PeerScoreParams {
+        app_specific_weight: 0.0,
+        ip_colocation_factor_weight: 0.0,
+        retain_score: Duration::from_secs(300),
+        ..PeerScoreParams::default()
+    };
+    params
+        .topics
+        .insert(gossipsub::IdentTopic::new(MEMBERSHIP_TOPIC).hash(), topic);
+    let thresholds = PeerScoreThresholds {
+        gossip_threshold: GOSSIP_THRESHOLD,
+        publish_threshold: PUBLISH_THRESHOLD,
+        graylist_threshold: GRAYLIST_THRESHOLD,
+        // Peer exchange is off (gossipsub's `prune_peers` is 0): peers are
+        // learned from member lists only.
+        accept_px_threshold: 0.0,
+        // Off: the mesh is kept at one peer on purpose, and peers with a
+        // negative score are pruned from it anyway.
+        opportunistic_graft_threshold: 0.0,
+    };
+    (params, thresholds)
+}
+
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First, so that a connection over a limit is refused before any
+    /// other behaviour spends anything on it.
+    pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
@@ -118,14 +236,22 @@ fn gossipsub_config() -> Result<gossipsub::Config, String> {
 
 impl Behaviour {
     pub fn new(key: &Keypair) -> Result<Self, String> {
-        let gossipsub = gossipsub::Behaviour::new(
+        let mut gossipsub = gossipsub::Behaviour::new(
             gossipsub::MessageAuthenticity::Signed(key.clone()),
             gossipsub_config()?,
         )?;
+        let (params, thresholds) = peer_score();
+        gossipsub.with_peer_score(params, thresholds)?;
         Ok(Behaviour {
+            limits: connection_limits(),
             identify: identify::Behaviour::new(
                 identify::Config::new(PROTOCOL_VERSION.to_string(), key.public())
-                    .with_agent_version(format!("disruptor/{}", env!("CARGO_PKG_VERSION"))),
+                    .with_agent_version(format!("disruptor/{}", env!("CARGO_PKG_VERSION")))
+                    // No address cache: identify would add the addresses a
+                    // peer claims for itself to any dial of that peer made
+                    // without addresses (job streams), bypassing
+                    // membership's budget for claimed addresses.
+                    .with_cache_size(0),
             ),
             ping: ping::Behaviour::new(
                 // An answered ping also counts as hearing from a peer.
@@ -162,6 +288,35 @@ mod tests {
             c.max_control_message_size()
         );
         assert!(c.max_control_message_size() <= c.max_transmit_size());
+    }
+
+    #[test]
+    fn peer_scoring_is_valid_and_its_thresholds_are_as_documented() {
+        let (params, thresholds) = peer_score();
+        params.validate().expect("valid score parameters");
+        thresholds.validate().expect("valid thresholds");
+        let topic = &params.topics[&gossipsub::IdentTopic::new(MEMBERSHIP_TOPIC).hash()];
+        let p4 = |n: f64| n * n * topic.invalid_message_deliveries_weight * topic.topic_weight;
+        // A glitch or three is forgiven; a handful is not.
+        assert!(p4(3.0) > thresholds.gossip_threshold);
+        assert!(p4(4.0) < thresholds.gossip_threshold);
+        assert!(p4(5.0) < thresholds.publish_threshold);
+        assert!(p4(6.0) > thresholds.graylist_threshold);
+        assert!(p4(7.0) < thresholds.graylist_threshold);
+        // The count falls to a tenth in a minute.
+        let left = topic.invalid_message_deliveries_decay.powi(60);
+        assert!((left - 0.1).abs() < 1e-6, "{left}");
+        // Nothing else counts against an honest peer.
+        assert_eq!(params.ip_colocation_factor_weight, 0.0);
+        assert_eq!(topic.mesh_message_deliveries_weight, 0.0);
+        assert_eq!(topic.mesh_failure_penalty_weight, 0.0);
+    }
+
+    #[test]
+    fn connection_limits_fit_the_membership_table() {
+        assert!(MAX_ESTABLISHED as usize <= MAX_PEERS);
+        const { assert!(MAX_ESTABLISHED_INCOMING < MAX_ESTABLISHED) };
+        const { assert!(MAX_CONNECTIONS_PER_PEER >= 2, "simultaneous dials") };
     }
 
     #[test]

@@ -16,24 +16,25 @@ use crate::apps::AppName;
 use crate::bundle::{BundleRef, Store};
 use crate::desired::DesiredApp;
 use crate::error::JobError;
+use crate::trust::Refusal;
 
 /// What the event loop is asked to do.
 pub(crate) enum Command {
     /// Tell the mesh this peer is leaving (it keeps serving what it has).
     Leave { reply: oneshot::Sender<()> },
-    /// Record a start/stop decision and tell the mesh.
+    /// Record an unsigned start/stop decision taken here and tell the mesh
+    /// (only on a peer without admins: the HTTP layer checks).
     SetDesired {
         app: AppName,
         run: bool,
         workers: Option<u32>,
-        reply: oneshot::Sender<DesiredApp>,
+        reply: oneshot::Sender<Result<DesiredApp, Refusal>>,
     },
-    /// Record a deployment (a new version of an app) and tell the mesh.
-    Deploy {
-        app: AppName,
-        bundle: BundleRef,
-        start: bool,
-        reply: oneshot::Sender<DesiredApp>,
+    /// Take a decision signed in the CLI: checked like one from gossip,
+    /// merged, and told to the mesh.
+    Decide {
+        decision: Box<DesiredApp>,
+        reply: oneshot::Sender<Result<DesiredApp, Refusal>>,
     },
 }
 
@@ -79,13 +80,14 @@ impl Client {
         }
     }
 
-    /// Records a start (`run`) or stop decision for `app` and broadcasts it.
+    /// Records an unsigned start (`run`) or stop decision for `app` and
+    /// broadcasts it. `None` when the peer is stopping.
     pub async fn set_desired(
         &self,
         app: AppName,
         run: bool,
         workers: Option<u32>,
-    ) -> Option<DesiredApp> {
+    ) -> Option<Result<DesiredApp, Refusal>> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::SetDesired {
@@ -99,15 +101,14 @@ impl Client {
         rx.await.ok()
     }
 
-    /// Makes `bundle` the version of `app` mesh-wide (and starts it if
-    /// `start`).
-    pub async fn deploy(&self, app: AppName, bundle: BundleRef, start: bool) -> Option<DesiredApp> {
+    /// Takes a signed decision (start, stop or deployment): the event loop
+    /// checks it against this peer's admins, merges it and broadcasts it.
+    /// `None` when the peer is stopping.
+    pub async fn decide(&self, decision: DesiredApp) -> Option<Result<DesiredApp, Refusal>> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Deploy {
-                app,
-                bundle,
-                start,
+            .send(Command::Decide {
+                decision: Box::new(decision),
                 reply,
             })
             .await

@@ -27,11 +27,13 @@ use super::behaviour::{
 use super::client::{Client, Command};
 use crate::api::{MeshView, SelfView};
 use crate::config::{PeerConfig, Timing};
-use crate::desired::DesiredApps;
+use crate::desired::{DesiredApp, DesiredApps};
 use crate::membership::{
-    ANNOUNCE_VERSION, Announce, Dial, MAX_LINKS, MAX_PEERS, Membership, unix_ms,
+    ANNOUNCE_VERSION, Announce, AnnounceError, Dial, MAX_LINKS, MAX_PEERS, Membership,
+    Refusal as MemberRefusal, unix_ms,
 };
 use crate::ratelimit::PerKeyBudget;
+use crate::trust::{Admins, Refusal};
 use crate::worker::Workers;
 
 /// Longest gap between two rounds of membership housekeeping (silence
@@ -48,6 +50,8 @@ const ANNOUNCE_DEBOUNCE: Duration = Duration::from_millis(100);
 /// announcement is flushed to every neighbour.
 const GOODBYE_FLUSH: Duration = Duration::from_millis(300);
 const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Shortest gap between two log lines summing up membership refusals.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -77,6 +81,8 @@ pub struct EventLoop {
     desired_tx: watch::Sender<Arc<DesiredApps>>,
     /// Set once this peer has announced that it is leaving (draining).
     leaving: bool,
+    /// Whose signed decisions this peer takes (empty: unsigned ones).
+    admins: Admins,
     /// Announcements each author may have us process and forward: an
     /// honest peer sends about one a second (a few more while its apps
     /// change); a flood from one author is dropped, not forwarded.
@@ -84,6 +90,9 @@ pub struct EventLoop {
     /// libp2p's own metrics (swarm, gossipsub, identify, ping), in the
     /// registry `/metrics` serves.
     p2p_metrics: libp2p::metrics::Metrics,
+    /// Membership refusals as last logged (see [`Self::log_refusals`]).
+    refusals_logged: [u64; MemberRefusal::ALL.len()],
+    next_refusal_log: Instant,
 }
 
 /// Announcements per second (and burst) accepted from any one author.
@@ -142,8 +151,11 @@ impl EventLoop {
             desired: DesiredApps::default(),
             desired_tx,
             leaving: false,
+            admins: config.admins.clone(),
             p2p_metrics,
             announce_budget: PerKeyBudget::new(ANNOUNCE_BURST, ANNOUNCE_RATE, MAX_PEERS),
+            refusals_logged: [0; MemberRefusal::ALL.len()],
+            next_refusal_log: Instant::now(),
         };
         event_loop.publish_view();
         let jobs = super::jobs::JobLinks::new(event_loop.swarm.behaviour().stream.new_control());
@@ -224,6 +236,9 @@ impl EventLoop {
     /// One round of housekeeping; returns when the next one is due.
     fn housekeeping(&mut self) -> Instant {
         let now = Instant::now();
+        if self.desired.expire(unix_ms()) {
+            self.desired_tx.send_replace(Arc::new(self.desired.clone()));
+        }
         if self.membership.take_any_dirty() {
             self.publish_view();
         }
@@ -238,6 +253,7 @@ impl EventLoop {
             self.announce(false);
         }
         self.dial_bootstraps(now);
+        self.log_refusals(now);
         let mut next = aligned_after(HOUSEKEEPING_MAX).into_std();
         if let Some(due) = self.membership.next_deadline(now) {
             next = next.min(due);
@@ -319,29 +335,49 @@ impl EventLoop {
                 workers,
                 reply,
             } => {
-                let entry = self.desired.set(app, run, workers, &self.local.to_string());
-                tracing::info!(app = %entry.app, run, clock = entry.clock, "start/stop decision taken here");
-                self.desired_tx.send_replace(Arc::new(self.desired.clone()));
-                self.last_announce = None; // tell the mesh now, not after the debounce
-                self.announce(false);
+                // Defence in depth: the HTTP layer refuses these already.
+                let entry = if self.admins.is_empty() {
+                    self.desired
+                        .set(app, run, workers, &self.local.to_string(), unix_ms())
+                } else {
+                    Err(Refusal::Unsigned)
+                };
+                if let Ok(e) = &entry {
+                    tracing::info!(app = %e.app, run, clock = e.clock, "start/stop decision taken here");
+                    self.decided();
+                }
                 let _ = reply.send(entry);
             }
-            Command::Deploy {
-                app,
-                bundle,
-                start,
-                reply,
-            } => {
-                let entry = self
+            Command::Decide { decision, reply } => {
+                let held = self.desired.get(&decision.app).cloned();
+                let result = match self
                     .desired
-                    .deploy(app, bundle, start, &self.local.to_string());
-                tracing::info!(app = %entry.app, run = entry.run, version = ?entry.bundle.as_ref().map(|b| &b.hash[..12]), clock = entry.clock, "deployment decided here");
-                self.desired_tx.send_replace(Arc::new(self.desired.clone()));
-                self.last_announce = None;
-                self.announce(false);
-                let _ = reply.send(entry);
+                    .merge((*decision).clone(), &self.admins, unix_ms())
+                {
+                    Ok(true) => {
+                        tracing::info!(app = %decision.app, run = decision.run, origin = %decision.origin, clock = decision.clock, "signed decision taken here");
+                        self.decided();
+                        Ok(*decision)
+                    }
+                    // Sent twice: the same decision is held already.
+                    Ok(false) if held.as_ref() == Some(&*decision) => Ok(*decision),
+                    Ok(false) => Err(Refusal::Stale),
+                    Err(refusal) => {
+                        refused(refusal);
+                        Err(refusal)
+                    }
+                };
+                let _ = reply.send(result);
             }
         }
+    }
+
+    /// A decision was taken here: apply it, and tell the mesh now rather
+    /// than after the debounce.
+    fn decided(&mut self) {
+        self.desired_tx.send_replace(Arc::new(self.desired.clone()));
+        self.last_announce = None;
+        self.announce(false);
     }
 
     fn announce(&mut self, leaving: bool) {
@@ -515,6 +551,17 @@ impl EventLoop {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 let reason = describe_dial_error(&error, self.private);
                 match peer_id {
+                    // Not a dial membership made (those always carry
+                    // addresses): a job stream to a peer whose connection
+                    // just closed. Membership redials it on its own.
+                    Some(peer) if matches!(error, DialError::NoAddresses) => {
+                        tracing::debug!(%peer, "no connection to open a stream on: {reason}");
+                    }
+                    // This peer's own connection limits: nothing learned
+                    // about the other peer.
+                    Some(peer) if matches!(error, DialError::Denied { .. }) => {
+                        tracing::debug!(%peer, "dial not made: {reason}");
+                    }
                     Some(peer) => {
                         let was_up = self.membership.is_up(&peer);
                         self.membership.on_dial_failed(peer, now);
@@ -526,6 +573,15 @@ impl EventLoop {
                     }
                     None => tracing::warn!("cannot connect to bootstrap peer: {reason}"),
                 }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error: libp2p::swarm::ListenError::Denied { cause },
+                ..
+            } => {
+                // Over a connection limit (see `behaviour.rs`); counted in
+                // libp2p's swarm metrics, not worth a line each under a flood.
+                tracing::debug!(from = %send_back_addr, "incoming connection refused: {cause}");
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -573,19 +629,10 @@ impl EventLoop {
                             if let Some(dial) = dial {
                                 self.dial(dial);
                             }
-                            let mut changed = false;
-                            for d in desired {
-                                changed |= self.desired.merge(d);
-                            }
-                            if changed {
-                                self.desired_tx.send_replace(Arc::new(self.desired.clone()));
-                            }
+                            self.merge_decisions(desired, propagation_source);
                             MessageAcceptance::Accept
                         }
-                        Err(e) => {
-                            tracing::warn!(from = %propagation_source, "rejected announcement: {e}");
-                            MessageAcceptance::Reject
-                        }
+                        Err(e) => self.refused_announcement(source, propagation_source, &e),
                     }
                 } else {
                     MessageAcceptance::Reject
@@ -601,6 +648,85 @@ impl EventLoop {
                 self.announce(false);
             }
             _ => {}
+        }
+    }
+
+    /// Merges the decisions an announcement carries, each checked against
+    /// this peer's own admins whoever relayed it. Refusals are counted and
+    /// logged once per decision (it comes again in every announcement).
+    fn merge_decisions(&mut self, decisions: Vec<DesiredApp>, relayed_by: PeerId) {
+        let now = unix_ms();
+        let mut changed = false;
+        for d in decisions.into_iter().take(crate::desired::MAX_DESIRED) {
+            match self.desired.merge(d.clone(), &self.admins, now) {
+                Ok(c) => changed |= c,
+                Err(refusal) => {
+                    refused(refusal);
+                    tracing::warn!(app = %d.app, origin = %d.origin, clock = d.clock, relayed_by = %relayed_by, "refused a decision from the mesh: {refusal}");
+                }
+            }
+        }
+        if changed {
+            self.desired_tx.send_replace(Arc::new(self.desired.clone()));
+        }
+    }
+
+    /// What gossipsub is told about an announcement membership refused.
+    ///
+    /// `Reject` lowers the score of the peer that relayed it (see
+    /// `behaviour.rs`), so it is kept for what every honest peer refuses
+    /// alike: malformed JSON, another peer's id. A peer must not be
+    /// punished for relaying what only this peer's state or policy turns
+    /// down (a full table, a format it does not know yet): those are
+    /// `Ignore`d, neither forwarded nor held against anyone.
+    fn refused_announcement(
+        &mut self,
+        author: PeerId,
+        relay: PeerId,
+        e: &AnnounceError,
+    ) -> MessageAcceptance {
+        if e.is_invalid() {
+            tracing::warn!(%author, %relay, "rejected announcement: {e}");
+            MessageAcceptance::Reject
+        } else {
+            // Counted by membership; summed up in the log by `log_refusals`.
+            tracing::debug!(%author, %relay, "ignored announcement: {e}");
+            MessageAcceptance::Ignore
+        }
+    }
+
+    /// Logs what membership refused since the last call (at most every
+    /// [`REFUSAL_LOG_EVERY`]): under a flood, one line instead of one per
+    /// message.
+    fn log_refusals(&mut self, now: Instant) {
+        if now < self.next_refusal_log {
+            return;
+        }
+        self.next_refusal_log = now + REFUSAL_LOG_EVERY;
+        let totals: Vec<(MemberRefusal, u64)> = self.membership.refusals().collect();
+        let new: Vec<String> = totals
+            .iter()
+            .zip(&self.refusals_logged)
+            .filter(|((_, n), before)| n > before)
+            .map(|((r, n), before)| format!("{} {}", n - before, r.as_str()))
+            .collect();
+        if !new.is_empty() {
+            let (verified, unverified) = self.membership.sizes();
+            tracing::warn!(
+                verified,
+                unverified,
+                "membership refused: {} (peers never connected are bounded; see disruptor_membership_refused_total)",
+                new.join(", ")
+            );
+        }
+        for (slot, (_, n)) in self.refusals_logged.iter_mut().zip(totals) {
+            *slot = n;
+        }
+        let (verified, unverified) = self.membership.sizes();
+        for (kind, n) in [("verified", verified), ("unverified", unverified)] {
+            super::TABLE_SIZE
+                .get_or_create(&super::KindLabel { kind })
+                .set(n as i64);
         }
     }
 
@@ -659,6 +785,16 @@ impl EventLoop {
             request_response::Event::ResponseSent { .. } => {}
         }
     }
+}
+
+/// Counts a refused decision in `/metrics`.
+fn refused(refusal: Refusal) {
+    crate::metrics::METRICS
+        .decisions_refused
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: refusal.as_str(),
+        })
+        .inc();
 }
 
 /// The next multiple of `every` on the wall clock (unix time), as a tokio

@@ -26,13 +26,39 @@ pub use client::Client;
 pub use event_loop::EventLoop;
 pub use jobs::serve_inbound;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
 use crate::config::PeerConfig;
 use crate::desired::DesiredApps;
 use crate::worker::Workers;
+
+/// `disruptor_membership_entries{kind}`: entries of the membership table,
+/// `verified` (peers that connected) and `unverified` (heard of only).
+pub(crate) static TABLE_SIZE: LazyLock<Family<KindLabel, Gauge>> = LazyLock::new(Family::default);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// Adds membership's metrics to the `/metrics` registry.
+fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
+    registry.register(
+        "disruptor_membership_refused",
+        "What membership refused to take or dial, by reason: table_full, unverified_full (peers that never connected are bounded), discovery_rate (first dials of new peers), claimed_address_budget (addresses nobody connected from are dialled a few times per window)",
+        crate::membership::REFUSED.clone(),
+    );
+    registry.register(
+        "disruptor_membership_entries",
+        "Entries of the membership table: verified (connected at some point) and unverified (heard of only)",
+        TABLE_SIZE.clone(),
+    );
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -103,6 +129,7 @@ pub async fn start(
         }
     }
     let p2p_metrics = libp2p::metrics::Metrics::new(registry);
+    register_metrics(registry);
     let (client, event_loop) =
         EventLoop::new(swarm, config, http_addr, workers, desired_tx, p2p_metrics);
     Ok((client, event_loop))

@@ -13,6 +13,12 @@
 //! Every worker is a process-group leader, gets SIGKILL if the peer dies
 //! (`PR_SET_PDEATHSIG`), and is stopped with SIGTERM to its group, a grace
 //! period, then SIGKILL. Dropping a [`WorkerProcess`] kills its group.
+//!
+//! A worker gets only what it needs of the peer: the environment variables
+//! of [`ENV_ALLOWLIST`] (the peer's may hold secrets: `DISRUPTOR_KEY`,
+//! cloud credentials), its manifest's `env`, and Node's channel variables;
+//! and descriptors 0-2 (and 3, Node's channel), none of the others the peer
+//! holds or inherited without close-on-exec.
 
 use std::collections::VecDeque;
 use std::io;
@@ -34,9 +40,26 @@ use crate::apps::{AppSpec, Protocol};
 pub const MAX_RESULT_BYTES: usize = 10 * 1024 * 1024;
 /// Lines of stderr kept for error messages.
 const STDERR_TAIL_LINES: usize = 20;
+/// Characters kept of each such line.
 const STDERR_LINE_MAX: usize = 500;
 /// The fd number Node expects its IPC channel on.
 const NODE_CHANNEL_FD: i32 = 3;
+
+/// The peer's environment variables a worker gets (a name ending in `*`
+/// is a prefix): where programs are, who and where the user is, language,
+/// time zone and temporary directory. Everything else a worker needs, its
+/// manifest's `env` sets.
+pub const ENV_ALLOWLIST: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR",
+];
+
+/// Whether the peer's variable `name` passes [`ENV_ALLOWLIST`].
+fn env_allowed(name: &str) -> bool {
+    ENV_ALLOWLIST.iter().any(|a| match a.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == *a,
+    })
+}
 
 type Reader = FramedRead<Box<dyn AsyncRead + Send + Unpin>, LinesCodec>;
 
@@ -50,16 +73,7 @@ impl LogTail {
         if t.len() == STDERR_TAIL_LINES {
             t.pop_front();
         }
-        let mut line = line.to_string();
-        if line.len() > STDERR_LINE_MAX {
-            let mut cut = STDERR_LINE_MAX;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push('…');
-        }
-        t.push_back(line);
+        t.push_back(crate::text::truncated(line, STDERR_LINE_MAX).into_owned());
     }
 
     pub fn text(&self) -> String {
@@ -88,6 +102,8 @@ impl WorkerProcess {
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)
             .current_dir(&spec.cwd)
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(env_allowed)))
             .envs(&spec.env)
             .stderr(Stdio::piped())
             .stdout(Stdio::piped())
@@ -110,8 +126,15 @@ impl WorkerProcess {
             }
         }
         let child_fd = node_child_end.as_ref().map(|fd| fd.as_raw_fd());
+        // Descriptors from here up are closed at exec: 3 for a native
+        // worker, 4 for Node (3 is its channel).
+        let first_closed = if child_fd.is_some() {
+            NODE_CHANNEL_FD + 1
+        } else {
+            3
+        };
         // SAFETY: only async-signal-safe calls (prctl, getppid, dup2, fcntl,
-        // _exit) between fork and exec.
+        // close_range, getrlimit, _exit) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -134,7 +157,7 @@ impl WorkerProcess {
                         return Err(io::Error::last_os_error());
                     }
                 }
-                Ok(())
+                cloexec_from(first_closed)
             });
         }
         let mut child = cmd.spawn()?;
@@ -302,11 +325,7 @@ fn classify(line: String, protocol: Protocol) -> Line {
             trimmed.to_string()
         }),
         Err(e) => {
-            let mut shown = trimmed.to_string();
-            if let Some((cut, _)) = shown.char_indices().nth(200) {
-                shown.truncate(cut);
-                shown.push('…');
-            }
+            let shown = crate::text::truncated(trimmed, 200);
             Line::NotJson(format!(
                 "worker answered a line that is not JSON ({e}): {shown:?}"
             ))
@@ -347,6 +366,49 @@ fn spawn_writer(mut input: Box<dyn AsyncWrite + Send + Unpin>) -> mpsc::Unbounde
         input.shutdown().await
     });
     tx
+}
+
+/// Marks every descriptor from `first` up close-on-exec, in the child
+/// between fork and exec: those the peer opened itself carry the flag
+/// already, but a descriptor the peer inherited without it (from a shell,
+/// a supervisor, a careless parent) would reach the worker. Marked rather
+/// than closed, so that if exec fails, std's own error pipe still reports
+/// why. Async-signal-safe: syscalls only, no allocation.
+fn cloexec_from(first: i32) -> io::Result<()> {
+    // close_range(first, ~0, CLOSE_RANGE_CLOEXEC): one call (Linux 5.11).
+    // SAFETY: plain syscall on descriptors of this (child) process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // Older kernels: flag each possible descriptor below the limit on open
+    // files (at most 2^20 calls; fcntl on a closed number is EBADF, cheap).
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = limit.rlim_cur.min(1 << 20) as i32;
+    for fd in first..end {
+        // SAFETY: fcntl on a number that may or may not be open.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn signal_group(pid: i32, sig: libc::c_int) {
@@ -407,6 +469,27 @@ mod tests {
             if let Line::Answer(a) = classify(line.clone(), protocol) {
                 prop_assert!(serde_json::from_str::<serde_json::Value>(&a).is_ok(), "{line:?}");
             }
+        }
+    }
+
+    #[test]
+    fn only_allowlisted_variables_pass() {
+        for ok in [
+            "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_TIME", "TZ", "TMPDIR",
+        ] {
+            assert!(env_allowed(ok), "{ok}");
+        }
+        for no in [
+            "DISRUPTOR_KEY",
+            "AWS_SECRET_ACCESS_KEY",
+            "PATHX",
+            "XPATH",
+            "LD_PRELOAD",
+            "RUST_LOG",
+            "NODE_OPTIONS",
+            "",
+        ] {
+            assert!(!env_allowed(no), "{no}");
         }
     }
 

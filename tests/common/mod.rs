@@ -87,6 +87,18 @@ impl Peer {
     /// Starts a peer and waits until it printed its id, listen address and
     /// HTTP URL (deadline 15 s).
     pub fn start(dir: &Path, name: &str, opts: PeerOpts) -> Peer {
+        Peer::start_with(dir, name, opts, |_| {})
+    }
+
+    /// [`Peer::start`], with `customize` applied to the command last (an
+    /// environment variable, a descriptor to inherit, ...). A restart does
+    /// not apply it again.
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        opts: PeerOpts,
+        customize: impl FnOnce(&mut Command),
+    ) -> Peer {
         let log = dir.join(format!("{name}.log"));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -96,9 +108,12 @@ impl Peer {
         let mut cmd = Command::new(BIN);
         cmd.arg("peer")
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", opts.listen_port))
-            .arg("--http")
-            .arg(format!("127.0.0.1:{}", opts.http_port));
+            .arg(format!("127.0.0.1:{}", opts.listen_port));
+        // `extra` may bind the HTTP endpoint elsewhere (with a token).
+        if !opts.extra.iter().any(|a| a == "--http") {
+            cmd.arg("--http")
+                .arg(format!("127.0.0.1:{}", opts.http_port));
+        }
         for b in &opts.bootstrap {
             cmd.arg("--bootstrap").arg(b);
         }
@@ -120,6 +135,7 @@ impl Peer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));
+        customize(&mut cmd);
         let mut child = cmd.spawn().expect("spawn disruptor peer");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
@@ -153,11 +169,12 @@ impl Peer {
                             peer.listen = host_port_of_multiaddr(addr.trim());
                         }
                     } else if let Some(url) = line.strip_prefix("http: ") {
+                        // A peer bound to 0.0.0.0 is reached on loopback.
                         peer.http = url
                             .trim()
                             .trim_start_matches("http://")
                             .trim_end_matches('/')
-                            .to_string();
+                            .replace("0.0.0.0:", "127.0.0.1:");
                     }
                     seen.push(line);
                 }
@@ -575,4 +592,41 @@ pub fn job_attempts(
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     (status, attempts, resp.text().unwrap())
+}
+
+/// An admin key made by `disruptor keygen --admin`: its file and the
+/// public key it printed.
+pub struct AdminKey {
+    pub file: PathBuf,
+    pub public: String,
+}
+
+impl AdminKey {
+    pub fn new(dir: &Path, name: &str) -> AdminKey {
+        let file = dir.join(format!("{name}.admin.key"));
+        let out = cli(&["keygen", "--admin", "--out", &file.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "keygen --admin: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(public.starts_with("ed25519:"), "{public}");
+        AdminKey { file, public }
+    }
+
+    /// `--admin PUBKEY`, for `PeerOpts::extra`.
+    pub fn trust(&self) -> Vec<String> {
+        vec!["--admin".into(), self.public.clone()]
+    }
+
+    /// `--key FILE`, for a CLI command.
+    pub fn sign(&self) -> Vec<String> {
+        vec!["--key".into(), self.file.display().to_string()]
+    }
+
+    /// The key itself, to sign decisions in a test.
+    pub fn secret(&self) -> disruptor::trust::AdminSecret {
+        disruptor::trust::AdminSecret::load(&self.file).expect("admin key")
+    }
 }

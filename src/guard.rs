@@ -1,0 +1,282 @@
+//! The HTTP endpoint's front door: what a request must look like before any
+//! handler sees it.
+//!
+//! A peer's API starts and stops programs on every machine of the mesh, so
+//! a web page open in the operator's browser must not be able to drive it.
+//! Browsers let any page send "simple" cross-site requests (a `POST` with
+//! `text/plain`, a form encoding or no content type) without asking the
+//! server first, and DNS rebinding lets a page read answers by naming the
+//! peer's address under the attacker's own host name. The rules:
+//!
+//! 1. **Host**: a request naming a host (the `Host` header) must name an IP
+//!    address, `localhost`, or a name given with `--http-host`. A rebinding
+//!    page can only name its own domain, so it is refused.
+//! 2. **Origin**: a state-changing request (anything but `GET`/`HEAD`) that
+//!    says where it comes from (`Origin`, which browsers send on every
+//!    cross-site and same-site `POST`) must come from the peer's own origin
+//!    (`http://` + its `Host`). `Sec-Fetch-Site: cross-site` is refused too.
+//! 3. **Content type**: a `POST` must carry one of the types the API takes
+//!    (`application/json`, `application/x-ndjson`, `application/zstd`),
+//!    none of which a browser may send cross-site without a preflight
+//!    (which this server never approves).
+//! 4. **Token** (`--http-token-file`, required off loopback): every request
+//!    but `GET /healthz` carries `Authorization: Bearer <token>`. A browser
+//!    opens the dashboard once with `?token=...`; the answer sets a cookie
+//!    (`HttpOnly`, `SameSite=Strict`) and redirects to a URL without it.
+//!    The cookie is accepted for `GET`s only: changes need the header.
+//!
+//! The CLI and `curl -H 'content-type: application/json'` pass all four.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::http::error_response;
+
+/// Content types a `POST` may carry.
+pub const ACCEPTED_TYPES: [&str; 3] = [
+    "application/json",
+    "application/x-ndjson",
+    "application/zstd",
+];
+/// Name of the dashboard's token cookie.
+const TOKEN_COOKIE: &str = "disruptor_token";
+
+/// What the guard checks requests against.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    /// Host names accepted besides IP literals and `localhost` (lowercase).
+    pub hosts: Vec<String>,
+    /// The bearer token, if one is required.
+    pub token: Option<String>,
+}
+
+/// Why a request was refused (also the `reason` label of
+/// `disruptor_http_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    Host,
+    Origin,
+    ContentType,
+    Token,
+}
+
+impl Refused {
+    fn reason(self) -> &'static str {
+        match self {
+            Refused::Host => "host",
+            Refused::Origin => "origin",
+            Refused::ContentType => "content_type",
+            Refused::Token => "token",
+        }
+    }
+}
+
+/// axum middleware: applies the rules above, then hands the request on.
+pub async fn check(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    let verdict = guard.verdict(req.method(), req.uri(), req.headers());
+    if let Err((why, message)) = verdict {
+        crate::metrics::METRICS
+            .http_refused
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: why.reason(),
+            })
+            .inc();
+        tracing::debug!(method = %req.method(), path = %req.uri().path(), reason = why.reason(), "HTTP request refused");
+        let status = match why {
+            Refused::Token => StatusCode::UNAUTHORIZED,
+            Refused::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refused::Host | Refused::Origin => StatusCode::FORBIDDEN,
+        };
+        let mut resp = error_response(status, message);
+        if why == Refused::Token {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"disruptor\""),
+            );
+        }
+        return resp;
+    }
+    if let Some(resp) = guard.token_login(&req) {
+        return resp;
+    }
+    next.run(req).await
+}
+
+impl Guard {
+    fn verdict(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<(), (Refused, String)> {
+        let path = uri.path();
+        let host = header_str(headers, header::HOST.as_str());
+        if let Some(host) = host
+            && !self.host_allowed(host)
+        {
+            return Err((
+                Refused::Host,
+                format!(
+                    "this peer does not answer to the host name {:?} (start it with --http-host NAME to allow one)",
+                    printable(host)
+                ),
+            ));
+        }
+        let safe = matches!(*method, Method::GET | Method::HEAD);
+        if !safe {
+            self.check_origin(headers, host)?;
+        }
+        if *method == Method::POST && !post_type_ok(headers) {
+            return Err((
+                Refused::ContentType,
+                format!(
+                    "a POST must say what it carries: content-type {} (a browser form or text/plain is refused)",
+                    ACCEPTED_TYPES.join(", ")
+                ),
+            ));
+        }
+        if let Some(token) = &self.token
+            && !(path == "/healthz" && safe)
+            && !token_presented(token, headers, safe, uri)
+        {
+            return Err((
+                Refused::Token,
+                "this peer requires its HTTP token: send `Authorization: Bearer <token>` (the CLI: --token-file FILE)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rule 1: IP literals, `localhost` and the names given.
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = strip_port(host).to_ascii_lowercase();
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<IpAddr>().is_ok() || name == "localhost" || self.hosts.contains(&name)
+    }
+
+    /// Rule 2: a change comes from this peer's own origin, or says nothing.
+    fn check_origin(
+        &self,
+        headers: &HeaderMap,
+        host: Option<&str>,
+    ) -> Result<(), (Refused, String)> {
+        if header_str(headers, "sec-fetch-site")
+            .is_some_and(|s| s.eq_ignore_ascii_case("cross-site"))
+        {
+            return Err((
+                Refused::Origin,
+                "cross-site requests may not change anything here".into(),
+            ));
+        }
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return Ok(());
+        };
+        let own = host.map(|h| format!("http://{}", h.to_ascii_lowercase()));
+        let same = origin
+            .to_str()
+            .ok()
+            .is_some_and(|o| Some(o.to_ascii_lowercase()) == own);
+        if same {
+            Ok(())
+        } else {
+            Err((
+                Refused::Origin,
+                format!(
+                    "requests from the web origin {:?} may not change anything here",
+                    printable(&String::from_utf8_lossy(origin.as_bytes()))
+                ),
+            ))
+        }
+    }
+
+    /// `GET /?token=...` with the right token (the verdict checked it):
+    /// set the cookie and send the browser to `/`, so the token leaves the
+    /// address bar and the history.
+    fn token_login(&self, req: &Request) -> Option<Response> {
+        let token = self.token.as_ref()?;
+        if req.uri().path() != "/" || query_token(req.uri()).is_none() {
+            return None;
+        }
+        let cookie = format!("{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+        let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        Some(resp)
+    }
+}
+
+/// Rule 4: the bearer header, or for a `GET` the cookie or, on the
+/// dashboard's page, `?token=`.
+fn token_presented(token: &str, headers: &HeaderMap, safe: bool, uri: &Uri) -> bool {
+    let bearer = header_str(headers, header::AUTHORIZATION.as_str())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same_secret(t.trim(), token));
+    let cookie_ok = || cookie(headers, TOKEN_COOKIE).is_some_and(|t| same_secret(t, token));
+    let query_ok = || uri.path() == "/" && query_token(uri).is_some_and(|t| same_secret(t, token));
+    bearer || (safe && (cookie_ok() || query_ok()))
+}
+
+/// The `token` parameter of a query (tokens are printable ASCII without
+/// spaces, so no decoding is needed).
+fn query_token(uri: &Uri) -> Option<&str> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+}
+
+/// The value of `name`, if it is valid text.
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host
+            .split_once("]:")
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn post_type_ok(headers: &HeaderMap) -> bool {
+    header_str(headers, header::CONTENT_TYPE.as_str()).is_some_and(|ct| {
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        ACCEPTED_TYPES.iter().any(|t| mime.eq_ignore_ascii_case(t))
+    })
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// At most 100 characters of `s`, without control characters: text from
+/// a request, safe to echo into an error or a log.
+fn printable(s: &str) -> String {
+    crate::text::head(&crate::text::printable(s), 100).to_string()
+}
