@@ -275,7 +275,7 @@ impl Store {
         // mostly here, before the lock.
         self.measure_unmeasured();
         let mut st = self.lock();
-        let used = self.used(&mut st);
+        let used = self.used(&st);
         if used.saturating_add(need) > self.quota {
             return Err(BundleError::QuotaExceeded {
                 need,
@@ -290,7 +290,7 @@ impl Store {
     }
 
     /// Bytes taken by what is held plus what installs under way reserved.
-    fn used(&self, st: &mut State) -> u64 {
+    fn used(&self, st: &State) -> u64 {
         let mut used: u64 = st.installing.values().map(|(_, n)| n).sum();
         for h in self.held() {
             let n = match st.sizes.get(&h) {
@@ -305,8 +305,8 @@ impl Store {
     /// What the store holds and takes, in bytes (see [`Store::with_quota`]).
     pub fn usage(&self) -> u64 {
         self.measure_unmeasured();
-        let mut st = self.lock();
-        self.used(&mut st)
+        let st = self.lock();
+        self.used(&st)
     }
 
     fn measure_unmeasured(&self) {

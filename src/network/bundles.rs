@@ -120,7 +120,8 @@ async fn copy_file(mut file: tokio::fs::File, stream: &mut Stream) -> std::io::R
 
 /// The hash a fetch asks for: exactly 64 lowercase hex digits and a
 /// newline. Anything else is answered "not held" without touching the file
-/// system (the store refuses it too: this keeps junk out of the logs).
+/// system. The store refuses such a hash as well: each layer holds the
+/// rule by itself.
 fn requested_hash(line: &[u8; 65]) -> Option<&str> {
     let (hash, newline) = line.split_at(64);
     if newline != b"\n" {
