@@ -337,4 +337,71 @@ mod tests {
             assert!(id.len() <= MAX_MESSAGE_ID_BYTES, "{} bytes", id.len());
         }
     }
+
+    #[test]
+    fn a_full_announcement_fits_in_one_message() {
+        use crate::apps::{AppName, MAX_APP_NAME};
+        use crate::desired::{DesiredApp, MAX_DESIRED, MAX_ORIGIN};
+        use crate::membership::{ANNOUNCE_VERSION, Announce, MAX_BUNDLES, MAX_LINKS};
+        use crate::worker::{AppState, AppStatus};
+        // Every field at its longest: what the event loop may publish when
+        // it has dropped the error texts (it does when they do not fit).
+        let name = |i: usize| {
+            let n = format!("apps/{i:03}");
+            AppName::parse(&format!("{n}{}", "x".repeat(MAX_APP_NAME - n.len()))).unwrap()
+        };
+        let key = crate::trust::AdminSecret::generate();
+        let desired: Vec<DesiredApp> = (0..MAX_DESIRED)
+            .map(|i| {
+                let mut d = DesiredApp {
+                    app: name(i),
+                    run: true,
+                    workers: Some(crate::apps::MAX_WORKERS_PER_APP),
+                    clock: u64::MAX,
+                    origin: String::new(),
+                    bundle: Some(crate::bundle::BundleRef {
+                        hash: "f".repeat(64),
+                        size: u64::MAX,
+                    }),
+                    at_ms: u64::MAX,
+                    signed: None,
+                };
+                key.sign(&mut d);
+                d.origin = "o".repeat(MAX_ORIGIN);
+                d
+            })
+            .collect();
+        let apps: Vec<AppStatus> = (0..MAX_DESIRED)
+            .map(|i| AppStatus {
+                app: name(i),
+                state: AppState::Starting,
+                workers: u32::MAX,
+                in_flight: u32::MAX,
+                clock: u64::MAX,
+                error: None,
+                version: Some("f".repeat(64)),
+            })
+            .collect();
+        let a = Announce {
+            v: ANNOUNCE_VERSION,
+            id: PeerId::random().to_string(),
+            incarnation: u64::MAX,
+            seq: u64::MAX,
+            listen: (0..8)
+                .map(|i| format!("/ip6/ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff{i}/tcp/65535"))
+                .collect(),
+            http: Some("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".into()),
+            leaving: false,
+            apps,
+            desired,
+            links: vec!["12345678".into(); MAX_LINKS],
+            bundles: vec!["f".repeat(64); MAX_BUNDLES],
+            remote_deploy: true,
+        };
+        let bytes = serde_json::to_vec(&a).unwrap().len();
+        assert!(
+            bytes <= MAX_GOSSIP_BYTES,
+            "the largest announcement is {bytes} bytes, over {MAX_GOSSIP_BYTES}"
+        );
+    }
 }

@@ -405,7 +405,11 @@ impl EventLoop {
             apps: if leaving {
                 Vec::new()
             } else {
-                self.workers.statuses()
+                // Bounded like the decisions they answer, so the whole
+                // announcement always fits (see behaviour.rs's tests).
+                let mut all = self.workers.statuses();
+                all.truncate(crate::desired::MAX_DESIRED);
+                all
             },
             desired: self.desired.to_vec(),
             bundles: self.workers.held_bundles(),
