@@ -280,3 +280,205 @@ fn same_secret(a: &str, b: &str) -> bool {
 fn printable(s: &str) -> String {
     crate::text::head(&crate::text::printable(s), 100).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn verdict(g: &Guard, method: Method, uri: &str, pairs: &[(&str, &str)]) -> Option<Refused> {
+        g.verdict(&method, &uri.parse().unwrap(), &headers(pairs))
+            .err()
+            .map(|(why, _)| why)
+    }
+
+    const JSON: (&str, &str) = ("content-type", "application/json");
+
+    #[test]
+    fn hosts_are_ip_literals_localhost_or_named() {
+        let g = Guard {
+            hosts: vec!["mesh.internal".into()],
+            token: None,
+        };
+        for ok in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "10.1.2.3:80",
+            "[::1]:8080",
+            "[::1]",
+            "localhost:8080",
+            "LOCALHOST",
+            "mesh.internal:8080",
+        ] {
+            assert_eq!(verdict(&g, Method::GET, "/", &[("host", ok)]), None, "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+        ] {
+            assert_eq!(
+                verdict(&g, Method::GET, "/api/peers", &[("host", bad)]),
+                Some(Refused::Host),
+                "{bad}"
+            );
+        }
+        // No Host at all (HTTP/1.0 tools) is not what a browser sends.
+        assert_eq!(verdict(&g, Method::GET, "/", &[]), None);
+    }
+
+    #[test]
+    fn changes_come_from_the_own_origin_with_the_apis_content_types() {
+        let g = Guard::default();
+        let host = ("host", "127.0.0.1:8080");
+        let post = |pairs: &[(&str, &str)]| verdict(&g, Method::POST, "/api/apps/start", pairs);
+        assert_eq!(post(&[host, JSON]), None);
+        assert_eq!(
+            post(&[host, JSON, ("origin", "http://127.0.0.1:8080")]),
+            None
+        );
+        assert_eq!(
+            post(&[
+                host,
+                ("content-type", "application/x-ndjson; charset=utf-8")
+            ]),
+            None
+        );
+        assert_eq!(post(&[host, ("content-type", "Application/ZSTD")]), None);
+        assert_eq!(
+            post(&[host, JSON, ("origin", "http://evil.example")]),
+            Some(Refused::Origin)
+        );
+        assert_eq!(
+            post(&[host, JSON, ("origin", "null")]),
+            Some(Refused::Origin)
+        );
+        assert_eq!(
+            post(&[host, JSON, ("origin", "http://127.0.0.1:9999")]),
+            Some(Refused::Origin)
+        );
+        assert_eq!(
+            post(&[host, JSON, ("sec-fetch-site", "cross-site")]),
+            Some(Refused::Origin)
+        );
+        assert_eq!(post(&[host, JSON, ("sec-fetch-site", "same-origin")]), None);
+        for ct in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+        ] {
+            assert_eq!(
+                post(&[host, ("content-type", ct)]),
+                Some(Refused::ContentType),
+                "{ct}"
+            );
+        }
+        assert_eq!(post(&[host]), Some(Refused::ContentType), "no content type");
+        // Reads need neither; an Origin on a GET changes nothing.
+        assert_eq!(
+            verdict(
+                &g,
+                Method::GET,
+                "/api/peers",
+                &[host, ("origin", "http://evil.example")]
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_token_opens_everything_a_cookie_only_reads() {
+        let g = Guard {
+            hosts: Vec::new(),
+            token: Some("s3cret-token-0123".into()),
+        };
+        let host = ("host", "10.0.0.5:8080");
+        let bearer = ("authorization", "Bearer s3cret-token-0123");
+        let cookie = ("cookie", "a=b; disruptor_token=s3cret-token-0123");
+        assert_eq!(verdict(&g, Method::GET, "/healthz", &[host]), None);
+        assert_eq!(
+            verdict(&g, Method::POST, "/healthz", &[host, JSON]),
+            Some(Refused::Token)
+        );
+        assert_eq!(
+            verdict(&g, Method::GET, "/api/peers", &[host]),
+            Some(Refused::Token)
+        );
+        assert_eq!(
+            verdict(&g, Method::GET, "/api/peers", &[host, bearer]),
+            None
+        );
+        assert_eq!(
+            verdict(
+                &g,
+                Method::GET,
+                "/api/peers",
+                &[host, ("authorization", "Bearer s3cret-token-0124")]
+            ),
+            Some(Refused::Token)
+        );
+        assert_eq!(
+            verdict(
+                &g,
+                Method::GET,
+                "/api/peers",
+                &[host, ("authorization", "s3cret-token-0123")]
+            ),
+            Some(Refused::Token),
+            "not a bearer header"
+        );
+        assert_eq!(
+            verdict(&g, Method::GET, "/api/peers", &[host, cookie]),
+            None
+        );
+        assert_eq!(
+            verdict(&g, Method::POST, "/api/apps/start", &[host, JSON, cookie]),
+            Some(Refused::Token)
+        );
+        assert_eq!(
+            verdict(&g, Method::POST, "/api/apps/start", &[host, JSON, bearer]),
+            None
+        );
+        assert_eq!(
+            verdict(&g, Method::GET, "/?token=s3cret-token-0123", &[host]),
+            None
+        );
+        assert_eq!(
+            verdict(&g, Method::GET, "/?token=wrong", &[host]),
+            Some(Refused::Token)
+        );
+        assert_eq!(
+            verdict(
+                &g,
+                Method::GET,
+                "/api/peers?token=s3cret-token-0123",
+                &[host]
+            ),
+            Some(Refused::Token),
+            "the query opens the dashboard's page only"
+        );
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+        assert!(!same_secret("", "a"));
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("::1"), "::1");
+        assert_eq!(strip_port("a.b:8080"), "a.b");
+    }
+}
