@@ -431,6 +431,9 @@ fn a_rogue_member_cannot_make_any_peer_run_its_bundle() {
                 target.listen.rsplit(':').next().unwrap()
             );
             std::process::Command::new(rogue_bin())
+                // State poisoning too: 500 made-up apps with 200-character
+                // names in every announcement.
+                .env("ROGUE_JUNK", "500")
                 .args([
                     "decide",
                     &addr,
@@ -501,9 +504,80 @@ fn a_rogue_member_cannot_make_any_peer_run_its_bundle() {
         assert!(version.is_null(), "{}: runs version {version}", p.name);
     }
     assert!(!marker.exists(), "the rogue's worker ran");
+    // The poisoning is bounded: the open mesh holds at most MAX_DESIRED
+    // decisions, its peers still announce (none went silent), and a
+    // newcomer inherits no more than that.
+    let max = disruptor::desired::MAX_DESIRED;
+    for p in &open {
+        let held: Value = p.get("/api/decisions").json().unwrap();
+        let n = held["decisions"].as_array().unwrap().len();
+        // The junk did arrive (the attack ran), up to the cap and no further.
+        assert!(n > 100 && n <= max, "{}: {n} decisions", p.name);
+        p.assert_no_false_downs();
+    }
+    let newcomer = Peer::start(
+        &open_dir,
+        "late",
+        PeerOpts {
+            bootstrap: vec![open[1].listen.clone()],
+            ..Default::default()
+        },
+    );
+    wait_for(
+        "the newcomer to learn the decisions",
+        Duration::from_secs(10),
+        || {
+            let held: Value = newcomer.get("/api/decisions").json().unwrap();
+            let n = held["decisions"].as_array().unwrap().len();
+            if n > 0 && n <= max {
+                Ok(())
+            } else {
+                Err(n.to_string())
+            }
+        },
+    );
     // Honest decisions still converge in the guarded mesh.
     let (ok, text) = cli_with(&["start", guarded[0].http.as_str(), ECHO], &k1.sign());
     assert!(ok, "{text}");
     let all: Vec<&Peer> = guarded.iter().collect();
     wait_running(&guarded[1], ECHO, &all);
+}
+
+#[test]
+fn starts_past_the_cap_are_refused_and_the_peer_keeps_announcing() {
+    let dir = scratch("poison-local");
+    let peers = converged_chain(dir.path(), 2, |_| PeerOpts::default());
+    let c = http_client();
+    let (mut accepted, mut refused) = (0, 0);
+    for i in 0..500 {
+        let name = format!("apps/junk{i:04}");
+        let name = format!("{name}{}", "j".repeat(200 - name.len()));
+        let r = c
+            .post(format!("http://{}/api/apps/start", peers[0].http))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "app": name }).to_string())
+            .send()
+            .unwrap();
+        match r.status().as_u16() {
+            202 => accepted += 1,
+            409 => {
+                refused += 1;
+                assert!(r.text().unwrap().contains("most decisions"));
+            }
+            other => panic!("start {i}: {other} {}", r.text().unwrap()),
+        }
+    }
+    let max = disruptor::desired::MAX_DESIRED;
+    assert_eq!((accepted, refused), (max, 500 - max));
+    // p0 keeps announcing: p1 sees it up for longer than --down-after
+    // (4 s), and never marked it down.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(6) {
+        let state = peers[1].state_of(&peers[0].id).map(|v| v["state"].clone());
+        assert_eq!(state, Some("up".into()), "p1's view of p0");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    peers[1].assert_no_false_downs();
+    let held: Value = peers[1].get("/api/decisions").json().unwrap();
+    assert_eq!(held["decisions"].as_array().unwrap().len(), max);
 }

@@ -8,6 +8,11 @@
 //! so they would win last-writer-wins. An honest peer re-announces what it
 //! takes, so one peer taking them would spread them everywhere.
 //!
+//! With `ROGUE_JUNK=N` in its environment it also poisons the mesh's state:
+//! each announcement carries N unsigned start decisions for made-up apps
+//! with 200-character names (N = 500 once made an honest peer's own
+//! announcement too large to publish, so the others marked it silent).
+//!
 //! Usage: `rogue decide TARGET_MULTIADDR SECONDS ARCHIVE APP [KEY_FILE]`;
 //! prints `{"announcements": n, "bundle_requests": n}`.
 
@@ -65,7 +70,11 @@ pub async fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             ping: ping::Behaviour::default(),
             gossipsub: gossipsub::Behaviour::new(
                 MessageAuthenticity::Signed(key.clone()),
-                gossipsub::Config::default(),
+                // Room for the junk: honest peers take up to 256 KiB.
+                gossipsub::ConfigBuilder::default()
+                    .max_transmit_size(256 * 1024)
+                    .build()
+                    .expect("gossipsub config"),
             )
             .expect("gossipsub"),
             stream: libp2p_stream::Behaviour::new(),
@@ -120,6 +129,19 @@ pub async fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let mut signed = decision(100_001, String::new());
     own_key.sign(&mut signed);
 
+    let junk: Vec<DesiredApp> = (0..std::env::var("ROGUE_JUNK")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0))
+        .map(|i| {
+            let name = format!("apps/junk{i:04}");
+            let padded = format!("{name}{}", "j".repeat(200 - name.len()));
+            let mut d = decision(100_000 + i as u64, local.to_string());
+            d.app = AppName::parse(&padded).expect("a 200-character name");
+            d.bundle = None;
+            d
+        })
+        .collect();
     let mut seq = 0u64;
     let mut next = Instant::now();
     while Instant::now() < deadline {
@@ -127,13 +149,14 @@ pub async fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {
                 seq += 1;
+                let desired: Vec<&DesiredApp> = [&unsigned, &signed].into_iter().chain(&junk).collect();
                 let announcement = serde_json::json!({
                     "v": 1, "id": local.to_string(), "incarnation": now_ms, "seq": seq,
                     "listen": swarm.listeners().map(|a| a.to_string()).collect::<Vec<_>>(),
                     "http": "127.0.0.1:1", "leaving": false,
                     "apps": [{"app": app, "state": "running", "workers": 1, "in_flight": 0,
                               "clock": 100_001, "version": bundle.hash}],
-                    "desired": [unsigned, signed],
+                    "desired": desired,
                     "bundles": [bundle.hash],
                 });
                 let _ = swarm
