@@ -327,14 +327,40 @@ fn only_decisions_signed_by_a_trusted_admin_run() {
     // Signed by a key nobody trusts: 403.
     let (ok, text) = cli_with(&["start", http, ECHO], &k2.sign());
     assert!(!ok && text.contains("403"), "{text}");
+    // A deployment signed by K2: refused before its bundle is read, and
+    // installed nowhere; an unsigned one does not leave the CLI.
+    let app_dir = dir.path().join("src").join("evil");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    std::fs::write(app_dir.join("worker"), "#!/bin/sh\nexec cat\n").unwrap();
+    std::fs::set_permissions(
+        app_dir.join("worker"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let dir_arg = app_dir.display().to_string();
+    let deploy = [
+        "deploy",
+        http,
+        &dir_arg,
+        "--name",
+        "apps/evil/worker",
+        "--start",
+    ];
+    let (ok, text) = cli_with(&deploy, &k2.sign());
+    assert!(!ok && text.contains("403"), "{text}");
+    let (ok, text) = cli_out(&deploy);
+    assert!(!ok && text.contains("--key"), "an unsigned deploy: {text}");
+    nothing_installed(dir.path(), &peers);
     for p in &peers {
-        assert_eq!(
-            state_of_app(p, ECHO),
-            Value::Null,
-            "{}: {}",
-            p.name,
-            p.apps()
-        );
+        for app in [ECHO, "apps/evil/worker"] {
+            assert_eq!(
+                state_of_app(p, app),
+                Value::Null,
+                "{}: {}",
+                p.name,
+                p.apps()
+            );
+        }
     }
     // Signed by K1: runs everywhere.
     let (ok, text) = cli_with(&["start", http, ECHO], &k1.sign());
