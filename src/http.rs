@@ -302,12 +302,9 @@ async fn api_deploy(
         Ok(a) => a,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let decision = match signed_deployment(&headers, &app, &s.admins, store.max_bytes()) {
+    let (decision, bundle) = match signed_deployment(&headers, &app, &s.admins, store.max_bytes()) {
         Ok(d) => d,
         Err(resp) => return resp,
-    };
-    let Some(bundle) = decision.bundle.clone() else {
-        unreachable!("signed_deployment checks that a bundle is named");
     };
     let bytes = match axum::body::to_bytes(body, bundle.size as usize).await {
         Ok(b) if b.len() as u64 == bundle.size => b,
@@ -351,15 +348,16 @@ struct DeployQuery {
     name: String,
 }
 
-/// The signed deployment decision of a `POST /api/deploy`, checked against
-/// this peer's admins and the request before the body is read.
+/// The signed deployment decision of a `POST /api/deploy` and the bundle
+/// it names, checked against this peer's admins and the request before
+/// the body is read.
 #[allow(clippy::result_large_err)]
 fn signed_deployment(
     headers: &HeaderMap,
     app: &AppName,
     admins: &Admins,
     max_bytes: u64,
-) -> Result<DesiredApp, Response> {
+) -> Result<(DesiredApp, crate::bundle::BundleRef), Response> {
     let Some(raw) = headers.get(DECISION_HEADER) else {
         return Err(error_response(
             StatusCode::UNAUTHORIZED,
@@ -373,7 +371,7 @@ fn signed_deployment(
         )
     })?;
     crate::trust::check(&decision, admins).map_err(refusal_response)?;
-    let Some(bundle) = &decision.bundle else {
+    let Some(bundle) = decision.bundle.clone() else {
         return Err(error_response(
             StatusCode::BAD_REQUEST,
             "the decision names no bundle",
@@ -394,7 +392,7 @@ fn signed_deployment(
             ),
         ));
     }
-    Ok(decision)
+    Ok((decision, bundle))
 }
 
 /// `GET /api/decisions`: the start/stop/deploy decisions this peer holds and
