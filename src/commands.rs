@@ -783,7 +783,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                 ids.push(p.id.as_str());
             } else {
                 lines.push(format!(
-                    "  {}  takes no deployments (--no-remote-deploy)\n",
+                    "  {}  takes no deployments (it trusts no admin key, or runs with --no-remote-deploy)\n",
                     p.id
                 ));
             }
