@@ -15,6 +15,20 @@
 //!
 //! Usage: `rogue TARGET_MULTIADDR SECONDS`. Prints one JSON line of what it
 //! did, so a test can check that the attacks really ran.
+//!
+//! With any of the flags below it runs the membership attacks instead (see
+//! `rogue/hostile.rs`), all with well-formed, validly signed messages, so that
+//! nothing it sends is invalid and only the bounds can stop it:
+//! - `--members ADDR` (`HOST:PORT`): fills the target's membership and
+//!   aims its dials at `ADDR`, a third party: member-list answers with
+//!   1024 made-up peers, announcements from throwaway keys relayed as if
+//!   from others, and throwaway keys that connect, claim `ADDR`, and leave;
+//! - `--inflate APP`: announces 256 live workers of `APP` and answers its
+//!   jobs (echoing them), to draw the mesh's jobs;
+//! - `--junk N`: first sends N malformed announcements of its own, then
+//!   valid ones (peer scoring should have stopped listening by then).
+//!
+//! In that mode it also ends early on SIGTERM, printing its report.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -50,16 +64,26 @@ struct Tally {
     members_garbage: u64,
 }
 
+/// The membership attacks (beside this file, so `examples/` holds one example).
+#[path = "rogue/hostile.rs"]
+mod hostile;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 3 {
-        eprintln!("usage: rogue TARGET_MULTIADDR SECONDS");
+    if args.len() < 3 {
+        eprintln!(
+            "usage: rogue TARGET_MULTIADDR SECONDS [--members HOST:PORT] [--inflate APP] [--junk N]"
+        );
         std::process::exit(2);
     }
     let target: Multiaddr = args[1].parse()?;
     let seconds: f64 = args[2].parse()?;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    if args.len() > 3 {
+        let opts = hostile::Options::parse(&args[3..])?;
+        return hostile::run(target, deadline, opts).await;
+    }
 
     let key = libp2p::identity::Keypair::generate_ed25519();
     let local = PeerId::from(key.public());
