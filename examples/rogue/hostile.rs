@@ -284,28 +284,29 @@ fn drain_gossip(mut control: libp2p_stream::Control) {
     });
 }
 
-/// Writes the RPC frames it is handed on one gossip stream to `target`.
+/// Writes the RPC frames it is handed on a gossip stream to `target`,
+/// opening a new one whenever the target closes it (as gossipsub does).
 async fn write_gossip(
     mut control: libp2p_stream::Control,
     target: PeerId,
     mut frames: mpsc::Receiver<Vec<u8>>,
     deadline: Instant,
 ) {
-    let mut stream = loop {
-        match control.open_stream(target, MESHSUB).await {
-            Ok(s) => break s,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(_) => return,
+    while Instant::now() < deadline {
+        let Ok(mut stream) = control.open_stream(target, MESHSUB).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if stream.write_all(&rpc_frame(true, &[])).await.is_err() {
+            continue;
         }
-    };
-    if stream.write_all(&rpc_frame(true, &[])).await.is_err() {
-        return;
-    }
-    while let Some(frame) = frames.recv().await {
-        if stream.write_all(&frame).await.is_err() || stream.flush().await.is_err() {
-            return;
+        loop {
+            let Some(frame) = frames.recv().await else {
+                return;
+            };
+            if stream.write_all(&frame).await.is_err() || stream.flush().await.is_err() {
+                break;
+            }
         }
     }
 }
