@@ -26,7 +26,8 @@
 //! - `--inflate APP`: announces 256 live workers of `APP` and answers its
 //!   jobs (echoing them), to draw the mesh's jobs;
 //! - `--junk N`: first sends N malformed announcements of its own, then
-//!   valid ones (peer scoring should have stopped listening by then).
+//!   valid ones (peer scoring should have stopped listening by then);
+//! - `--connections N`: opens N connections to the target with its one key.
 //!
 //! In that mode it also ends early on SIGTERM, printing its report.
 
@@ -73,7 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
         eprintln!(
-            "usage: rogue TARGET_MULTIADDR SECONDS [--members HOST:PORT] [--inflate APP] [--junk N]"
+            "usage: rogue TARGET_MULTIADDR SECONDS [--members HOST:PORT] [--inflate APP] [--junk N] [--connections N]"
         );
         std::process::exit(2);
     }

@@ -331,3 +331,34 @@ fn a_peer_that_sends_announcements_no_honest_peer_sends_is_graylisted() {
     let refs: Vec<&Peer> = honest.iter().collect();
     wait_converged(&refs, Duration::from_secs(5));
 }
+
+#[test]
+fn a_peer_holds_at_most_two_connections_from_any_one_peer() {
+    let _serial = one_at_a_time();
+    let dir = scratch("hostile-conns");
+    let target = Peer::start(dir.path(), "target", PeerOpts::default());
+    let attack = rogue(&target, 30, &["--connections", "8"]);
+    // Every one of the rogue's 8 connections is either taken or refused
+    // (libp2p's own counters); then its count of those still open.
+    wait_for(
+        "the target to take or refuse all 8 connections",
+        Duration::from_secs(10),
+        || {
+            let taken = target.counter(
+                r#"libp2p_swarm_connections_established_total{role="Listener",protocols="/ip4/tcp"}"#,
+            );
+            let refused = target.counter(
+                r#"libp2p_swarm_connections_incoming_error_total{error="Denied",protocols="/ip4/tcp"}"#,
+            );
+            if taken + refused >= 8.0 {
+                Ok(())
+            } else {
+                Err(format!("{taken} taken, {refused} refused"))
+            }
+        },
+    );
+    let r = report(attack);
+    eprintln!("rogue: {r}");
+    assert_eq!(r["connections_held"], 2, "{r}");
+    assert!(target.is_running());
+}

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, Message, ProtocolSupport};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, noise, ping, tcp, yamux};
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,8 @@ pub struct Options {
     inflate: Option<String>,
     /// Malformed announcements sent before the valid ones.
     junk: u64,
+    /// Connections to open to the target, all with this rogue's key.
+    connections: u32,
 }
 
 impl Options {
@@ -50,6 +53,7 @@ impl Options {
             members: None,
             inflate: None,
             junk: 0,
+            connections: 1,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -58,6 +62,7 @@ impl Options {
                 "--members" => o.members = Some(value.clone()),
                 "--inflate" => o.inflate = Some(value.clone()),
                 "--junk" => o.junk = value.parse()?,
+                "--connections" => o.connections = value.parse()?,
                 other => return Err(format!("unknown flag {other}").into()),
             }
         }
@@ -98,6 +103,8 @@ struct Tally {
     fake_hints: AtomicU64,
     throwaway_connections: AtomicU64,
     jobs_answered: AtomicU64,
+    /// Connections to the target still open at the end.
+    connections_held: AtomicU64,
 }
 
 fn bump(n: &AtomicU64, by: u64) {
@@ -141,13 +148,24 @@ pub async fn run(target: Multiaddr, deadline: Instant, o: Options) -> Result<(),
             tally.clone(),
         ));
         tokio::spawn(throwaway_visits(
-            target,
+            target.clone(),
             addrs.clone(),
             deadline,
             tally.clone(),
         ));
     }
     drop(gossip);
+    // More connections to the target, on the same key: a peer that opens
+    // them all multiplies whatever is bounded per connection.
+    for _ in 1..o.connections {
+        swarm.dial(
+            DialOpts::peer_id(target_id)
+                .addresses(vec![target.clone()])
+                .condition(PeerCondition::Always)
+                .build(),
+        )?;
+    }
+    let mut held = 1u64;
     // Until the deadline, or SIGTERM from a test that has seen enough.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let end = tokio::time::sleep_until(deadline.into());
@@ -156,11 +174,37 @@ pub async fn run(target: Multiaddr, deadline: Instant, o: Options) -> Result<(),
         tokio::select! {
             _ = &mut end => break,
             _ = term.recv() => break,
-            Some(event) = swarm.next() => answer_members(&mut swarm, event, third.as_deref(), &tally),
+            Some(event) = swarm.next() => {
+                held = count_connections(held, &event, target_id);
+                answer_members(&mut swarm, event, third.as_deref(), &tally);
+            }
         }
     }
+    // Take in what already happened (a connection the target refused a
+    // moment ago) before counting what is still open.
+    let settle = Instant::now() + Duration::from_millis(300);
+    while let Ok(Some(event)) = tokio::time::timeout(
+        settle.saturating_duration_since(Instant::now()),
+        swarm.next(),
+    )
+    .await
+    {
+        held = count_connections(held, &event, target_id);
+    }
+    tally.connections_held.store(held, Ordering::Relaxed);
     print_tally(local, &tally);
     Ok(())
+}
+
+/// Connections to `target` open after `event`, given `held` before it.
+fn count_connections(held: u64, event: &SwarmEvent<MemberEvent>, target: PeerId) -> u64 {
+    match event {
+        SwarmEvent::ConnectionEstablished { peer_id, .. } if *peer_id == target => held + 1,
+        SwarmEvent::ConnectionClosed { peer_id, .. } if *peer_id == target => {
+            held.saturating_sub(1)
+        }
+        _ => held,
+    }
 }
 
 fn print_tally(local: PeerId, t: &Tally) {
@@ -175,6 +219,7 @@ fn print_tally(local: PeerId, t: &Tally) {
             "fake_hints": n(&t.fake_hints),
             "throwaway_connections": n(&t.throwaway_connections),
             "jobs_answered": n(&t.jobs_answered),
+            "connections_held": n(&t.connections_held),
         })
     );
 }
