@@ -16,12 +16,28 @@
 //! Usage: `rogue TARGET_MULTIADDR SECONDS`. Prints one JSON line of what it
 //! did, so a test can check that the attacks really ran.
 //!
+//! With any of the flags below it runs the membership attacks instead (see
+//! `rogue/hostile.rs`), all with well-formed, validly signed messages, so that
+//! nothing it sends is invalid and only the bounds can stop it:
+//! - `--members ADDR` (`HOST:PORT`): fills the target's membership and
+//!   aims its dials at `ADDR`, a third party: member-list answers with
+//!   1024 made-up peers, announcements from throwaway keys relayed as if
+//!   from others, and throwaway keys that connect, claim `ADDR`, and leave;
+//! - `--inflate APP`: announces 256 live workers of `APP` and answers its
+//!   jobs (echoing them), to draw the mesh's jobs;
+//! - `--junk N`: first sends N malformed announcements of its own, then
+//!   valid ones (peer scoring should have stopped listening by then);
+//! - `--connections N`: opens N connections to the target with its one key.
+//!
+//! In that mode it also ends early on SIGTERM, printing its report.
+//!
 //! `rogue decide ...` is the attack on who decides what runs (see
-//! [`decide`]): it announces start decisions for a bundle it serves itself.
+//! `rogue/decide.rs`): it announces start decisions for a bundle it serves
+//! itself.
 
-#[path = "support/rogue_decide.rs"]
-mod rogue_decide;
-use rogue_decide as decide;
+/// The attack on decisions (beside this file, like the membership attacks).
+#[path = "rogue/decide.rs"]
+mod decide;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -57,19 +73,29 @@ struct Tally {
     members_garbage: u64,
 }
 
+/// The membership attacks (beside this file, so `examples/` holds one example).
+#[path = "rogue/hostile.rs"]
+mod hostile;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("decide") {
         return decide::run(&args[2..]).await;
     }
-    if args.len() != 3 {
-        eprintln!("usage: rogue TARGET_MULTIADDR SECONDS | rogue decide ...");
+    if args.len() < 3 {
+        eprintln!(
+            "usage: rogue TARGET_MULTIADDR SECONDS [--members HOST:PORT] [--inflate APP] [--junk N] [--connections N] | rogue decide ..."
+        );
         std::process::exit(2);
     }
     let target: Multiaddr = args[1].parse()?;
     let seconds: f64 = args[2].parse()?;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    if args.len() > 3 {
+        let opts = hostile::Options::parse(&args[3..])?;
+        return hostile::run(target, deadline, opts).await;
+    }
 
     let key = libp2p::identity::Keypair::generate_ed25519();
     let local = PeerId::from(key.public());

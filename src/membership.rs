@@ -1614,6 +1614,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_app_version_that_is_not_a_hash_makes_the_announcement_invalid() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = connected(&mut m, t0);
+        let mut a = serde_json::to_value(announce(p, 1, 2, false)).unwrap();
+        a["apps"] = serde_json::json!([{"app": "apps/echo/echo", "state": "running",
+            "workers": 2, "in_flight": 0, "clock": 1, "version": "é".repeat(40)}]);
+        let err = m
+            .on_announce_bytes(p, &serde_json::to_vec(&a).unwrap(), t0)
+            .unwrap_err();
+        assert!(err.is_invalid(), "{err}");
+        assert!(err.to_string().contains("64 lowercase hex"), "{err}");
+        assert!(m.views()[0].apps.is_empty(), "nothing of it was taken");
+    }
+
+    #[test]
     fn a_connection_that_never_announced_leaves_nothing_to_redial() {
         let mut m = Membership::new(PeerId::random(), timing());
         let t0 = Instant::now();

@@ -78,6 +78,15 @@ pub const MAX_PENDING_INCOMING: u32 = 128;
 /// entry of its table once at a time.
 pub const MAX_PENDING_OUTGOING: u32 = MAX_PEERS as u32;
 
+// What the limits rely on, checked when compiling: connected peers fit
+// the table, inbound connections leave room to dial out, and two peers that
+// dial each other at once both keep their connection.
+const _: () = {
+    assert!(MAX_ESTABLISHED as usize <= MAX_PEERS);
+    assert!(MAX_ESTABLISHED_INCOMING < MAX_ESTABLISHED);
+    assert!(MAX_CONNECTIONS_PER_PEER >= 2);
+};
+
 fn connection_limits() -> connection_limits::Behaviour {
     connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
@@ -101,12 +110,12 @@ const GOSSIP_THRESHOLD: f64 = -100.0;
 /// Below this, this peer's own announcements are no longer sent to it (5).
 const PUBLISH_THRESHOLD: f64 = -200.0;
 /// Below this, everything it sends is dropped unread (7: 7² × -10 = -490).
-const GRAYLIST_THRESHOLD: f64 = -400.0;
+pub const GRAYLIST_THRESHOLD: f64 = -400.0;
 
 /// gossipsub peer scoring (v1.1): how a peer that sends or relays invalid
 /// announcements is turned away.
 ///
-/// Only penalties count, so an honest peer sits at 0:
+/// One thing only counts, against a peer; an honest one sits at 0:
 /// - P4, invalid messages on the membership topic: what the event loop
 ///   reports as `Reject` (announcements every honest peer refuses alike:
 ///   malformed, or claiming another peer's id) and what gossipsub itself
@@ -116,11 +125,17 @@ const GRAYLIST_THRESHOLD: f64 = -400.0;
 ///   before it costs any work. The count decays to a tenth in a minute, so
 ///   a peer that stops is heard again (after ~10 s for 10 invalid
 ///   messages, ~1 min for 50).
-/// - P7, gossip misbehaviour (IHAVE promises not kept, GRAFT during a
-///   backoff) and slow peers: gossipsub's defaults, which forgive within
-///   seconds.
 ///
 /// Turned off, with the reason:
+/// - P7 (IHAVE promises not kept, GRAFT during a backoff) and the slow-peer
+///   penalty: both punish honest peers whose send queues overflow, which
+///   is what a flood does to them. Seen in a test: under a rogue's flood
+///   of valid announcements, honest peers answered IWANTs late (40 "broken
+///   promises" at once, 40² × -10) and graylisted each other, splitting
+///   the mesh: an attacker could set honest peers against each other.
+///   Gossip is a backup here (flood publish does the work), gossipsub caps
+///   what it asks for per IHAVE whatever the score, and it enforces GRAFT
+///   backoffs on its own.
 /// - P1/P2/P3/P3b (time in mesh, first and mesh deliveries): announcements
 ///   reach everyone by flood publish and the mesh is one peer on purpose
 ///   (see [`gossipsub_config`]); delivery counts would mostly measure who
@@ -149,6 +164,8 @@ fn peer_score() -> (PeerScoreParams, PeerScoreThresholds) {
     let mut params = PeerScoreParams {
         app_specific_weight: 0.0,
         ip_colocation_factor_weight: 0.0,
+        behaviour_penalty_weight: 0.0,
+        slow_peer_weight: 0.0,
         retain_score: Duration::from_secs(300),
         ..PeerScoreParams::default()
     };
@@ -308,15 +325,10 @@ mod tests {
         assert!((left - 0.1).abs() < 1e-6, "{left}");
         // Nothing else counts against an honest peer.
         assert_eq!(params.ip_colocation_factor_weight, 0.0);
+        assert_eq!(params.behaviour_penalty_weight, 0.0);
+        assert_eq!(params.slow_peer_weight, 0.0);
         assert_eq!(topic.mesh_message_deliveries_weight, 0.0);
         assert_eq!(topic.mesh_failure_penalty_weight, 0.0);
-    }
-
-    #[test]
-    fn connection_limits_fit_the_membership_table() {
-        assert!(MAX_ESTABLISHED as usize <= MAX_PEERS);
-        const { assert!(MAX_ESTABLISHED_INCOMING < MAX_ESTABLISHED) };
-        const { assert!(MAX_CONNECTIONS_PER_PEER >= 2, "simultaneous dials") };
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! [`MeshView`] for the HTTP layer after every change. On shutdown it says
 //! goodbye on the membership topic, so others mark it `left` at once.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +22,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{
-    Behaviour, BehaviourEvent, MAX_GOSSIP_BYTES, MAX_MEMBERS_IN_ANSWER, MEMBERSHIP_TOPIC,
-    MemberHint, MembersRequest, MembersResponse, PROTOCOL_VERSION,
+    Behaviour, BehaviourEvent, GRAYLIST_THRESHOLD, MAX_GOSSIP_BYTES, MAX_MEMBERS_IN_ANSWER,
+    MEMBERSHIP_TOPIC, MemberHint, MembersRequest, MembersResponse, PROTOCOL_VERSION,
 };
 use super::client::{Client, Command};
 use crate::api::{MeshView, SelfView};
@@ -93,6 +94,9 @@ pub struct EventLoop {
     /// Membership refusals as last logged (see [`Self::log_refusals`]).
     refusals_logged: [u64; MemberRefusal::ALL.len()],
     next_refusal_log: Instant,
+    /// Connected peers whose gossip is dropped unread (graylisted by peer
+    /// scoring), as of the last housekeeping round.
+    graylisted: HashSet<PeerId>,
 }
 
 /// Announcements per second (and burst) accepted from any one author.
@@ -156,6 +160,7 @@ impl EventLoop {
             announce_budget: PerKeyBudget::new(ANNOUNCE_BURST, ANNOUNCE_RATE, MAX_PEERS),
             refusals_logged: [0; MemberRefusal::ALL.len()],
             next_refusal_log: Instant::now(),
+            graylisted: HashSet::new(),
         };
         event_loop.publish_view();
         let jobs = super::jobs::JobLinks::new(event_loop.swarm.behaviour().stream.new_control());
@@ -253,7 +258,9 @@ impl EventLoop {
             self.announce(false);
         }
         self.dial_bootstraps(now);
+        self.update_table_size();
         self.log_refusals(now);
+        self.watch_scores();
         let mut next = aligned_after(HOUSEKEEPING_MAX).into_std();
         if let Some(due) = self.membership.next_deadline(now) {
             next = next.min(due);
@@ -726,12 +733,39 @@ impl EventLoop {
         for (slot, (_, n)) in self.refusals_logged.iter_mut().zip(totals) {
             *slot = n;
         }
+    }
+
+    fn update_table_size(&self) {
         let (verified, unverified) = self.membership.sizes();
         for (kind, n) in [("verified", verified), ("unverified", unverified)] {
             super::TABLE_SIZE
                 .get_or_create(&super::KindLabel { kind })
                 .set(n as i64);
         }
+    }
+
+    /// Logs the connected peers whose gossip score crossed the graylist
+    /// threshold, either way: what they send on gossip (their own
+    /// announcements included) is dropped unread meanwhile, so they look
+    /// silent, and the log says why.
+    fn watch_scores(&mut self) {
+        let gossip = &self.swarm.behaviour().gossipsub;
+        let now: HashSet<PeerId> = self
+            .swarm
+            .connected_peers()
+            .filter(|p| gossip.peer_score(p).is_some_and(|s| s < GRAYLIST_THRESHOLD))
+            .copied()
+            .collect();
+        for peer in now.difference(&self.graylisted) {
+            let score = gossip.peer_score(peer).unwrap_or_default();
+            tracing::warn!(%peer, score, "graylisted: this peer sent announcements no honest peer sends, so its gossip is dropped unread until its score recovers");
+        }
+        for peer in self.graylisted.difference(&now) {
+            if self.swarm.is_connected(peer) {
+                tracing::info!(%peer, "no longer graylisted: its gossip is read again");
+            }
+        }
+        self.graylisted = now;
     }
 
     fn on_members(&mut self, event: request_response::Event<MembersRequest, MembersResponse>) {
