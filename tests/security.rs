@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -13,26 +12,6 @@ use common::*;
 use serde_json::Value;
 
 const ECHO: &str = "apps/echo/echo";
-
-/// Sends exactly `head` (request line and headers, without the blank line)
-/// and `body`; returns the status and the whole answer.
-fn raw(http: &str, head: &str, body: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(http).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let msg = format!(
-        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(msg.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {out:?}"));
-    (status, out)
-}
 
 /// Runs the CLI with `args` and then `more`.
 fn cli_with(args: &[&str], more: &[String]) -> (bool, String) {
@@ -155,7 +134,7 @@ fn requests_a_browser_can_send_cross_site_change_nothing() {
         ),
     ];
     for (what, head, body) in &cases {
-        let (status, answer) = raw(http, head, body);
+        let (status, answer) = raw_http(http, head, body);
         assert!(
             !(200..300).contains(&status),
             "{what}: answered {status}: {answer}"
@@ -164,7 +143,7 @@ fn requests_a_browser_can_send_cross_site_change_nothing() {
     }
     // DNS rebinding reads nothing either.
     for path in ["/api/peers", "/api/apps", "/metrics", "/"] {
-        let (status, answer) = raw(
+        let (status, answer) = raw_http(
             http,
             &format!("GET {path} HTTP/1.1\r\nHost: attacker.example"),
             "",
@@ -184,7 +163,7 @@ fn requests_a_browser_can_send_cross_site_change_nothing() {
     assert!(refused >= cases.len() as f64, "{refused} counted");
 
     // What the CLI, curl and the dashboard send still works.
-    let (status, answer) = raw(
+    let (status, answer) = raw_http(
         http,
         &format!(
             "GET /api/peers HTTP/1.1\r\nHost: localhost:{}",
@@ -193,7 +172,7 @@ fn requests_a_browser_can_send_cross_site_change_nothing() {
         "",
     );
     assert_eq!(status, 200, "{answer}");
-    let (status, answer) = raw(
+    let (status, answer) = raw_http(
         http,
         &format!(
             "POST /api/apps/start HTTP/1.1\r\nHost: {http}\r\nOrigin: http://{http}\r\nContent-Type: application/json"

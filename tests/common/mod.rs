@@ -365,23 +365,12 @@ impl Peer {
     /// Sends a raw HTTP request line and headers (no client-side path
     /// normalisation) and returns the status code and body.
     pub fn raw(&self, request_head: &str, body: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.http).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let msg = format!(
-            "{request_head}\r\nHost: {}\r\nContent-Length: {}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{body}",
-            self.http,
-            body.len()
+        let head = format!(
+            "{request_head}\r\nHost: {}\r\nContent-Type: application/json",
+            self.http
         );
-        s.write_all(msg.as_bytes()).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let status = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {out:?}"));
-        let body = out
+        let (status, answer) = raw_http(&self.http, &head, body);
+        let body = answer
             .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_string())
             .unwrap_or_default();
@@ -405,6 +394,28 @@ impl Drop for Peer {
     fn drop(&mut self) {
         self.sigkill();
     }
+}
+
+/// Sends exactly `head` (request line and headers, without the blank
+/// line) and `body` to `http`, closing the connection after; returns the
+/// status and the whole answer, headers included.
+pub fn raw_http(http: &str, head: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let msg = format!(
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(msg.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {out:?}"));
+    (status, out)
 }
 
 pub fn http_client() -> reqwest::blocking::Client {
