@@ -1248,10 +1248,15 @@ pub(crate) mod tests {
         assert_eq!(state_of(&m, p), down("left"));
         // Its connection closing does not trigger a redial of a leaver.
         assert_eq!(m.on_disconnected(p, 0, t0), None);
-        // Stale and same-incarnation messages do not resurrect it.
-        m.on_announce(p, &announce(p, 1, 4, false), t0).unwrap();
-        m.on_announce(p, &announce(p, 1, 7, false), t0).unwrap();
+        // Stale and same-incarnation messages do not resurrect it, nor
+        // have it dialled.
+        assert_eq!(m.on_announce(p, &announce(p, 1, 4, false), t0), Ok(None));
+        assert_eq!(m.on_announce(p, &announce(p, 1, 7, false), t0), Ok(None));
         assert_eq!(state_of(&m, p), down("left"));
+        // A connection from it (before its goodbye is old) does not either.
+        m.on_connected(p, None, t0);
+        assert_eq!(state_of(&m, p), down("left"));
+        m.on_disconnected(p, 0, t0);
         // A restart (new incarnation) is dialled at once and comes back.
         let dial = m.on_announce(p, &announce(p, 2, 1, false), t0).unwrap();
         assert!(dial.is_some());
@@ -1285,8 +1290,9 @@ pub(crate) mod tests {
             }
             t += Duration::from_millis(100);
         }
-        // Gaps grow then cap at DIAL_BACKOFF_MAX.
+        // Gaps grow from DIAL_BACKOFF_MIN, then cap at DIAL_BACKOFF_MAX.
         let gaps: Vec<u128> = dial_times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps[0] >= DIAL_BACKOFF_MIN.as_millis(), "{gaps:?}");
         assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
         assert!(
             gaps.iter()
@@ -1519,6 +1525,11 @@ pub(crate) mod tests {
         assert_eq!(m.sizes().1, MAX_UNVERIFIED, "held back, not refused");
         let counted = m.refusals().find(|(r, _)| *r == Refusal::DiscoveryRate);
         assert_eq!(counted.map(|(_, n)| n), Some(32));
+        assert_eq!(
+            m.next_deadline(t0),
+            Some(t0 + DISCOVERY_RETRY),
+            "tried again soon"
+        );
         // Then DISCOVERY_DIAL_RATE a second (dialled entries excluded).
         let later = m.tick(t0 + Duration::from_secs(1));
         let fresh = later.iter().filter(|d| m.peers[&d.peer].dials == 1).count();
@@ -1627,6 +1638,397 @@ pub(crate) mod tests {
         assert!(err.is_invalid(), "{err}");
         assert!(err.to_string().contains("64 lowercase hex"), "{err}");
         assert!(m.views()[0].apps.is_empty(), "nothing of it was taken");
+    }
+
+    #[test]
+    fn changes_are_republished_at_once_and_routine_ones_lazily() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = connected(&mut m, t0);
+        m.take_any_dirty();
+        // "Still here": only the lazy refresh.
+        m.on_announce(p, &announce(p, 1, 2, false), t0).unwrap();
+        assert!(!m.take_dirty());
+        assert!(m.take_any_dirty());
+        // A new HTTP address: at once.
+        let mut a = announce(p, 1, 3, false);
+        a.http = Some("127.0.0.1:9999".into());
+        m.on_announce(p, &a, t0).unwrap();
+        assert!(m.take_dirty());
+    }
+
+    #[test]
+    fn what_changes_the_view_is_shown_at_once_the_rest_lazily() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = connected(&mut m, t0);
+        let mut seq = 1;
+        // Applies `a` (numbered next) and says (at once, lazily).
+        let mut dirt = |m: &mut Membership, mut a: Announce| {
+            seq += 1;
+            a.seq = seq;
+            m.take_any_dirty();
+            m.on_announce(p, &a, t0).unwrap();
+            let hard = m.take_dirty();
+            assert!(!m.take_dirty(), "true once");
+            (hard, hard || m.take_any_dirty())
+        };
+        let same = || announce(p, 1, 0, false);
+        assert_eq!(dirt(&mut m, same()), (false, true), "still here");
+        let mut a = same();
+        a.links = vec![short_id(&p.to_string()).to_string()];
+        assert_eq!(dirt(&mut m, a.clone()), (false, true), "links: lazily");
+        type Change = fn(&mut Announce);
+        let changes: [(&str, Change); 5] = [
+            ("address", |a| {
+                a.listen.push("/ip4/127.0.0.1/tcp/4002".into())
+            }),
+            ("http", |a| a.http = Some("127.0.0.1:1".into())),
+            ("apps", |a| {
+                a.apps = vec![status("apps/x/y", "0".repeat(64))]
+            }),
+            ("bundles", |a| a.bundles = vec!["b".repeat(64)]),
+            ("remote deploy", |a| a.remote_deploy = false),
+        ];
+        for (what, change) in changes {
+            dirt(&mut m, a.clone()); // back to the baseline
+            let mut changed = a.clone();
+            change(&mut changed);
+            assert_eq!(dirt(&mut m, changed), (true, true), "{what}");
+        }
+        // Up but not connected (a redial in flight): shown at once.
+        let q = connected(&mut m, t0);
+        m.on_disconnected(q, 0, t0);
+        m.take_any_dirty();
+        m.on_announce(q, &announce(q, 1, 2, false), t0).unwrap();
+        assert!(m.take_dirty());
+        assert_eq!(m.connected_count(), 1);
+    }
+
+    fn status(app: &str, version: String) -> AppStatus {
+        serde_json::from_value(serde_json::json!({"app": app, "state": "running",
+            "workers": 1, "in_flight": 0, "clock": 1, "version": version}))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_view_shows_what_a_peer_announced_within_bounds() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = connected(&mut m, t0);
+        let q = connected(&mut m, t0);
+        let mut a = announce(p, 7, 2, false);
+        a.http = Some("h".repeat(MAX_HTTP_LEN + 1));
+        a.links = vec![short_id(&q.to_string()).to_string(), "123456789".into()];
+        a.bundles = vec!["a".repeat(64), "b".repeat(63)];
+        m.on_announce(p, &a, t0).unwrap();
+        m.on_rtt(p, Duration::from_micros(1234), t0);
+        let v = m.views().into_iter().find(|v| v.peer == Some(p)).unwrap();
+        assert_eq!(v.http, None, "too long");
+        assert_eq!(v.links, vec![q.to_string()]);
+        assert_eq!(v.bundles, vec!["a".repeat(64)]);
+        assert_eq!(v.rtt_ms, Some(1.234));
+        assert_eq!(v.started_ms, Some(7));
+        assert!(v.connected);
+        let mut a = announce(p, 7, 3, false);
+        a.http = Some("h".repeat(MAX_HTTP_LEN));
+        m.on_announce(p, &a, t0).unwrap();
+        let v = m.views().into_iter().find(|v| v.peer == Some(p)).unwrap();
+        assert_eq!(v.http.map(|h| h.len()), Some(MAX_HTTP_LEN));
+        assert!(v.links.is_empty(), "links are replaced, not merged");
+    }
+
+    #[test]
+    fn hints_about_ourselves_or_without_addresses_are_ignored() {
+        let me = PeerId::random();
+        let mut m = Membership::new(me, timing());
+        let t0 = Instant::now();
+        assert_eq!(m.on_hint(me, vec![addr(1)], t0), None);
+        assert_eq!(m.on_hint(PeerId::random(), Vec::new(), t0), None);
+        assert_eq!(m.sizes(), (0, 0));
+    }
+
+    #[test]
+    fn identify_adds_addresses_of_known_peers_only() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = connected(&mut m, t0);
+        m.on_identify(p, vec![addr(4444)]);
+        m.on_identify(PeerId::random(), vec![addr(5555)]);
+        assert_eq!(m.sizes(), (1, 0));
+        let view = m.views().pop().unwrap();
+        assert!(view.addrs.contains(&addr(4444).to_string()), "{view:?}");
+    }
+
+    #[test]
+    fn a_hint_heard_again_waits_for_the_backoff() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = PeerId::random();
+        assert!(m.on_hint(p, vec![addr(1)], t0).is_some());
+        let soon = t0 + Duration::from_millis(100);
+        assert_eq!(m.on_hint(p, vec![addr(1)], soon), None);
+        assert!(m.on_hint(p, vec![addr(1)], t0 + DIAL_BACKOFF_MIN).is_some());
+    }
+
+    #[test]
+    fn newcomers_learn_the_peers_that_are_up_with_their_addresses() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = connected(&mut m, t0);
+        let q = connected(&mut m, t0);
+        m.on_announce(q, &announce(q, 1, 2, true), t0).unwrap();
+        m.on_hint(PeerId::random(), vec![addr(1)], t0);
+        assert_eq!(m.up_peers(), vec![(p, vec![addr(4001)])]);
+        assert!(m.is_up(&p));
+        assert!(!m.is_up(&q), "left");
+        assert!(!m.is_up(&PeerId::random()));
+    }
+
+    #[test]
+    fn a_full_table_drops_a_down_peer_before_one_being_redialled() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        for _ in 0..MAX_PEERS - 2 {
+            connected(&mut m, t0);
+        }
+        // One down for a while, one whose connection just closed (up,
+        // redial in flight).
+        let down = PeerId::random();
+        m.on_connected(down, Some(addr(1)), t0);
+        m.on_announce(down, &announce(down, 1, 1, false), t0)
+            .unwrap();
+        m.on_disconnected(down, 0, t0);
+        m.on_dial_failed(down, t0);
+        let redialling = connected(&mut m, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(m.on_disconnected(redialling, 0, t1).is_some());
+        assert_eq!(state_of(&m, redialling), up());
+        connected(&mut m, t1);
+        assert!(!m.peers.contains_key(&down));
+        assert!(m.peers.contains_key(&redialling));
+        assert_eq!(m.peers.len(), MAX_PEERS);
+    }
+
+    #[test]
+    fn a_second_connection_closing_changes_nothing() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        // Two connections (a simultaneous dial), before any announcement.
+        let p = PeerId::random();
+        m.on_connected(p, None, t0);
+        m.on_connected(p, None, t0);
+        assert_eq!(m.on_disconnected(p, 1, t0), None);
+        assert_eq!(m.sizes(), (1, 0), "still connected: kept");
+        // An announced peer keeps its ping time until its last one closes.
+        let q = connected(&mut m, t0);
+        m.on_connected(q, None, t0);
+        m.on_rtt(q, Duration::from_millis(3), t0);
+        assert_eq!(m.on_disconnected(q, 1, t0), None);
+        let rtt = |m: &Membership| {
+            m.views()
+                .into_iter()
+                .find(|v| v.peer == Some(q))
+                .unwrap()
+                .rtt_ms
+        };
+        assert_eq!(rtt(&m), Some(3.0));
+        assert!(m.on_disconnected(q, 0, t0).is_some());
+        assert_eq!(rtt(&m), None);
+        // A dial failing while it is connected (a duplicate dial) is no news.
+        let r = connected(&mut m, t0);
+        m.on_dial_failed(r, t0);
+        assert_eq!(state_of(&m, r), up());
+    }
+
+    #[test]
+    fn answered_pings_keep_an_up_peer_up_but_do_not_revive_a_down_one() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = connected(&mut m, t0);
+        let t3 = t0 + Duration::from_secs(3);
+        m.on_rtt(p, Duration::from_millis(1), t3);
+        m.tick(t0 + Duration::from_secs(5));
+        assert_eq!(state_of(&m, p), up(), "heard at 3 s by ping");
+        let t8 = t0 + Duration::from_secs(8);
+        m.tick(t8);
+        assert_eq!(state_of(&m, p), down("silent"));
+        // Silent: a ping answered (its event loop may be stuck while its
+        // network still answers) and a new connection do not bring it back.
+        m.on_rtt(p, Duration::from_millis(1), t8);
+        m.on_connected(p, None, t8);
+        assert_eq!(state_of(&m, p), down("silent"));
+    }
+
+    #[test]
+    fn a_peer_silent_without_a_connection_has_none_to_close() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = PeerId::random();
+        m.on_connected(p, Some(addr(4001)), t0);
+        m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
+        // Its connection closed; the redial's outcome never comes.
+        assert!(m.on_disconnected(p, 0, t0).is_some());
+        m.tick(t0 + Duration::from_secs(5));
+        assert_eq!(state_of(&m, p), down("silent"));
+        assert!(m.take_silenced().is_empty());
+    }
+
+    #[test]
+    fn a_spent_unverified_entry_waits_for_its_last_dial() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = PeerId::random();
+        m.on_hint(p, vec![addr(1)], t0);
+        let last = t0 + Duration::from_millis(1500);
+        for t in [t0 + Duration::from_millis(500), last] {
+            assert_eq!(m.tick(t).len(), 1);
+        }
+        assert!(m.peers[&p].spent());
+        let next = m.peers[&p].next_dial;
+        m.tick(next - Duration::from_millis(1));
+        assert_eq!(m.sizes(), (0, 1), "its last dial may still connect");
+        m.tick(next);
+        assert_eq!(m.sizes(), (0, 0));
+    }
+
+    #[test]
+    fn deadlines_of_entries_with_no_dial_to_make() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        // Heard of, with no address to dial: dropped after UNVERIFIED_TTL.
+        let p = PeerId::random();
+        let mut a = announce(p, 1, 1, false);
+        a.listen.clear();
+        m.on_announce(p, &a, t0).unwrap();
+        assert_eq!(m.next_deadline(t0), Some(t0 + UNVERIFIED_TTL));
+        m.tick(t0 + UNVERIFIED_TTL);
+        assert_eq!(m.sizes(), (0, 0));
+        // Left, with no address: forgotten after forget_after.
+        let q = PeerId::random();
+        m.on_connected(q, None, t0);
+        let mut a = announce(q, 1, 1, false);
+        a.listen.clear();
+        m.on_announce(q, &a, t0).unwrap();
+        let mut bye = announce(q, 1, 2, true);
+        bye.listen.clear();
+        m.on_announce(q, &bye, t0).unwrap();
+        m.on_disconnected(q, 0, t0);
+        assert_eq!(m.next_deadline(t0), Some(t0 + timing().forget_after));
+    }
+
+    #[test]
+    fn a_claimed_address_gets_its_dials_back_when_its_window_ends() {
+        let mut c = ClaimedAddrs::default();
+        let (a, t0) = (addr(9), Instant::now());
+        for _ in 0..CLAIMED_ADDR_DIALS {
+            assert!(c.take(&a, t0));
+        }
+        assert!(!c.take(&a, t0));
+        assert!(!c.take(&a, t0 + CLAIMED_ADDR_WINDOW - Duration::from_millis(1)));
+        assert!(c.take(&a, t0 + CLAIMED_ADDR_WINDOW), "a new window");
+    }
+
+    #[test]
+    fn claimed_addresses_tracked_are_bounded_and_expire() {
+        let mut c = ClaimedAddrs::default();
+        let t0 = Instant::now();
+        let many = |i: usize| -> Multiaddr {
+            format!("/ip4/10.0.{}.{}/tcp/1", i / 256, i % 256)
+                .parse()
+                .unwrap()
+        };
+        for i in 0..MAX_TRACKED_ADDRS {
+            assert!(c.take(&many(i), t0));
+        }
+        // Full, every one within its window: no new address is dialled...
+        assert!(!c.take(&many(MAX_TRACKED_ADDRS), t0));
+        assert_eq!(c.dials.len(), MAX_TRACKED_ADDRS);
+        // ...but the ones tracked keep their budgets.
+        assert!(c.take(&many(0), t0));
+        // Once their windows are over, they make room.
+        let later = t0 + CLAIMED_ADDR_WINDOW;
+        assert!(c.take(&many(MAX_TRACKED_ADDRS), later));
+        assert_eq!(c.dials.len(), 1);
+    }
+
+    #[test]
+    fn an_address_that_reached_its_peer_is_no_longer_a_claim() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let a = addr(7000);
+        let mut dials = Vec::new();
+        for i in 0..5 {
+            let t = t0 + Duration::from_secs(i);
+            dials.extend(m.on_hint(PeerId::random(), vec![a.clone()], t));
+        }
+        assert_eq!(dials_to(&dials, &a), CLAIMED_ADDR_DIALS as usize);
+        // A peer is reached at it: its budget for others starts afresh.
+        let t = t0 + Duration::from_secs(5);
+        m.on_connected(PeerId::random(), Some(a.clone()), t);
+        assert!(m.on_hint(PeerId::random(), vec![a.clone()], t).is_some());
+    }
+
+    #[test]
+    fn refusals_are_labelled_as_documented() {
+        let labels: Vec<&str> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "table_full",
+                "unverified_full",
+                "discovery_rate",
+                "claimed_address_budget"
+            ]
+        );
+    }
+
+    #[test]
+    fn times_shown_are_unix_milliseconds() {
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let mut m = Membership::new(PeerId::random(), timing());
+        connected(&mut m, Instant::now());
+        let v = m.views().pop().unwrap();
+        assert!(
+            v.first_seen_ms >= before && v.last_seen_ms >= before,
+            "{v:?}"
+        );
+        assert!(v.since_ms >= before);
+    }
+
+    #[test]
+    fn links_name_peers_by_the_end_of_their_ids() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let (p, q) = (connected(&mut m, t0), connected(&mut m, t0));
+        let q_id = q.to_string();
+        assert_eq!(short_id(&q_id), &q_id[q_id.len() - 8..]);
+        assert_eq!(short_id("abc"), "abc");
+        let mut a = announce(p, 1, 2, false);
+        a.links = vec![short_id(&q_id).to_string(), "unknown!".into()];
+        m.on_announce(p, &a, t0).unwrap();
+        let view = m.views().into_iter().find(|v| v.peer == Some(p)).unwrap();
+        assert_eq!(view.links, vec![q_id], "known short ids are expanded");
+    }
+
+    #[test]
+    fn down_reasons_read_as_in_the_api() {
+        for r in [
+            DownReason::Left,
+            DownReason::Unreachable,
+            DownReason::Silent,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        // Flags that are on unless said otherwise: an announcement from a
+        // peer that predates `remote_deploy` says yes.
+        let mut v = serde_json::to_value(announce(PeerId::random(), 1, 1, false)).unwrap();
+        v.as_object_mut().unwrap().remove("remote_deploy");
+        let a: Announce = serde_json::from_value(v).unwrap();
+        assert!(a.remote_deploy);
     }
 
     #[test]
