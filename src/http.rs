@@ -108,10 +108,7 @@ pub fn router(
             admins: access.admins,
         }))
         // Outermost: nothing reaches a handler without passing the guard.
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(access.guard),
-            crate::guard::check,
-        ))
+        .layer(crate::guard::GuardLayer::new(access.guard))
 }
 
 /// Serves until `shutdown` is cancelled.
