@@ -4,27 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::membership::PeerView;
-
-/// `GET /api/peers`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MeshView {
-    #[serde(rename = "self")]
-    pub local: SelfView,
-    /// Every peer this one knows, excluding itself, sorted by id.
-    pub peers: Vec<PeerView>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SelfView {
-    pub id: String,
-    pub listen: Vec<String>,
-    pub http: String,
-    pub started_ms: u64,
-    /// Whether this peer is in a private mesh (pre-shared key).
-    #[serde(default)]
-    pub private: bool,
-}
+pub use crate::mesh::view::{DownReason, MeshView, PeerState, PeerView, SelfView};
 
 /// `GET /api/decisions`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,7 +14,7 @@ pub struct DecisionsView {
     pub clock: u64,
     /// Whether this peer takes only decisions signed by an admin key.
     pub admins: bool,
-    pub decisions: Vec<crate::desired::DesiredApp>,
+    pub decisions: Vec<crate::mesh::desired::DesiredApp>,
 }
 
 /// Body of every error response.
@@ -49,19 +29,19 @@ pub struct AppsView {
     #[serde(rename = "self")]
     pub local_id: String,
     /// This peer's apps, with every worker process.
-    pub local: Vec<crate::worker::LocalApp>,
+    pub local: Vec<crate::apps::LocalApp>,
     /// Per app, per peer (this one included, peers that are up only): the
     /// app's state as that peer last announced it.
-    pub mesh: BTreeMap<String, BTreeMap<String, crate::worker::AppStatus>>,
+    pub mesh: BTreeMap<String, BTreeMap<String, crate::apps::AppStatus>>,
     /// Whether this peer installs deployed bundles (false with
     /// `--no-remote-deploy`).
-    #[serde(default = "crate::membership::yes")]
+    #[serde(default = "crate::mesh::view::yes")]
     pub remote_deploy: bool,
 }
 
 impl AppsView {
-    pub fn build(local_id: &str, local: Vec<crate::worker::LocalApp>, mesh: &MeshView) -> AppsView {
-        let mut by_app: BTreeMap<String, BTreeMap<String, crate::worker::AppStatus>> =
+    pub fn build(local_id: &str, local: Vec<crate::apps::LocalApp>, mesh: &MeshView) -> AppsView {
+        let mut by_app: BTreeMap<String, BTreeMap<String, crate::apps::AppStatus>> =
             BTreeMap::new();
         for a in &local {
             by_app
@@ -69,7 +49,7 @@ impl AppsView {
                 .or_default()
                 .insert(local_id.to_string(), a.status.clone());
         }
-        for p in mesh.peers.iter().filter(|p| p.state == "up") {
+        for p in mesh.up() {
             for a in &p.apps {
                 by_app
                     .entry(a.app.to_string())

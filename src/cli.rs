@@ -144,7 +144,7 @@ pub struct PeerArgs {
     pub http_token_file: Option<PathBuf>,
 
     /// Largest app bundle accepted (compressed), in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = crate::bundle::DEFAULT_MAX_BUNDLE_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = crate::deploy::DEFAULT_MAX_BUNDLE_BYTES)]
     pub max_bundle_bytes: u64,
 
     /// Largest job accepted, in bytes (larger ones get 413).

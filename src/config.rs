@@ -5,7 +5,6 @@
 //! and maps to exit code 2 (the user's input is wrong).
 
 use std::fs;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +15,10 @@ use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{KeyParseError, PreSharedKey};
 
 use crate::cli::PeerArgs;
+pub use crate::mesh::membership::Timing;
+pub use crate::secret_file::{
+    SecretFileError, check_private_file, read_private_file, write_private_file,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -34,15 +37,10 @@ pub enum ConfigError {
     BadPsk { path: PathBuf, reason: String },
     #[error("{} is not a disruptor identity file: {reason}", path.display())]
     BadIdentity { path: PathBuf, reason: String },
-    #[error("cannot write {}: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{} exists; pass --force to overwrite it", path.display())]
-    Exists { path: PathBuf },
     #[error("{0}")]
     Value(String),
+    #[error(transparent)]
+    Secret(#[from] SecretFileError),
     #[error("--down-after ({down_after:?}) must be longer than --announce-interval ({announce:?})")]
     Timing {
         down_after: Duration,
@@ -79,7 +77,7 @@ pub struct PeerConfig {
     pub http_header_timeout: Duration,
     pub http_body_timeout: Duration,
     /// Admin keys whose signed decisions this peer takes (empty: none).
-    pub admins: crate::trust::Admins,
+    pub admins: crate::mesh::trust::Admins,
     /// Names the HTTP endpoint answers to besides its address and loopback.
     pub http_hosts: Vec<String>,
     /// Bearer token every HTTP request must carry (`--http-token-file`).
@@ -87,27 +85,20 @@ pub struct PeerConfig {
     pub max_store_bytes: Option<u64>,
 }
 
-/// Membership timing knobs (see the README for what each one trades).
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    pub announce_interval: Duration,
-    pub down_after: Duration,
-    pub forget_after: Duration,
-    pub connect_timeout: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            announce_interval: Duration::from_secs(2),
-            down_after: Duration::from_secs(4),
-            forget_after: Duration::from_secs(300),
-            connect_timeout: Duration::from_secs(4),
+impl PeerConfig {
+    /// What the network layer needs of this configuration.
+    pub fn network(&self, http_addr: SocketAddr) -> crate::network::Settings {
+        crate::network::Settings {
+            keypair: self.keypair.clone(),
+            listen: self.listen.clone(),
+            bootstrap: self.bootstrap.clone(),
+            psk: self.psk,
+            timing: self.timing,
+            admins: self.admins.clone(),
+            http_addr,
         }
     }
-}
 
-impl PeerConfig {
     pub fn from_args(args: &PeerArgs) -> Result<Self, ConfigError> {
         let listen = args
             .listen
@@ -209,8 +200,11 @@ impl PeerConfig {
 pub const MIN_TOKEN_LEN: usize = 16;
 
 /// The admin keys of `--admin` and `--admins FILE`, together.
-fn load_admins(keys: &[String], file: Option<&Path>) -> Result<crate::trust::Admins, ConfigError> {
-    use crate::trust::{AdminKey, Admins, MAX_ADMINS};
+fn load_admins(
+    keys: &[String],
+    file: Option<&Path>,
+) -> Result<crate::mesh::trust::Admins, ConfigError> {
+    use crate::mesh::trust::{AdminKey, Admins, MAX_ADMINS};
     let mut all = keys
         .iter()
         .filter(|k| !k.trim().is_empty())
@@ -356,7 +350,7 @@ pub fn load_or_create_identity(path: &Path) -> Result<Keypair, ConfigError> {
                 reason: e.to_string(),
             })
         }
-        Err(ConfigError::ReadKey { source, .. })
+        Err(SecretFileError::Read { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
             let keypair = Keypair::generate_ed25519();
@@ -366,7 +360,7 @@ pub fn load_or_create_identity(path: &Path) -> Result<Keypair, ConfigError> {
             write_private_file(path, &bytes, false)?;
             Ok(keypair)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -382,60 +376,6 @@ pub fn load_psk(path: &Path) -> Result<PreSharedKey, ConfigError> {
         path: path.to_path_buf(),
         reason,
     })
-}
-
-/// Refuses a secret file (identity, pre-shared key, admin key) that users
-/// other than its owner may read or change: mode bits for group or others
-/// (`mode & 0o077`), as ssh does for private keys. A key others can read
-/// is no longer a secret, and one others can write can be replaced; either
-/// way the peer must not start on it as if nothing were wrong. The error
-/// says what to run (`chmod 600 FILE`); `main` exits with code 2. Symlinks
-/// are followed: the file's own mode is what counts.
-pub fn check_private_file(path: &Path) -> Result<(), ConfigError> {
-    let meta = fs::metadata(path).map_err(|source| ConfigError::ReadKey {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    check_private_mode(path, &meta)
-}
-
-/// Reads a secret file after [`check_private_file`]'s check, made on the
-/// open file itself, so the bytes read are those of the file checked.
-pub fn read_private_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    use std::io::Read;
-    let read_err = |source| ConfigError::ReadKey {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = fs::File::open(path).map_err(read_err)?;
-    check_private_mode(path, &f.metadata().map_err(read_err)?)?;
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes).map_err(read_err)?;
-    Ok(bytes)
-}
-
-fn check_private_mode(path: &Path, meta: &fs::Metadata) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 == 0 {
-        return Ok(());
-    }
-    Err(ConfigError::Value(format!(
-        "key file {} can be read or changed by other users (mode {mode:04o}); \
-         make it private to its owner: chmod 600 {}",
-        path.display(),
-        shell_quote(&path.to_string_lossy())
-    )))
-}
-
-/// `s` as one shell word, so the printed command can be pasted as it is.
-fn shell_quote(s: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:,@%=".contains(c);
-    if !s.is_empty() && s.chars().all(plain) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 /// Parses the swarm-key text format, with a readable reason on failure.
@@ -460,40 +400,6 @@ pub fn parse_psk(text: &str) -> Result<PreSharedKey, String> {
 
 pub fn generate_psk() -> PreSharedKey {
     PreSharedKey::new(rand::random())
-}
-
-/// Writes `bytes` to `path` with mode 0600 via a temporary file and rename.
-pub fn write_private_file(path: &Path, bytes: &[u8], force: bool) -> Result<(), ConfigError> {
-    let werr = |source| ConfigError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    if !force && path.exists() {
-        return Err(ConfigError::Exists {
-            path: path.to_path_buf(),
-        });
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(werr)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let result = (|| {
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(werr)
 }
 
 #[cfg(test)]
@@ -601,8 +507,11 @@ mod tests {
             fs::set_permissions(&id, fs::Permissions::from_mode(mode)).unwrap();
             assert!(load_psk(&psk).is_ok() && load_or_create_identity(&id).is_ok());
         }
-        assert_eq!(shell_quote("/a/b.key"), "/a/b.key");
-        assert_eq!(shell_quote("/a/it's key"), r"'/a/it'\''s key'");
+        assert_eq!(crate::secret_file::shell_quote("/a/b.key"), "/a/b.key");
+        assert_eq!(
+            crate::secret_file::shell_quote("/a/it's key"),
+            r"'/a/it'\''s key'"
+        );
     }
 
     #[test]

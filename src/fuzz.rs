@@ -15,9 +15,9 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use crate::apps::AppName;
-use crate::dispatch::one_line;
-use crate::membership::Membership;
-use crate::membership::tests::timing;
+use crate::json::one_line;
+use crate::mesh::membership::Membership;
+use crate::mesh::membership::tests::timing;
 
 /// Generated inputs per property.
 pub fn cases() -> u32 {
@@ -184,7 +184,7 @@ proptest! {
         }
         prop_assert!(m.views().len() <= 1);
         for v in m.views() {
-            prop_assert!(v.addrs.len() <= crate::membership::MAX_ADDRS_PER_PEER);
+            prop_assert!(v.addrs.len() <= crate::mesh::membership::MAX_ADDRS_PER_PEER);
         }
     }
 }

@@ -10,25 +10,22 @@
 
 pub mod api;
 pub mod apps;
-pub mod bundle;
 pub mod cli;
-pub mod commands;
+pub mod client;
+pub mod clock;
 pub mod config;
-pub mod dashboard;
-pub mod desired;
+pub mod deploy;
 pub mod dispatch;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
-pub mod guard;
 pub mod http;
-pub mod membership;
-pub mod metrics;
+pub mod json;
+pub mod mesh;
 pub mod network;
+pub mod obs;
 pub mod peer;
 pub mod ratelimit;
-pub mod stats;
-pub mod stream;
+pub mod secret_file;
 pub mod text;
-pub mod trust;
 pub mod worker;

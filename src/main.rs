@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use disruptor::cli::{Cli, Command, LogFormat};
-use disruptor::commands::{self, UsageError};
+use disruptor::client::{self, UsageError};
 use disruptor::config::{ConfigError, PeerConfig};
 
 /// mimalloc: the job path allocates a few small buffers per job, and glibc
@@ -46,14 +46,14 @@ fn main() -> ExitCode {
                 let config = PeerConfig::from_args(&args)?;
                 disruptor::peer::run(config).await
             }
-            Command::Peers(args) => commands::peers(args).await,
-            Command::Status(args) => commands::status(args).await,
-            Command::Start(args) => commands::start(args).await,
-            Command::Stop(args) => commands::stop(args).await,
-            Command::Send(args) => commands::send(args).await,
-            Command::Stream(args) => commands::stream(args).await,
-            Command::Deploy(args) => commands::deploy(args).await,
-            Command::Keygen(args) => commands::keygen(args),
+            Command::Peers(args) => client::peers(args).await,
+            Command::Status(args) => client::status(args).await,
+            Command::Start(args) => client::start(args).await,
+            Command::Stop(args) => client::stop(args).await,
+            Command::Send(args) => client::send(args).await,
+            Command::Stream(args) => client::stream(args).await,
+            Command::Deploy(args) => client::deploy(args).await,
+            Command::Keygen(args) => client::keygen(args),
         }
     });
     // Do not wait for blocking tasks (stdin readers and the like).

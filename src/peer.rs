@@ -15,10 +15,10 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::apps::AppsDir;
-use crate::bundle::{BundleError, BundleRef, Store};
 use crate::config::PeerConfig;
-use crate::desired::DesiredApps;
+use crate::deploy::{BundleError, BundleRef, Store};
 use crate::dispatch::Dispatcher;
+use crate::mesh::desired::DesiredApps;
 use crate::network::bundles::Fetched;
 use crate::worker::Workers;
 use crate::{http, network};
@@ -65,11 +65,10 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
         config.worker_grace,
     );
     let (desired_tx, desired_rx) = watch::channel(Arc::new(DesiredApps::default()));
-    let mut registry = crate::metrics::registry();
+    let mut registry = crate::obs::metrics::registry();
     let (client, event_loop) = network::start(
-        &config,
-        http_addr,
-        workers.clone(),
+        &config.network(http_addr),
+        Box::new(Announce(workers.clone())),
         desired_tx,
         &mut registry,
     )
@@ -133,7 +132,7 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     tracker.spawn(event_loop.run(shutdown.clone()));
     let access = http::Access {
-        guard: crate::guard::Guard {
+        guard: crate::http::guard::Guard {
             hosts: config.http_hosts.clone(),
             token: config.http_token.clone(),
         },
@@ -163,7 +162,7 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     }
     tracker.spawn(network::serve_inbound(
         stream_control,
-        workers.clone(),
+        run_job(workers.clone()),
         config.max_job_bytes,
         shutdown.clone(),
     ));
@@ -226,6 +225,29 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What this peer announces of its workers and bundles.
+struct Announce(Workers);
+
+impl network::Announced for Announce {
+    fn apps(&self) -> Vec<crate::apps::AppStatus> {
+        self.0.statuses()
+    }
+    fn bundles(&self) -> Vec<String> {
+        self.0.held_bundles()
+    }
+    fn remote_deploy(&self) -> bool {
+        self.0.store().is_some()
+    }
+}
+
+/// Jobs other peers send here run on this peer's workers.
+fn run_job(workers: Workers) -> network::RunJob {
+    Arc::new(move |app, payload, deadline| {
+        let workers = workers.clone();
+        Box::pin(async move { workers.run(&app, payload, deadline).await })
+    })
+}
+
 /// Applies the mesh's desired app state to this peer's workers whenever it
 /// changes, and every few seconds (for apps that were missing); fetches
 /// the deployed versions this peer does not have yet.
@@ -256,7 +278,7 @@ async fn reconcile(
         }
         let current = desired.borrow_and_update().clone();
         workers.apply(&current);
-        crate::metrics::track_apps(current.entries().map(|d| &d.app));
+        crate::obs::metrics::track_apps(current.entries().map(|d| &d.app));
         let Some(store) = workers.store() else {
             continue;
         };
@@ -364,7 +386,7 @@ async fn fetch_bundle(
                     tracing::warn!(app = %app, "cannot store a fetched bundle: {e}")
                 }
                 Err(e) => {
-                    crate::stats::STATS.error_now(
+                    crate::obs::stats::STATS.error_now(
                         "deploy",
                         app.as_str(),
                         Some(peer.to_string()),
@@ -389,7 +411,7 @@ fn holders(net: &crate::network::Client, b: &BundleRef) -> Vec<libp2p::PeerId> {
         .mesh()
         .peers
         .iter()
-        .filter(|p| p.state == "up" && p.bundles.contains(&b.hash))
+        .filter(|p| p.is_up() && p.bundles.contains(&b.hash))
         .filter_map(|p| p.peer)
         .collect();
     holders.shuffle(&mut rand::thread_rng());

@@ -257,15 +257,15 @@ fn raw_entry_mode(
 /// POSTs `archive` as a deployment of `APP` signed by `key`, its decision
 /// naming `hash` (the archive's own by default).
 fn post_bundle(peer: &Peer, key: &AdminKey, archive: Vec<u8>, hash: Option<&str>) -> (u16, String) {
-    let hash = hash.map_or_else(|| disruptor::bundle::sha256_hex(&archive), str::to_string);
-    let bundle = disruptor::bundle::BundleRef {
+    let hash = hash.map_or_else(|| disruptor::deploy::sha256_hex(&archive), str::to_string);
+    let bundle = disruptor::deploy::BundleRef {
         hash,
         size: archive.len() as u64,
     };
     let decision = signed(
         peer,
         key,
-        disruptor::desired::Change::Deploy {
+        disruptor::mesh::desired::Change::Deploy {
             bundle,
             start: true,
         },
@@ -287,8 +287,8 @@ fn post_bundle(peer: &Peer, key: &AdminKey, archive: Vec<u8>, hash: Option<&str>
 fn signed(
     peer: &Peer,
     key: &AdminKey,
-    change: disruptor::desired::Change,
-) -> disruptor::desired::DesiredApp {
+    change: disruptor::mesh::desired::Change,
+) -> disruptor::mesh::desired::DesiredApp {
     let held: disruptor::api::DecisionsView = http_client()
         .get(format!("http://{}/api/decisions", peer.http))
         .send()
@@ -300,7 +300,8 @@ fn signed(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let mut d = disruptor::desired::next_decision(&held.decisions, held.clock, &app, change, now);
+    let mut d =
+        disruptor::mesh::desired::next_decision(&held.decisions, held.clock, &app, change, now);
     key.secret().sign(&mut d);
     d
 }
@@ -404,14 +405,14 @@ fn unsafe_oversized_and_mismatched_bundles_are_refused() {
 
     // v2 with a wrong hash: refused, and v1 keeps running.
     let v2 = write_app(&dir.path().join("v2"), "myapp", 2);
-    let archive = disruptor::bundle::pack(&v2).unwrap();
+    let archive = disruptor::deploy::pack(&v2).unwrap();
     let (status, body) = post_bundle(&peers[0], &key, archive.clone(), Some(&"ab".repeat(32)));
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("SHA-256"), "{body}");
     let (status, _, answer) = peers[0].job(APP, "[2]");
     assert_eq!((status, version_of(&answer)), (200, 1), "v1 keeps running");
     // The same bundle with its real hash is taken.
-    let hash = disruptor::bundle::sha256_hex(&archive);
+    let hash = disruptor::deploy::sha256_hex(&archive);
     let (status, body) = post_bundle(&peers[0], &key, archive, Some(&hash));
     assert_eq!(status, 202, "{body}");
     wait_for("v2 to answer", Duration::from_secs(10), || {

@@ -385,7 +385,7 @@ fn evil_archive(dir: &Path, marker: &Path) -> std::path::PathBuf {
     )
     .unwrap();
     std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let archive = disruptor::bundle::pack(&src).unwrap();
+    let archive = disruptor::deploy::pack(&src).unwrap();
     let path = dir.join("evil.tar.zst");
     std::fs::write(&path, archive).unwrap();
     path
@@ -512,7 +512,7 @@ fn a_rogue_member_cannot_make_any_peer_run_its_bundle() {
     // The poisoning is bounded: the open mesh holds at most MAX_DESIRED
     // decisions, its peers still announce (none went silent), and a
     // newcomer inherits no more than that.
-    let max = disruptor::desired::MAX_DESIRED;
+    let max = disruptor::mesh::desired::MAX_DESIRED;
     for p in &open {
         let held: Value = p.get("/api/decisions").json().unwrap();
         let n = held["decisions"].as_array().unwrap().len();
@@ -572,7 +572,7 @@ fn starts_past_the_cap_are_refused_and_the_peer_keeps_announcing() {
             other => panic!("start {i}: {other} {}", r.text().unwrap()),
         }
     }
-    let max = disruptor::desired::MAX_DESIRED;
+    let max = disruptor::mesh::desired::MAX_DESIRED;
     assert_eq!((accepted, refused), (max, 500 - max));
     // p0 keeps announcing: p1 sees it up for longer than --down-after
     // (4 s), and never marked it down.

@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use disruptor::apps::AppName;
-use disruptor::bundle::{BundleRef, sha256_hex};
-use disruptor::desired::DesiredApp;
-use disruptor::trust::AdminSecret;
+use disruptor::deploy::{BundleRef, sha256_hex};
+use disruptor::mesh::desired::DesiredApp;
+use disruptor::mesh::trust::AdminSecret;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};

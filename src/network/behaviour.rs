@@ -9,7 +9,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, ping};
 use serde::{Deserialize, Serialize};
 
-use crate::membership::MAX_PEERS;
+use crate::mesh::membership::MAX_PEERS;
 
 /// Identify protocol version: peers that answer with another one are not
 /// disruptor peers (or speak an incompatible version) and are disconnected.
@@ -353,16 +353,16 @@ mod tests {
     #[test]
     fn a_full_announcement_fits_in_one_message() {
         use crate::apps::{AppName, MAX_APP_NAME};
-        use crate::desired::{DesiredApp, MAX_DESIRED, MAX_ORIGIN};
-        use crate::membership::{ANNOUNCE_VERSION, Announce, MAX_BUNDLES, MAX_LINKS};
-        use crate::worker::{AppState, AppStatus};
+        use crate::apps::{AppState, AppStatus};
+        use crate::mesh::desired::{DesiredApp, MAX_DESIRED, MAX_ORIGIN};
+        use crate::mesh::membership::{ANNOUNCE_VERSION, Announce, MAX_BUNDLES, MAX_LINKS};
         // Every field at its longest: what the event loop may publish when
         // it has dropped the error texts (it does when they do not fit).
         let name = |i: usize| {
             let n = format!("apps/{i:03}");
             AppName::parse(&format!("{n}{}", "x".repeat(MAX_APP_NAME - n.len()))).unwrap()
         };
-        let key = crate::trust::AdminSecret::generate();
+        let key = crate::mesh::trust::AdminSecret::generate();
         let desired: Vec<DesiredApp> = (0..MAX_DESIRED)
             .map(|i| {
                 let mut d = DesiredApp {
@@ -371,7 +371,7 @@ mod tests {
                     workers: Some(crate::apps::MAX_WORKERS_PER_APP),
                     clock: u64::MAX,
                     origin: String::new(),
-                    bundle: Some(crate::bundle::BundleRef {
+                    bundle: Some(crate::deploy::BundleRef {
                         hash: "f".repeat(64),
                         size: u64::MAX,
                     }),

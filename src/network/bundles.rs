@@ -22,7 +22,7 @@ use libp2p_stream::Control;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::bundle::{BundleRef, Received, Store, is_hash};
+use crate::deploy::{BundleRef, Received, Store, is_hash};
 
 pub const BUNDLE_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/bundle/1");
 /// Fetches one peer may have running from this one at once.
@@ -328,7 +328,7 @@ mod tests {
     use std::task::{Context, Poll};
     use std::time::Instant;
 
-    use crate::bundle::testing::{file, tar_zst, walk};
+    use crate::deploy::testing::{file, tar_zst, walk};
 
     /// A bundle stream whose answer is written in advance (or fed as the
     /// test goes).
@@ -383,7 +383,7 @@ mod tests {
 
     fn bundle_of(archive: &[u8]) -> BundleRef {
         BundleRef {
-            hash: crate::bundle::sha256_hex(archive),
+            hash: crate::deploy::sha256_hex(archive),
             size: archive.len() as u64,
         }
     }
@@ -412,7 +412,7 @@ mod tests {
     #[tokio::test]
     async fn a_fetch_streams_to_tmp_and_installs_from_there() {
         let data = tempfile::tempdir().unwrap();
-        let store = Store::new(data.path(), crate::bundle::DEFAULT_MAX_BUNDLE_BYTES);
+        let store = Store::new(data.path(), crate::deploy::DEFAULT_MAX_BUNDLE_BYTES);
         let archive = big_app(1 << 20);
         let b = bundle_of(&archive);
         let (stream, asked) = scripted(offer(b.size, &archive));
@@ -489,7 +489,7 @@ mod tests {
     #[tokio::test]
     async fn at_most_two_fetches_run_at_once_each_until_installed() {
         let data = tempfile::tempdir().unwrap();
-        let store = Store::new(data.path(), crate::bundle::DEFAULT_MAX_BUNDLE_BYTES);
+        let store = Store::new(data.path(), crate::deploy::DEFAULT_MAX_BUNDLE_BYTES);
         let archive = big_app(10_000);
         let b = bundle_of(&archive);
         let permits = permits();
@@ -539,7 +539,7 @@ mod tests {
     async fn a_fetch_writes_to_disk_as_the_bytes_arrive() {
         use futures::TryStreamExt;
         let data = tempfile::tempdir().unwrap();
-        let store = Store::new(data.path(), crate::bundle::DEFAULT_MAX_BUNDLE_BYTES);
+        let store = Store::new(data.path(), crate::deploy::DEFAULT_MAX_BUNDLE_BYTES);
         let archive = big_app(1 << 20);
         let b = bundle_of(&archive);
         let (tx, rx) = futures::channel::mpsc::unbounded::<std::io::Result<Vec<u8>>>();

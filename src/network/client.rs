@@ -11,12 +11,12 @@ use tokio::time::Instant;
 
 use super::bundles::Fetched;
 use super::jobs::JobLinks;
-use crate::api::MeshView;
 use crate::apps::AppName;
-use crate::bundle::{BundleRef, Store};
-use crate::desired::DesiredApp;
+use crate::deploy::{BundleRef, Store};
 use crate::error::JobError;
-use crate::trust::Refusal;
+use crate::mesh::desired::DesiredApp;
+use crate::mesh::trust::Refusal;
+use crate::mesh::view::MeshView;
 
 /// What the event loop is asked to do.
 pub(crate) enum Command {

@@ -26,16 +26,17 @@ use super::behaviour::{
     MEMBERSHIP_TOPIC, MemberHint, MembersRequest, MembersResponse, PROTOCOL_VERSION,
 };
 use super::client::{Client, Command};
-use crate::api::{MeshView, SelfView};
-use crate::config::{PeerConfig, Timing};
-use crate::desired::{DesiredApp, DesiredApps};
-use crate::membership::{
+use super::{Announced, Settings};
+use crate::clock::unix_ms;
+use crate::mesh::desired::{DesiredApp, DesiredApps};
+use crate::mesh::membership::Timing;
+use crate::mesh::membership::{
     ANNOUNCE_VERSION, Announce, AnnounceError, Dial, MAX_LINKS, MAX_PEERS, Membership,
-    Refusal as MemberRefusal, unix_ms,
+    Refusal as MemberRefusal,
 };
+use crate::mesh::trust::{Admins, Refusal};
+use crate::mesh::view::{MeshView, SelfView};
 use crate::ratelimit::PerKeyBudget;
-use crate::trust::{Admins, Refusal};
-use crate::worker::Workers;
 
 /// Longest gap between two rounds of membership housekeeping (silence
 /// checks, redials, forgetting, the lazily refreshed view). Rounds run
@@ -76,7 +77,8 @@ pub struct EventLoop {
     /// Senders: every [`Client`]. The loop also ends on cancellation, so
     /// this never needs to close.
     commands: mpsc::Receiver<Command>,
-    workers: Workers,
+    /// What this peer says about its apps and bundles.
+    announced: Box<dyn Announced>,
     desired: DesiredApps,
     /// Receiver: the reconciler, which applies the desired state to `workers`.
     desired_tx: watch::Sender<Arc<DesiredApps>>,
@@ -106,9 +108,8 @@ const ANNOUNCE_BURST: u32 = 50;
 impl EventLoop {
     pub(super) fn new(
         mut swarm: Swarm<Behaviour>,
-        config: &PeerConfig,
-        http_addr: SocketAddr,
-        workers: Workers,
+        config: &Settings,
+        announced: Box<dyn Announced>,
         desired_tx: watch::Sender<Arc<DesiredApps>>,
         p2p_metrics: libp2p::metrics::Metrics,
     ) -> (Client, EventLoop) {
@@ -119,6 +120,7 @@ impl EventLoop {
             .gossipsub
             .subscribe(&topic)
             .expect("subscribing to a fresh topic cannot fail");
+        let http_addr = config.http_addr;
         let incarnation = unix_ms();
         let membership = Membership::new(local, config.timing);
         let first_view = Arc::new(MeshView {
@@ -151,7 +153,7 @@ impl EventLoop {
             bootstrap_backoff: Duration::from_millis(500),
             view_tx,
             commands,
-            workers,
+            announced,
             desired: DesiredApps::default(),
             desired_tx,
             leaving: false,
@@ -414,18 +416,18 @@ impl EventLoop {
             } else {
                 // Bounded like the decisions they answer, so the whole
                 // announcement always fits (see behaviour.rs's tests).
-                let mut all = self.workers.statuses();
-                all.truncate(crate::desired::MAX_DESIRED);
+                let mut all = self.announced.apps();
+                all.truncate(crate::mesh::desired::MAX_DESIRED);
                 all
             },
             desired: self.desired.to_vec(),
-            bundles: self.workers.held_bundles(),
-            remote_deploy: self.workers.store().is_some(),
+            bundles: self.announced.bundles(),
+            remote_deploy: self.announced.remote_deploy(),
             links: self
                 .swarm
                 .connected_peers()
                 .take(MAX_LINKS)
-                .map(|p| crate::membership::short_id(&p.to_string()).to_string())
+                .map(|p| crate::mesh::membership::short_id(&p.to_string()).to_string())
                 .collect(),
         };
         // Error texts are for people; in announcements they are kept short,
@@ -668,7 +670,10 @@ impl EventLoop {
     fn merge_decisions(&mut self, decisions: Vec<DesiredApp>, relayed_by: PeerId) {
         let now = unix_ms();
         let mut changed = false;
-        for d in decisions.into_iter().take(crate::desired::MAX_DESIRED) {
+        for d in decisions
+            .into_iter()
+            .take(crate::mesh::desired::MAX_DESIRED)
+        {
             match self.desired.merge(d.clone(), &self.admins, now) {
                 Ok(c) => changed |= c,
                 Err(refusal) => {
@@ -827,9 +832,9 @@ impl EventLoop {
 
 /// Counts a refused decision in `/metrics`.
 fn refused(refusal: Refusal) {
-    crate::metrics::METRICS
+    crate::obs::metrics::METRICS
         .decisions_refused
-        .get_or_create(&crate::metrics::ReasonLabel {
+        .get_or_create(&crate::obs::metrics::ReasonLabel {
             reason: refusal.as_str(),
         })
         .inc();

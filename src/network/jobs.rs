@@ -33,9 +33,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::RunJob;
 use crate::apps::AppName;
 use crate::error::JobError;
-use crate::worker::Workers;
 
 pub const JOBS_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/jobs-stream/2");
 /// Room for the header of a frame beyond its payload.
@@ -271,7 +271,7 @@ async fn read_answers<R: AsyncRead + Unpin>(read: R, pending: &Pending) -> Strin
 /// The callee's side: accepts job streams and serves them until shutdown.
 pub async fn serve_inbound(
     mut control: Control,
-    workers: Workers,
+    run: RunJob,
     max_job_bytes: usize,
     shutdown: CancellationToken,
 ) {
@@ -294,9 +294,9 @@ pub async fn serve_inbound(
                         drop(stream);
                         continue;
                     };
-                    let workers = workers.clone();
+                    let run = run.clone();
                     tokio::spawn(async move {
-                        serve_stream(peer, stream, workers, max_job_bytes).await;
+                        serve_stream(peer, stream, run, max_job_bytes).await;
                         drop(slot);
                     });
                 }
@@ -343,7 +343,7 @@ impl Drop for StreamSlot {
 /// runner drives the jobs in flight, a writer sends answers as they
 /// complete. Keeping all three in one task avoids a task (and a thread
 /// hop) per job.
-async fn serve_stream(peer: PeerId, stream: Stream, workers: Workers, max_job_bytes: usize) {
+async fn serve_stream(peer: PeerId, stream: Stream, run: RunJob, max_job_bytes: usize) {
     let (read, write) = stream.split();
     // Answers wait here for the writer. Bounded: when the caller stops
     // reading, the runner stops finishing jobs into it, stops taking
@@ -380,12 +380,12 @@ async fn serve_stream(peer: PeerId, stream: Stream, workers: Workers, max_job_by
                 }
                 body = req_rx.recv(), if running.len() < INBOUND_CONCURRENCY => {
                     let Some(body) = body else { return };
-                    let workers = workers.clone();
+                    let run = run.clone();
                     running.push(async move {
                         let (id, result) = match decode_request(&body) {
                             Ok(r) => {
-                                let span = tracing::debug_span!("job", id = %crate::stats::job_id_text(r.job), app = %r.app, from = %peer);
-                                let result = run_request(&workers, r.app, r.payload, r.timeout).instrument(span.clone()).await;
+                                let span = tracing::debug_span!("job", id = %crate::obs::stats::job_id_text(r.job), app = %r.app, from = %peer);
+                                let result = run_request(&run, r.app, r.payload, r.timeout).instrument(span.clone()).await;
                                 span.in_scope(|| match &result {
                                     Ok(_) => tracing::debug!("ran the job for another peer"),
                                     Err(e) => tracing::debug!("the job failed here: {e}"),
@@ -409,16 +409,16 @@ async fn serve_stream(peer: PeerId, stream: Stream, workers: Workers, max_job_by
 }
 
 async fn run_request(
-    workers: &Workers,
+    run: &RunJob,
     app: &str,
     payload: &str,
     timeout: Duration,
 ) -> Result<String, JobError> {
     let app = AppName::parse(app).map_err(|e| JobError::BadRequest(e.to_string()))?;
-    let payload = crate::dispatch::one_line(payload)
+    let payload = crate::json::one_line(payload)
         .map_err(|e| JobError::BadRequest(format!("job is not valid JSON: {e}")))?;
     let timeout = timeout.min(super::MAX_JOB_TIMEOUT);
-    crate::dispatch::run_local(workers, &app, payload.into(), Instant::now() + timeout).await
+    run(app, payload.into(), Instant::now() + timeout).await
 }
 
 async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>, String> {

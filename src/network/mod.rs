@@ -33,9 +33,55 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
-use crate::config::PeerConfig;
-use crate::desired::DesiredApps;
-use crate::worker::Workers;
+use futures::future::BoxFuture;
+use libp2p::pnet::PreSharedKey;
+use tokio::time::Instant;
+
+use crate::apps::{AppName, AppStatus};
+use crate::error::JobError;
+use crate::mesh::desired::DesiredApps;
+use crate::mesh::membership::Timing;
+use crate::mesh::trust::Admins;
+
+/// What the network layer needs to know to start (built from the peer's
+/// validated configuration).
+#[derive(Clone)]
+pub struct Settings {
+    /// This peer's identity.
+    pub keypair: Keypair,
+    /// Where it listens for other peers.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through.
+    pub bootstrap: Vec<Multiaddr>,
+    /// The private mesh's pre-shared key, if any.
+    pub psk: Option<PreSharedKey>,
+    /// Membership timing.
+    pub timing: Timing,
+    /// Whose signed decisions this peer takes.
+    pub admins: Admins,
+    /// This peer's HTTP address, told to others in announcements.
+    pub http_addr: SocketAddr,
+}
+
+/// Runs a job another peer sent here (app, one line of JSON, deadline) on
+/// this peer's workers. The network calls it for every inbound job; it
+/// never reaches into the layers above for them.
+pub type RunJob = Arc<
+    dyn Fn(AppName, Arc<str>, Instant) -> BoxFuture<'static, Result<String, JobError>>
+        + Send
+        + Sync,
+>;
+
+/// What this peer tells the mesh about itself besides membership: asked
+/// for at every announcement (so it must be cheap and must not block).
+pub trait Announced: Send + 'static {
+    /// Its apps and how they are doing.
+    fn apps(&self) -> Vec<AppStatus>;
+    /// Hashes of the bundles it holds and serves.
+    fn bundles(&self) -> Vec<String>;
+    /// Whether it installs deployed bundles.
+    fn remote_deploy(&self) -> bool;
+}
 
 /// `disruptor_membership_entries{kind}`: entries of the membership table,
 /// `verified` (peers that connected) and `unverified` (heard of only).
@@ -51,7 +97,7 @@ fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
     registry.register(
         "disruptor_membership_refused",
         "What membership refused to take or dial, by reason: table_full, unverified_full (peers that never connected are bounded), discovery_rate (first dials of new peers), claimed_address_budget (addresses nobody connected from are dialled a few times per window)",
-        crate::membership::REFUSED.clone(),
+        crate::mesh::membership::REFUSED.clone(),
     );
     registry.register(
         "disruptor_membership_entries",
@@ -72,9 +118,8 @@ pub enum StartError {
 /// address, so port 0 and bind errors are known before we print anything),
 /// and returns the handle and the loop to spawn.
 pub async fn start(
-    config: &PeerConfig,
-    http_addr: SocketAddr,
-    workers: Workers,
+    config: &Settings,
+    announced: Box<dyn Announced>,
     desired_tx: watch::Sender<Arc<DesiredApps>>,
     registry: &mut prometheus_client::registry::Registry,
 ) -> Result<(Client, EventLoop), StartError> {
@@ -130,12 +175,11 @@ pub async fn start(
     }
     let p2p_metrics = libp2p::metrics::Metrics::new(registry);
     register_metrics(registry);
-    let (client, event_loop) =
-        EventLoop::new(swarm, config, http_addr, workers, desired_tx, p2p_metrics);
+    let (client, event_loop) = EventLoop::new(swarm, config, announced, desired_tx, p2p_metrics);
     Ok((client, event_loop))
 }
 
-fn build_swarm(config: &PeerConfig) -> Result<Swarm<behaviour::Behaviour>, StartError> {
+fn build_swarm(config: &Settings) -> Result<Swarm<behaviour::Behaviour>, StartError> {
     let key = &config.keypair;
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     // pnet goes under noise: the pre-shared key encrypts everything,

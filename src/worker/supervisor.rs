@@ -22,11 +22,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::protocol::{Line, MAX_RESULT_BYTES, WorkerProcess};
-use super::{AppState, AppStatus, LocalApp, WorkerDetail, WorkerState};
 use crate::apps::{AppName, AppSpec, AppsDir, MAX_WORKERS_PER_APP};
-use crate::bundle::Store;
-use crate::desired::{DesiredApp, DesiredApps};
+use crate::apps::{AppState, AppStatus, LocalApp, WorkerDetail, WorkerState};
+use crate::deploy::Store;
 use crate::error::JobError;
+use crate::mesh::desired::{DesiredApp, DesiredApps};
 
 /// Jobs that may wait in one app's queue on this peer; more are refused
 /// with 503 rather than queued without bound.
@@ -264,7 +264,7 @@ impl Workers {
         self.inner
             .store
             .as_ref()
-            .map(|s| s.list(crate::membership::MAX_BUNDLES))
+            .map(|s| s.list(crate::mesh::membership::MAX_BUNDLES))
             .unwrap_or_default()
     }
 
@@ -343,6 +343,33 @@ impl Workers {
                 _ => 0,
             })
             .sum()
+    }
+
+    /// Runs a job on one of this peer's own workers and waits for its
+    /// result (the worker enforces the deadline while it runs the job; the
+    /// wait here covers the queue and a worker task that went away).
+    pub async fn run(
+        &self,
+        app: &AppName,
+        payload: Arc<str>,
+        deadline: Instant,
+    ) -> Result<String, JobError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(
+            app,
+            LocalJob {
+                payload,
+                deadline,
+                reply,
+            },
+        )?;
+        match tokio::time::timeout_at(deadline + Duration::from_millis(200), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(JobError::NotRunning(format!(
+                "{app} was stopped on this peer"
+            ))),
+            Err(_) => Err(JobError::Timeout("no result within the timeout".into())),
+        }
     }
 
     pub fn submit(&self, app: &AppName, job: LocalJob) -> Result<(), JobError> {
@@ -539,13 +566,13 @@ async fn worker_task(
         crashes_in_a_row += 1;
         let backoff = (BACKOFF_MIN * 2u32.saturating_pow(crashes_in_a_row - 1)).min(BACKOFF_MAX);
         tracing::warn!(app = %spec.name, "worker {reason}; restarting in {backoff:?}");
-        crate::metrics::METRICS
+        crate::obs::metrics::METRICS
             .worker_restarts
-            .get_or_create(&crate::metrics::AppLabel {
+            .get_or_create(&crate::obs::metrics::AppLabel {
                 app: spec.name.to_string(),
             })
             .inc();
-        crate::stats::STATS.error_now("worker", spec.name.as_str(), None, reason.clone());
+        crate::obs::stats::STATS.error_now("worker", spec.name.as_str(), None, reason.clone());
         set_slot(&slot, |s| {
             s.pid = None;
             s.restarts += 1;

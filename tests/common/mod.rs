@@ -637,7 +637,7 @@ impl AdminKey {
     }
 
     /// The key itself, to sign decisions in a test.
-    pub fn secret(&self) -> disruptor::trust::AdminSecret {
-        disruptor::trust::AdminSecret::load(&self.file).expect("admin key")
+    pub fn secret(&self) -> disruptor::mesh::trust::AdminSecret {
+        disruptor::mesh::trust::AdminSecret::load(&self.file).expect("admin key")
     }
 }

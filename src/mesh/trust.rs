@@ -23,7 +23,7 @@ use std::path::Path;
 use libp2p::identity::ed25519;
 use serde::{Deserialize, Serialize};
 
-use crate::desired::DesiredApp;
+use crate::mesh::desired::DesiredApp;
 
 /// First line of an admin key file.
 const KEY_FILE_HEADER: &str = "disruptor admin key v1 (ed25519 secret, hex; keep private)";
@@ -236,7 +236,7 @@ impl AdminSecret {
 
     /// Reads a key file, refusing one that others may read.
     pub fn load(path: &Path) -> Result<AdminSecret, String> {
-        let bytes = crate::config::read_private_file(path).map_err(|e| e.to_string())?;
+        let bytes = crate::secret_file::read_private_file(path).map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&bytes);
         AdminSecret::from_file_text(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
@@ -283,7 +283,7 @@ fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
 mod tests {
     use super::*;
     use crate::apps::AppName;
-    use crate::bundle::BundleRef;
+    use crate::deploy::BundleRef;
 
     fn decision() -> DesiredApp {
         DesiredApp {

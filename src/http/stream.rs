@@ -37,8 +37,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::apps::AppName;
-use crate::dispatch::{Dispatcher, Policy, one_line};
+use crate::dispatch::{Dispatcher, Policy};
 use crate::error::JobError;
+use crate::json::one_line;
 
 pub const NDJSON: &str = "application/x-ndjson";
 /// Lines in flight (or answered and waiting to be written) per stream.
@@ -165,11 +166,10 @@ type JobFuture = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Bytes)
 /// mesh is merely saturated (a stream waits rather than failing lines).
 fn one_job(d: Dispatcher, app: AppName, n: u64, line: String, opts: StreamOptions) -> JobFuture {
     Box::pin(async move {
-        let job = crate::stats::new_job_id();
-        let span =
-            tracing::debug_span!("job", id = %crate::stats::job_id_text(job), app = %app, line = n);
+        let job = crate::obs::stats::new_job_id();
+        let span = tracing::debug_span!("job", id = %crate::obs::stats::job_id_text(job), app = %app, line = n);
         let started = std::time::Instant::now();
-        let _in_flight = crate::metrics::InFlight::new();
+        let _in_flight = crate::obs::metrics::InFlight::new();
         let (result, peer) = async {
             if line.trim().is_empty() {
                 return (Err(JobError::BadRequest("empty line".into())), None);
@@ -201,7 +201,7 @@ fn one_job(d: Dispatcher, app: AppName, n: u64, line: String, opts: StreamOption
             Ok(_) => tracing::debug!(peer = peer.as_deref().unwrap_or("-"), "job answered"),
             Err(e) => tracing::debug!(peer = peer.as_deref().unwrap_or("-"), "job failed: {e}"),
         });
-        crate::metrics::job_done(
+        crate::obs::metrics::job_done(
             &app,
             result.as_ref().map(|_| ()),
             started.elapsed(),

@@ -5,7 +5,7 @@
 //! worker crashes where they happen. Fixed memory: [`BUCKETS`] buckets of
 //! [`BUCKET_SECS`] per app and the last [`MAX_ERRORS`] errors. The apps are
 //! those of the mesh's desired state, and `(other)` for every other name
-//! ([`crate::metrics::track_apps`] chooses, and drops the series of apps
+//! ([`crate::obs::metrics::track_apps`] chooses, and drops the series of apps
 //! that leave it); [`MAX_APPS`] is a backstop. A std mutex, held for a few arithmetic operations
 //! and never across an await.
 
@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::membership::unix_ms;
+use crate::clock::unix_ms;
 
 pub const BUCKET_SECS: u64 = 5;
 /// 5 minutes of history.
 pub const BUCKETS: usize = 60;
 /// Every app that has its own metrics, and `(other)`.
-pub const MAX_APPS: usize = crate::metrics::MAX_LABELLED_APPS + 1;
+pub const MAX_APPS: usize = crate::obs::metrics::MAX_LABELLED_APPS + 1;
 pub const MAX_ERRORS: usize = 50;
 /// An error message is cut to this many characters.
 pub const MAX_ERROR_CHARS: usize = 300;

@@ -12,15 +12,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::api::PeerView;
+use crate::apps::AppState;
 use crate::apps::{AppName, MAX_WORKERS_PER_APP};
-use crate::desired::DesiredApps;
 use crate::error::JobError;
+use crate::mesh::desired::DesiredApps;
+use crate::mesh::view::PeerView;
 use crate::network::Client;
-use crate::worker::{AppState, LocalJob, Workers};
+use crate::worker::Workers;
 
 /// Peers tried for one job when the chosen one turns out not to run the
 /// app any more (its announcement was stale).
@@ -148,7 +149,7 @@ impl Dispatcher {
     fn worker_expected(&self, app: &AppName) -> (bool, bool) {
         let wanted = self.desired.borrow().get(app).is_some_and(|d| d.run);
         let learning = self.learning_until.is_some_and(|t| Instant::now() < t)
-            && !self.net.mesh().peers.iter().any(|p| p.state == "up");
+            && !self.net.mesh().peers.iter().any(|p| p.is_up());
         (wanted, learning)
     }
 
@@ -167,7 +168,7 @@ impl Dispatcher {
             all.push((Target::Local, self.local_id.clone()));
         }
         let mesh = self.net.mesh();
-        for p in mesh.peers.iter().filter(|p| p.state == "up") {
+        for p in mesh.peers.iter().filter(|p| p.is_up()) {
             let Some(peer) = p.peer else { continue };
             if p.apps
                 .iter()
@@ -205,7 +206,7 @@ impl Dispatcher {
     ) -> Result<String, JobError> {
         let _out = Outstanding::new(&self.outstanding, target);
         match target {
-            Target::Local => run_local(&self.workers, app, payload, deadline).await,
+            Target::Local => self.workers.run(app, payload, deadline).await,
             Target::Remote(peer) => self.net.send_job(peer, app, &payload, deadline, job).await,
         }
     }
@@ -365,7 +366,7 @@ impl Dispatcher {
                         );
                     }
                     tracing::debug!(app = %app, peer = %peer_id, "retrying a job elsewhere: {e}");
-                    crate::metrics::METRICS.retries.inc();
+                    crate::obs::metrics::METRICS.retries.inc();
                     excluded.push(target);
                 }
                 Err(e) => return out(Err(e), attempts, last_peer),
@@ -491,27 +492,24 @@ fn remote_candidates<'a>(
     excluded: &[Target],
     cap: u32,
 ) -> impl Iterator<Item = Candidate<'a>> {
-    peers
-        .iter()
-        .filter(|p| p.state == "up")
-        .filter_map(move |p| {
-            let target = Target::Remote(p.peer?);
-            if excluded.contains(&target) {
-                return None;
-            }
-            let a = p.apps.iter().find(|a| a.app == *app)?;
-            let weight = match a.state {
-                AppState::Running => a.workers.min(cap),
-                AppState::Starting => 1,
-                _ => 0,
-            };
-            (weight > 0).then(|| Candidate {
-                target,
-                id: p.id.as_str(),
-                weight: weight as u64,
-                announced_load: a.in_flight.min(1 << 20) as u64,
-            })
+    peers.iter().filter(|p| p.is_up()).filter_map(move |p| {
+        let target = Target::Remote(p.peer?);
+        if excluded.contains(&target) {
+            return None;
+        }
+        let a = p.apps.iter().find(|a| a.app == *app)?;
+        let weight = match a.state {
+            AppState::Running => a.workers.min(cap),
+            AppState::Starting => 1,
+            _ => 0,
+        };
+        (weight > 0).then(|| Candidate {
+            target,
+            id: p.id.as_str(),
+            weight: weight as u64,
+            announced_load: a.in_flight.min(1 << 20) as u64,
         })
+    })
 }
 
 /// Index of a candidate drawn with probability weight / `total`.
@@ -554,55 +552,10 @@ impl Drop for Outstanding<'_> {
     }
 }
 
-/// Runs a job on one of this peer's own workers.
-pub async fn run_local(
-    workers: &Workers,
-    app: &AppName,
-    payload: Arc<str>,
-    deadline: Instant,
-) -> Result<String, JobError> {
-    let (reply, rx) = oneshot::channel();
-    workers.submit(
-        app,
-        LocalJob {
-            payload,
-            deadline,
-            reply,
-        },
-    )?;
-    // The worker enforces the deadline while it runs the job; this covers
-    // the wait in the queue and a worker task that went away.
-    match tokio::time::timeout_at(deadline + Duration::from_millis(200), rx).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(JobError::NotRunning(format!(
-            "{app} was stopped on this peer"
-        ))),
-        Err(_) => Err(JobError::Timeout("no result within the timeout".into())),
-    }
-}
-
-/// Checks that `text` is one JSON value and returns it as one line: as it
-/// is when it has no newline, re-encoded compactly otherwise (JSON strings
-/// cannot contain a raw newline, so only whitespace between tokens can).
-pub fn one_line(text: &str) -> Result<String, serde_json::Error> {
-    let raw: &serde_json::value::RawValue = serde_json::from_str(text)?;
-    let json = raw.get().trim();
-    // Workers read one job per line, and some (Python's text mode among
-    // them) also break lines at a carriage return. In valid JSON both can
-    // only be whitespace between tokens (inside strings they must be
-    // escaped), so dropping them changes nothing else: numbers and strings
-    // stay exactly as sent (no round trip through f64).
-    if json.contains(['\n', '\r']) {
-        Ok(json.chars().filter(|c| !matches!(c, '\n' | '\r')).collect())
-    } else {
-        Ok(json.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::AppStatus;
+    use crate::apps::AppStatus;
     use rand::SeedableRng;
 
     fn peer(apps: Vec<AppStatus>) -> PeerView {
@@ -610,7 +563,7 @@ mod tests {
         PeerView {
             id: id.to_string(),
             peer: Some(id),
-            state: "up".into(),
+            state: crate::mesh::view::PeerState::Up,
             reason: None,
             addrs: Vec::new(),
             http: None,
@@ -694,23 +647,5 @@ mod tests {
             .map(|c| c.weight)
             .collect();
         assert_eq!(weights, vec![1]);
-    }
-
-    #[test]
-    fn one_line_validates_and_compacts() {
-        assert_eq!(one_line(r#"{"a": 1}"#).unwrap(), r#"{"a": 1}"#);
-        assert_eq!(
-            one_line("{\n \"a\": [1,\n 2]\n}\n").unwrap(),
-            r#"{ "a": [1, 2]}"#
-        );
-        // Big numbers survive a multi-line body untouched.
-        assert_eq!(
-            one_line("[\r\n123456789012345678901234567890\n]").unwrap(),
-            "[123456789012345678901234567890]"
-        );
-        assert_eq!(one_line(" \"x\" ").unwrap(), r#""x""#);
-        assert!(one_line("{").is_err());
-        assert!(one_line("1 2").is_err());
-        assert!(one_line("").is_err());
     }
 }

@@ -11,11 +11,17 @@
 //! 2. `<path>`, an executable file: native protocol;
 //! 3. `<path>.js`: run with `node`, Node IPC protocol.
 
+mod status;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use status::{
+    AppState, AppStatus, LocalApp, MAX_ERROR_CHARS, WorkerDetail, WorkerState, is_sha256_hex,
+};
 
 /// Most worker processes one app may have on one peer (from any source:
 /// `start --workers`, a manifest, or another peer's announcement).

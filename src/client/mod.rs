@@ -7,17 +7,17 @@ use anyhow::Context;
 
 use crate::api::{AppsView, DecisionsView, ErrorBody, MeshView};
 use crate::apps::AppName;
+use crate::apps::AppState;
 use crate::cli::{
     Access, DeployArgs, KeygenArgs, PeersArgs, SendArgs, Signing, StartArgs, StatusArgs, StopArgs,
     StreamArgs,
 };
+use crate::clock::unix_ms;
 use crate::config::{self, ConfigError};
-use crate::dashboard::ago;
-use crate::desired::{Change, DesiredApp, next_decision};
-use crate::membership::unix_ms;
+use crate::http::dashboard::ago;
+use crate::mesh::desired::{Change, DesiredApp, next_decision};
+use crate::mesh::trust::AdminSecret;
 use crate::text::{head, printable, short_id};
-use crate::trust::AdminSecret;
-use crate::worker::AppState;
 
 /// A user error in a client command's arguments (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -266,7 +266,7 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<()> {
     let client = client(&args.access, None)?;
     let mut req = client
         .post(&url)
-        .header("content-type", crate::stream::NDJSON)
+        .header("content-type", crate::http::stream::NDJSON)
         .body(body);
     if let Some(t) = args.timeout {
         req = req.header(crate::http::TIMEOUT_HEADER, t.as_millis().to_string());
@@ -565,7 +565,7 @@ fn settle_report(view: &MeshView, apps: &AppsView, decision: &DesiredApp) -> (bo
     ids.extend(
         view.peers
             .iter()
-            .filter(|p| p.state == "up")
+            .filter(|p| p.is_up())
             .map(|p| p.id.as_str()),
     );
     let per_peer = apps.mesh.get(decision.app.as_str());
@@ -594,7 +594,7 @@ fn settle_report(view: &MeshView, apps: &AppsView, decision: &DesiredApp) -> (bo
                 if s.state == AppState::Running {
                     running += 1;
                 }
-                let mut l = format!("{:?}", s.state).to_lowercase();
+                let mut l = s.state.to_string();
                 if s.state == AppState::Running || s.state == AppState::Starting {
                     l.push_str(&format!(", {} workers", s.workers));
                 }
@@ -656,7 +656,7 @@ pub fn render_peers_table(view: &MeshView, now: u64) -> String {
     for p in &view.peers {
         let state = match &p.reason {
             Some(r) => format!("{} ({r})", p.state),
-            None => p.state.clone(),
+            None => p.state.to_string(),
         };
         rows.push([
             p.id.clone(),
@@ -670,7 +670,7 @@ pub fn render_peers_table(view: &MeshView, now: u64) -> String {
         ]);
     }
     let mut out = table(&rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>(), "");
-    let up = view.peers.iter().filter(|p| p.state == "up").count();
+    let up = view.peers.iter().filter(|p| p.is_up()).count();
     out.push_str(&format!(
         "{} peers known besides this one: {up} up, {} down\n",
         view.peers.len(),
@@ -699,13 +699,13 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         return Err(UsageError(format!("{} is not a directory", args.dir.display())).into());
     }
     // It must run here before it runs anywhere.
-    let spec = crate::bundle::resolve_in(&args.dir, &app)
+    let spec = crate::deploy::resolve_in(&args.dir, &app)
         .map_err(|e| UsageError(format!("{}: {e}", args.dir.display())))?;
     let dir = args.dir.clone();
-    let archive = tokio::task::spawn_blocking(move || crate::bundle::pack(&dir))
+    let archive = tokio::task::spawn_blocking(move || crate::deploy::pack(&dir))
         .await?
         .with_context(|| format!("packing {}", args.dir.display()))?;
-    let hash = crate::bundle::sha256_hex(&archive);
+    let hash = crate::deploy::sha256_hex(&archive);
     eprintln!(
         "deploy: {} packed ({} bytes, tar + zstd), sha256 {}; entry {}",
         args.dir.display(),
@@ -725,7 +725,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         pb
     });
     let upload = client(&args.access, Some(Duration::from_secs(600)))?;
-    let bundle = crate::bundle::BundleRef {
+    let bundle = crate::deploy::BundleRef {
         hash: hash.clone(),
         size: total,
     };
@@ -778,7 +778,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         let per_peer = apps.mesh.get(app.as_str());
         let mut ids: Vec<&str> = vec![view.local.id.as_str()];
         let mut lines = Vec::new();
-        for p in view.peers.iter().filter(|p| p.state == "up") {
+        for p in view.peers.iter().filter(|p| p.is_up()) {
             if p.remote_deploy {
                 ids.push(p.id.as_str());
             } else {
@@ -801,7 +801,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                 None => "waiting".to_string(),
                 Some(s) => format!(
                     "{} {}{}",
-                    format!("{:?}", s.state).to_lowercase(),
+                    s.state,
                     s.version
                         .as_deref()
                         .map(|v| format!("version {}", printable(head(v, 12))))
@@ -880,7 +880,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let api = api_client(&args.access)?;
     let view: MeshView = get_json(&api, &base, "/api/peers").await?;
     let apps: AppsView = get_json(&api, &base, "/api/apps").await?;
-    let stats: crate::stats::StatsView = get_json(&api, &base, "/api/stats").await?;
+    let stats: crate::obs::stats::StatsView = get_json(&api, &base, "/api/stats").await?;
     print!("{}", render_status(&view, &apps, &stats, unix_ms()));
     Ok(())
 }
@@ -888,11 +888,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
 pub fn render_status(
     view: &MeshView,
     apps: &AppsView,
-    stats: &crate::stats::StatsView,
+    stats: &crate::obs::stats::StatsView,
     now: u64,
 ) -> String {
     let short = |id: &str| short_id(id, 10);
-    let up = view.peers.iter().filter(|p| p.state == "up").count();
+    let up = view.peers.iter().filter(|p| p.is_up()).count();
     let mut out = format!(
         "disruptor peer {} · HTTP {} · up {} · {}{}\n\nPEERS: {} up (this one included), {} down\n",
         printable(&view.local.id),
@@ -919,7 +919,7 @@ pub fn render_status(
             .map(|(app, st)| {
                 format!(
                     "{app} {} ({}w, {} in flight{})",
-                    format!("{:?}", st.state).to_lowercase(),
+                    st.state,
                     st.workers,
                     st.in_flight,
                     st.version
@@ -950,14 +950,14 @@ pub fn render_status(
         apps_of(&view.local.id),
     ]);
     let mut peers: Vec<_> = view.peers.iter().collect();
-    peers.sort_by_key(|p| (p.state != "up", p.id.clone()));
+    peers.sort_by_key(|p| (!p.is_up(), p.id.clone()));
     for p in peers {
-        let is_up = p.state == "up";
+        let is_up = p.is_up();
         rows.push(vec![
             short(&p.id),
             match &p.reason {
                 Some(r) => format!("down ({r})"),
-                None => p.state.clone(),
+                None => p.state.to_string(),
             },
             if is_up {
                 p.started_ms
@@ -1090,8 +1090,8 @@ fn keygen_admin(args: &KeygenArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::api::{PeerView, SelfView};
-    use crate::stats::{ErrorEvent, StatsView};
-    use crate::worker::AppStatus;
+    use crate::apps::AppStatus;
+    use crate::obs::stats::{ErrorEvent, StatsView};
 
     /// A mesh of this peer and one other, which announced `http` as its
     /// address and runs `apps/x` at `version` with `error`.
@@ -1109,7 +1109,7 @@ mod tests {
                 id: other.into(),
                 peer: None,
                 apps: vec![],
-                state: "up".into(),
+                state: crate::mesh::view::PeerState::Up,
                 reason: None,
                 addrs: vec!["/ip4/127.0.0.1/tcp/2".into()],
                 http: Some(http.into()),

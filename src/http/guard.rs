@@ -139,9 +139,9 @@ impl Guard {
     /// login's redirect); `None` lets it through.
     fn answer(&self, req: &Request) -> Option<Response> {
         if let Err((why, message)) = self.verdict(req.method(), req.uri(), req.headers()) {
-            crate::metrics::METRICS
+            crate::obs::metrics::METRICS
                 .http_refused
-                .get_or_create(&crate::metrics::ReasonLabel {
+                .get_or_create(&crate::obs::metrics::ReasonLabel {
                     reason: why.reason(),
                 })
                 .inc();

@@ -50,18 +50,20 @@
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::clock::unix_ms;
 
 use libp2p::{Multiaddr, PeerId};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Timing;
-use crate::desired::DesiredApp;
-use crate::metrics::ReasonLabel;
+use super::view::{DownReason, PeerState, PeerView, yes};
+use crate::apps::AppStatus;
+use crate::mesh::desired::DesiredApp;
+use crate::obs::metrics::ReasonLabel;
 use crate::ratelimit::PerKeyBudget;
-use crate::worker::AppStatus;
 
 /// Version of the announcement format. Unknown fields are ignored, so later
 /// versions may add fields (apps, load) without breaking older peers.
@@ -135,9 +137,28 @@ pub struct Announce {
     pub remote_deploy: bool,
 }
 
-/// serde default for flags that are on unless said otherwise.
-pub(crate) fn yes() -> bool {
-    true
+/// Membership timing knobs (see the README for what each one trades).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How often this peer announces itself.
+    pub announce_interval: Duration,
+    /// Silence after which a connected peer is down.
+    pub down_after: Duration,
+    /// How long a down peer is remembered.
+    pub forget_after: Duration,
+    /// Longest a connection attempt may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            announce_interval: Duration::from_secs(2),
+            down_after: Duration::from_secs(4),
+            forget_after: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(4),
+        }
+    }
 }
 
 /// Bundles listed in an announcement, at most.
@@ -151,65 +172,11 @@ pub fn short_id(id: &str) -> &str {
     &id[id.len().saturating_sub(8)..]
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DownReason {
-    Left,
-    Unreachable,
-    Silent,
-}
-
-impl DownReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DownReason::Left => "left",
-            DownReason::Unreachable => "unreachable",
-            DownReason::Silent => "silent",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Joining,
     Up,
     Down(DownReason),
-}
-
-/// One row of `/api/peers`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PeerView {
-    pub id: String,
-    /// The parsed id (not part of the JSON).
-    #[serde(skip)]
-    pub peer: Option<PeerId>,
-    /// "up" or "down".
-    pub state: String,
-    /// Why it is down: "left", "unreachable" or "silent"; null when up.
-    pub reason: Option<String>,
-    pub addrs: Vec<String>,
-    pub http: Option<String>,
-    pub first_seen_ms: u64,
-    pub last_seen_ms: u64,
-    /// Unix ms at which it entered its current state.
-    pub since_ms: u64,
-    /// Unix ms at which the peer's current run started (its incarnation).
-    pub started_ms: Option<u64>,
-    pub rtt_ms: Option<f64>,
-    pub connected: bool,
-    /// Apps as the peer last announced them.
-    #[serde(default)]
-    pub apps: Vec<AppStatus>,
-    /// Full ids of the peers it announced it is connected to (those this
-    /// peer knows, itself included).
-    #[serde(default)]
-    pub links: Vec<String>,
-    /// Hashes of the app bundles it holds.
-    #[serde(default)]
-    pub bundles: Vec<String>,
-    /// Whether it installs deployed bundles.
-    #[serde(default = "yes")]
-    pub remote_deploy: bool,
 }
 
 #[derive(Debug)]
@@ -450,13 +417,6 @@ pub struct Membership {
     skipped: u64,
 }
 
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// What applying an announcement's fields changed in the view.
 struct Change {
     /// Something the view shows at once (addresses, apps, bundles, ...).
@@ -535,7 +495,7 @@ impl Membership {
             // Authors number the announcements they publish without gaps.
             tracing::debug!(peer = %source, after = seq, got = a.seq, "announcements skipped");
             self.skipped += a.seq - seq - 1;
-            crate::metrics::METRICS
+            crate::obs::metrics::METRICS
                 .announcements_skipped
                 .inc_by(a.seq - seq - 1);
         }
@@ -946,20 +906,15 @@ impl Membership {
             .filter(|(_, e)| e.state != State::Joining)
             .map(|(peer, e)| {
                 let (state, reason) = match e.state {
-                    State::Up => ("up", None),
-                    State::Down(r) => ("down", Some(r)),
+                    State::Up => (PeerState::Up, None),
+                    State::Down(r) => (PeerState::Down, Some(r)),
                     State::Joining => unreachable!("filtered above"),
                 };
                 PeerView {
                     id: e.id.clone(),
                     peer: Some(*peer),
-                    state: state.to_string(),
-                    reason: reason.map(|r| {
-                        serde_json::to_value(r)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .unwrap_or_default()
-                    }),
+                    state,
+                    reason,
                     addrs: e.addrs.iter().map(|a| a.to_string()).collect(),
                     http: e.http.clone(),
                     first_seen_ms: e.first_seen_ms,
@@ -994,7 +949,7 @@ fn apply_fields(e: &mut Entry, a: &Announce) -> Change {
     } else {
         a.apps
             .iter()
-            .take(crate::desired::MAX_DESIRED)
+            .take(crate::mesh::desired::MAX_DESIRED)
             .cloned()
             .collect()
     };
@@ -1069,9 +1024,9 @@ fn set_state(id: PeerId, e: &mut Entry, state: State, now: Instant) {
         State::Down(reason) => {
             tracing::info!(peer = %id, ?reason, "peer is down");
             if e.state == State::Up {
-                crate::metrics::METRICS
+                crate::obs::metrics::METRICS
                     .peer_downs
-                    .get_or_create(&crate::metrics::ReasonLabel {
+                    .get_or_create(&crate::obs::metrics::ReasonLabel {
                         reason: reason.as_str(),
                     })
                     .inc();
@@ -1118,7 +1073,7 @@ pub(crate) mod tests {
         m.views()
             .into_iter()
             .find(|v| v.id == p.to_string())
-            .map(|v| (v.state, v.reason))
+            .map(|v| (v.state.to_string(), v.reason.map(|r| r.to_string())))
     }
 
     fn up() -> Option<(String, Option<String>)> {
@@ -1985,8 +1940,8 @@ pub(crate) mod tests {
 
     #[test]
     fn times_shown_are_unix_milliseconds() {
-        let before = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
         let mut m = Membership::new(PeerId::random(), timing());

@@ -4,6 +4,10 @@
 //! the workers), never the swarm. Every error answer is JSON
 //! `{"error": "..."}` with a fitting status code.
 
+pub mod dashboard;
+pub mod guard;
+pub mod stream;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,15 +24,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppsView, DecisionsView, ErrorBody, MeshView};
 use crate::apps::{AppName, MAX_WORKERS_PER_APP};
-use crate::desired::DesiredApp;
-use crate::dispatch::{Dispatcher, Policy, one_line};
+use crate::clock::unix_ms;
+use crate::dispatch::{Dispatcher, Policy};
 use crate::error::JobError;
-use crate::guard::Guard;
-use crate::membership::unix_ms;
+use crate::http::guard::Guard;
+use crate::json::one_line;
+use crate::mesh::desired::DesiredApp;
 use crate::network::MAX_JOB_TIMEOUT;
-use crate::stream;
-use crate::trust::{Admins, Refusal};
-use crate::{dashboard, metrics, stats};
+
+use crate::mesh::trust::{Admins, Refusal};
+use crate::obs::{metrics, stats};
 use prometheus_client::registry::Registry;
 use tracing::Instrument;
 
@@ -108,7 +113,7 @@ pub fn router(
             admins: access.admins,
         }))
         // Outermost: nothing reaches a handler without passing the guard.
-        .layer(crate::guard::GuardLayer::new(access.guard))
+        .layer(crate::http::guard::GuardLayer::new(access.guard))
 }
 
 /// Serves until `shutdown` is cancelled.
@@ -211,7 +216,19 @@ async fn echo(State(s): State<AppState>, body: Body) -> Response {
 /// `GET /metrics`: Prometheus metrics (OpenMetrics text).
 async fn metrics_text(State(s): State<AppState>) -> Response {
     let apps = apps_view(&s.dispatcher);
-    let text = metrics::scrape(&s.registry, &s.dispatcher.net().mesh(), &apps);
+    let mesh = s.dispatcher.net().mesh();
+    let gauges = metrics::Gauges {
+        workers: (apps.local.iter())
+            .flat_map(|a| {
+                a.processes
+                    .iter()
+                    .map(|p| (a.status.app.to_string(), p.state))
+            })
+            .collect(),
+        peers_up: mesh.up().count(),
+        peers_down: mesh.peers.len() - mesh.up().count(),
+    };
+    let text = metrics::scrape(&s.registry, gauges);
     (
         [(
             header::CONTENT_TYPE,
@@ -276,7 +293,7 @@ fn apps_view(d: &Dispatcher) -> AppsView {
 }
 
 /// `POST /api/deploy?name=apps/...`: the body is an app bundle (tar +
-/// zstd, see [`crate::bundle`]); header `X-Disruptor-Decision` holds the
+/// zstd, see [`crate::deploy`]); header `X-Disruptor-Decision` holds the
 /// deployment decision signed by an admin key (`disruptor deploy --key`),
 /// which names the bundle's SHA-256 and size. The decision is checked
 /// before a byte of the body is read; the bundle is checked against it and
@@ -319,13 +336,13 @@ async fn api_deploy(
     let installed = tokio::task::spawn_blocking(move || {
         let r = install_store.install(&bytes, Some(&hash))?;
         install_store.resolve(&r.hash, &app2)?;
-        Ok::<_, crate::bundle::BundleError>(r)
+        Ok::<_, crate::deploy::BundleError>(r)
     })
     .await;
     match installed {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
-            use crate::bundle::BundleError as E;
+            use crate::deploy::BundleError as E;
             let status = match e {
                 E::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 E::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -354,7 +371,7 @@ fn signed_deployment(
     app: &AppName,
     admins: &Admins,
     max_bytes: u64,
-) -> Result<(DesiredApp, crate::bundle::BundleRef), Response> {
+) -> Result<(DesiredApp, crate::deploy::BundleRef), Response> {
     let Some(raw) = headers.get(DECISION_HEADER) else {
         return Err(error_response(
             StatusCode::UNAUTHORIZED,
@@ -367,7 +384,7 @@ fn signed_deployment(
             format!("{DECISION_HEADER} is not a decision: {e}"),
         )
     })?;
-    crate::trust::check(&decision, admins).map_err(refusal_response)?;
+    crate::mesh::trust::check(&decision, admins).map_err(refusal_response)?;
     let Some(bundle) = decision.bundle.clone() else {
         return Err(error_response(
             StatusCode::BAD_REQUEST,
@@ -418,7 +435,7 @@ async fn api_decide(State(s): State<AppState>, body: Bytes) -> Response {
             );
         }
     };
-    if let Err(refusal) = crate::trust::check(&decision, &s.admins) {
+    if let Err(refusal) = crate::mesh::trust::check(&decision, &s.admins) {
         return refusal_response(refusal);
     }
     decide(&s, decision).await
@@ -511,7 +528,7 @@ async fn start_stop(s: &AppState, body: &[u8], run: bool) -> Response {
 
 /// `POST /apps/<path>`: one JSON job, answered with the worker's result;
 /// with `?to=all`, the job on every peer running the app; with an NDJSON
-/// body, a stream of jobs (see [`crate::stream`]).
+/// body, a stream of jobs (see [`crate::http::stream`]).
 async fn job(
     State(s): State<AppState>,
     Path(path): Path<String>,

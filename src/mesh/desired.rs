@@ -2,7 +2,7 @@
 //!
 //! Every `start`/`stop`/`deploy` becomes an entry `(app, run, workers,
 //! version)` stamped with a Lamport clock and an origin: the peer that took
-//! the request, or the admin key that signed it (see [`crate::trust`]).
+//! the request, or the admin key that signed it (see [`crate::mesh::trust`]).
 //! Entries are merged last-writer-wins on `(clock, origin)`, so a stop and a
 //! start sent to different peers end the same everywhere, whatever order
 //! the messages arrive in. Each peer carries the whole map in its
@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::apps::{AppName, MAX_WORKERS_PER_APP};
-use crate::bundle::BundleRef;
-use crate::trust::{Admins, Refusal, Signature};
+use crate::deploy::BundleRef;
+use crate::mesh::trust::{Admins, Refusal, Signature};
 
 /// Most entries kept, local and merged alike (a rogue peer must not grow
 /// this without bound). Sized so that an announcement carrying all of them
@@ -63,7 +63,7 @@ pub struct DesiredApp {
     /// [`STOP_TTL`] after it).
     #[serde(default)]
     pub at_ms: u64,
-    /// The admin's signature over every field above (see [`crate::trust`]).
+    /// The admin's signature over every field above (see [`crate::mesh::trust`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed: Option<Signature>,
 }
@@ -111,7 +111,7 @@ pub struct DesiredApps {
 fn fingerprint(d: &DesiredApp) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(crate::trust::signed_bytes(d));
+    h.update(crate::mesh::trust::signed_bytes(d));
     if let Some(s) = &d.signed {
         h.update(s.key.as_bytes());
         h.update(b"\n");
@@ -197,10 +197,10 @@ impl DesiredApps {
             if self.apps.len() >= MAX_DESIRED {
                 Err(Refusal::Full)
             } else {
-                crate::trust::check(&incoming, admins)
+                crate::mesh::trust::check(&incoming, admins)
             }
         } else {
-            crate::trust::check(&incoming, admins)
+            crate::mesh::trust::check(&incoming, admins)
         };
         if let Err(refusal) = verdict {
             if self.refused.len() >= MAX_REFUSALS_REMEMBERED {
@@ -291,7 +291,12 @@ pub enum Change {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trust::AdminSecret;
+
+    #[test]
+    fn every_decided_app_gets_metric_labels_of_its_own() {
+        assert_eq!(MAX_DESIRED, crate::obs::metrics::MAX_LABELLED_APPS);
+    }
+    use crate::mesh::trust::AdminSecret;
 
     const NOW: u64 = 1_800_000_000_000;
 

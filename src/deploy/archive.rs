@@ -512,9 +512,9 @@ impl<R: Read> Read for Capped<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::testing::*;
+    use crate::deploy::testing::*;
 
-    const MAX: u64 = crate::bundle::DEFAULT_MAX_BUNDLE_BYTES;
+    const MAX: u64 = crate::deploy::DEFAULT_MAX_BUNDLE_BYTES;
 
     fn check_bytes(archive: &[u8], max: u64) -> Result<Plan, BundleError> {
         check(archive, archive.len() as u64, max)

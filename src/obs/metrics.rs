@@ -27,7 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::api::{AppsView, MeshView};
+use crate::apps::WorkerState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
@@ -177,23 +177,31 @@ pub fn registry() -> Registry {
     r
 }
 
-/// Sets the state gauges from the live views, then encodes everything.
-pub fn scrape(registry: &Registry, mesh: &MeshView, apps: &AppsView) -> String {
+/// What the state gauges show, counted by the caller from its views.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// (app, state) of every local worker process.
+    pub workers: Vec<(String, WorkerState)>,
+    /// Peers known to be up.
+    pub peers_up: usize,
+    /// Peers known to be down.
+    pub peers_down: usize,
+}
+
+/// Sets the state gauges, then encodes everything.
+pub fn scrape(registry: &Registry, gauges: Gauges) -> String {
     let m = &*METRICS;
     m.workers.clear();
-    for a in &apps.local {
-        for p in &a.processes {
-            m.workers
-                .get_or_create(&AppStateLabels {
-                    app: a.status.app.to_string(),
-                    state: format!("{:?}", p.state).to_lowercase(),
-                })
-                .inc();
-        }
+    for (app, state) in gauges.workers {
+        m.workers
+            .get_or_create(&AppStateLabels {
+                app,
+                state: state.as_str().into(),
+            })
+            .inc();
     }
     m.peers.clear();
-    for state in ["up", "down"] {
-        let n = mesh.peers.iter().filter(|p| p.state == state).count();
+    for (state, n) in [("up", gauges.peers_up), ("down", gauges.peers_down)] {
         m.peers
             .get_or_create(&StateLabel {
                 state: state.into(),
@@ -212,8 +220,9 @@ pub fn scrape(registry: &Registry, mesh: &MeshView, apps: &AppsView) -> String {
 pub const OTHER_APP: &str = "(other)";
 
 /// Most apps with label sets of their own: as many as the desired state
-/// holds, so every app the mesh runs has its own.
-pub const MAX_LABELLED_APPS: usize = crate::desired::MAX_DESIRED;
+/// holds (`mesh::desired::MAX_DESIRED`, checked by a test there), so every
+/// app the mesh runs has its own.
+pub const MAX_LABELLED_APPS: usize = 128;
 
 /// Every outcome label: `ok` and each [`crate::error::JobError::kind`].
 const OUTCOMES: [&str; 9] = [
@@ -321,7 +330,7 @@ pub fn track_apps<'a>(apps: impl IntoIterator<Item = &'a crate::apps::AppName>) 
     *labelled = (generation, Arc::new(next));
     GENERATION.store(generation, Ordering::Release);
     drop(labelled);
-    crate::stats::STATS.keep_apps(|app| app == OTHER_APP || keep.contains(app));
+    crate::obs::stats::STATS.keep_apps(|app| app == OTHER_APP || keep.contains(app));
 }
 
 /// Drops every label set of `app`.
@@ -363,8 +372,8 @@ pub fn job_done(
         h.seconds.observe(took.as_secs_f64());
         h.label.clone()
     });
-    let stats = &crate::stats::STATS;
-    stats.job(&label, result.is_ok(), took, crate::membership::unix_ms());
+    let stats = &crate::obs::stats::STATS;
+    stats.job(&label, result.is_ok(), took, crate::clock::unix_ms());
     if let Err(e) = result {
         stats.error_now("job", app.as_str(), peer.map(str::to_string), e.to_string());
     }
@@ -455,7 +464,7 @@ mod tests {
         );
         assert_eq!(lines_of("apps/unit-made-up"), 0);
         assert!(
-            crate::stats::STATS
+            crate::obs::stats::STATS
                 .view(0)
                 .apps
                 .contains_key("apps/unit-known")
@@ -465,7 +474,7 @@ mod tests {
         track_apps([]);
         assert_eq!(lines_of("apps/unit-known"), 0);
         assert!(
-            !crate::stats::STATS
+            !crate::obs::stats::STATS
                 .view(0)
                 .apps
                 .contains_key("apps/unit-known")

@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use crate::api::{AppsView, MeshView, PeerView};
-use crate::stats::{Point, StatsView};
+use crate::apps::AppState;
+use crate::obs::stats::{Point, StatsView};
 use crate::text::{head, short_id, tail};
-use crate::worker::AppState;
 
 /// How often the page refreshes its live part.
 pub const REFRESH_MS: u32 = 1000;
@@ -95,7 +95,7 @@ const SCRIPT: &str = r#"
 /// The whole page.
 pub fn page(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -> String {
     let mut h = String::new();
-    let up = view.peers.iter().filter(|p| p.state == "up").count();
+    let up = view.peers.iter().filter(|p| p.is_up()).count();
     let _ = write!(
         h,
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -129,7 +129,7 @@ pub fn page(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -> St
 /// The live part of the page.
 pub fn fragment(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -> String {
     let mut h = String::from("<main>");
-    let up: Vec<&PeerView> = view.peers.iter().filter(|p| p.state == "up").collect();
+    let up: Vec<&PeerView> = view.peers.iter().filter(|p| p.is_up()).collect();
     let rate_now: f64 = stats
         .apps
         .values()
@@ -188,7 +188,7 @@ fn mesh_svg(view: &MeshView) -> String {
         if p.connected {
             edges.insert((0, i)); // this peer is at index 0
         }
-        if p.state != "up" {
+        if !p.is_up() {
             continue;
         }
         for l in &p.links {
@@ -205,7 +205,7 @@ fn mesh_svg(view: &MeshView) -> String {
     for (a, b) in &edges {
         let down = [a, b]
             .iter()
-            .any(|k| **k != 0 && peer(ids[**k]).is_some_and(|p| p.state != "up"));
+            .any(|k| **k != 0 && peer(ids[**k]).is_some_and(|p| !p.is_up()));
         let ((x1, y1), (x2, y2)) = (at(*a), at(*b));
         let _ = write!(
             s,
@@ -219,7 +219,7 @@ fn mesh_svg(view: &MeshView) -> String {
             ("#2563eb", "self")
         } else {
             match peer(id) {
-                Some(p) if p.state == "up" => ("#1a7f37", "up"),
+                Some(p) if p.is_up() => ("#1a7f37", "up"),
                 _ => ("#cbd5e1", "down"),
             }
         };
@@ -257,7 +257,7 @@ fn peer_table(view: &MeshView, apps: &AppsView, now: u64) -> String {
                 format!(
                     "<code>{}</code> <span class=\"badge {class}\">{}</span> {} · {}{}",
                     esc(app),
-                    format!("{:?}", st.state).to_lowercase(),
+                    st.state,
                     st.workers,
                     st.in_flight,
                     st.version
@@ -286,15 +286,15 @@ fn peer_table(view: &MeshView, apps: &AppsView, now: u64) -> String {
         apps = apps_of(&view.local.id),
     );
     let mut peers: Vec<&PeerView> = view.peers.iter().collect();
-    peers.sort_by_key(|p| (p.state != "up", p.id.clone()));
+    peers.sort_by_key(|p| (!p.is_up(), p.id.clone()));
     for p in peers {
-        let up = p.state == "up";
+        let up = p.is_up();
         let state = if up {
             "<span class=\"badge b-up\">up</span>".to_string()
         } else {
             format!(
                 "<span class=\"badge b-down\">down</span> <span class=\"muted\">{}</span>",
-                esc(p.reason.as_deref().unwrap_or(""))
+                esc(p.reason.map_or("", |r| r.as_str()))
             )
         };
         let since = if up {
@@ -396,7 +396,7 @@ fn app_cards(apps: &AppsView, stats: &StatsView) -> String {
         let p99: Vec<Option<f64>> = done.iter().map(|p| p.p99_ms).collect();
         let failed: u64 = done.iter().map(|p| p.failed).sum();
         let total: u64 = done.iter().map(|p| p.jobs).sum();
-        let what = if app == crate::metrics::OTHER_APP {
+        let what = if app == crate::obs::metrics::OTHER_APP {
             "jobs for apps the mesh does not run, counted together".to_string()
         } else {
             format!(
@@ -451,15 +451,20 @@ fn errors(stats: &StatsView, local_id: &str, now: u64) -> String {
 mod tests {
     use super::*;
     use crate::api::SelfView;
-    use crate::stats::Stats;
+    use crate::mesh::view::{DownReason, PeerState};
+    use crate::obs::stats::Stats;
 
     fn peer(id: &str, state: &str, links: &[&str]) -> PeerView {
         PeerView {
             id: id.into(),
             peer: None,
             apps: vec![],
-            state: state.into(),
-            reason: (state == "down").then(|| "unreachable".into()),
+            state: if state == "up" {
+                PeerState::Up
+            } else {
+                PeerState::Down
+            },
+            reason: (state == "down").then_some(DownReason::Unreachable),
             addrs: vec!["/ip4/127.0.0.1/tcp/2".into()],
             http: Some("<script>".into()),
             first_seen_ms: 1_000,
@@ -519,7 +524,7 @@ mod tests {
             peers: vec![peer("12D3KooWaaaa1111", "up", &[])],
         };
         let mut apps = AppsView::build(&view.local.id, vec![], &view);
-        let status = crate::worker::AppStatus {
+        let status = crate::apps::AppStatus {
             app: crate::apps::AppName::parse("apps/x").unwrap(),
             state: AppState::Running,
             workers: 1,

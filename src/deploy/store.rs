@@ -500,8 +500,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::DEFAULT_MAX_BUNDLE_BYTES;
-    use crate::bundle::testing::*;
+    use crate::deploy::DEFAULT_MAX_BUNDLE_BYTES;
+    use crate::deploy::testing::*;
 
     fn app(body: &[u8]) -> Vec<u8> {
         tar_zst(|b| file(b, "worker", body))
@@ -570,7 +570,7 @@ mod tests {
         let r = w.finish().unwrap();
         assert_eq!(
             (r.size(), r.hash()),
-            (10, crate::bundle::sha256_hex(&[1; 10]).as_str())
+            (10, crate::deploy::sha256_hex(&[1; 10]).as_str())
         );
         assert_eq!(walk(data.path()).len(), 1);
         drop(r);

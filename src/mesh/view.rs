@@ -1,0 +1,147 @@
+//! The mesh as this peer sees it: the typed snapshot the network event loop
+//! publishes (through a `watch` channel) and everything above reads. It is
+//! also the JSON of `GET /api/peers`; the state enums become strings only
+//! there.
+
+use std::fmt;
+
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+
+use crate::apps::AppStatus;
+
+/// `GET /api/peers`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MeshView {
+    /// This peer.
+    #[serde(rename = "self")]
+    pub local: SelfView,
+    /// Every peer this one knows, excluding itself, sorted by id.
+    pub peers: Vec<PeerView>,
+}
+
+impl MeshView {
+    /// The peers that are up.
+    pub fn up(&self) -> impl Iterator<Item = &PeerView> {
+        self.peers.iter().filter(|p| p.is_up())
+    }
+}
+
+/// This peer, as `/api/peers` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SelfView {
+    /// Its peer id.
+    pub id: String,
+    /// Its libp2p listen addresses.
+    pub listen: Vec<String>,
+    /// Its HTTP address.
+    pub http: String,
+    /// Unix ms at which it started.
+    pub started_ms: u64,
+    /// Whether this peer is in a private mesh (pre-shared key).
+    #[serde(default)]
+    pub private: bool,
+}
+
+/// Whether a peer is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// Connected or announcing: jobs may go there.
+    Up,
+    /// Left, unreachable or silent (see [`DownReason`]).
+    Down,
+}
+
+impl PeerState {
+    /// The name the JSON uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Up => "up",
+            PeerState::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for PeerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+/// Why a peer is down.
+pub enum DownReason {
+    /// It said it was leaving.
+    Left,
+    /// Its connection closed and redials failed.
+    Unreachable,
+    /// Connected, but it stopped announcing.
+    Silent,
+}
+
+impl DownReason {
+    /// The name the JSON uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DownReason::Left => "left",
+            DownReason::Unreachable => "unreachable",
+            DownReason::Silent => "silent",
+        }
+    }
+}
+
+impl fmt::Display for DownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of `/api/peers`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerView {
+    pub id: String,
+    /// The parsed id (not part of the JSON).
+    #[serde(skip)]
+    pub peer: Option<PeerId>,
+    /// Up or down (`"up"`, `"down"` in the JSON).
+    pub state: PeerState,
+    /// Why it is down; null when up.
+    pub reason: Option<DownReason>,
+    pub addrs: Vec<String>,
+    pub http: Option<String>,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    /// Unix ms at which it entered its current state.
+    pub since_ms: u64,
+    /// Unix ms at which the peer's current run started (its incarnation).
+    pub started_ms: Option<u64>,
+    pub rtt_ms: Option<f64>,
+    pub connected: bool,
+    /// Apps as the peer last announced them.
+    #[serde(default)]
+    pub apps: Vec<AppStatus>,
+    /// Full ids of the peers it announced it is connected to (those this
+    /// peer knows, itself included).
+    #[serde(default)]
+    pub links: Vec<String>,
+    /// Hashes of the app bundles it holds.
+    #[serde(default)]
+    pub bundles: Vec<String>,
+    /// Whether it installs deployed bundles.
+    #[serde(default = "yes")]
+    pub remote_deploy: bool,
+}
+
+impl PeerView {
+    /// Whether it is up.
+    pub fn is_up(&self) -> bool {
+        self.state == PeerState::Up
+    }
+}
+
+/// serde default for flags that are on unless said otherwise.
+pub(crate) fn yes() -> bool {
+    true
+}
