@@ -150,6 +150,17 @@ fn skip_string(chars: &mut Chars) {
     }
 }
 
+/// "3m 12s" style age of a unix-ms timestamp.
+pub fn ago(now_ms: u64, then_ms: u64) -> String {
+    let secs = now_ms.saturating_sub(then_ms) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
+        3600..=86399 => format!("{}h {}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d {}h", secs / 86400, (secs % 86400) / 3600),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,10 +14,9 @@ use crate::cli::{
 };
 use crate::clock::unix_ms;
 use crate::config::{self, ConfigError};
-use crate::http::dashboard::ago;
 use crate::mesh::desired::{Change, DesiredApp, next_decision};
 use crate::mesh::trust::AdminSecret;
-use crate::text::{head, printable, short_id};
+use crate::text::{ago, head, printable, short_id};
 
 /// A user error in a client command's arguments (exit code 2).
 #[derive(Debug, thiserror::Error)]

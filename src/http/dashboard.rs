@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use crate::api::{AppsView, MeshView, PeerView};
 use crate::apps::AppState;
 use crate::obs::stats::{Point, StatsView};
-use crate::text::{head, short_id, tail};
+use crate::text::{ago, head, short_id, tail};
 
 /// How often the page refreshes its live part.
 pub const REFRESH_MS: u32 = 1000;
@@ -32,16 +32,6 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// "3m 12s" style age of a unix-ms timestamp.
-pub fn ago(now_ms: u64, then_ms: u64) -> String {
-    let secs = now_ms.saturating_sub(then_ms) / 1000;
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
-        3600..=86399 => format!("{}h {}m", secs / 3600, (secs % 3600) / 60),
-        _ => format!("{}d {}h", secs / 86400, (secs % 86400) / 3600),
-    }
-}
 
 const STYLE: &str = r#"
 :root{--up:#1a7f37;--down:#b42318;--mut:#6b7280;--line:#e5e7eb;--bg:#f6f7f9;--card:#fff;--acc:#2563eb}
