@@ -81,9 +81,10 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     // nothing runs its app.
     let learning_until = (!config.bootstrap.is_empty() || config.persistent_identity)
         .then(|| tokio::time::Instant::now() + LEARNING_WINDOW);
+    let local_id = event_loop.local_peer_id().to_string();
     let dispatcher = Dispatcher::new(
         workers.clone(),
-        client,
+        client.clone(),
         event_loop.local_peer_id().to_string(),
         config.retries,
         config.dispatch,
@@ -127,7 +128,7 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
     // The HTTP endpoint stops first (when draining starts); its requests
     // in flight still complete. Cancelled with `shutdown` too.
     let http_shutdown = shutdown.child_token();
-    let net = dispatcher.net().clone();
+    let net = client.clone();
     let drain_dispatcher = dispatcher.clone();
     let tracker = TaskTracker::new();
     tracker.spawn(event_loop.run(shutdown.clone()));
@@ -138,9 +139,16 @@ pub async fn run(config: PeerConfig) -> anyhow::Result<()> {
         },
         admins: config.admins.clone(),
     };
+    let handles = http::Handles {
+        dispatcher,
+        mesh: client,
+        workers: workers.clone(),
+        store: store.clone(),
+        local_id,
+    };
     tracker.spawn(http::serve(
         http_listener,
-        dispatcher,
+        handles,
         registry,
         http_config,
         access,

@@ -249,18 +249,6 @@ impl Dispatcher {
         self.policy
     }
 
-    pub fn net(&self) -> &Client {
-        &self.net
-    }
-
-    pub fn workers(&self) -> &Workers {
-        &self.workers
-    }
-
-    pub fn local_id(&self) -> &str {
-        &self.local_id
-    }
-
     /// The mesh's decisions as this peer holds them.
     pub fn desired(&self) -> Arc<DesiredApps> {
         self.desired.borrow().clone()

@@ -32,7 +32,6 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-
 const STYLE: &str = r#"
 :root{--up:#1a7f37;--down:#b42318;--mut:#6b7280;--line:#e5e7eb;--bg:#f6f7f9;--card:#fff;--acc:#2563eb}
 *{box-sizing:border-box}

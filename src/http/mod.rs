@@ -25,12 +25,15 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{AppsView, DecisionsView, ErrorBody, MeshView};
 use crate::apps::{AppName, MAX_WORKERS_PER_APP};
 use crate::clock::unix_ms;
+use crate::deploy::Store;
 use crate::dispatch::{Dispatcher, Policy};
 use crate::error::JobError;
 use crate::http::guard::Guard;
 use crate::json::one_line;
 use crate::mesh::desired::DesiredApp;
+use crate::network;
 use crate::network::MAX_JOB_TIMEOUT;
+use crate::worker::Workers;
 
 use crate::mesh::trust::{Admins, Refusal};
 use crate::obs::{metrics, stats};
@@ -64,13 +67,32 @@ pub struct HttpConfig {
     pub body_timeout: Duration,
 }
 
+/// What the endpoint works with, built by the peer at start.
+#[derive(Clone)]
+pub struct Handles {
+    /// Runs jobs somewhere in the mesh.
+    pub dispatcher: Dispatcher,
+    /// The mesh: its view, and the decisions this peer takes.
+    pub mesh: network::Client,
+    /// This peer's workers (the detail `/api/apps` shows).
+    pub workers: Workers,
+    /// Where deployed bundles are installed (`None`: this peer takes none).
+    pub store: Option<Store>,
+    /// This peer's id.
+    pub local_id: String,
+}
+
 /// Shared by every request; axum clones the state once per request, so it
 /// sits behind one `Arc` (cloning the dispatcher's handles per job showed
 /// in the profile).
-type AppState = Arc<Shared>;
+type Ctx = Arc<Shared>;
 
 struct Shared {
     dispatcher: Dispatcher,
+    mesh: network::Client,
+    workers: Workers,
+    store: Option<Store>,
+    local_id: String,
     config: HttpConfig,
     registry: Arc<Registry>,
     /// Whose signed decisions this peer takes (empty: unsigned ones).
@@ -86,7 +108,7 @@ pub struct Access {
 }
 
 pub fn router(
-    dispatcher: Dispatcher,
+    handles: Handles,
     registry: Arc<Registry>,
     config: HttpConfig,
     access: Access,
@@ -107,7 +129,11 @@ pub fn router(
         .route("/apps/{*path}", post(job).fallback(method_not_allowed))
         .fallback(not_found)
         .with_state(Arc::new(Shared {
-            dispatcher,
+            dispatcher: handles.dispatcher,
+            mesh: handles.mesh,
+            workers: handles.workers,
+            store: handles.store,
+            local_id: handles.local_id,
             config,
             registry,
             admins: access.admins,
@@ -119,7 +145,7 @@ pub fn router(
 /// Serves until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
-    dispatcher: Dispatcher,
+    handles: Handles,
     registry: Arc<Registry>,
     config: HttpConfig,
     access: Access,
@@ -129,7 +155,7 @@ pub async fn serve(
     // keep slow or idle clients from exhausting the endpoint: a cap on
     // open connections (over it, a new one is closed at once) and a
     // deadline for a request's headers (hyper closes the connection).
-    let app = router(dispatcher, registry, config, access);
+    let app = router(handles, registry, config, access);
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let connections = tokio_util::task::TaskTracker::new();
     loop {
@@ -195,7 +221,7 @@ async fn not_found(uri: Uri) -> Response {
 
 /// `POST /api/echo`: answers a JSON body with itself, through the same body
 /// handling as a job but without dispatch. The benchmark's ceiling.
-async fn echo(State(s): State<AppState>, body: Body) -> Response {
+async fn echo(State(s): State<Ctx>, body: Body) -> Response {
     let max = s.config.max_job_bytes;
     let result = async {
         let bytes = axum::body::to_bytes(body, max)
@@ -214,9 +240,9 @@ async fn echo(State(s): State<AppState>, body: Body) -> Response {
 }
 
 /// `GET /metrics`: Prometheus metrics (OpenMetrics text).
-async fn metrics_text(State(s): State<AppState>) -> Response {
-    let apps = apps_view(&s.dispatcher);
-    let mesh = s.dispatcher.net().mesh();
+async fn metrics_text(State(s): State<Ctx>) -> Response {
+    let apps = apps_view(&s);
+    let mesh = s.mesh.mesh();
     let gauges = metrics::Gauges {
         workers: (apps.local.iter())
             .flat_map(|a| {
@@ -259,15 +285,15 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     )
 }
 
-async fn api_peers(State(s): State<AppState>) -> Json<MeshView> {
-    Json((*s.dispatcher.net().mesh()).clone())
+async fn api_peers(State(s): State<Ctx>) -> Json<MeshView> {
+    Json((*s.mesh.mesh()).clone())
 }
 
-async fn status_page(State(s): State<AppState>) -> Html<String> {
-    let apps = apps_view(&s.dispatcher);
+async fn status_page(State(s): State<Ctx>) -> Html<String> {
+    let apps = apps_view(&s);
     let now = unix_ms();
     Html(dashboard::page(
-        &s.dispatcher.net().mesh(),
+        &s.mesh.mesh(),
         &apps,
         &stats::STATS.view(now),
         now,
@@ -275,20 +301,20 @@ async fn status_page(State(s): State<AppState>) -> Html<String> {
 }
 
 /// The live part of the dashboard, fetched by its script every second.
-async fn dashboard_live(State(s): State<AppState>) -> Html<String> {
-    let apps = apps_view(&s.dispatcher);
+async fn dashboard_live(State(s): State<Ctx>) -> Html<String> {
+    let apps = apps_view(&s);
     let now = unix_ms();
     Html(dashboard::fragment(
-        &s.dispatcher.net().mesh(),
+        &s.mesh.mesh(),
         &apps,
         &stats::STATS.view(now),
         now,
     ))
 }
 
-fn apps_view(d: &Dispatcher) -> AppsView {
-    let mut v = AppsView::build(d.local_id(), d.workers().details(), &d.net().mesh());
-    v.remote_deploy = d.workers().store().is_some();
+fn apps_view(s: &Shared) -> AppsView {
+    let mut v = AppsView::build(&s.local_id, s.workers.details(), &s.mesh.mesh());
+    v.remote_deploy = s.store.is_some();
     v
 }
 
@@ -299,12 +325,12 @@ fn apps_view(d: &Dispatcher) -> AppsView {
 /// before a byte of the body is read; the bundle is checked against it and
 /// installed here, then the decision is announced; `202` with it.
 async fn api_deploy(
-    State(s): State<AppState>,
+    State(s): State<Ctx>,
     Query(q): Query<DeployQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(store) = s.dispatcher.workers().store().cloned() else {
+    let Some(store) = s.store.clone() else {
         let why = if s.admins.is_empty() {
             "this peer installs no deployed bundles: it has no admin key to check them against (start it with --admin PUBKEY)"
         } else {
@@ -412,7 +438,7 @@ fn signed_deployment(
 /// `GET /api/decisions`: the start/stop/deploy decisions this peer holds and
 /// the highest clock it has seen: what the CLI needs to make (and sign) the
 /// next decision.
-async fn api_decisions(State(s): State<AppState>) -> Json<DecisionsView> {
+async fn api_decisions(State(s): State<Ctx>) -> Json<DecisionsView> {
     let desired = s.dispatcher.desired();
     Json(DecisionsView {
         clock: desired.clock(),
@@ -423,7 +449,7 @@ async fn api_decisions(State(s): State<AppState>) -> Json<DecisionsView> {
 
 /// `POST /api/decisions`: a decision signed in the CLI (start, stop, or a
 /// version already installed). `202` with it once taken.
-async fn api_decide(State(s): State<AppState>, body: Bytes) -> Response {
+async fn api_decide(State(s): State<Ctx>, body: Bytes) -> Response {
     let decision: DesiredApp = match serde_json::from_slice(&body) {
         Ok(d) => d,
         Err(e) => {
@@ -443,8 +469,8 @@ async fn api_decide(State(s): State<AppState>, body: Bytes) -> Response {
 
 /// Hands a checked decision to the event loop, which checks it again (it
 /// is the one place that merges) and tells the mesh.
-async fn decide(s: &AppState, decision: DesiredApp) -> Response {
-    match s.dispatcher.net().decide(decision).await {
+async fn decide(s: &Ctx, decision: DesiredApp) -> Response {
+    match s.mesh.decide(decision).await {
         Some(Ok(entry)) => (StatusCode::ACCEPTED, Json(entry)).into_response(),
         Some(Err(refusal)) => refusal_response(refusal),
         None => error_response(StatusCode::SERVICE_UNAVAILABLE, "this peer is stopping"),
@@ -462,8 +488,8 @@ fn refusal_response(refusal: Refusal) -> Response {
     error_response(status, refusal.to_string())
 }
 
-async fn api_apps(State(s): State<AppState>) -> Json<AppsView> {
-    Json(apps_view(&s.dispatcher))
+async fn api_apps(State(s): State<Ctx>) -> Json<AppsView> {
+    Json(apps_view(&s))
 }
 
 #[derive(Deserialize)]
@@ -474,15 +500,15 @@ struct StartStop {
     workers: Option<u32>,
 }
 
-async fn api_start(State(s): State<AppState>, body: Bytes) -> Response {
+async fn api_start(State(s): State<Ctx>, body: Bytes) -> Response {
     start_stop(&s, &body, true).await
 }
 
-async fn api_stop(State(s): State<AppState>, body: Bytes) -> Response {
+async fn api_stop(State(s): State<Ctx>, body: Bytes) -> Response {
     start_stop(&s, &body, false).await
 }
 
-async fn start_stop(s: &AppState, body: &[u8], run: bool) -> Response {
+async fn start_stop(s: &Ctx, body: &[u8], run: bool) -> Response {
     let req: StartStop = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -519,7 +545,7 @@ async fn start_stop(s: &AppState, body: &[u8], run: bool) -> Response {
             ),
         );
     }
-    match s.dispatcher.net().set_desired(app, run, req.workers).await {
+    match s.mesh.set_desired(app, run, req.workers).await {
         Some(Ok(entry)) => (StatusCode::ACCEPTED, Json(entry)).into_response(),
         Some(Err(refusal)) => refusal_response(refusal),
         None => error_response(StatusCode::SERVICE_UNAVAILABLE, "this peer is stopping"),
@@ -530,7 +556,7 @@ async fn start_stop(s: &AppState, body: &[u8], run: bool) -> Response {
 /// with `?to=all`, the job on every peer running the app; with an NDJSON
 /// body, a stream of jobs (see [`crate::http::stream`]).
 async fn job(
-    State(s): State<AppState>,
+    State(s): State<Ctx>,
     Path(path): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -542,7 +568,7 @@ async fn job(
 }
 
 async fn job_inner(
-    s: AppState,
+    s: Ctx,
     path: String,
     query: Option<String>,
     headers: HeaderMap,
@@ -740,7 +766,7 @@ fn job_target(path: &str, headers: &HeaderMap) -> Result<(AppName, Duration), Jo
 }
 
 /// A single job's body, size-checked, as one line of JSON.
-async fn read_job_body(s: &AppState, headers: &HeaderMap, body: Body) -> Result<String, JobError> {
+async fn read_job_body(s: &Ctx, headers: &HeaderMap, body: Body) -> Result<String, JobError> {
     let max = s.config.max_job_bytes;
     let too_large = || {
         JobError::TooLarge(format!(
