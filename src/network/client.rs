@@ -71,6 +71,13 @@ impl Client {
         self.view.borrow().clone()
     }
 
+    /// A receiver that sees every new view of the mesh from now on.
+    pub fn watch_mesh(&self) -> watch::Receiver<Arc<MeshView>> {
+        let mut rx = self.view.clone();
+        rx.mark_unchanged();
+        rx
+    }
+
     /// Announces that this peer is leaving, so others stop sending it jobs;
     /// connections stay up so jobs in flight can still be answered.
     pub async fn leave(&self) {

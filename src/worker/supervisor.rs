@@ -67,6 +67,9 @@ struct Inner {
     tracker: TaskTracker,
     /// Set when the peer is stopping: no new jobs, the queued ones finish.
     draining: std::sync::atomic::AtomicBool,
+    /// Bumped whenever the apps table changes (apps started, stopped,
+    /// replaced), so a job waiting for a worker wakes at once.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 enum Resolved {
@@ -150,6 +153,7 @@ impl Workers {
                 apps: Mutex::new(HashMap::new()),
                 tracker: TaskTracker::new(),
                 draining: std::sync::atomic::AtomicBool::new(false),
+                changes: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -158,6 +162,16 @@ impl Workers {
     /// were missing are resolved again each time, so an app copied into the
     /// apps directory later is picked up.
     pub fn apply(&self, desired: &DesiredApps) {
+        self.apply_entries(desired);
+        self.inner.changes.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that sees a change whenever the apps table changes.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    fn apply_entries(&self, desired: &DesiredApps) {
         let mut apps = self.inner.apps.lock().expect("apps lock");
         for d in desired.entries() {
             let current = apps.remove(&d.app);
