@@ -22,16 +22,12 @@ use std::path::{Path, PathBuf};
 /// across modules, built for tests only) are outside the layering.
 const LAYERS: &[(&str, &[&str])] = &[
     (
-        "foundation: values and helpers with no state",
-        &[
-            "text",
-            "clock",
-            "json",
-            "ratelimit",
-            "error",
-            "apps",
-            "secret_file",
-        ],
+        "helpers: text, time, JSON lines, rate limits, secret files",
+        &["text", "clock", "json", "ratelimit", "secret_file"],
+    ),
+    (
+        "values: apps and their states, job errors",
+        &["apps", "error"],
     ),
     ("observability", &["obs"]),
     ("bundles on disk", &["deploy"]),

@@ -89,11 +89,8 @@ fn version_hash<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>
 
 fn bounded_error<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let mut e: Option<String> = Option::deserialize(d)?;
-    if let Some(text) = &mut e
-        && let Some((cut, _)) = text.char_indices().nth(MAX_ERROR_CHARS)
-    {
-        text.truncate(cut);
-        text.push('…');
+    if let Some(text) = &mut e {
+        crate::text::truncate(text, MAX_ERROR_CHARS);
     }
     Ok(e)
 }

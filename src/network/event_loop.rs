@@ -10,6 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Now, on tokio's clock: membership's rules take the time as an
+/// argument, and tokio's clock is the one tests can pause and advance.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::multiaddr::Protocol;
@@ -149,7 +155,7 @@ impl EventLoop {
             announce_soon: false,
             bootstrap: config.bootstrap.clone(),
             bootstrap_reached: vec![false; config.bootstrap.len()],
-            next_bootstrap: Instant::now(),
+            next_bootstrap: now(),
             bootstrap_backoff: Duration::from_millis(500),
             view_tx,
             commands,
@@ -161,7 +167,7 @@ impl EventLoop {
             p2p_metrics,
             announce_budget: PerKeyBudget::new(ANNOUNCE_BURST, ANNOUNCE_RATE, MAX_PEERS),
             refusals_logged: [0; MemberRefusal::ALL.len()],
-            next_refusal_log: Instant::now(),
+            next_refusal_log: now(),
             graylisted: HashSet::new(),
         };
         event_loop.publish_view();
@@ -191,7 +197,7 @@ impl EventLoop {
     /// keeps serving HTTP without a network behind it.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let _stop_everything_on_exit = shutdown.clone().drop_guard();
-        self.dial_bootstraps(Instant::now());
+        self.dial_bootstraps(now());
         let housekeeping = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(housekeeping);
         let announce = tokio::time::sleep_until(aligned_after(self.timing.announce_interval));
@@ -242,7 +248,7 @@ impl EventLoop {
 
     /// One round of housekeeping; returns when the next one is due.
     fn housekeeping(&mut self) -> Instant {
-        let now = Instant::now();
+        let now = now();
         if self.desired.expire(unix_ms()) {
             self.desired_tx.send_replace(Arc::new(self.desired.clone()));
         }
@@ -325,7 +331,7 @@ impl EventLoop {
             Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
             Err(e) => {
                 tracing::debug!(peer = %dial.peer, "dial failed at once: {e}");
-                self.membership.on_dial_failed(dial.peer, Instant::now());
+                self.membership.on_dial_failed(dial.peer, now());
             }
         }
     }
@@ -391,7 +397,7 @@ impl EventLoop {
 
     fn announce(&mut self, leaving: bool) {
         let leaving = leaving || self.leaving;
-        let now = Instant::now();
+        let now = now();
         if !leaving
             && self
                 .last_announce
@@ -434,7 +440,7 @@ impl EventLoop {
         // and dropped altogether if the message would not fit.
         for s in &mut a.apps {
             if let Some(e) = &mut s.error {
-                truncate_chars(e, 160);
+                crate::text::truncate(e, 160);
             }
         }
         let mut data = serde_json::to_vec(&a).expect("announcements serialize");
@@ -493,7 +499,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.p2p_metrics.record(e),
             _ => {}
         }
-        let now = Instant::now();
+        let now = now();
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Members(e)) => self.on_members(e),
@@ -517,7 +523,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, .. })) => {
                 match result {
-                    Ok(rtt) => self.membership.on_rtt(peer, rtt, Instant::now()),
+                    Ok(rtt) => self.membership.on_rtt(peer, rtt, now),
                     Err(e) => tracing::debug!(%peer, "ping failed: {e}"),
                 }
             }
@@ -629,14 +635,14 @@ impl EventLoop {
                     MessageAcceptance::Ignore
                 } else if message
                     .source
-                    .is_some_and(|s| !self.announce_budget.allow(&s, Instant::now()))
+                    .is_some_and(|s| !self.announce_budget.allow(&s, now()))
                 {
                     tracing::debug!(from = %propagation_source, "dropped an announcement over its author's rate");
                     MessageAcceptance::Ignore
                 } else if let Some(source) = message.source {
                     match self
                         .membership
-                        .on_announce_bytes(source, &message.data, Instant::now())
+                        .on_announce_bytes(source, &message.data, now())
                     {
                         Ok((dial, desired)) => {
                             if let Some(dial) = dial {
@@ -802,7 +808,7 @@ impl EventLoop {
                 message: Message::Response { response, .. },
                 ..
             } => {
-                let now = Instant::now();
+                let now = now();
                 tracing::debug!(from = %peer, count = response.peers.len(), "member list received");
                 for hint in response.peers.into_iter().take(MAX_MEMBERS_IN_ANSWER) {
                     let Ok(id) = hint.id.parse::<PeerId>() else {
@@ -853,13 +859,6 @@ fn aligned_after(every: Duration) -> tokio::time::Instant {
     let every_ms = (every.as_millis() as u64).max(1);
     let wait = every_ms - unix_ms() % every_ms;
     tokio::time::Instant::now() + Duration::from_millis(wait)
-}
-
-fn truncate_chars(s: &mut String, max: usize) {
-    if let Some((cut, _)) = s.char_indices().nth(max) {
-        s.truncate(cut);
-        s.push('…');
-    }
 }
 
 fn strip_p2p(addr: &Multiaddr) -> Multiaddr {

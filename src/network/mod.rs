@@ -185,6 +185,13 @@ fn build_swarm(config: &Settings) -> Result<Swarm<behaviour::Behaviour>, StartEr
     // pnet goes under noise: the pre-shared key encrypts everything,
     // including the noise handshake, so outsiders cannot even start one.
     let transport = match config.psk {
+        // In-process meshes (tests): libp2p's memory transport, selected by
+        // `/memory/N` listen addresses; the same noise and yamux on top.
+        _ if in_memory(config) => secure(
+            libp2p::core::transport::MemoryTransport::default(),
+            key,
+            config.timing.connect_timeout,
+        ),
         Some(psk) => secure(
             tcp.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket)),
             key,
@@ -207,6 +214,14 @@ fn build_swarm(config: &Settings) -> Result<Swarm<behaviour::Behaviour>, StartEr
         })
         .build();
     Ok(swarm)
+}
+
+/// Whether the peer lives in this process only (`/memory/N` addresses).
+fn in_memory(config: &Settings) -> bool {
+    use libp2p::multiaddr::Protocol;
+    (config.listen.iter())
+        .chain(&config.bootstrap)
+        .any(|a| a.iter().any(|p| matches!(p, Protocol::Memory(_))))
 }
 
 /// noise + yamux over `base`, with the connection timeout (a wrong
