@@ -1,0 +1,176 @@
+//! The callee's side: accepts job streams, runs each request through the
+//! handler the network was given, writes the answers back as they complete.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::io::{AsyncReadExt, BufReader};
+use libp2p::{PeerId, Stream};
+use libp2p_stream::Control;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::frame::{
+    decode_request, decode_request_header, encode_answer, read_frame, write_frames,
+};
+use super::*;
+use crate::apps::AppName;
+use crate::error::JobError;
+use crate::network::RunJob;
+
+/// The callee's side: accepts job streams and serves them until shutdown.
+pub async fn serve_inbound(
+    mut control: Control,
+    run: RunJob,
+    max_job_bytes: usize,
+    shutdown: CancellationToken,
+) {
+    let mut incoming = match control.accept(JOBS_STREAM_PROTOCOL) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!("cannot accept job streams: {e}");
+            shutdown.cancel();
+            return;
+        }
+    };
+    let open: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = incoming.next() => match next {
+                Some((peer, stream)) => {
+                    let Some(slot) = StreamSlot::take(&open, peer) else {
+                        tracing::warn!(%peer, "refused a job stream: {MAX_INBOUND_STREAMS_PER_PEER} already open from this peer");
+                        drop(stream);
+                        continue;
+                    };
+                    let run = run.clone();
+                    tokio::spawn(async move {
+                        serve_stream(peer, stream, run, max_job_bytes).await;
+                        drop(slot);
+                    });
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+/// One of a peer's `MAX_INBOUND_STREAMS_PER_PEER` places; given back on drop.
+struct StreamSlot {
+    open: Arc<Mutex<HashMap<PeerId, usize>>>,
+    peer: PeerId,
+}
+
+impl StreamSlot {
+    fn take(open: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<StreamSlot> {
+        let mut map = open.lock().expect("stream slots lock");
+        let n = map.entry(peer).or_insert(0);
+        if *n >= MAX_INBOUND_STREAMS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            open: open.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut map = self.open.lock().expect("stream slots lock");
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Serves one inbound stream in one task: a reader decodes requests, a
+/// runner drives the jobs in flight, a writer sends answers as they
+/// complete. Keeping all three in one task avoids a task (and a thread
+/// hop) per job.
+async fn serve_stream(peer: PeerId, stream: Stream, run: RunJob, max_job_bytes: usize) {
+    let (read, write) = stream.split();
+    // Answers wait here for the writer. Bounded: when the caller stops
+    // reading, the runner stops finishing jobs into it, stops taking
+    // requests, and the reader stops reading; memory stays bounded.
+    let (answers_tx, mut answers_rx) = mpsc::channel::<Vec<u8>>(INBOUND_CONCURRENCY);
+    let (req_tx, mut req_rx) = mpsc::channel::<Vec<u8>>(INBOUND_CONCURRENCY);
+    let reader = async {
+        let mut r = BufReader::with_capacity(IO_BUF, read);
+        loop {
+            let body = match read_frame(&mut r, max_job_bytes + FRAME_HEADER_ROOM).await {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            // The header must be sound (or the stream is out of sync); the
+            // rest is checked when the job runs, and answered.
+            if let Err(e) = decode_request_header(&body) {
+                return e;
+            }
+            // Waits while INBOUND_CONCURRENCY jobs are queued or running:
+            // backpressure to the caller through the stream.
+            if req_tx.send(body).await.is_err() {
+                return "closed".into();
+            }
+        }
+    };
+    let runner = async {
+        let mut running = futures::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                Some(answer) = running.next(), if !running.is_empty() => {
+                    if answers_tx.send(answer).await.is_err() {
+                        return;
+                    }
+                }
+                body = req_rx.recv(), if running.len() < INBOUND_CONCURRENCY => {
+                    let Some(body) = body else { return };
+                    let run = run.clone();
+                    running.push(async move {
+                        let (id, result) = match decode_request(&body) {
+                            Ok(r) => {
+                                let span = tracing::debug_span!("job", id = %crate::obs::stats::job_id_text(r.job), app = %r.app, from = %peer);
+                                let result = run_request(&run, r.app, r.payload, r.timeout).instrument(span.clone()).await;
+                                span.in_scope(|| match &result {
+                                    Ok(_) => tracing::debug!("ran the job for another peer"),
+                                    Err(e) => tracing::debug!("the job failed here: {e}"),
+                                });
+                                (r.id, result)
+                            }
+                            Err(e) => (decode_request_header(&body).unwrap_or(0), Err(JobError::BadRequest(e))),
+                        };
+                        encode_answer(id, &result)
+                    });
+                }
+            }
+        }
+    };
+    let writer = write_frames(write, &mut answers_rx);
+    tokio::select! {
+        why = reader => tracing::debug!(%peer, "inbound job stream ended: {why}"),
+        () = runner => {}
+        r = writer => if let Err(e) = r { tracing::debug!(%peer, "inbound job stream write failed: {e}") },
+    }
+}
+
+async fn run_request(
+    run: &RunJob,
+    app: &str,
+    payload: &str,
+    timeout: Duration,
+) -> Result<String, JobError> {
+    let app = AppName::parse(app).map_err(|e| JobError::BadRequest(e.to_string()))?;
+    let payload = crate::json::one_line(payload)
+        .map_err(|e| JobError::BadRequest(format!("job is not valid JSON: {e}")))?;
+    let timeout = timeout.min(crate::network::MAX_JOB_TIMEOUT);
+    run(app, payload.into(), Instant::now() + timeout).await
+}
