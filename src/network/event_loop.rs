@@ -490,15 +490,9 @@ impl EventLoop {
         self.view_tx.send_replace(Arc::new(view));
     }
 
+    /// Records the event in libp2p's metrics, then hands it to its handler.
     fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        use libp2p::metrics::Recorder;
-        self.p2p_metrics.record(&event);
-        match &event {
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.p2p_metrics.record(e),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.p2p_metrics.record(e),
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.p2p_metrics.record(e),
-            _ => {}
-        }
+        self.record(&event);
         let now = now();
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
@@ -507,19 +501,7 @@ impl EventLoop {
                 peer_id,
                 info,
                 ..
-            })) => {
-                if info.protocol_version != PROTOCOL_VERSION {
-                    tracing::warn!(
-                        peer = %peer_id,
-                        protocol = %info.protocol_version,
-                        agent = %info.agent_version,
-                        "disconnecting: not a disruptor peer of this version (expected {PROTOCOL_VERSION})"
-                    );
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                    return;
-                }
-                self.membership.on_identify(peer_id, info.listen_addrs);
-            }
+            })) => self.on_identify(peer_id, info),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(_)) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result, .. })) => {
                 match result {
@@ -532,27 +514,7 @@ impl EventLoop {
                 endpoint,
                 num_established,
                 ..
-            } => {
-                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                let dialed_addr = endpoint
-                    .is_dialer()
-                    .then(|| strip_p2p(endpoint.get_remote_address()));
-                if let Some(addr) = &dialed_addr {
-                    for (b, reached) in self.bootstrap.iter().zip(self.bootstrap_reached.iter_mut())
-                    {
-                        if strip_p2p(b) == *addr {
-                            *reached = true;
-                        }
-                    }
-                }
-                self.membership.on_connected(peer_id, dialed_addr, now);
-                if num_established.get() == 1 {
-                    self.swarm
-                        .behaviour_mut()
-                        .members
-                        .send_request(&peer_id, MembersRequest { v: 1 });
-                }
-            }
+            } => self.on_connected(peer_id, &endpoint, num_established.get(), now),
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
@@ -568,30 +530,7 @@ impl EventLoop {
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                let reason = describe_dial_error(&error, self.private);
-                match peer_id {
-                    // Not a dial membership made (those always carry
-                    // addresses): a job stream to a peer whose connection
-                    // just closed. Membership redials it on its own.
-                    Some(peer) if matches!(error, DialError::NoAddresses) => {
-                        tracing::debug!(%peer, "no connection to open a stream on: {reason}");
-                    }
-                    // This peer's own connection limits: nothing learned
-                    // about the other peer.
-                    Some(peer) if matches!(error, DialError::Denied { .. }) => {
-                        tracing::debug!(%peer, "dial not made: {reason}");
-                    }
-                    Some(peer) => {
-                        let was_up = self.membership.is_up(&peer);
-                        self.membership.on_dial_failed(peer, now);
-                        if was_up || is_handshake_failure(&reason) {
-                            tracing::warn!(%peer, "cannot connect: {reason}");
-                        } else {
-                            tracing::debug!(%peer, "cannot connect: {reason}");
-                        }
-                    }
-                    None => tracing::warn!("cannot connect to bootstrap peer: {reason}"),
-                }
+                self.on_dial_error(peer_id, &error, now)
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -621,6 +560,91 @@ impl EventLoop {
             }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!("listener error: {error}"),
             _ => {}
+        }
+    }
+
+    /// libp2p's own metrics (swarm, gossipsub, identify, ping).
+    fn record(&mut self, event: &SwarmEvent<BehaviourEvent>) {
+        use libp2p::metrics::Recorder;
+        self.p2p_metrics.record(event);
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.p2p_metrics.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.p2p_metrics.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.p2p_metrics.record(e),
+            _ => {}
+        }
+    }
+
+    /// A peer told us who it is: one of another protocol version is cut
+    /// off; the addresses it listens on go to membership.
+    fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        if info.protocol_version != PROTOCOL_VERSION {
+            tracing::warn!(
+                %peer,
+                protocol = %info.protocol_version,
+                agent = %info.agent_version,
+                "disconnecting: not a disruptor peer of this version (expected {PROTOCOL_VERSION})"
+            );
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        self.membership.on_identify(peer, info.listen_addrs);
+    }
+
+    /// A connection is up: note which bootstrap address it reached, tell
+    /// membership, and ask a newly connected peer for the members it knows.
+    fn on_connected(
+        &mut self,
+        peer: PeerId,
+        endpoint: &libp2p::core::ConnectedPoint,
+        established: u32,
+        now: Instant,
+    ) {
+        tracing::debug!(%peer, addr = %endpoint.get_remote_address(), "connected");
+        let dialed_addr = endpoint
+            .is_dialer()
+            .then(|| strip_p2p(endpoint.get_remote_address()));
+        if let Some(addr) = &dialed_addr {
+            for (b, reached) in self.bootstrap.iter().zip(self.bootstrap_reached.iter_mut()) {
+                if strip_p2p(b) == *addr {
+                    *reached = true;
+                }
+            }
+        }
+        self.membership.on_connected(peer, dialed_addr, now);
+        if established == 1 {
+            self.swarm
+                .behaviour_mut()
+                .members
+                .send_request(&peer, MembersRequest { v: 1 });
+        }
+    }
+
+    /// A dial failed: membership learns of it when it made the dial.
+    fn on_dial_error(&mut self, peer: Option<PeerId>, error: &DialError, now: Instant) {
+        let reason = describe_dial_error(error, self.private);
+        match peer {
+            // Not a dial membership made (those always carry addresses): a
+            // job stream to a peer whose connection just closed. Membership
+            // redials it on its own.
+            Some(peer) if matches!(error, DialError::NoAddresses) => {
+                tracing::debug!(%peer, "no connection to open a stream on: {reason}");
+            }
+            // This peer's own connection limits: nothing learned about the
+            // other peer.
+            Some(peer) if matches!(error, DialError::Denied { .. }) => {
+                tracing::debug!(%peer, "dial not made: {reason}");
+            }
+            Some(peer) => {
+                let was_up = self.membership.is_up(&peer);
+                self.membership.on_dial_failed(peer, now);
+                if was_up || is_handshake_failure(&reason) {
+                    tracing::warn!(%peer, "cannot connect: {reason}");
+                } else {
+                    tracing::debug!(%peer, "cannot connect: {reason}");
+                }
+            }
+            None => tracing::warn!("cannot connect to bootstrap peer: {reason}"),
         }
     }
 
