@@ -99,49 +99,22 @@ impl PeerConfig {
         }
     }
 
+    /// Validates the arguments of `disruptor peer`: every error names the
+    /// flag and what it takes.
     pub fn from_args(args: &PeerArgs) -> Result<Self, ConfigError> {
-        let listen = args
-            .listen
-            .iter()
-            .map(|s| parse_peer_addr("--listen", s))
-            .collect::<Result<Vec<_>, _>>()?;
-        let bootstrap = args
-            .bootstrap
-            .iter()
-            .map(|s| parse_peer_addr("--bootstrap", s))
-            .collect::<Result<Vec<_>, _>>()?;
+        let addrs = |flag, list: &[String]| -> Result<Vec<Multiaddr>, ConfigError> {
+            list.iter().map(|s| parse_peer_addr(flag, s)).collect()
+        };
+        let listen = addrs("--listen", &args.listen)?;
+        let bootstrap = addrs("--bootstrap", &args.bootstrap)?;
         let http = parse_socket_addr("--http", &args.http)?;
         let keypair = match &args.identity {
             Some(path) => load_or_create_identity(path)?,
             None => Keypair::generate_ed25519(),
         };
         let psk = args.psk_file.as_deref().map(load_psk).transpose()?;
-        let timing = Timing {
-            announce_interval: args.announce_interval,
-            down_after: args.down_after,
-            forget_after: args.forget_after,
-            connect_timeout: args.connect_timeout,
-        };
-        if timing.down_after <= timing.announce_interval {
-            return Err(ConfigError::Timing {
-                down_after: timing.down_after,
-                announce: timing.announce_interval,
-            });
-        }
-        if args.max_job_bytes == 0 || args.max_job_bytes > MAX_JOB_BYTES_LIMIT {
-            return Err(ConfigError::Value(format!(
-                "--max-job-bytes must be between 1 and {MAX_JOB_BYTES_LIMIT}"
-            )));
-        }
-        if args
-            .workers
-            .is_some_and(|w| w == 0 || w > crate::apps::MAX_WORKERS_PER_APP)
-        {
-            return Err(ConfigError::Value(format!(
-                "--workers must be between 1 and {}",
-                crate::apps::MAX_WORKERS_PER_APP
-            )));
-        }
+        let timing = timing(args)?;
+        check_limits(args)?;
         let admins = load_admins(&args.admins, args.admins_file.as_deref())?;
         let http_token = args
             .http_token_file
@@ -194,6 +167,42 @@ impl PeerConfig {
             max_store_bytes: args.max_store_bytes,
         })
     }
+}
+
+/// The membership timing flags, checked against each other.
+fn timing(args: &PeerArgs) -> Result<Timing, ConfigError> {
+    let timing = Timing {
+        announce_interval: args.announce_interval,
+        down_after: args.down_after,
+        forget_after: args.forget_after,
+        connect_timeout: args.connect_timeout,
+    };
+    if timing.down_after <= timing.announce_interval {
+        return Err(ConfigError::Timing {
+            down_after: timing.down_after,
+            announce: timing.announce_interval,
+        });
+    }
+    Ok(timing)
+}
+
+/// The numeric flags with bounds: `--max-job-bytes`, `--workers`.
+fn check_limits(args: &PeerArgs) -> Result<(), ConfigError> {
+    if args.max_job_bytes == 0 || args.max_job_bytes > MAX_JOB_BYTES_LIMIT {
+        return Err(ConfigError::Value(format!(
+            "--max-job-bytes must be between 1 and {MAX_JOB_BYTES_LIMIT}"
+        )));
+    }
+    if args
+        .workers
+        .is_some_and(|w| w == 0 || w > crate::apps::MAX_WORKERS_PER_APP)
+    {
+        return Err(ConfigError::Value(format!(
+            "--workers must be between 1 and {}",
+            crate::apps::MAX_WORKERS_PER_APP
+        )));
+    }
+    Ok(())
 }
 
 /// Shortest HTTP bearer token accepted.

@@ -409,7 +409,31 @@ impl EventLoop {
         self.announce_soon = false;
         self.last_announce = Some(now);
         self.seq += 1;
-        let mut a = Announce {
+        let a = self.announcement(leaving);
+        let Some(data) = encode_announcement(a) else {
+            self.seq -= 1;
+            return;
+        };
+        let published = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), data);
+        if let Err(e) = published {
+            // The number goes to the next announcement: others count gaps
+            // in an author's numbers as announcements that never arrived.
+            self.seq -= 1;
+            match e {
+                // Nobody to tell yet: the first peer of a mesh, or all alone.
+                gossipsub::PublishError::NoPeersSubscribedToTopic => {}
+                e => tracing::warn!("announcement not published: {e}"),
+            }
+        }
+    }
+
+    /// This peer's announcement as of now.
+    fn announcement(&self, leaving: bool) -> Announce {
+        Announce {
             v: ANNOUNCE_VERSION,
             id: self.local.to_string(),
             incarnation: self.incarnation,
@@ -435,44 +459,6 @@ impl EventLoop {
                 .take(MAX_LINKS)
                 .map(|p| crate::mesh::membership::short_id(&p.to_string()).to_string())
                 .collect(),
-        };
-        // Error texts are for people; in announcements they are kept short,
-        // and dropped altogether if the message would not fit.
-        for s in &mut a.apps {
-            if let Some(e) = &mut s.error {
-                crate::text::truncate(e, 160);
-            }
-        }
-        let mut data = serde_json::to_vec(&a).expect("announcements serialize");
-        if data.len() > MAX_GOSSIP_BYTES {
-            a.apps.iter_mut().for_each(|s| s.error = None);
-            data = serde_json::to_vec(&a).expect("announcements serialize");
-        }
-        if data.len() > MAX_GOSSIP_BYTES {
-            tracing::warn!(
-                bytes = data.len(),
-                max = MAX_GOSSIP_BYTES,
-                apps = a.apps.len(),
-                decisions = a.desired.len(),
-                "announcement too large to publish; the mesh will mark this peer silent"
-            );
-            self.seq -= 1;
-            return;
-        }
-        let published = self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(self.topic.clone(), data);
-        if let Err(e) = published {
-            // The number goes to the next announcement: others count gaps
-            // in an author's numbers as announcements that never arrived.
-            self.seq -= 1;
-            match e {
-                // Nobody to tell yet: the first peer of a mesh, or all alone.
-                gossipsub::PublishError::NoPeersSubscribedToTopic => {}
-                e => tracing::warn!("announcement not published: {e}"),
-            }
         }
     }
 
@@ -858,6 +844,33 @@ impl EventLoop {
             request_response::Event::ResponseSent { .. } => {}
         }
     }
+}
+
+/// The announcement's bytes, within one gossip message. Error texts are
+/// for people: they are kept short, and dropped altogether if the message
+/// would not fit; `None` if even then it does not (logged).
+fn encode_announcement(mut a: Announce) -> Option<Vec<u8>> {
+    for s in &mut a.apps {
+        if let Some(e) = &mut s.error {
+            crate::text::truncate(e, 160);
+        }
+    }
+    let mut data = serde_json::to_vec(&a).expect("announcements serialize");
+    if data.len() > MAX_GOSSIP_BYTES {
+        a.apps.iter_mut().for_each(|s| s.error = None);
+        data = serde_json::to_vec(&a).expect("announcements serialize");
+    }
+    if data.len() > MAX_GOSSIP_BYTES {
+        tracing::warn!(
+            bytes = data.len(),
+            max = MAX_GOSSIP_BYTES,
+            apps = a.apps.len(),
+            decisions = a.desired.len(),
+            "announcement too large to publish; the mesh will mark this peer silent"
+        );
+        return None;
+    }
+    Some(data)
 }
 
 /// Counts a refused decision in `/metrics`.
