@@ -13,6 +13,7 @@ use clap::Parser;
 use disruptor::cli::{Cli, Command, LogFormat};
 use disruptor::client::{self, UsageError};
 use disruptor::config::{ConfigError, PeerConfig};
+use disruptor::secret_file::SecretFileError;
 
 /// mimalloc: the job path allocates a few small buffers per job, and glibc
 /// malloc/free was ~8% of a busy peer's CPU in perf (with its arena locks
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            exit_code(&e)
+            ExitCode::from(exit_code(&e))
         }
     }
 }
@@ -78,14 +79,14 @@ fn threads_for(command: &Command) -> usize {
     }
 }
 
-/// The exit code of a failure: 2 for bad input (a [`ConfigError`] or a
-/// [`UsageError`]), 1 for anything else.
-fn exit_code(e: &anyhow::Error) -> ExitCode {
-    if e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<UsageError>().is_some() {
-        ExitCode::from(2)
-    } else {
-        ExitCode::from(1)
-    }
+/// The exit code of a failure: 2 for bad input (a [`ConfigError`], a
+/// [`UsageError`], or a key file that cannot be read or written: a
+/// [`SecretFileError`]), 1 for anything else.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let bad_input = e.downcast_ref::<ConfigError>().is_some()
+        || e.downcast_ref::<UsageError>().is_some()
+        || e.downcast_ref::<SecretFileError>().is_some();
+    if bad_input { 2 } else { 1 }
 }
 
 /// Log lines to stderr, filtered by `RUST_LOG` (default `info`): text
@@ -102,5 +103,24 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_exits_2_and_the_rest_1() {
+        let exists = SecretFileError::Exists {
+            path: "k.key".into(),
+        };
+        // `keygen --out` onto an existing file exited 1 when the key files
+        // got their own error type.
+        assert_eq!(exit_code(&exists.into()), 2);
+        assert_eq!(exit_code(&UsageError("no".into()).into()), 2);
+        let wrapped = anyhow::Error::from(UsageError("no".into())).context("while");
+        assert_eq!(exit_code(&wrapped), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("cannot reach the peer")), 1);
     }
 }
