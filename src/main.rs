@@ -1,5 +1,8 @@
 //! CLI entry point: parse, run, and map failures to exit codes.
 //!
+//! `disruptor peer` runs a peer (see [`disruptor::peer`]); every other
+//! subcommand is a client of a running peer (see [`disruptor::client`]).
+//!
 //! Exit codes: 0 success; 1 runtime failure (a port in use, a peer that
 //! cannot be reached, an error answer); 2 bad input (arguments, addresses,
 //! key files), as clap does for usage errors.
@@ -10,6 +13,7 @@ use clap::Parser;
 use disruptor::cli::{Cli, Command, LogFormat};
 use disruptor::client::{self, UsageError};
 use disruptor::config::{ConfigError, PeerConfig};
+use disruptor::secret_file::SecretFileError;
 
 /// mimalloc: the job path allocates a few small buffers per job, and glibc
 /// malloc/free was ~8% of a busy peer's CPU in perf (with its arena locks
@@ -21,16 +25,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let threads = match &cli.command {
-        Command::Peer(args) => args
-            .threads
-            .map(usize::from)
-            .unwrap_or_else(default_threads),
-        // The CLI's own commands are clients: a little I/O each.
-        _ => 2,
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+        .worker_threads(threads_for(&cli.command))
         .enable_all()
         .build()
     {
@@ -40,44 +36,61 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Peer(args) => {
-                let config = PeerConfig::from_args(&args)?;
-                disruptor::peer::run(config).await
-            }
-            Command::Peers(args) => client::peers(args).await,
-            Command::Status(args) => client::status(args).await,
-            Command::Start(args) => client::start(args).await,
-            Command::Stop(args) => client::stop(args).await,
-            Command::Send(args) => client::send(args).await,
-            Command::Stream(args) => client::stream(args).await,
-            Command::Deploy(args) => client::deploy(args).await,
-            Command::Keygen(args) => client::keygen(args),
-        }
-    });
+    let result = runtime.block_on(run(cli.command));
     // Do not wait for blocking tasks (stdin readers and the like).
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<UsageError>().is_some()
-            {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            ExitCode::from(exit_code(&e))
         }
     }
 }
 
-/// Half the cores, at least one: a peer's work is mostly moving bytes
-/// between sockets and pipes, and its worker processes need the rest.
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+/// Runs one subcommand to its end.
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Peer(args) => {
+            let config = PeerConfig::from_args(&args)?;
+            disruptor::peer::run(config).await
+        }
+        Command::Peers(args) => client::peers(args).await,
+        Command::Status(args) => client::status(args).await,
+        Command::Start(args) => client::start(args).await,
+        Command::Stop(args) => client::stop(args).await,
+        Command::Send(args) => client::send(args).await,
+        Command::Stream(args) => client::stream(args).await,
+        Command::Deploy(args) => client::deploy(args).await,
+        Command::Keygen(args) => client::keygen(args),
+    }
 }
 
+/// Threads of the async runtime: a peer's `--threads`, by default half
+/// the cores, at least one (a peer's work is mostly moving bytes between
+/// sockets and pipes, and its worker processes need the rest); two for
+/// the client commands (a little I/O each).
+fn threads_for(command: &Command) -> usize {
+    match command {
+        Command::Peer(args) => args.threads.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+        }),
+        _ => 2,
+    }
+}
+
+/// The exit code of a failure: 2 for bad input (a [`ConfigError`], a
+/// [`UsageError`], or a key file that cannot be read or written: a
+/// [`SecretFileError`]), 1 for anything else.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let bad_input = e.downcast_ref::<ConfigError>().is_some()
+        || e.downcast_ref::<UsageError>().is_some()
+        || e.downcast_ref::<SecretFileError>().is_some();
+    if bad_input { 2 } else { 1 }
+}
+
+/// Log lines to stderr, filtered by `RUST_LOG` (default `info`): text
+/// (coloured on a terminal) or JSON objects.
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -90,5 +103,24 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_exits_2_and_the_rest_1() {
+        let exists = SecretFileError::Exists {
+            path: "k.key".into(),
+        };
+        // `keygen --out` onto an existing file exited 1 when the key files
+        // got their own error type.
+        assert_eq!(exit_code(&exists.into()), 2);
+        assert_eq!(exit_code(&UsageError("no".into()).into()), 2);
+        let wrapped = anyhow::Error::from(UsageError("no".into())).context("while");
+        assert_eq!(exit_code(&wrapped), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("cannot reach the peer")), 1);
     }
 }

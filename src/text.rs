@@ -49,8 +49,13 @@ pub fn truncated(s: &str, max: usize) -> Cow<'_, str> {
     }
 }
 
-/// A peer id as tables show it: `…` and its last `n` characters. Peer ids
-/// end in their most random characters, so the tail tells peers apart.
+/// How many characters of a peer id [`short_id`] keeps for display: one
+/// length everywhere, so the same peer looks the same in every table.
+pub const SHORT_ID_CHARS: usize = 10;
+
+/// A peer id as tables show it: `…` and its last `n` characters
+/// ([`SHORT_ID_CHARS`] for display). Peer ids end in their most random
+/// characters, so the tail tells peers apart.
 pub fn short_id(id: &str, n: usize) -> String {
     format!("…{}", tail(id, n))
 }
