@@ -44,14 +44,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, identify, noise, ping, tcp, yamux};
 use tokio::sync::mpsc;
 
-const TOPIC: &str = "disruptor/membership/1";
-const PROTOCOL_VERSION: &str = "/disruptor/1.0.0";
-const JOBS: StreamProtocol = StreamProtocol::new("/disruptor/jobs-stream/2");
-const BUNDLES: StreamProtocol = StreamProtocol::new("/disruptor/bundle/1");
-const MEMBERS: StreamProtocol = StreamProtocol::new("/disruptor/members/1");
+// The protocol names, from the library: the rogue speaks what peers speak.
+use disruptor::network::wire::{
+    BUNDLE_PROTOCOL as BUNDLES, JOBS_STREAM_PROTOCOL as JOBS, MEMBERS_PROTOCOL as MEMBERS,
+    MEMBERSHIP_TOPIC as TOPIC, PROTOCOL_VERSION,
+};
 
 #[derive(NetworkBehaviour)]
 struct Rogue {

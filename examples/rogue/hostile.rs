@@ -503,25 +503,20 @@ async fn serve_jobs(mut control: libp2p_stream::Control, tally: Arc<Tally>) {
 }
 
 async fn echo_jobs(mut s: libp2p::Stream, tally: Arc<Tally>) {
-    // kind, id, job id, timeout, app name length: then the name, the payload.
-    const HEADER: usize = 1 + 8 + 8 + 4 + 2;
+    use disruptor::network::wire::{decode_request, encode_answer};
     loop {
         let mut len = [0u8; 4];
         if s.read_exact(&mut len).await.is_err() {
             return;
         }
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        if body.len() < HEADER || s.read_exact(&mut body).await.is_err() || body[0] != 1 {
+        let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).min(1 << 20)];
+        if s.read_exact(&mut body).await.is_err() {
             return;
         }
-        let id = &body[1..9];
-        let app_len = u16::from_be_bytes([body[21], body[22]]) as usize;
-        let payload = body.get(HEADER + app_len..).unwrap_or_default();
-        let mut answer = ((1 + 8 + 1 + payload.len()) as u32).to_be_bytes().to_vec();
-        answer.push(2);
-        answer.extend_from_slice(id);
-        answer.push(0);
-        answer.extend_from_slice(payload);
+        let Ok(request) = decode_request(&body) else {
+            return;
+        };
+        let answer = encode_answer(request.id, &Ok(request.payload.to_string()));
         if s.write_all(&answer).await.is_err() || s.flush().await.is_err() {
             return;
         }

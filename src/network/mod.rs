@@ -26,6 +26,17 @@ pub use client::Client;
 pub use event_loop::EventLoop;
 pub use jobs::serve_inbound;
 
+/// The names and frames other peers must speak, in one place (for tools
+/// that talk to a mesh without being a peer, like `examples/rogue`).
+pub mod wire {
+    pub use super::behaviour::{MEMBERS_PROTOCOL, MEMBERSHIP_TOPIC, PROTOCOL_VERSION};
+    pub use super::bundles::BUNDLE_PROTOCOL;
+    pub use super::jobs::JOBS_STREAM_PROTOCOL;
+    pub use super::jobs::frame::{
+        Request, decode_answer, decode_request, encode_answer, encode_request,
+    };
+}
+
 use std::sync::{Arc, LazyLock};
 
 use prometheus_client::encoding::EncodeLabelSet;

@@ -84,15 +84,21 @@ pub(super) async fn read_frame<R: AsyncRead + Unpin>(
 /// A decoded request frame.
 #[derive(Debug, PartialEq)]
 pub struct Request<'a> {
+    /// Its id on the link (the answer carries it back).
     pub id: u64,
+    /// The job's mesh-wide id (for logs).
     pub job: u64,
+    /// How long the caller waits for the answer.
     pub timeout: Duration,
+    /// The app to run it on (not yet checked).
     pub app: &'a str,
+    /// The job (not yet checked).
     pub payload: &'a str,
 }
 
 const REQUEST_HEADER: usize = 1 + 8 + 8 + 4 + 2;
 
+/// A request frame, length prefix included.
 pub fn encode_request(id: u64, job: u64, timeout: Duration, app: &str, payload: &str) -> Vec<u8> {
     let app = &app.as_bytes()[..app.len().min(u16::MAX as usize)];
     let len = REQUEST_HEADER + app.len() + payload.len();
@@ -156,6 +162,7 @@ fn error_code(e: &JobError) -> u8 {
     }
 }
 
+/// An answer frame, length prefix included.
 pub fn encode_answer(id: u64, result: &Result<String, JobError>) -> Vec<u8> {
     let (status, data) = match result {
         Ok(r) => (0u8, r.as_str()),
@@ -183,6 +190,7 @@ pub fn encode_answer(id: u64, result: &Result<String, JobError>) -> Vec<u8> {
     f
 }
 
+/// Decodes an answer frame's body (after its length).
 pub fn decode_answer(body: &[u8]) -> Result<(u64, Result<String, JobError>), String> {
     if body.len() < 10 || body[0] != KIND_ANSWER {
         return Err("malformed job answer frame".into());
