@@ -63,8 +63,11 @@ pub struct CodeLabel {
 }
 
 fn job_histogram() -> Histogram {
-    // 100 µs to ~26 s.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+    Histogram::new(exponential_buckets(
+        super::LATENCY_FIRST_BOUND.as_secs_f64(),
+        2.0,
+        super::LATENCY_BOUNDS as u16,
+    ))
 }
 
 pub struct Metrics {

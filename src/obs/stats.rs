@@ -25,9 +25,9 @@ pub const MAX_APPS: usize = crate::obs::metrics::MAX_LABELLED_APPS + 1;
 pub const MAX_ERRORS: usize = 50;
 /// An error message is cut to this many characters.
 pub const MAX_ERROR_CHARS: usize = 300;
-/// Latency histogram per bucket: bucket k holds latencies below
-/// 100 µs * 2^k (the last one everything above).
-const LAT_BINS: usize = 20;
+/// Latency histogram per bucket: bin k holds latencies below
+/// [`super::LATENCY_FIRST_BOUND`] * 2^k (the last one everything above).
+const LAT_BINS: usize = super::LATENCY_BOUNDS + 1;
 
 #[derive(Clone, Default)]
 struct Bucket {
@@ -100,7 +100,7 @@ pub fn job_id_text(id: u64) -> String {
 
 fn lat_bin(d: Duration) -> usize {
     let us = d.as_micros() as u64;
-    let mut bound = 100u64;
+    let mut bound = super::LATENCY_FIRST_BOUND.as_micros() as u64;
     for k in 0..LAT_BINS - 1 {
         if us < bound {
             return k;
@@ -111,7 +111,7 @@ fn lat_bin(d: Duration) -> usize {
 }
 
 fn bin_upper_ms(k: usize) -> f64 {
-    0.1 * (1u64 << k) as f64
+    super::LATENCY_FIRST_BOUND.as_secs_f64() * 1e3 * (1u64 << k) as f64
 }
 
 impl Stats {
