@@ -5,6 +5,7 @@
 //! by its number of live worker processes, so every worker in the mesh is
 //! equally likely to get a job. A remote job goes over the network
 //! [`Client`]; a local one straight into the app's queue.
+pub mod fanout;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
