@@ -285,20 +285,14 @@ async fn read_job_body(
 }
 
 /// `POST /api/echo`: answers a JSON body with itself, through the same body
-/// handling as a job but without dispatch. The benchmark's ceiling.
-pub(super) async fn echo(State(s): State<Ctx>, body: Body) -> Response {
-    let max = s.config.max_job_bytes;
-    let result = async {
-        let bytes = axum::body::to_bytes(body, max)
-            .await
-            .map_err(|_| JobError::TooLarge(format!("larger than {max} bytes")))?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| JobError::BadRequest("the body is not UTF-8".into()))?;
-        one_line(text)
-            .map_err(|e| JobError::BadRequest(format!("the body is not valid JSON ({e})")))
-    }
-    .await;
-    match result {
+/// handling as a job ([`read_job_body`]: the size limit, the body deadline,
+/// the JSON check) but without dispatch. The benchmark's ceiling.
+pub(super) async fn echo(State(s): State<Ctx>, headers: HeaderMap, body: Body) -> Response {
+    echo_body(&s.config, &headers, body).await
+}
+
+async fn echo_body(config: &HttpConfig, headers: &HeaderMap, body: Body) -> Response {
+    match read_job_body(config, headers, body).await {
         Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -401,6 +395,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Bytes;
 
     fn query(q: &str) -> Result<JobQuery, String> {
         let uri: axum::http::Uri = format!("/apps/x{q}").parse().unwrap();
@@ -470,6 +465,43 @@ mod tests {
             let e = job_timeout(&h).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
         }
+    }
+
+    fn config(body_timeout: Duration) -> HttpConfig {
+        HttpConfig {
+            max_job_bytes: 16,
+            max_connections: 1,
+            header_timeout: Duration::from_secs(1),
+            body_timeout,
+        }
+    }
+
+    async fn echo(headers: &HeaderMap, body: Body) -> (StatusCode, String) {
+        let resp = echo_body(&config(Duration::from_millis(50)), headers, body).await;
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The ceiling's body handling is the job's: before, a body that never
+    /// completed held `/api/echo` (and its connection) forever.
+    #[tokio::test]
+    async fn echo_reads_its_body_as_a_job_does() {
+        let h = HeaderMap::new();
+        assert_eq!(
+            echo(&h, Body::from(r#"{"a": [1, 2]}"#)).await,
+            (StatusCode::OK, r#"{"a": [1, 2]}"#.into())
+        );
+        let (status, text) = echo(&h, Body::from("[1,")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        let (status, text) = echo(&h, Body::from("[".repeat(17))).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+        let stalled =
+            Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let answer = tokio::time::timeout(Duration::from_secs(5), echo(&h, stalled)).await;
+        let (status, text) = answer.expect("a stalled body is answered at its deadline");
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(text.contains("did not arrive within 50ms"), "{text}");
     }
 
     #[test]
