@@ -1,4 +1,5 @@
-//! JSON shapes of the HTTP API, shared by the server and the CLI.
+//! JSON shapes of the HTTP API, shared by the server ([`crate::http`]) and
+//! the CLI ([`crate::client`]): what one serializes, the other reads.
 
 use std::collections::BTreeMap;
 
@@ -14,12 +15,14 @@ pub struct DecisionsView {
     pub clock: u64,
     /// Whether this peer takes only decisions signed by an admin key.
     pub admins: bool,
+    /// Every decision this peer holds, one per app.
     pub decisions: Vec<crate::mesh::desired::DesiredApp>,
 }
 
 /// Body of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong, for a human.
     pub error: String,
 }
 
@@ -40,6 +43,9 @@ pub struct AppsView {
 }
 
 impl AppsView {
+    /// The view from this peer's apps (`local`, with their workers) and
+    /// the apps the peers that are up announced in `mesh`.
+    /// `remote_deploy` is true: the endpoint sets it.
     pub fn build(local_id: &str, local: Vec<crate::apps::LocalApp>, mesh: &MeshView) -> AppsView {
         let mut by_app: BTreeMap<String, BTreeMap<String, crate::apps::AppStatus>> =
             BTreeMap::new();

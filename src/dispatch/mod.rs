@@ -4,6 +4,7 @@
 //! - [`pick`]: the choice itself, a pure function of a snapshot (this
 //!   peer's live workers, the mesh view, the jobs it has out);
 //! - [`failover`]: what one job's failed attempts lead to;
+//! - [`fanout`]: one job on every peer that runs the app;
 //! - [`Dispatcher`] (here): the handle the HTTP layer uses; it reads the
 //!   snapshot, runs attempts through the worker registry (local) or the
 //!   network client (remote), and counts what is in flight.
@@ -12,6 +13,7 @@
 //! know nothing of it.
 
 pub mod failover;
+pub mod fanout;
 pub mod pick;
 
 use std::collections::HashMap;

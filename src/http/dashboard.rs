@@ -6,17 +6,27 @@
 //! every second and swaps it in, so the page stays current without a
 //! reload, and still says something useful without JavaScript.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::api::{AppsView, MeshView, PeerView};
-use crate::apps::AppState;
+use crate::apps::{AppState, AppStatus};
 use crate::obs::stats::{Point, StatsView};
-use crate::text::{ago, head, short_id, tail};
+use crate::text::{ago, head, short_id};
 
 /// How often the page refreshes its live part.
 pub const REFRESH_MS: u32 = 1000;
+/// Characters of a peer id shown wherever one is shortened (the picture,
+/// the tables, the title), as the CLI's tables show them; the whole id is
+/// in the element's `title`.
+const ID_CHARS: usize = 10;
+/// Characters of a deployed version (a bundle's SHA-256) shown.
+const VERSION_CHARS: usize = 8;
+/// An empty cell.
+const NOTHING: &str = "<span class=\"muted\">–</span>";
 
+/// `s` as HTML text (or an attribute's value): `&`, `<`, `>` and quotes
+/// escaped.
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -97,7 +107,7 @@ pub fn page(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -> St
 <a href="/api/stats">/api/stats</a> · <a href="/metrics">/metrics</a></footer>
 <script>var REFRESH={REFRESH_MS};{SCRIPT}</script></body></html>
 "#,
-        short = esc(tail(&view.local.id, 8)),
+        short = esc(&short_id(&view.local.id, ID_CHARS)),
         id = esc(&view.local.id),
         http = esc(&view.local.http),
         private = if view.local.private {
@@ -154,28 +164,79 @@ pub fn fragment(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -
     h
 }
 
+/// The picture of the mesh: every peer a node on a circle, this one at
+/// the top; a line for each live connection.
 fn mesh_svg(view: &MeshView) -> String {
-    // Every peer on a circle, this one at the top; ids sorted, so nodes
-    // keep their places between refreshes.
+    let ids = circle_order(view);
+    let peer = |id: &str| view.peers.iter().find(|p| p.id == id);
+    let is_down = |i: usize| i != 0 && peer(ids[i]).is_some_and(|p| !p.is_up());
+    let mut s = String::from(
+        r#"<svg id="mesh" viewBox="0 0 340 330" width="100%" style="max-width:380px" role="img" aria-label="mesh">"#,
+    );
+    for (a, b) in edges(view, &ids) {
+        let ((x1, y1), (x2, y2)) = (place(a, ids.len()), place(b, ids.len()));
+        let _ = write!(
+            s,
+            r##"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="{}" stroke-width="1.5"/>"##,
+            if is_down(a) || is_down(b) {
+                "#e5e7eb"
+            } else {
+                "#94a3b8"
+            }
+        );
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let (fill, state) = match (i, peer(id)) {
+            (0, _) => ("#2563eb", "self"),
+            (_, Some(p)) if p.is_up() => ("#1a7f37", "up"),
+            _ => ("#cbd5e1", "down"),
+        };
+        let ring = if i == 0 {
+            r##"<circle r="19" fill="none" stroke="#2563eb" stroke-width="2"/>"##
+        } else {
+            ""
+        };
+        let (x, y) = place(i, ids.len());
+        let _ = write!(
+            s,
+            r##"<g class="node" data-peer="{id}" data-state="{state}" transform="translate({x:.1},{y:.1})"><title>{id} ({state})</title>{ring}<circle r="14" fill="{fill}"/><text y="30" text-anchor="middle" fill="#374151">{short}</text></g>"##,
+            id = esc(id),
+            short = esc(&short_id(id, ID_CHARS)),
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// The order of the nodes around the circle: this peer first, then the
+/// others by id, so nodes keep their places between refreshes.
+fn circle_order(view: &MeshView) -> Vec<&str> {
     let mut ids: Vec<&str> = view.peers.iter().map(|p| p.id.as_str()).collect();
     ids.sort();
     let me = view.local.id.as_str();
     let pos_of_me = ids.partition_point(|id| *id < me);
     ids.insert(pos_of_me, me);
     ids.rotate_left(pos_of_me);
-    let n = ids.len();
+    ids
+}
+
+/// Where node `i` of `n` sits on the circle (node 0 at the top).
+fn place(i: usize, n: usize) -> (f64, f64) {
     let (cx, cy, r) = (170.0, 165.0, if n <= 1 { 0.0 } else { 125.0 });
-    let at = |i: usize| {
-        let a = -std::f64::consts::FRAC_PI_2 + i as f64 * std::f64::consts::TAU / n as f64;
-        (cx + r * a.cos(), cy + r * a.sin())
-    };
+    let a = -std::f64::consts::FRAC_PI_2 + i as f64 * std::f64::consts::TAU / n as f64;
+    (cx + r * a.cos(), cy + r * a.sin())
+}
+
+/// The picture's lines, as pairs of nodes (lower first): this peer to
+/// each peer it is connected to, and each peer that is up to the peers it
+/// announced links to.
+fn edges(view: &MeshView, ids: &[&str]) -> BTreeSet<(usize, usize)> {
     let index = |id: &str| ids.iter().position(|x| *x == id);
-    let peer = |id: &str| view.peers.iter().find(|p| p.id == id);
     let mut edges = BTreeSet::new();
     for p in &view.peers {
         let Some(i) = index(&p.id) else { continue };
         if p.connected {
-            edges.insert((0, i)); // this peer is at index 0
+            edges.insert((0, i)); // this peer is node 0
         }
         if !p.is_up() {
             continue;
@@ -188,133 +249,99 @@ fn mesh_svg(view: &MeshView) -> String {
             }
         }
     }
-    let mut s = String::from(
-        r#"<svg id="mesh" viewBox="0 0 340 330" width="100%" style="max-width:380px" role="img" aria-label="mesh">"#,
-    );
-    for (a, b) in &edges {
-        let down = [a, b]
-            .iter()
-            .any(|k| **k != 0 && peer(ids[**k]).is_some_and(|p| !p.is_up()));
-        let ((x1, y1), (x2, y2)) = (at(*a), at(*b));
-        let _ = write!(
-            s,
-            r##"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="{}" stroke-width="1.5"/>"##,
-            if down { "#e5e7eb" } else { "#94a3b8" }
-        );
-    }
-    for (i, id) in ids.iter().enumerate() {
-        let (x, y) = at(i);
-        let (fill, state) = if i == 0 {
-            ("#2563eb", "self")
-        } else {
-            match peer(id) {
-                Some(p) if p.is_up() => ("#1a7f37", "up"),
-                _ => ("#cbd5e1", "down"),
-            }
-        };
-        let ring = if i == 0 {
-            r##"<circle r="19" fill="none" stroke="#2563eb" stroke-width="2"/>"##
-        } else {
-            ""
-        };
-        let _ = write!(
-            s,
-            r##"<g class="node" data-peer="{id}" data-state="{state}" transform="translate({x:.1},{y:.1})"><title>{id} ({state})</title>{ring}<circle r="14" fill="{fill}"/><text y="30" text-anchor="middle" fill="#374151">{short}</text></g>"##,
-            id = esc(id),
-            short = esc(&short_id(id, 6)),
-        );
-    }
-    s.push_str("</svg>");
-    s
+    edges
 }
 
+/// The table of peers: this one, then the others (those up first).
 fn peer_table(view: &MeshView, apps: &AppsView, now: u64) -> String {
     let mut s = String::from(
         "<table id=\"peers\"><tr><th>peer</th><th>state</th><th>for</th><th>ping</th><th>apps (workers · in flight)</th></tr>",
     );
-    let apps_of = |id: &str| -> String {
-        let list: Vec<String> = apps
-            .mesh
-            .iter()
-            .filter_map(|(app, per_peer)| per_peer.get(id).map(|st| (app, st)))
-            .map(|(app, st)| {
-                let class = match st.state {
-                    AppState::Running => "b-up",
-                    AppState::Failing | AppState::Missing => "b-down",
-                    _ => "b-mut",
-                };
-                format!(
-                    "<code>{}</code> <span class=\"badge {class}\">{}</span> {} · {}{}",
-                    esc(app),
-                    st.state,
-                    st.workers,
-                    st.in_flight,
-                    st.version
-                        .as_deref()
-                        .map(|v| format!(
-                            " <span class=\"muted\" title=\"deployed version {}\">v:{}</span>",
-                            esc(v),
-                            esc(head(v, 8))
-                        ))
-                        .unwrap_or_default()
-                )
-            })
-            .collect();
-        if list.is_empty() {
-            "<span class=\"muted\">–</span>".into()
-        } else {
-            list.join("<br>")
-        }
-    };
     let _ = write!(
         s,
         r#"<tr data-peer="{id}" data-state="self"><td><code title="{id}">{short}</code></td><td><span class="badge b-self">this peer</span></td><td>{up}</td><td>–</td><td>{apps}</td></tr>"#,
         id = esc(&view.local.id),
-        short = esc(&short_id(&view.local.id, 10)),
+        short = esc(&short_id(&view.local.id, ID_CHARS)),
         up = ago(now, view.local.started_ms),
-        apps = apps_of(&view.local.id),
+        apps = apps_cell(apps, &view.local.id),
     );
     let mut peers: Vec<&PeerView> = view.peers.iter().collect();
-    peers.sort_by_key(|p| (!p.is_up(), p.id.clone()));
+    peers.sort_by(|a, b| (!a.is_up(), &a.id).cmp(&(!b.is_up(), &b.id)));
     for p in peers {
-        let up = p.is_up();
-        let state = if up {
-            "<span class=\"badge b-up\">up</span>".to_string()
-        } else {
-            format!(
-                "<span class=\"badge b-down\">down</span> <span class=\"muted\">{}</span>",
-                esc(p.reason.map_or("", |r| r.as_str()))
-            )
-        };
-        let since = if up {
-            p.started_ms
-                .map(|t| ago(now, t))
-                .unwrap_or_else(|| "?".into())
-        } else {
-            format!("last seen {} ago", ago(now, p.last_seen_ms))
-        };
-        let _ = write!(
-            s,
-            r#"<tr class="{class}" data-peer="{id}" data-state="{st}"><td><code title="{id}">{short}</code><br><span class="muted">{http}</span></td><td>{state}</td><td>{since}</td><td>{ping}</td><td>{apps}</td></tr>"#,
-            class = if up { "up" } else { "down" },
-            id = esc(&p.id),
-            st = if up { "up" } else { "down" },
-            short = esc(&short_id(&p.id, 10)),
-            http = esc(p.http.as_deref().unwrap_or("")),
-            ping = p
-                .rtt_ms
-                .filter(|_| up)
-                .map(|r| format!("{r:.2} ms"))
-                .unwrap_or_else(|| "–".into()),
-            apps = if up {
-                apps_of(&p.id)
-            } else {
-                "<span class=\"muted\">–</span>".into()
-            },
-        );
+        peer_row(&mut s, p, apps, now);
     }
     s.push_str("</table>");
     s
+}
+
+/// The row of another peer.
+fn peer_row(s: &mut String, p: &PeerView, apps: &AppsView, now: u64) {
+    let up = p.is_up();
+    let state = if up {
+        "<span class=\"badge b-up\">up</span>".to_string()
+    } else {
+        format!(
+            "<span class=\"badge b-down\">down</span> <span class=\"muted\">{}</span>",
+            esc(p.reason.map_or("", |r| r.as_str()))
+        )
+    };
+    let since = match (up, p.started_ms) {
+        (true, Some(t)) => ago(now, t),
+        (true, None) => "?".into(),
+        (false, _) => format!("last seen {} ago", ago(now, p.last_seen_ms)),
+    };
+    let ping = match p.rtt_ms {
+        Some(r) if up => format!("{r:.2} ms"),
+        _ => "–".into(),
+    };
+    let _ = write!(
+        s,
+        r#"<tr class="{st}" data-peer="{id}" data-state="{st}"><td><code title="{id}">{short}</code><br><span class="muted">{http}</span></td><td>{state}</td><td>{since}</td><td>{ping}</td><td>{apps}</td></tr>"#,
+        st = if up { "up" } else { "down" },
+        id = esc(&p.id),
+        short = esc(&short_id(&p.id, ID_CHARS)),
+        http = esc(p.http.as_deref().unwrap_or("")),
+        apps = if up {
+            apps_cell(apps, &p.id)
+        } else {
+            NOTHING.into()
+        },
+    );
+}
+
+/// The apps cell of peer `id`'s row: each app it runs, with its state,
+/// workers, jobs in flight and deployed version.
+fn apps_cell(apps: &AppsView, id: &str) -> String {
+    let list: Vec<String> = (apps.mesh.iter())
+        .filter_map(|(app, per_peer)| per_peer.get(id).map(|st| (app, st)))
+        .map(|(app, st)| {
+            let class = match st.state {
+                AppState::Running => "b-up",
+                AppState::Failing | AppState::Missing => "b-down",
+                _ => "b-mut",
+            };
+            let version = st.version.as_deref().map(|v| {
+                format!(
+                    " <span class=\"muted\" title=\"deployed version {}\">v:{}</span>",
+                    esc(v),
+                    esc(head(v, VERSION_CHARS))
+                )
+            });
+            format!(
+                "<code>{}</code> <span class=\"badge {class}\">{}</span> {} · {}{}",
+                esc(app),
+                st.state,
+                st.workers,
+                st.in_flight,
+                version.unwrap_or_default()
+            )
+        })
+        .collect();
+    if list.is_empty() {
+        NOTHING.into()
+    } else {
+        list.join("<br>")
+    }
 }
 
 /// A small line chart of `values` (None: no data), 0 at the bottom.
@@ -356,6 +383,8 @@ fn sparkline(values: &[Option<f64>], color: &str, unit: &str) -> String {
     s
 }
 
+/// A card per app the mesh runs or this peer saw jobs for: where it runs,
+/// and its throughput and latency here.
 fn app_cards(apps: &AppsView, stats: &StatsView) -> String {
     let names: BTreeSet<&String> = apps.mesh.keys().chain(stats.apps.keys()).collect();
     if names.is_empty() {
@@ -363,51 +392,54 @@ fn app_cards(apps: &AppsView, stats: &StatsView) -> String {
     }
     let mut s = String::from("<div class=\"apps\">");
     for app in names {
-        let per_peer = apps.mesh.get(app);
-        let running = per_peer
-            .map(|m| {
-                m.values()
-                    .filter(|st| st.state == AppState::Running)
-                    .count()
-            })
-            .unwrap_or(0);
-        let workers: u32 = per_peer
-            .map(|m| m.values().map(|st| st.workers).sum())
-            .unwrap_or(0);
-        let in_flight: u32 = per_peer
-            .map(|m| m.values().map(|st| st.in_flight).sum())
-            .unwrap_or(0);
-        let empty = Vec::new();
-        let pts: &Vec<Point> = stats.apps.get(app).unwrap_or(&empty);
-        // The last interval is still filling: leave it out of the charts.
-        let done = &pts[..pts.len().saturating_sub(1)];
-        let rate: Vec<Option<f64>> = done.iter().map(|p| Some(p.rate)).collect();
-        let p99: Vec<Option<f64>> = done.iter().map(|p| p.p99_ms).collect();
-        let failed: u64 = done.iter().map(|p| p.failed).sum();
-        let total: u64 = done.iter().map(|p| p.jobs).sum();
-        let what = if app == crate::obs::metrics::OTHER_APP {
-            "jobs for apps the mesh does not run, counted together".to_string()
-        } else {
-            format!(
-                "running on {running} peer{} · {workers} workers · {in_flight} in flight",
-                if running == 1 { "" } else { "s" }
-            )
-        };
-        let _ = write!(
-            s,
-            r#"<div class="app" data-app="{name}"><h3><code>{name}</code></h3>
-<div class="muted">{what} · last 5 min here: {total} jobs, {failed} failed</div>
-<div class="chart"><span class="lbl">jobs/s</span>{rate}</div>
-<div class="chart"><span class="lbl">p99 latency</span>{p99}</div></div>"#,
-            name = esc(app),
-            rate = sparkline(&rate, "#2563eb", "/s"),
-            p99 = sparkline(&p99, "#d97706", "ms"),
-        );
+        let pts = stats.apps.get(app).map_or(&[][..], |p| &p[..]);
+        app_card(&mut s, app, apps.mesh.get(app), pts);
     }
     s.push_str("</div>");
     s
 }
 
+/// The card of `app`: `per_peer`, its state on each peer running it;
+/// `pts`, its series here.
+fn app_card(
+    s: &mut String,
+    app: &str,
+    per_peer: Option<&BTreeMap<String, AppStatus>>,
+    pts: &[Point],
+) {
+    let statuses = || per_peer.into_iter().flat_map(|m| m.values());
+    let running = statuses()
+        .filter(|st| st.state == AppState::Running)
+        .count();
+    let workers: u32 = statuses().map(|st| st.workers).sum();
+    let in_flight: u32 = statuses().map(|st| st.in_flight).sum();
+    // The last interval is still filling: leave it out of the charts.
+    let done = &pts[..pts.len().saturating_sub(1)];
+    let rate: Vec<Option<f64>> = done.iter().map(|p| Some(p.rate)).collect();
+    let p99: Vec<Option<f64>> = done.iter().map(|p| p.p99_ms).collect();
+    let failed: u64 = done.iter().map(|p| p.failed).sum();
+    let total: u64 = done.iter().map(|p| p.jobs).sum();
+    let what = if app == crate::obs::metrics::OTHER_APP {
+        "jobs for apps the mesh does not run, counted together".to_string()
+    } else {
+        format!(
+            "running on {running} peer{} · {workers} workers · {in_flight} in flight",
+            if running == 1 { "" } else { "s" }
+        )
+    };
+    let _ = write!(
+        s,
+        r#"<div class="app" data-app="{name}"><h3><code>{name}</code></h3>
+<div class="muted">{what} · last 5 min here: {total} jobs, {failed} failed</div>
+<div class="chart"><span class="lbl">jobs/s</span>{rate}</div>
+<div class="chart"><span class="lbl">p99 latency</span>{p99}</div></div>"#,
+        name = esc(app),
+        rate = sparkline(&rate, "#2563eb", "/s"),
+        p99 = sparkline(&p99, "#d97706", "ms"),
+    );
+}
+
+/// The latest errors seen here, newest first (20 at most).
 fn errors(stats: &StatsView, local_id: &str, now: u64) -> String {
     if stats.errors.is_empty() {
         return "<p class=\"muted\">None: no failed job and no worker crash seen here.</p>".into();
@@ -428,7 +460,7 @@ fn errors(stats: &StatsView, local_id: &str, now: u64) -> String {
             },
             esc(&e.app),
             esc(peer),
-            esc(&short_id(peer, 8)),
+            esc(&short_id(peer, ID_CHARS)),
             esc(&e.message),
         );
     }
@@ -496,6 +528,18 @@ mod tests {
         // self-a (connected) and a-b (announced by a): two edges.
         assert_eq!(page.matches("<line x1").count(), 2, "{page}");
         assert!(page.contains("/dashboard/live"));
+        // Every shortened id, in the picture and the tables, is as long.
+        let live = fragment(&view, &apps, &stats.view(62_000), 62_000);
+        let shortened = live.match_indices('…').map(|(i, _)| {
+            let rest = &live[i + '…'.len_utf8()..];
+            rest.chars().take_while(|c| c.is_alphanumeric()).count()
+        });
+        assert_eq!(
+            shortened.collect::<Vec<_>>(),
+            vec![ID_CHARS; 7],
+            "3 nodes, 3 rows, 1 error"
+        );
+        assert!(page.contains("<title>disruptor · …oWself0000 · 1 up</title>"));
     }
 
     /// A version is whatever another peer announced: a multi-byte

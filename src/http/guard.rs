@@ -86,6 +86,7 @@ impl Refused {
 pub struct GuardLayer(Arc<Guard>);
 
 impl GuardLayer {
+    /// The layer that checks requests against `guard`.
     pub fn new(guard: Guard) -> GuardLayer {
         GuardLayer(Arc::new(guard))
     }
