@@ -94,9 +94,7 @@ pub async fn job<T>(
         }
     };
     let started = std::time::Instant::now();
-    let in_flight = metrics::InFlight::new();
     let out = work.instrument(span.clone()).await;
-    drop(in_flight);
     let took = started.elapsed();
     span.in_scope(|| log(&out, source, took));
     let result = out.result.as_ref().map(|_| ());

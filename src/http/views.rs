@@ -56,6 +56,7 @@ pub(super) async fn metrics_text(State(s): State<Ctx>) -> Response {
             .collect(),
         peers_up: mesh.up().count(),
         peers_down: mesh.peers.len() - mesh.up().count(),
+        jobs_in_flight: s.dispatcher.in_flight(),
     };
     let text = metrics::scrape(&s.registry, gauges);
     (

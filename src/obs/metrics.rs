@@ -189,6 +189,9 @@ pub struct Gauges {
     pub peers_up: usize,
     /// Peers known to be down.
     pub peers_down: usize,
+    /// Jobs that entered the mesh here and are not answered yet (the
+    /// dispatcher's count, which a draining peer waits on too).
+    pub jobs_in_flight: usize,
 }
 
 /// Sets the state gauges, then encodes everything.
@@ -203,6 +206,7 @@ pub fn scrape(registry: &Registry, gauges: Gauges) -> String {
             })
             .inc();
     }
+    m.jobs_in_flight.set(gauges.jobs_in_flight as i64);
     m.peers.clear();
     for (state, n) in [("up", gauges.peers_up), ("down", gauges.peers_down)] {
         m.peers
@@ -379,28 +383,6 @@ pub fn job_done(
     stats.job(&label, result.is_ok(), took, crate::clock::unix_ms());
     if let Err(e) = result {
         stats.error_now("job", app.as_str(), peer.map(str::to_string), e.to_string());
-    }
-}
-
-/// Counts a job in `jobs_in_flight` while it lives.
-pub struct InFlight(());
-
-impl InFlight {
-    pub fn new() -> Self {
-        METRICS.jobs_in_flight.inc();
-        InFlight(())
-    }
-}
-
-impl Default for InFlight {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        METRICS.jobs_in_flight.dec();
     }
 }
 
