@@ -3,9 +3,30 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::mesh::view::{DownReason, MeshView, PeerState, PeerView, SelfView};
+
+/// Request header: the job's timeout, in milliseconds.
+pub const TIMEOUT_HEADER: &str = "x-disruptor-timeout-ms";
+/// Response header: how many workers the job was tried on (failover).
+pub const ATTEMPTS_HEADER: &str = "x-disruptor-attempts";
+/// Response header: the job's id, as it appears in the logs of the peer
+/// that received it and of the peer that ran it.
+pub const JOB_ID_HEADER: &str = "x-disruptor-job-id";
+/// Response header naming the peer whose worker ran the job.
+pub const PEER_HEADER: &str = "x-disruptor-peer";
+/// A job's timeout when the request sets none ([`TIMEOUT_HEADER`]).
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request header of `POST /api/deploy`: the bundle's SHA-256 (hex).
+pub const BUNDLE_HASH_HEADER: &str = "x-disruptor-bundle-sha256";
+/// Request header of `POST /api/deploy`: the signed deployment decision
+/// (JSON).
+pub const DECISION_HEADER: &str = "x-disruptor-decision";
+/// The content type of a stream of jobs, and of its answer.
+pub const NDJSON: &str = "application/x-ndjson";
 
 /// `GET /api/decisions`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -115,8 +115,8 @@ async fn upload(
             .post(&format!("/api/deploy?name={app}"))
             .timeout(UPLOAD_TIMEOUT)
             .header("content-type", "application/zstd")
-            .header(crate::http::BUNDLE_HASH_HEADER, hash)
-            .header(crate::http::DECISION_HEADER, serde_json::to_string(d)?)
+            .header(crate::api::BUNDLE_HASH_HEADER, hash)
+            .header(crate::api::DECISION_HEADER, serde_json::to_string(d)?)
             .header("content-length", total)
             .body(chunked(&archive, progress.clone()));
         peer.send_for_json(req).await

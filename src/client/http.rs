@@ -134,7 +134,7 @@ impl PeerApi {
 /// (which otherwise applies its default).
 pub(super) fn with_job_timeout(req: RequestBuilder, timeout: Option<Duration>) -> RequestBuilder {
     match timeout {
-        Some(t) => req.header(crate::http::TIMEOUT_HEADER, t.as_millis().to_string()),
+        Some(t) => req.header(crate::api::TIMEOUT_HEADER, t.as_millis().to_string()),
         None => req,
     }
 }

@@ -29,7 +29,7 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     let peer = PeerApi::new(&args.http_addr, &args.access)?;
     let app = app_arg(&args.app)?;
     let body = job_body(read_payload(args.payload)?);
-    let server_timeout = args.timeout.unwrap_or(crate::http::DEFAULT_JOB_TIMEOUT);
+    let server_timeout = args.timeout.unwrap_or(crate::api::DEFAULT_JOB_TIMEOUT);
     let query = if args.all { "?to=all" } else { "" };
     let req = peer
         .post(&format!("/{app}{query}"))

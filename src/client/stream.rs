@@ -64,7 +64,7 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<()> {
     }
     let req = peer
         .post(&path)
-        .header("content-type", crate::http::stream::NDJSON)
+        .header("content-type", crate::api::NDJSON)
         .body(body);
     let started = Instant::now();
     let resp = peer

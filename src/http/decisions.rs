@@ -27,11 +27,7 @@ use crate::deploy::{BundleError, BundleRef, Store};
 use crate::mesh::desired::DesiredApp;
 use crate::mesh::trust::{self, Admins, Refusal};
 
-/// Request header of `POST /api/deploy`: the bundle's SHA-256 (hex).
-pub const BUNDLE_HASH_HEADER: &str = "x-disruptor-bundle-sha256";
-/// Request header of `POST /api/deploy`: the signed deployment decision
-/// (JSON).
-pub const DECISION_HEADER: &str = "x-disruptor-decision";
+pub use crate::api::{BUNDLE_HASH_HEADER, DECISION_HEADER};
 
 /// `GET /api/decisions`: the start/stop/deploy decisions this peer holds and
 /// the highest clock it has seen: what the CLI needs to make (and sign) the

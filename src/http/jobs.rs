@@ -43,17 +43,9 @@ use crate::json::one_line;
 use crate::network::MAX_JOB_TIMEOUT;
 use crate::obs::{metrics, stats};
 
-/// Request header: the job's timeout, in milliseconds.
-pub const TIMEOUT_HEADER: &str = "x-disruptor-timeout-ms";
-/// Response header: how many workers the job was tried on (failover).
-pub const ATTEMPTS_HEADER: &str = "x-disruptor-attempts";
-/// Response header: the job's id, as it appears in the logs of the peer
-/// that received it and of the peer that ran it.
-pub const JOB_ID_HEADER: &str = "x-disruptor-job-id";
-/// Response header naming the peer whose worker ran the job.
-pub const PEER_HEADER: &str = "x-disruptor-peer";
-/// A job's timeout when the request sets none ([`TIMEOUT_HEADER`]).
-pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::api::{
+    ATTEMPTS_HEADER, DEFAULT_JOB_TIMEOUT, JOB_ID_HEADER, PEER_HEADER, TIMEOUT_HEADER,
+};
 
 /// `POST /apps/<path>`: one JSON job, answered with the worker's result;
 /// with `?to=all`, the job on every peer running the app; with an NDJSON

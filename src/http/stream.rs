@@ -44,8 +44,7 @@ use crate::error::JobError;
 use crate::json::one_line;
 use crate::obs::stats;
 
-/// The content type of a stream of jobs, and of its answer.
-pub const NDJSON: &str = "application/x-ndjson";
+pub use crate::api::NDJSON;
 /// Lines in flight (or answered and waiting to be written) per stream.
 pub const DEFAULT_WINDOW: usize = 256;
 /// The largest `window` a stream may ask for.
