@@ -13,18 +13,6 @@ use common::*;
 
 const ECHO: &str = "apps/echo/echo";
 
-fn echo_mesh(dir: &std::path::Path, n: usize) -> Vec<Peer> {
-    let peers = converged_chain(dir, n, |_| PeerOpts {
-        apps: Some(repo_apps()),
-        extra: vec!["--workers".into(), "1".into()],
-        ..Default::default()
-    });
-    start_app(&peers[0], ECHO, &[]);
-    let refs: Vec<&Peer> = peers.iter().collect();
-    wait_running(&peers[0], ECHO, &refs);
-    peers
-}
-
 /// Where test artifacts (screenshots) go: `target/test-artifacts/`.
 fn artifacts() -> std::path::PathBuf {
     let dir = std::path::Path::new(BIN)
@@ -47,7 +35,11 @@ fn the_dashboard_shows_the_mesh_and_a_dead_peer_turns_down_without_a_reload() {
          `npm ci` in tests/browser (scripts/test does both when it can)"
     );
     let dir = scratch("dashboard");
-    let mut peers = echo_mesh(dir.path(), 3);
+    let mut peers = Mesh::of(dir.path(), 3)
+        .apps(repo_apps())
+        .workers(1)
+        .run(ECHO, &[])
+        .start();
     // Some traffic, so the charts have something to show.
     for i in 0..50 {
         let (status, _, _) = peers[0].job(ECHO, &format!("{{\"i\":{i}}}"));
@@ -55,21 +47,22 @@ fn the_dashboard_shows_the_mesh_and_a_dead_peer_turns_down_without_a_reload() {
     }
     let shot = artifacts().join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
-    let mut driver = Command::new("node")
-        .arg(browser_dir.join("dashboard.mjs"))
-        .arg(format!("http://{}/", peers[0].http))
-        .arg("3")
-        .arg(&peers[2].id)
-        .arg(&shot)
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run node tests/browser/dashboard.mjs");
-    let mut stdin = driver.stdin.take().unwrap();
+    let mut driver = Proc::spawn(
+        "node tests/browser/dashboard.mjs",
+        Command::new("node")
+            .arg(browser_dir.join("dashboard.mjs"))
+            .arg(format!("http://{}/", peers[0].http))
+            .arg("3")
+            .arg(&peers[2].id)
+            .arg(&shot)
+            .env("CHROMIUM", &chromium)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    );
+    let mut stdin = driver.child().stdin.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = driver.stdout.take().unwrap();
+    let stdout = driver.child().stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
@@ -117,8 +110,8 @@ fn the_dashboard_shows_the_mesh_and_a_dead_peer_turns_down_without_a_reload() {
     writeln!(stdin, "killed").unwrap();
     let done = next_line("the killed peer to turn down");
     assert_eq!(done, "OK", "the page must update without a reload");
-    let status = driver.wait().unwrap();
-    assert!(status.success());
+    let status = driver.wait(Duration::from_secs(30));
+    assert!(status.success(), "the browser driver: {status}");
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(
         size > 10_000,
@@ -188,7 +181,11 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
 #[test]
 fn metrics_parse_and_job_counters_move_by_exactly_the_jobs_sent() {
     let dir = scratch("metrics");
-    let peers = echo_mesh(dir.path(), 2);
+    let peers = Mesh::of(dir.path(), 2)
+        .apps(repo_apps())
+        .workers(1)
+        .run(ECHO, &[])
+        .start();
     let scrape = || {
         let resp = peers[0].get("/metrics");
         assert_eq!(resp.status(), 200);
@@ -248,10 +245,9 @@ fn metrics_parse_and_job_counters_move_by_exactly_the_jobs_sent() {
 fn a_job_id_appears_in_the_logs_of_the_peer_that_took_it_and_the_one_that_ran_it() {
     let dir = scratch("job-ids");
     // p0 runs the app; p1 has none, so its jobs run on p0.
-    let peers = converged_chain(dir.path(), 2, |i| PeerOpts {
-        apps: (i == 0).then(repo_apps),
-        ..Default::default()
-    });
+    let peers = Mesh::of(dir.path(), 2)
+        .apps_on_first(1, repo_apps())
+        .start();
     start_app(&peers[0], ECHO, &[]);
     wait_running(&peers[1], ECHO, &[&peers[0]]);
     let resp = http_client()
