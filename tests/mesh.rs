@@ -159,6 +159,16 @@ fn sigterm_says_goodbye_and_is_marked_left_at_once() {
     );
     let log = peers[2].log_text();
     assert!(log.contains("leaving the mesh"), "{log}");
+    // The down counter the no-false-down checks read (as 0 when it has no
+    // sample) is there under this name, by reason.
+    for p in &peers[..2] {
+        assert_eq!(
+            p.counter(r#"disruptor_peer_downs_total{reason="left"}"#),
+            1.0,
+            "{}",
+            p.name
+        );
+    }
 }
 
 #[test]
