@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -217,27 +217,19 @@ fn workers_get_an_allowlisted_environment_and_no_inherited_descriptors() {
 /// if it is still running after 15 s (it started on the key).
 fn peer_refusal(args: &[&str]) -> (Option<i32>, String) {
     let dir = scratch("refusal");
-    let mut child = Command::new(BIN)
-        .arg("peer")
-        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("disruptor peer {args:?} started instead of refusing its key file");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = Proc::spawn(
+        &format!("disruptor peer {args:?} (it should refuse its key file, not start)"),
+        Command::new(BIN)
+            .arg("peer")
+            .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
+    .output(Duration::from_secs(15));
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

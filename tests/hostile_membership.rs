@@ -8,7 +8,6 @@
 mod common;
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -73,54 +72,23 @@ impl Drop for ThirdParty {
     }
 }
 
-/// `target/debug/examples/rogue`, beside the disruptor binary.
-fn rogue_bin() -> std::path::PathBuf {
-    let bin = std::path::Path::new(BIN);
-    let rogue = bin.parent().unwrap().join("examples").join("rogue");
-    assert!(
-        rogue.exists(),
-        "{} is missing: build it with `cargo build --example rogue`",
-        rogue.display()
-    );
-    rogue
-}
-
-/// The rogue process, stopped by PID when dropped (a failed test must not
-/// leave it attacking).
-struct Rogue(Option<Child>);
-
-impl Drop for Rogue {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Starts the rogue against `target` for at most `seconds`.
-fn rogue(target: &Peer, seconds: u32, flags: &[&str]) -> Rogue {
-    let port = target.listen.rsplit(':').next().unwrap();
-    let child = Command::new(rogue_bin())
-        .arg(format!("/ip4/127.0.0.1/tcp/{port}"))
-        .arg(seconds.to_string())
-        .args(flags)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rogue");
-    Rogue(Some(child))
+/// Starts the rogue against `target` for at most `seconds` (stopped by
+/// PID when dropped: a failed test must not leave it attacking).
+fn rogue(target: &Peer, seconds: u32, flags: &[&str]) -> Proc {
+    Proc::spawn(
+        "the rogue",
+        rogue_cmd()
+            .arg(target.tcp_multiaddr())
+            .arg(seconds.to_string())
+            .args(flags),
+    )
 }
 
 /// Ends the rogue (SIGTERM: it reports what it did and exits) and returns
 /// its JSON report.
-fn report(mut rogue: Rogue) -> serde_json::Value {
-    let child = rogue.0.take().expect("running");
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let out = child.wait_with_output().expect("rogue output");
+fn report(rogue: Proc) -> serde_json::Value {
+    rogue.sigterm();
+    let out = rogue.output(Duration::from_secs(10));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -156,16 +124,10 @@ fn entries(p: &Peer, kind: &str) -> f64 {
 fn a_rogue_filling_membership_gets_bounded_tables_no_dial_flood_and_a_capped_share_of_jobs() {
     let _serial = one_at_a_time();
     let dir = scratch("hostile-members");
-    let opts = |_| PeerOpts {
-        apps: Some(repo_apps()),
-        ..Default::default()
-    };
-    let mut honest = converged_chain(dir.path(), 3, opts);
-    {
-        let refs: Vec<&Peer> = honest.iter().collect();
-        start_app(&honest[0], APP, &["--workers", "2"]);
-        wait_running(&honest[0], APP, &refs);
-    }
+    let mut honest = Mesh::of(dir.path(), 3)
+        .apps(repo_apps())
+        .run(APP, &["--workers", "2"])
+        .start();
     let third = ThirdParty::start();
     let attack = rogue(
         &honest[0],
@@ -179,20 +141,11 @@ fn a_rogue_filling_membership_gets_bounded_tables_no_dial_flood_and_a_capped_sha
     );
 
     // A newcomer joins through the attacked peer, during the attack.
-    honest.push(Peer::start(
-        dir.path(),
-        "newcomer",
-        PeerOpts {
-            bootstrap: vec![honest[0].listen.clone()],
-            ..opts(3)
-        },
-    ));
-    {
-        let refs: Vec<&Peer> = honest.iter().collect();
-        let took = wait_converged(&refs, Duration::from_secs(10));
-        eprintln!("the newcomer joined {took:?} after it started, under attack");
-        wait_running(&honest[0], APP, &refs);
-    }
+    let newcomer = honest.newcomer("newcomer", 0);
+    honest.push(newcomer);
+    let took = honest.wait_converged(Duration::from_secs(10));
+    eprintln!("the newcomer joined {took:?} after it started, under attack");
+    wait_running(&honest[0], APP, &honest.refs());
 
     // Jobs through the attacked peer: the rogue draws its capped share.
     let (mut jobs, mut to_rogue, mut max_unverified, mut max_verified) = (0, 0, 0.0f64, 0.0f64);
@@ -270,8 +223,7 @@ fn a_rogue_filling_membership_gets_bounded_tables_no_dial_flood_and_a_capped_sha
     assert!(third.attempts() <= bound, "{} later", third.attempts());
 
     // And the honest mesh is whole.
-    let refs: Vec<&Peer> = honest.iter().collect();
-    wait_converged(&refs, Duration::from_secs(10));
+    honest.wait_converged(Duration::from_secs(10));
     for p in &mut honest {
         assert!(p.is_running(), "{} died under attack", p.name);
     }
@@ -281,7 +233,7 @@ fn a_rogue_filling_membership_gets_bounded_tables_no_dial_flood_and_a_capped_sha
 fn a_peer_that_sends_announcements_no_honest_peer_sends_is_graylisted() {
     let _serial = one_at_a_time();
     let dir = scratch("hostile-score");
-    let honest = converged_chain(dir.path(), 2, |_| PeerOpts::default());
+    let honest = Mesh::of(dir.path(), 2).start();
     let attack = rogue(&honest[0], 6, &["--junk", "100"]);
     let rogue_id = wait_for(
         "the target to log that it graylisted the rogue",
@@ -328,8 +280,7 @@ fn a_peer_that_sends_announcements_no_honest_peer_sends_is_graylisted() {
             );
         }
     }
-    let refs: Vec<&Peer> = honest.iter().collect();
-    wait_converged(&refs, Duration::from_secs(5));
+    honest.wait_converged(Duration::from_secs(5));
 }
 
 #[test]

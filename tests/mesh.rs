@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -14,10 +14,14 @@ const DETECT: Duration = Duration::from_secs(3);
 #[test]
 fn chain_of_five_converges_and_is_visible_everywhere() {
     let dir = scratch("chain5");
-    let peers = chain(dir.path(), 5, None);
-    let refs: Vec<&Peer> = peers.iter().collect();
-    let took = wait_converged(&refs, Duration::from_secs(15));
-    eprintln!("5-peer chain converged {took:?} after the last start");
+    let peers = Mesh::of(dir.path(), 5)
+        .identities()
+        .within(Duration::from_secs(15))
+        .start();
+    eprintln!(
+        "5-peer chain converged {:?} after the last start",
+        peers.converged_in
+    );
 
     // The JSON shape the README documents.
     let v = peers[4].peers();
@@ -95,11 +99,10 @@ fn chain_of_five_converges_and_is_visible_everywhere() {
 #[test]
 fn sigkilled_peer_is_down_everywhere_fast_and_rejoins_after_restart() {
     let dir = scratch("kill");
-    let mut peers = chain(dir.path(), 4, None);
-    {
-        let refs: Vec<&Peer> = peers.iter().collect();
-        wait_converged(&refs, Duration::from_secs(15));
-    }
+    let mut peers = Mesh::of(dir.path(), 4)
+        .identities()
+        .within(Duration::from_secs(15))
+        .start();
     let victim_id = peers[1].id.clone();
     let killed_at = Instant::now();
     peers[1].sigkill();
@@ -121,8 +124,7 @@ fn sigkilled_peer_is_down_everywhere_fast_and_rejoins_after_restart() {
     // Same identity, same address, no manual step: up everywhere again.
     peers[1].restart(dir.path());
     assert_eq!(peers[1].id, victim_id, "identity file keeps the peer id");
-    let refs: Vec<&Peer> = peers.iter().collect();
-    let took = wait_converged(&refs, Duration::from_secs(10));
+    let took = peers.wait_converged(Duration::from_secs(10));
     eprintln!("restarted peer up everywhere after {took:?}");
     // The kill cost the survivors no false downs.
     for p in peers.iter().filter(|p| p.name != peers[1].name) {
@@ -133,11 +135,10 @@ fn sigkilled_peer_is_down_everywhere_fast_and_rejoins_after_restart() {
 #[test]
 fn sigterm_says_goodbye_and_is_marked_left_at_once() {
     let dir = scratch("term");
-    let mut peers = chain(dir.path(), 3, None);
-    {
-        let refs: Vec<&Peer> = peers.iter().collect();
-        wait_converged(&refs, Duration::from_secs(15));
-    }
+    let mut peers = Mesh::of(dir.path(), 3)
+        .identities()
+        .within(Duration::from_secs(15))
+        .start();
     let leaver = peers[2].id.clone();
     let t = Instant::now();
     let status = peers[2].sigterm();
@@ -158,30 +159,28 @@ fn sigterm_says_goodbye_and_is_marked_left_at_once() {
     );
     let log = peers[2].log_text();
     assert!(log.contains("leaving the mesh"), "{log}");
+    // The down counter the no-false-down checks read (as 0 when it has no
+    // sample) is there under this name, by reason.
+    for p in &peers[..2] {
+        assert_eq!(
+            p.counter(r#"disruptor_peer_downs_total{reason="left"}"#),
+            1.0,
+            "{}",
+            p.name
+        );
+    }
 }
 
 #[test]
 fn bootstrap_peer_dies_and_the_rest_stay_together_then_it_rejoins_alone() {
     let dir = scratch("boot");
-    let mut peers = vec![Peer::start(
-        dir.path(),
-        "seed",
-        PeerOpts {
-            identity: Some(dir.path().join("seed.key")),
-            ..Default::default()
-        },
-    )];
-    for i in 1..4 {
-        let opts = PeerOpts {
-            bootstrap: vec![peers[0].listen.clone()],
-            ..Default::default()
-        };
-        peers.push(Peer::start(dir.path(), &format!("p{i}"), opts));
-    }
-    {
-        let refs: Vec<&Peer> = peers.iter().collect();
-        wait_converged(&refs, Duration::from_secs(15));
-    }
+    // Only the seed has an identity file (it comes back with its id).
+    let seed_key = dir.path().join("seed.key");
+    let mut peers = Mesh::named(dir.path(), &["seed", "p1", "p2", "p3"])
+        .star()
+        .each(|i, opts| opts.identity = (i == 0).then(|| seed_key.clone()))
+        .within(Duration::from_secs(15))
+        .start();
     let seed_id = peers[0].id.clone();
     peers[0].sigkill();
     // For several seconds (longer than the silence timeout), the others keep
@@ -213,8 +212,7 @@ fn bootstrap_peer_dies_and_the_rest_stay_together_then_it_rejoins_alone() {
     // The seed comes back with no --bootstrap at all: the others redial it.
     peers[0].restart(dir.path());
     assert_eq!(peers[0].id, seed_id);
-    let refs: Vec<&Peer> = peers.iter().collect();
-    let took = wait_converged(&refs, Duration::from_secs(10));
+    let took = peers.wait_converged(Duration::from_secs(10));
     eprintln!("seed rejoined by being redialled, {took:?} after its restart");
 }
 
@@ -237,11 +235,11 @@ fn private_mesh_keeps_outsiders_out() {
         0o600
     );
 
-    let private = chain(dir.path(), 3, Some(&key_a));
-    {
-        let refs: Vec<&Peer> = private.iter().collect();
-        wait_converged(&refs, Duration::from_secs(15));
-    }
+    let private = Mesh::of(dir.path(), 3)
+        .identities()
+        .psk(&key_a)
+        .within(Duration::from_secs(15))
+        .start();
     let other_key = Peer::start(
         dir.path(),
         "other-key",
@@ -315,36 +313,25 @@ fn private_mesh_keeps_outsiders_out() {
     }
 }
 
-struct Burner(Vec<Child>);
-impl Drop for Burner {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[test]
 fn no_false_down_under_full_cpu_load() {
     let dir = scratch("load");
-    let peers = chain(dir.path(), 4, None);
-    let refs: Vec<&Peer> = peers.iter().collect();
-    wait_converged(&refs, Duration::from_secs(15));
+    let peers = Mesh::of(dir.path(), 4)
+        .identities()
+        .within(Duration::from_secs(15))
+        .start();
     // One busy loop per core, each stopped by PID when the test ends.
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let _burn = Burner(
-        (0..cores)
-            .map(|_| {
-                Command::new("sh")
-                    .args(["-c", "while :; do :; done"])
-                    .spawn()
-                    .expect("sh")
-            })
-            .collect(),
-    );
+    let _burn: Vec<Proc> = (0..cores)
+        .map(|_| {
+            Proc::spawn(
+                "a busy loop",
+                Command::new("sh").args(["-c", "while :; do :; done"]),
+            )
+        })
+        .collect();
     let until = Instant::now() + Duration::from_secs(8);
     let mut rounds = 0;
     while Instant::now() < until {
@@ -525,21 +512,15 @@ fn peers_may_start_in_any_order() {
 #[test]
 fn a_dead_peer_is_forgotten_after_the_configured_time() {
     let dir = scratch("forget");
-    let forgetful = |name: &str, bootstrap: Vec<String>| {
-        let opts = PeerOpts {
-            bootstrap,
-            extra: vec!["--forget-after".into(), "2s".into()],
-            ..Default::default()
-        };
-        Peer::start(dir.path(), name, opts)
-    };
-    let a = forgetful("a", vec![]);
-    let b = forgetful("b", vec![a.listen.clone()]);
-    let mut c = forgetful("c", vec![a.listen.clone()]);
-    wait_converged(&[&a, &b, &c], Duration::from_secs(10));
-    let gone = c.id.clone();
-    c.sigkill();
-    for p in [&a, &b] {
+    let mut peers = Mesh::named(dir.path(), &["a", "b", "c"])
+        .star()
+        .flags(&["--forget-after", "2s"])
+        .within(Duration::from_secs(10))
+        .start();
+    let gone = peers[2].id.clone();
+    peers[2].sigkill();
+    let (a, b) = (&peers[0], &peers[1]);
+    for p in [a, b] {
         wait_for(
             "the dead peer to be listed as down",
             Duration::from_secs(3),
@@ -550,7 +531,7 @@ fn a_dead_peer_is_forgotten_after_the_configured_time() {
         );
     }
     let t = Instant::now();
-    for p in [&a, &b] {
+    for p in [a, b] {
         wait_for(
             "the dead peer to be forgotten",
             Duration::from_secs(6),
@@ -566,5 +547,5 @@ fn a_dead_peer_is_forgotten_after_the_configured_time() {
         t.elapsed()
     );
     // And the survivors are still whole.
-    wait_converged(&[&a, &b], Duration::from_secs(5));
+    wait_converged(&[a, b], Duration::from_secs(5));
 }

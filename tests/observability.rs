@@ -13,18 +13,6 @@ use common::*;
 
 const ECHO: &str = "apps/echo/echo";
 
-fn echo_mesh(dir: &std::path::Path, n: usize) -> Vec<Peer> {
-    let peers = converged_chain(dir, n, |_| PeerOpts {
-        apps: Some(repo_apps()),
-        extra: vec!["--workers".into(), "1".into()],
-        ..Default::default()
-    });
-    start_app(&peers[0], ECHO, &[]);
-    let refs: Vec<&Peer> = peers.iter().collect();
-    wait_running(&peers[0], ECHO, &refs);
-    peers
-}
-
 /// Where test artifacts (screenshots) go: `target/test-artifacts/`.
 fn artifacts() -> std::path::PathBuf {
     let dir = std::path::Path::new(BIN)
@@ -47,7 +35,11 @@ fn the_dashboard_shows_the_mesh_and_a_dead_peer_turns_down_without_a_reload() {
          `npm ci` in tests/browser (scripts/test does both when it can)"
     );
     let dir = scratch("dashboard");
-    let mut peers = echo_mesh(dir.path(), 3);
+    let mut peers = Mesh::of(dir.path(), 3)
+        .apps(repo_apps())
+        .workers(1)
+        .run(ECHO, &[])
+        .start();
     // Some traffic, so the charts have something to show.
     for i in 0..50 {
         let (status, _, _) = peers[0].job(ECHO, &format!("{{\"i\":{i}}}"));
@@ -55,21 +47,22 @@ fn the_dashboard_shows_the_mesh_and_a_dead_peer_turns_down_without_a_reload() {
     }
     let shot = artifacts().join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
-    let mut driver = Command::new("node")
-        .arg(browser_dir.join("dashboard.mjs"))
-        .arg(format!("http://{}/", peers[0].http))
-        .arg("3")
-        .arg(&peers[2].id)
-        .arg(&shot)
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run node tests/browser/dashboard.mjs");
-    let mut stdin = driver.stdin.take().unwrap();
+    let mut driver = Proc::spawn(
+        "node tests/browser/dashboard.mjs",
+        Command::new("node")
+            .arg(browser_dir.join("dashboard.mjs"))
+            .arg(format!("http://{}/", peers[0].http))
+            .arg("3")
+            .arg(&peers[2].id)
+            .arg(&shot)
+            .env("CHROMIUM", &chromium)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    );
+    let mut stdin = driver.child().stdin.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = driver.stdout.take().unwrap();
+    let stdout = driver.child().stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
@@ -108,17 +101,27 @@ fn the_dashboard_shows_the_mesh_and_a_dead_peer_turns_down_without_a_reload() {
         }
     };
     let ready = next_line("the page to show 3 peers");
-    assert!(
-        ready.contains(r#""nodes":["self","up","up"]"#) || ready.contains("up"),
-        "{ready}"
+    let seen: serde_json::Value = ready
+        .strip_prefix("READY ")
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_else(|| panic!("not READY and JSON: {ready}"));
+    assert_eq!(
+        seen["nodes"],
+        serde_json::json!(["self", "up", "up"]),
+        "this peer first, then the two others up: {ready}"
     );
-    assert!(ready.contains(ECHO), "the app is listed: {ready}");
+    assert!(
+        seen["apps"]
+            .as_array()
+            .is_some_and(|a| a.contains(&ECHO.into())),
+        "the app is listed: {ready}"
+    );
     peers[2].sigkill();
     writeln!(stdin, "killed").unwrap();
     let done = next_line("the killed peer to turn down");
     assert_eq!(done, "OK", "the page must update without a reload");
-    let status = driver.wait().unwrap();
-    assert!(status.success());
+    let status = driver.wait(Duration::from_secs(30));
+    assert!(status.success(), "the browser driver: {status}");
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(
         size > 10_000,
@@ -188,7 +191,11 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
 #[test]
 fn metrics_parse_and_job_counters_move_by_exactly_the_jobs_sent() {
     let dir = scratch("metrics");
-    let peers = echo_mesh(dir.path(), 2);
+    let peers = Mesh::of(dir.path(), 2)
+        .apps(repo_apps())
+        .workers(1)
+        .run(ECHO, &[])
+        .start();
     let scrape = || {
         let resp = peers[0].get("/metrics");
         assert_eq!(resp.status(), 200);
@@ -229,7 +236,7 @@ fn metrics_parse_and_job_counters_move_by_exactly_the_jobs_sent() {
     let code = |c: &str| format!("disruptor_http_job_responses_total{{code=\"{c}\"}}");
     assert_eq!(get(&after, &code("200")) - get(&before, &code("200")), 38.0);
     assert_eq!(get(&after, &code("400")) - get(&before, &code("400")), 5.0);
-    assert_eq!(get(&after, "disruptor_jobs_in_flight"), 0.0);
+    assert_eq!(after.get("disruptor_jobs_in_flight"), Some(&0.0));
     assert_eq!(get(&after, "disruptor_peers{state=\"up\"}"), 1.0);
     assert_eq!(
         get(
@@ -248,10 +255,9 @@ fn metrics_parse_and_job_counters_move_by_exactly_the_jobs_sent() {
 fn a_job_id_appears_in_the_logs_of_the_peer_that_took_it_and_the_one_that_ran_it() {
     let dir = scratch("job-ids");
     // p0 runs the app; p1 has none, so its jobs run on p0.
-    let peers = converged_chain(dir.path(), 2, |i| PeerOpts {
-        apps: (i == 0).then(repo_apps),
-        ..Default::default()
-    });
+    let peers = Mesh::of(dir.path(), 2)
+        .apps_on_first(1, repo_apps())
+        .start();
     start_app(&peers[0], ECHO, &[]);
     wait_running(&peers[1], ECHO, &[&peers[0]]);
     let resp = http_client()
@@ -272,10 +278,11 @@ fn a_job_id_appears_in_the_logs_of_the_peer_that_took_it_and_the_one_that_ran_it
             Duration::from_secs(5),
             || {
                 let log = p.log_text();
-                if log.lines().any(|l| l.contains(&id) && l.contains(ECHO)) {
+                let with_id: Vec<&str> = log.lines().filter(|l| l.contains(&id)).collect();
+                if with_id.iter().any(|l| l.contains(ECHO)) {
                     Ok(())
                 } else {
-                    Err("not yet".into())
+                    Err(format!("lines with the id: {with_id:?}"))
                 }
             },
         );
@@ -299,6 +306,7 @@ fn json_logs_and_the_status_command() {
     assert_eq!(status, 200);
     let log = peer.log_text();
     let mut lines = 0;
+    let mut in_job_span = 0;
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -307,11 +315,19 @@ fn json_logs_and_the_status_command() {
             "{line}"
         );
         lines += 1;
+        // The job's span, with its app and its 16-digit id, as a field.
+        let span = &v["span"];
+        if span["name"] == "job"
+            && span["app"] == ECHO
+            && span["id"].as_str().is_some_and(|id| id.len() == 16)
+        {
+            in_job_span += 1;
+        }
     }
     assert!(lines >= 3, "{log}");
     assert!(
-        log.contains("\"job\"") || log.contains("\"span\""),
-        "job spans are in the JSON: {log}"
+        in_job_span >= 1,
+        "no line in the job's span (name, app, id): {log}"
     );
 
     let out = cli(&["status", &peer.http]);

@@ -23,15 +23,9 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `n` peers started as a chain, each with an identity and `tests/apps`
-/// (2 workers each), converged.
-fn five(dir: &std::path::Path, n: usize) -> Vec<Peer> {
-    converged_chain(dir, n, |i| PeerOpts {
-        identity: Some(dir.join(format!("p{i}.key"))),
-        apps: Some(test_apps()),
-        extra: vec!["--workers".into(), "2".into()],
-        ..Default::default()
-    })
+/// 5 peers, each with an identity and `tests/apps` (2 workers each).
+fn five(dir: &std::path::Path) -> MeshBuilder<'static> {
+    Mesh::of(dir, 5).identities().apps(test_apps()).workers(2)
 }
 
 /// What a client saw of one request.
@@ -138,13 +132,7 @@ fn steady_load(
 fn chaos_peers_and_workers_killed_under_steady_load() {
     let _serial = one_at_a_time();
     let dir = scratch("chaos");
-    let mut peers = five(dir.path(), 5);
-    start_app(&peers[0], TOOL, &[]);
-    {
-        let all: Vec<&Peer> = peers.iter().collect();
-        wait_running(&peers[0], TOOL, &all);
-        wait_running(&peers[1], TOOL, &all);
-    }
+    let mut peers = five(dir.path()).run(TOOL, &[]).start();
     let entries = vec![peers[0].http.clone(), peers[1].http.clone()];
     let timeout_ms = 5000;
     let stop = Arc::new(AtomicBool::new(false));
@@ -254,7 +242,7 @@ fn chaos_peers_and_workers_killed_under_steady_load() {
 fn a_rolling_restart_of_every_peer_under_load_fails_no_job() {
     let _serial = one_at_a_time();
     let dir = scratch("rolling");
-    let mut peers = five(dir.path(), 5);
+    let mut peers = five(dir.path()).start();
     start_app(&peers[0], TOOL, &[]);
     let all_ids: Vec<String> = peers.iter().map(|p| p.id.clone()).collect();
     let running_everywhere = |observer: &Peer| -> Result<(), String> {
@@ -337,43 +325,23 @@ fn a_rolling_restart_of_every_peer_under_load_fails_no_job() {
     }
 }
 
-/// `target/debug/examples/rogue`, beside the disruptor binary.
-fn rogue_bin() -> std::path::PathBuf {
-    let bin = std::path::Path::new(BIN);
-    let rogue = bin.parent().unwrap().join("examples").join("rogue");
-    assert!(
-        rogue.exists(),
-        "{} is missing: build it with `cargo build --example rogue` (scripts/test does)",
-        rogue.display()
-    );
-    rogue
-}
-
 #[test]
 fn a_rogue_peer_cannot_crash_stall_or_poison_the_others() {
     let _serial = one_at_a_time();
     let dir = scratch("rogue");
-    let mut peers = converged_chain(dir.path(), 3, |_| PeerOpts {
-        apps: Some(repo_apps()),
-        ..Default::default()
-    });
-    {
-        let refs: Vec<&Peer> = peers.iter().collect();
-        start_app(&peers[0], "apps/echo/echo", &[]);
-        wait_running(&peers[0], "apps/echo/echo", &refs);
-    }
+    let mut peers = Mesh::of(dir.path(), 3)
+        .apps(repo_apps())
+        .run("apps/echo/echo", &[])
+        .start();
     let target_pid = peers[0].pid().as_raw();
     let rss_before = rss_kib(target_pid);
 
     // The rogue attacks p0 for 8 s; meanwhile jobs go through every peer.
-    let rogue = std::process::Command::new(rogue_bin())
-        .arg(format!("/ip4/127.0.0.1/tcp/{}", port(&peers[0].listen)))
-        .arg("8")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn rogue");
-    let rogue_pid = rogue.id() as i32;
+    let rogue = Proc::spawn(
+        "the rogue",
+        rogue_cmd().arg(peers[0].tcp_multiaddr()).arg("8"),
+    );
+    let rogue_pid = rogue.pid();
     let started = Instant::now();
     let mut jobs = 0;
     let mut max_rss = rss_before;
@@ -393,7 +361,7 @@ fn a_rogue_peer_cannot_crash_stall_or_poison_the_others() {
         max_rss = max_rss.max(rss_kib(target_pid));
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = rogue.wait_with_output().expect("rogue output");
+    let out = rogue.output(Duration::from_secs(30));
     assert!(!pid_alive(rogue_pid));
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -429,14 +397,9 @@ fn a_rogue_peer_cannot_crash_stall_or_poison_the_others() {
     );
     // Membership among the honest peers is intact, and the flood of
     // announcements was cut to the per-author rate.
-    let refs: Vec<&Peer> = peers.iter().collect();
-    wait_converged(&refs, Duration::from_secs(10));
+    peers.wait_converged(Duration::from_secs(10));
     assert!(
         peers[0].log_text().contains("refused a job stream"),
         "the per-peer stream cap never triggered"
     );
-}
-
-fn port(host_port: &str) -> &str {
-    host_port.rsplit(':').next().unwrap()
 }

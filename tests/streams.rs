@@ -12,20 +12,16 @@ use serde_json::Value;
 
 const ECHO: &str = "apps/echo/echo";
 const LINES: usize = 100_000;
+/// For a `disruptor stream` of `LINES` lines to finish.
+const STREAM_DEADLINE: Duration = Duration::from_secs(120);
 
 /// 3 peers with the repository's apps and echo started on all of them.
-fn echo_mesh(dir: &std::path::Path) -> Vec<Peer> {
-    let peers = converged_chain(dir, 3, |_| PeerOpts {
-        apps: Some(repo_apps()),
-        extra: vec!["--workers".into(), "2".into()],
-        ..Default::default()
-    });
-    start_app(&peers[0], ECHO, &[]);
-    let refs: Vec<&Peer> = peers.iter().collect();
-    for p in &peers {
-        wait_running(p, ECHO, &refs);
-    }
-    peers
+fn echo_mesh(dir: &std::path::Path) -> Mesh {
+    Mesh::of(dir, 3)
+        .apps(repo_apps())
+        .workers(2)
+        .run(ECHO, &[])
+        .start()
 }
 
 /// `n` NDJSON jobs, `{"i":k}` for k = 1..=n, as a file in `dir`.
@@ -36,14 +32,19 @@ fn jobs_file(dir: &std::path::Path, n: usize) -> (std::path::PathBuf, String) {
     (path, text)
 }
 
-/// Runs `disruptor stream` with `args`; returns (exit ok, stdout, stderr).
+/// Runs `disruptor stream` with `args` (deadline 120 s); returns (exit
+/// ok, stdout, stderr).
 fn stream_cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .arg("stream")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run disruptor stream");
+    let out = Proc::spawn(
+        "disruptor stream",
+        Command::new(BIN)
+            .arg("stream")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .output(STREAM_DEADLINE);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -182,15 +183,16 @@ fn a_peer_killed_mid_stream_loses_no_line() {
     let dir = scratch("stream-kill");
     let mut peers = echo_mesh(dir.path());
     let (path, text) = jobs_file(dir.path(), LINES);
-    let mut child = Command::new(BIN)
-        .args(["stream", &peers[0].http, ECHO, path.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn disruptor stream");
+    let mut child = Proc::spawn(
+        "disruptor stream",
+        Command::new(BIN)
+            .args(["stream", &peers[0].http, ECHO, path.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     // Read the output as it comes; kill p2 once a tenth has arrived.
-    let mut stdout = child.stdout.take().unwrap();
+    let mut stdout = child.child().stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         stdout.read_to_string(&mut s).unwrap();
@@ -210,17 +212,11 @@ fn a_peer_killed_mid_stream_loses_no_line() {
         },
     );
     peers[2].sigkill();
-    let status = child.wait().unwrap();
+    let out = child.output(STREAM_DEADLINE);
     let stdout = reader.join().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("p2 killed after serving {p2_served} jobs; {stderr}");
-    assert!(status.success(), "the stream failed: {stderr}");
+    assert!(out.status.success(), "the stream failed: {stderr}");
     assert_same_lines(&stdout, &text);
 }
 
@@ -315,14 +311,14 @@ fn fan_out_runs_the_job_on_every_peer_and_names_the_silent_one() {
         "command = \"python3\"\nargs = [\"-u\", \"tool.py\"]\nworkers = 1\n[env]\nTOOL_DELAY = \"5\"\n",
     )
     .unwrap();
-    let peers = converged_chain(dir.path(), 3, |i| PeerOpts {
-        apps: Some(if i == 2 {
-            slow_apps.clone()
-        } else {
-            test_apps()
-        }),
-        ..Default::default()
-    });
+    let peers = Mesh::of(dir.path(), 3)
+        .apps(test_apps())
+        .each(|i, opts| {
+            if i == 2 {
+                opts.apps = Some(slow_apps.clone());
+            }
+        })
+        .start();
     start_app(&peers[0], "apps/tool", &[]);
     let refs: Vec<&Peer> = peers.iter().collect();
     wait_running(&peers[1], "apps/tool", &refs);

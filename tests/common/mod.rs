@@ -14,27 +14,129 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+mod mesh;
+// Not every test file builds a mesh.
+#[allow(unused_imports)]
+pub use mesh::{Mesh, MeshBuilder};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_disruptor");
 
-/// Runs the CLI to completion (with a deadline) and returns its output.
+/// Runs the CLI to completion (deadline 30 s) and returns its output.
 pub fn cli(args: &[&str]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn disruptor");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
+        .stderr(Stdio::piped());
+    Proc::spawn(&format!("disruptor {args:?}"), &mut cmd).output(Duration::from_secs(30))
+}
+
+/// A process a test started that is not a peer (the CLI, the rogue, a
+/// browser driver, a busy loop): stopped by PID (SIGKILL) and reaped when
+/// dropped, so a failing test leaves nothing running.
+pub struct Proc {
+    child: Option<Child>,
+    what: String,
+}
+
+impl Proc {
+    /// Spawns `cmd`; `what` names it in failures.
+    pub fn spawn(what: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Proc {
+            child: Some(child),
+            what: what.to_string(),
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("disruptor {args:?} did not finish within 30 s");
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// The child itself, to take its piped stdin, stdout or stderr.
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("running")
+    }
+
+    /// Waits until it exits, or kills it and panics after `deadline`.
+    pub fn wait(&mut self, deadline: Duration) -> ExitStatus {
+        match self.wait_until(deadline) {
+            Some(status) => status,
+            None => panic!("{} did not exit within {deadline:?}", self.what),
         }
-        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    /// Collects its piped stdout and stderr (the parts not taken) until
+    /// it exits; kills it and panics with what it wrote after `deadline`.
+    pub fn output(mut self, deadline: Duration) -> Output {
+        let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let child = self.child();
+        let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+        let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+        let status = self.wait_until(deadline);
+        // Killed or exited: the pipes are closed, the readers end.
+        let stdout = stdout.join().expect("stdout reader");
+        let stderr = stderr.join().expect("stderr reader");
+        match status {
+            Some(status) => Output {
+                status,
+                stdout,
+                stderr,
+            },
+            None => panic!(
+                "{} did not exit within {deadline:?}; stdout: {}; stderr: {}",
+                self.what,
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
+            ),
+        }
+    }
+
+    /// Sends SIGTERM (for a process that reports when asked to stop).
+    pub fn sigterm(&self) {
+        kill(Pid::from_raw(self.pid()), Signal::SIGTERM).expect("SIGTERM");
+    }
+
+    /// The exit status, or `None` after killing it at `deadline`.
+    fn wait_until(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + deadline;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > until {
+                self.stop();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL by PID, then reap.
+    fn stop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -377,6 +479,12 @@ impl Peer {
         (status, body)
     }
 
+    /// Its libp2p listener as a multiaddr without the peer id,
+    /// `/ip4/127.0.0.1/tcp/<port>`.
+    pub fn tcp_multiaddr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}", port_of(&self.listen))
+    }
+
     /// Ids this peer lists as up.
     pub fn up_ids(&self) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -462,59 +570,66 @@ pub fn wait_for<T>(
     panic!("timed out after {deadline:?} waiting for {what}; last seen: {last}");
 }
 
-/// Waits until every peer lists every other one as up.
+/// Waits until every one of `peers` lists every other as up; returns how
+/// long that took. On timeout it says what each peer saw.
 pub fn wait_converged(peers: &[&Peer], deadline: Duration) -> Duration {
     let start = Instant::now();
-    wait_for("all peers to list all others as up", deadline, || {
-        for p in peers {
-            let mut want: Vec<String> = peers
-                .iter()
-                .filter(|q| q.id != p.id)
-                .map(|q| q.id.clone())
-                .collect();
-            want.sort();
-            let up = p.up_ids();
-            if want.iter().any(|w| !up.contains(w)) {
-                return Err(format!("{} sees up: {up:?}, wants {want:?}", p.name));
+    let name_of = |id: &str| {
+        peers
+            .iter()
+            .find(|p| p.id == id)
+            .map_or_else(|| format!("{id} (not of this mesh)"), |p| p.name.clone())
+    };
+    wait_for(
+        &format!("{} peers to list each other as up", peers.len()),
+        deadline,
+        || {
+            let mut views = Vec::new();
+            let mut whole = true;
+            for p in peers {
+                let states = p.states();
+                let missing: Vec<&str> = peers
+                    .iter()
+                    .filter(|q| q.id != p.id)
+                    .filter(|q| !states.iter().any(|(id, s)| *id == q.id && s == "up"))
+                    .map(|q| q.name.as_str())
+                    .collect();
+                whole &= missing.is_empty();
+                let seen: Vec<String> = states
+                    .iter()
+                    .map(|(id, s)| format!("{} {s}", name_of(id)))
+                    .collect();
+                views.push(format!(
+                    "{} lists [{}], lacks up [{}]",
+                    p.name,
+                    seen.join(", "),
+                    missing.join(", ")
+                ));
             }
-        }
-        Ok(())
-    });
+            if whole { Ok(()) } else { Err(views.join("; ")) }
+        },
+    );
     start.elapsed()
 }
 
-/// Starts `n` peers as a chain, `p0`, `p1`, ...: each bootstraps from the
-/// one before; `opts(i)` gives the rest of peer i's options.
-pub fn chain_with(dir: &Path, n: usize, opts: impl Fn(usize) -> PeerOpts) -> Vec<Peer> {
-    let mut peers: Vec<Peer> = Vec::new();
-    for i in 0..n {
-        let opts = PeerOpts {
-            bootstrap: peers
-                .last()
-                .map(|p| vec![p.listen.clone()])
-                .unwrap_or_default(),
-            ..opts(i)
-        };
-        peers.push(Peer::start(dir, &format!("p{i}"), opts));
-    }
-    peers
-}
-
-/// Starts `n` peers as a chain, each with an identity file.
-pub fn chain(dir: &Path, n: usize, psk: Option<&Path>) -> Vec<Peer> {
-    chain_with(dir, n, |i| PeerOpts {
-        identity: Some(dir.join(format!("p{i}.key"))),
-        psk: psk.map(Path::to_path_buf),
-        ..Default::default()
-    })
-}
-
-/// [`chain_with`], then waits until all list each other as up.
-pub fn converged_chain(dir: &Path, n: usize, opts: impl Fn(usize) -> PeerOpts) -> Vec<Peer> {
-    let peers = chain_with(dir, n, opts);
-    let refs: Vec<&Peer> = peers.iter().collect();
-    wait_converged(&refs, Duration::from_secs(20));
-    peers
+/// The rogue peer (`examples/rogue.rs`), its output piped, ready for
+/// arguments and [`Proc::spawn`].
+pub fn rogue_cmd() -> Command {
+    let rogue = Path::new(BIN)
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("rogue");
+    assert!(
+        rogue.exists(),
+        "{} is missing: build it with `cargo build --example rogue` (scripts/test does)",
+        rogue.display()
+    );
+    let mut cmd = Command::new(rogue);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
 }
 
 /// Resident memory of a process, in KiB (0 if it is gone).
@@ -567,8 +682,9 @@ pub fn wait_gone(what: &str, pids: &[i32], deadline: Duration) {
 
 /// Waits until `observer` sees `app` running on every one of `on`.
 pub fn wait_running(observer: &Peer, app: &str, on: &[&Peer]) {
+    let names: Vec<&str> = on.iter().map(|p| p.name.as_str()).collect();
     wait_for(
-        &format!("{app} to run on {} peers", on.len()),
+        &format!("{} to see {app} running on {names:?}", observer.name),
         Duration::from_secs(10),
         || {
             let m = &observer.apps()["mesh"][app];
@@ -581,7 +697,6 @@ pub fn wait_running(observer: &Peer, app: &str, on: &[&Peer]) {
     );
 }
 
-/// Three peers in a chain; the first `with_apps` of them get `apps`.
 /// POSTs a job; returns (status, X-Disruptor-Attempts or 0, body).
 pub fn job_attempts(
     client: &reqwest::blocking::Client,
