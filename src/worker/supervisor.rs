@@ -259,7 +259,9 @@ impl Workers {
         });
     }
 
-    /// Hashes of the bundles this peer holds (and serves).
+    /// Hashes of the bundles this peer holds (and serves), at most as many
+    /// as an announcement carries. From memory: no file is read (see
+    /// [`Store::list`]).
     pub fn held_bundles(&self) -> Vec<String> {
         self.inner
             .store
