@@ -172,11 +172,12 @@ impl Runner {
     /// they are being (re)started (jobs wait in the queue for them), or 0
     /// when every process keeps crashing.
     pub(super) fn capacity(&self) -> u32 {
-        match self.state() {
-            AppState::Running => self.live(),
-            AppState::Starting => 1,
-            _ => 0,
-        }
+        // One look at each process (this is on every dispatch decision).
+        capacity_of(
+            self.slots
+                .iter()
+                .map(|s| s.lock().expect("slot lock").state),
+        )
     }
 
     /// Jobs queued for or held by its processes.
@@ -252,6 +253,27 @@ impl Runner {
         } else {
             AppState::Starting
         }
+    }
+}
+
+/// [`Runner::capacity`] of processes in `states`: what [`Runner::state`]
+/// and [`Runner::live`] say together, in one pass.
+fn capacity_of(states: impl ExactSizeIterator<Item = WorkerState>) -> u32 {
+    let all = states.len();
+    let (mut live, mut failing) = (0, 0);
+    for state in states {
+        match state {
+            WorkerState::Running => live += 1,
+            WorkerState::Failing => failing += 1,
+            _ => {}
+        }
+    }
+    if live > 0 {
+        live
+    } else if failing == all {
+        0
+    } else {
+        1
     }
 }
 
@@ -584,6 +606,36 @@ impl Pipeline<'_> {
         set_slot(self.slot, |s| s.in_flight = 0);
         for job in self.inflight.drain(..) {
             job.answer(Err(err.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use WorkerState::*;
+
+    #[test]
+    fn capacity_is_the_live_processes_or_one_while_they_start() {
+        for (states, capacity) in [
+            (&[Starting, Starting][..], 1),
+            (&[Running, Starting, Restarting], 1),
+            (&[Running, Running, Failing], 2),
+            (&[Restarting, Failing], 1),
+            (&[Stopped], 1),
+            (&[Failing, Failing], 0),
+        ] {
+            assert_eq!(capacity_of(states.iter().copied()), capacity, "{states:?}");
+            // The same as the app's state and live processes say.
+            let live = states.iter().filter(|s| **s == Running).count() as u32;
+            let by_state = if live > 0 {
+                live
+            } else if states.iter().all(|s| *s == Failing) {
+                0
+            } else {
+                1
+            };
+            assert_eq!(by_state, capacity, "{states:?}");
         }
     }
 }
