@@ -375,6 +375,9 @@ async fn a_job_held_by_a_peer_that_dies_is_answered_by_another() {
         r = &mut job => panic!("answered too early: {r:?}"),
         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
     }
+    // It counts as in flight at the peer it entered (a draining peer waits
+    // for it).
+    assert_eq!(entry.dispatcher.in_flight(), 1);
     peers[2].announce(vec![running(1)]);
     eventually(
         "peer 0 sees peer 2 running the app",
@@ -388,6 +391,7 @@ async fn a_job_held_by_a_peer_that_dies_is_answered_by_another() {
     let (result, attempts) = job.await.expect("the job is answered by peer 2");
     assert_eq!(result, r#"{"peer": 2}"#);
     assert_eq!(attempts, 2);
+    assert_eq!(entry.dispatcher.in_flight(), 0);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -452,6 +456,66 @@ async fn a_job_for_a_started_app_waits_for_its_first_worker_and_wakes_at_once() 
     assert!(
         late <= Duration::from_millis(60),
         "answered {late:?} after the news"
+    );
+    for p in &peers {
+        p.shutdown.cancel();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_loaded_sends_little_to_a_slow_peer() {
+    let peers = chain(3).await;
+    peers[1].announce(vec![running(1)]);
+    peers[2].announce(vec![running(1)]);
+    peers[1].set(Behaviour::Slow(Duration::from_millis(500)));
+    let entry = &peers[0];
+    let candidates = |p: &Peer| p.view().up().filter(|v| !v.apps.is_empty()).count();
+    eventually(
+        "peer 0 sees both running the app",
+        Duration::from_secs(30),
+        || candidates(entry) == 2,
+        String::new,
+    )
+    .await;
+    // 200 jobs, one every 10 ms (virtual), for each policy; where each ran
+    // and how long it took.
+    let mut results = Vec::new();
+    for policy in [Policy::Random, Policy::LeastLoaded] {
+        let mut jobs = Vec::new();
+        for n in 0..200u64 {
+            let d = entry.dispatcher.clone();
+            jobs.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let out = d
+                    .run(&app(), "1".into(), Duration::from_secs(30), policy, n)
+                    .await;
+                (out.result.expect("a job").result, started.elapsed())
+            }));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut slow = 0;
+        let mut total = Duration::ZERO;
+        for j in jobs {
+            let (result, took) = j.await.unwrap();
+            slow += u32::from(result == r#"{"peer": 1}"#);
+            total += took;
+        }
+        results.push((slow, total / 200));
+    }
+    let [(r_slow, r_mean), (l_slow, l_mean)] = results[..] else {
+        unreachable!()
+    };
+    println!(
+        "random: {r_slow}/200 to the slow peer, mean {r_mean:?}; least-loaded: {l_slow}/200, mean {l_mean:?}"
+    );
+    assert!(r_slow > 70, "random sends about half: {r_slow}");
+    assert!(
+        l_slow * 3 < r_slow,
+        "least-loaded avoids the slow peer: {l_slow} vs {r_slow}"
+    );
+    assert!(
+        l_mean * 2 < r_mean,
+        "and cuts the mean latency: {l_mean:?} vs {r_mean:?}"
     );
     for p in &peers {
         p.shutdown.cancel();

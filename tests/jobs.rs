@@ -998,10 +998,10 @@ fn least_loaded_dispatch_avoids_a_slow_peer() {
         p90(&l_lat) < p90(&r_lat),
         "least-loaded should cut the tail"
     );
-    assert!(
-        p99(&l_lat) < p99(&r_lat),
-        "least-loaded should give a lower p99"
-    );
+    // The p99 of 150 jobs is their second-slowest: printed above, not
+    // compared (on a shared machine it is noise). The in-process test
+    // `least_loaded_sends_little_to_a_slow_peer` compares the policies in
+    // virtual time, where latencies are exact.
     // A bad policy name is a clear 400.
     let r = http_client()
         .post(format!("http://{}/apps/work?dispatch=fastest", entry.http))

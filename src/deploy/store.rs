@@ -1,8 +1,16 @@
 //! The bundles a peer holds, under `--data-dir`: installing (from a file
 //! streamed into `tmp/`), the quota on what they take, and the collection
 //! of those nothing refers to any more.
+//!
+//! The disk is the truth, but the list of installed bundles that a peer
+//! announces every few seconds comes from memory ([`Store::list`] touches
+//! no file): the store reads it from the disk once, when it is opened,
+//! adds each bundle it installs, and compares it with the disk again at
+//! every collection ([`Store::gc`], which reads the directories anyway, off
+//! the runtime). That last step also catches what another peer sharing the
+//! data directory installed or removed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -41,6 +49,10 @@ pub struct Store {
     max_bytes: u64,
     quota: u64,
     state: Arc<Mutex<State>>,
+    /// The complete bundles (unpacked, archive kept), sorted: what
+    /// [`Store::list`] answers. Apart from `state`, whose lock is held
+    /// while files are read and moved: this one never is.
+    installed: Arc<Mutex<BTreeSet<String>>>,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +78,8 @@ pub struct ArchiveWriter {
 }
 
 impl ArchiveWriter {
+    /// Writes the next bytes of the archive; refused past the writer's
+    /// limit (what was written stays, and goes with the writer).
     pub fn append(&mut self, chunk: &[u8]) -> Result<(), BundleError> {
         let size = self.size + chunk.len() as u64;
         if size > self.limit {
@@ -80,6 +94,7 @@ impl ArchiveWriter {
         Ok(())
     }
 
+    /// The archive is complete: flushed, and named by its hash.
     pub fn finish(mut self) -> Result<Received, BundleError> {
         self.file.flush()?;
         Ok(Received {
@@ -99,10 +114,12 @@ pub struct Received {
 }
 
 impl Received {
+    /// The SHA-256 of the archive's bytes, lowercase hex.
     pub fn hash(&self) -> &str {
         &self.hash
     }
 
+    /// The archive's length in bytes.
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -121,14 +138,20 @@ impl Drop for Claim<'_> {
 }
 
 impl Store {
+    /// Opens the store under `root` (its directories are created when the
+    /// first bundle arrives), with the default quota for archives of at
+    /// most `max_bytes`. Reads which bundles are installed: once, here.
     pub fn new(root: &Path, max_bytes: u64) -> Store {
         let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
-        Store {
+        let store = Store {
             root,
             max_bytes,
             quota: default_quota(max_bytes),
             state: Arc::default(),
-        }
+            installed: Arc::default(),
+        };
+        *store.installed() = store.complete(&store.held());
+        store
     }
 
     /// Caps the bytes all installed bundles may take together (archives
@@ -138,16 +161,22 @@ impl Store {
         self
     }
 
+    /// The largest archive this store takes (`--max-bundle-bytes`).
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
     }
 
+    /// The bytes all installed bundles may take together.
     pub fn quota(&self) -> u64 {
         self.quota
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("store lock")
+    }
+
+    fn installed(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.installed.lock().expect("installed lock")
     }
 
     /// The bundle's directory (None for anything but a hash).
@@ -165,20 +194,27 @@ impl Store {
         Ok(tmp)
     }
 
-    /// Hashes of the installed bundles (at most `max`): one directory read
-    /// and two `stat`s per bundle, cheap enough for every announcement.
+    /// Hashes of the installed bundles, sorted, at most `max`: from memory,
+    /// without touching the disk (see the module's documentation), so
+    /// cheap enough for every announcement.
     pub fn list(&self, max: usize) -> Vec<String> {
-        let Ok(dir) = std::fs::read_dir(self.root.join("bundles")) else {
-            return Vec::new();
-        };
-        let mut out: Vec<String> = dir
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|h| self.has(h))
-            .collect();
-        out.sort();
-        out.truncate(max);
-        out
+        self.installed().iter().take(max).cloned().collect()
+    }
+
+    /// Those of `held` that are complete on disk.
+    fn complete(&self, held: &HashSet<String>) -> BTreeSet<String> {
+        held.iter().filter(|h| self.has(h)).cloned().collect()
+    }
+
+    /// Sets the list of installed bundles to what the disk holds. Called
+    /// with the state lock held, so `installing` (the hashes claimed) says
+    /// which installs are under way: one of those may have listed its
+    /// bundle after the disk was read, and stays listed.
+    fn relist(&self, installing: &HashSet<String>) {
+        let mut complete = self.complete(&self.held());
+        let mut listed = self.installed();
+        complete.extend(listed.iter().filter(|h| installing.contains(*h)).cloned());
+        *listed = complete;
     }
 
     /// Whether the bundle is installed (unpacked and its archive kept).
@@ -251,6 +287,7 @@ impl Store {
         // alone, so it cannot vanish between "it is here" and Ok.
         let claim = self.claim(&r.hash);
         if self.has(&r.hash) {
+            self.installed().insert(r.hash.clone());
             return Ok(r);
         }
         let plan = archive::check(incoming.file.reopen()?, r.size, self.max_bytes)?;
@@ -258,6 +295,7 @@ impl Store {
         self.reserve(&claim, cost)?;
         self.place(incoming, &r)?;
         self.lock().sizes.insert(r.hash.clone(), cost);
+        self.installed().insert(r.hash.clone());
         Ok(r)
     }
 
@@ -406,7 +444,8 @@ impl Store {
     /// Removes the bundles not in `keep` that have been unreferenced for
     /// `grace` (a replaced version's workers finish their jobs from its
     /// directory for a while; a rollback within the grace costs no fetch),
-    /// never one being installed; and leftovers of crashes in `tmp/`.
+    /// never one being installed; and leftovers of crashes in `tmp/`. Then
+    /// sets the list of installed bundles to what the disk holds.
     /// Returns the hashes removed. Blocking (it deletes files).
     pub fn gc(&self, keep: &HashSet<String>, grace: Duration) -> Vec<String> {
         self.gc_at(keep, grace, Instant::now())
@@ -442,6 +481,7 @@ impl Store {
                 st.sizes.remove(&h);
                 removed.push(h);
             }
+            self.relist(&busy);
         }
         // Deleting a big tree takes a while: not under the lock.
         drop(hidden);
@@ -647,6 +687,57 @@ mod tests {
         assert_eq!(store.usage(), 0);
         // And it can come back.
         assert!(store.install(&app(b"#!/bin/sh\n# a\n"), None).is_ok());
+    }
+
+    #[test]
+    fn the_list_of_installed_bundles_comes_from_memory() {
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::new(data.path(), DEFAULT_MAX_BUNDLE_BYTES);
+        assert!(store.list(10).is_empty());
+        let a = store.install(&app(b"#!/bin/sh\n# a\n"), None).unwrap();
+        let b = store.install(&app(b"#!/bin/sh\n# b\n"), None).unwrap();
+        let mut both = vec![a.hash.clone(), b.hash.clone()];
+        both.sort();
+        assert_eq!(store.list(10), both);
+        assert_eq!(store.list(1), both[..1]);
+        // Read from the disk when a store is opened; an archive without
+        // its directory is not a bundle.
+        let orphan = data
+            .path()
+            .join(format!("archives/{}.tar.zst", "cd".repeat(32)));
+        std::fs::write(&orphan, b"x").unwrap();
+        assert_eq!(
+            Store::new(data.path(), DEFAULT_MAX_BUNDLE_BYTES).list(10),
+            both
+        );
+        std::fs::remove_file(&orphan).unwrap();
+        // Listing reads no file: with the bundles moved away behind its
+        // back, the list is unchanged...
+        let bundles = data.path().join("bundles");
+        let away = data.path().join("away");
+        std::fs::rename(&bundles, &away).unwrap();
+        assert_eq!(store.list(10), both);
+        // ...until a collection compares it with the disk.
+        let all = keep(&[&a, &b]);
+        let grace = Duration::from_secs(600);
+        assert!(store.gc(&all, grace).is_empty());
+        assert!(store.list(10).is_empty());
+        std::fs::rename(&away, &bundles).unwrap();
+        assert!(store.gc(&all, grace).is_empty());
+        assert_eq!(store.list(10), both);
+        // What another peer sharing the directory installs is listed after
+        // the next collection too.
+        let other = Store::new(data.path(), DEFAULT_MAX_BUNDLE_BYTES);
+        let c = other.install(&app(b"#!/bin/sh\n# c\n"), None).unwrap();
+        assert_eq!(store.list(10), both);
+        let all = keep(&[&a, &b, &c]);
+        assert!(store.gc(&all, grace).is_empty());
+        assert!(store.list(10).contains(&c.hash));
+        // What a collection removes leaves the list at once.
+        let removed = store.gc(&keep(&[&a, &c]), Duration::ZERO);
+        assert_eq!(removed, vec![b.hash.clone()]);
+        assert!(!store.list(10).contains(&b.hash));
+        assert_eq!(store.list(10).len(), 2);
     }
 
     #[test]

@@ -227,10 +227,7 @@ impl Parts {
         let started = tokio::time::Instant::now();
         let idle = async {
             self.dispatcher.until_idle().await;
-            // TODO(merge h-worker): Workers::until_idle.
-            while self.workers.in_flight() > 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            self.workers.until_idle().await;
         };
         if tokio::time::timeout(grace, idle).await.is_err() {
             let left = self.workers.in_flight() as usize + self.dispatcher.in_flight();

@@ -60,7 +60,7 @@ pub(super) async fn reconcile(
             },
         }
         let current = desired.borrow_and_update().clone();
-        workers.apply(&current);
+        workers.apply(&current).await;
         crate::obs::metrics::track_apps(current.entries().map(|d| &d.app));
         let Some(store) = workers.store() else {
             continue;

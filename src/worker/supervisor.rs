@@ -1,18 +1,38 @@
-//! Keeping an app's worker processes alive and feeding them jobs.
+//! This peer's apps: which run, on which version, and the way in for jobs.
 //!
-//! [`Workers`] is the registry of this peer's apps (a cloneable handle; the
-//! map sits behind a `std::sync::Mutex` that is never held across an
-//! `.await`). Each running app has a bounded MPMC job queue
-//! (`async_channel`) and one task per worker process that owns that
-//! process: it takes a job from the queue, runs it, replies through the
-//! job's oneshot, and restarts its process with capped exponential backoff
-//! when it exits.
+//! [`Workers`] is a cloneable handle on the registry: a table from app name
+//! to its [`Entry`] (running, missing, or stopped), behind a
+//! `std::sync::Mutex`. That lock is taken by every job ([`Workers::submit`])
+//! and every dispatch decision ([`Workers::capacity`]), so it is only ever
+//! held for a lookup or a swap: never across an `.await`, never around
+//! file system work or anything else that can block.
 //!
-//! Correlation: a worker process holds at most one job at a time, so an
-//! answer always belongs to the job just sent. Parallelism comes from
-//! several processes per app (default: one per core).
+//! # Reconciling
+//!
+//! The mesh agrees on which apps should run ([`DesiredApps`]); the peer's
+//! reconciler calls [`Workers::apply`] with that whenever it changes and
+//! every few seconds. `apply` works in two steps:
+//!
+//! 1. *Resolve*, without the lock and off the runtime (`spawn_blocking`):
+//!    find what each app to run would run now, from its deployed bundle or
+//!    the `--apps` directory: paths canonicalized, manifests read and
+//!    parsed.
+//! 2. *Swap*, under the lock: per app, keep the running workers if nothing
+//!    changed, start new ones (and retire the old) if the version or the
+//!    settings did, stop them if the app is to stop.
+//!
+//! Resolving again each time is what picks up an app copied into the apps
+//! directory later, or a manifest edited in place.
+//!
+//! # Counting and draining
+//!
+//! Every job queued or running at this peer's workers is counted (see
+//! `super::gauge`), those of replaced versions still finishing included:
+//! [`Workers::in_flight`] reads the count and [`Workers::until_idle`]
+//! waits for it to reach zero, woken by the last job rather than polling.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,36 +41,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::protocol::{Line, MAX_RESULT_BYTES, WorkerProcess};
+use super::gauge::Gauge;
+use super::runner::{LocalJob, Refused, Runner};
 use crate::apps::{AppName, AppSpec, AppsDir, MAX_WORKERS_PER_APP};
-use crate::apps::{AppState, AppStatus, LocalApp, WorkerDetail, WorkerState};
-use crate::deploy::Store;
+use crate::apps::{AppState, AppStatus, LocalApp};
+use crate::deploy::{BundleRef, Store};
 use crate::error::JobError;
 use crate::mesh::desired::{DesiredApp, DesiredApps};
 
-/// Jobs that may wait in one app's queue on this peer; more are refused
-/// with 503 rather than queued without bound.
-pub const QUEUE_PER_WORKER: usize = 64;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// A process that ran this long resets the crash count.
-const HEALTHY_AFTER: Duration = Duration::from_secs(10);
-/// A new worker process counts as running once it has stayed up this long
-/// (or answered a job).
-const SETTLE: Duration = Duration::from_millis(300);
-/// Crashes in a row after which a worker shows as failing.
-const FAILING_AFTER: u32 = 3;
+/// The least time a replaced version gets to finish the jobs it holds.
+const RETIRE_GRACE_MIN: Duration = Duration::from_secs(30);
 
-/// A job for a local worker.
-pub struct LocalJob {
-    /// Compact JSON text, no newline.
-    pub payload: Arc<str>,
-    pub deadline: Instant,
-    /// Receiver: whoever submitted the job (the HTTP handler, or the task
-    /// answering a remote peer). Dropped unanswered when the app stops.
-    pub reply: oneshot::Sender<Result<String, JobError>>,
-}
-
+/// This peer's apps and their workers. Cloning is cheap; clones share
+/// everything.
 #[derive(Clone)]
 pub struct Workers {
     inner: Arc<Inner>,
@@ -64,21 +67,33 @@ struct Inner {
     default_workers: u32,
     grace: Duration,
     apps: Mutex<HashMap<AppName, Entry>>,
+    /// Held through an [`Workers::apply`], so two never interleave (an
+    /// older resolution swapped in after a newer one).
+    applying: tokio::sync::Mutex<()>,
     tracker: TaskTracker,
     /// Set when the peer is stopping: no new jobs, the queued ones finish.
-    draining: std::sync::atomic::AtomicBool,
+    draining: AtomicBool,
+    /// Jobs queued for or held by any of this peer's workers.
+    load: Arc<Gauge>,
+    /// Cancelled by [`Workers::shutdown`]: replaced versions stop at once
+    /// instead of finishing their jobs.
+    stopping: CancellationToken,
     /// Bumped whenever the apps table changes (apps started, stopped,
     /// replaced), so a job waiting for a worker wakes at once.
     changes: tokio::sync::watch::Sender<u64>,
 }
 
+/// What an app to run resolved to.
 enum Resolved {
+    /// What to run, and the bundle it comes from (if deployed).
     Ready(AppSpec, Option<String>),
     /// Its deployed version is not here yet.
     Pending(String),
+    /// It cannot run here (the message says why).
     Failed(String),
 }
 
+/// An app in the table.
 // One entry per app, few apps: the size difference costs nothing.
 #[allow(clippy::large_enum_variant)]
 enum Entry {
@@ -87,57 +102,37 @@ enum Entry {
     Stopped { clock: u64 },
 }
 
-struct Runner {
-    spec: AppSpec,
-    /// The bundle it runs, if deployed.
-    version: Option<String>,
-    clock: u64,
-    workers: u32,
-    /// Receivers: the runner's worker tasks. Closing it (on stop) ends them
-    /// once the queue is empty; dropping it fails the queued jobs.
-    queue: async_channel::Sender<LocalJob>,
-    stop: CancellationToken,
-    slots: Vec<Arc<Mutex<WorkerDetail>>>,
-}
-
-impl Runner {
-    fn live(&self) -> u32 {
-        self.slots
-            .iter()
-            .filter(|s| s.lock().expect("slot lock").state == WorkerState::Running)
-            .count() as u32
-    }
-
-    /// Jobs being run by this runner's processes right now.
-    fn busy(&self) -> u32 {
-        self.slots
-            .iter()
-            .map(|s| s.lock().expect("slot lock").in_flight)
-            .sum()
-    }
-
-    fn state(&self) -> AppState {
-        let states: Vec<WorkerState> = self
-            .slots
-            .iter()
-            .map(|s| s.lock().expect("slot lock").state)
-            .collect();
-        if states.contains(&WorkerState::Running) {
-            AppState::Running
-        } else if states.iter().all(|s| *s == WorkerState::Failing) {
-            AppState::Failing
-        } else {
-            AppState::Starting
+impl Entry {
+    /// What the status pages show of it, as the app `name`.
+    fn local_app(&self, name: &AppName) -> LocalApp {
+        let (state, clock, error) = match self {
+            Entry::Running(r) => return r.local_app(name),
+            Entry::Missing { clock, error } => (AppState::Missing, *clock, Some(error.clone())),
+            Entry::Stopped { clock } => (AppState::Stopped, *clock, None),
+        };
+        LocalApp {
+            status: AppStatus {
+                app: name.clone(),
+                state,
+                workers: 0,
+                in_flight: 0,
+                clock,
+                error,
+                version: None,
+            },
+            source: None,
+            protocol: None,
+            queued: 0,
+            processes: Vec::new(),
         }
-    }
-
-    fn shutdown(self) {
-        self.queue.close();
-        self.stop.cancel();
     }
 }
 
 impl Workers {
+    /// An empty registry: apps come from `apps_dir`, or from `store` when
+    /// deployed (if this peer takes deployments); `default_workers`
+    /// processes per app unless decided otherwise; a stopped process gets
+    /// `grace` to exit after SIGTERM.
     pub fn new(
         apps_dir: AppsDir,
         store: Option<Store>,
@@ -151,129 +146,152 @@ impl Workers {
                 default_workers: default_workers.max(1),
                 grace,
                 apps: Mutex::new(HashMap::new()),
+                applying: tokio::sync::Mutex::new(()),
                 tracker: TaskTracker::new(),
-                draining: std::sync::atomic::AtomicBool::new(false),
+                draining: AtomicBool::new(false),
+                load: Arc::default(),
+                stopping: CancellationToken::new(),
                 changes: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
 
-    /// Brings local workers in line with the mesh's desired state. Apps that
-    /// were missing are resolved again each time, so an app copied into the
-    /// apps directory later is picked up.
-    pub fn apply(&self, desired: &DesiredApps) {
-        self.apply_entries(desired);
+    /// Brings local workers in line with the mesh's desired state: resolves
+    /// each app to run off the runtime, then swaps the table's entries (see
+    /// the module's documentation). Apps that were missing are resolved
+    /// again each time, so an app copied into the apps directory later is
+    /// picked up.
+    pub async fn apply(&self, desired: &DesiredApps) {
+        let _one_at_a_time = self.inner.applying.lock().await;
+        let to_run = desired
+            .entries()
+            .filter(|d| d.run)
+            .map(|d| (d.app.clone(), d.bundle.clone()))
+            .collect();
+        let Some(mut resolved) = self.resolve_all(to_run).await else {
+            return; // the runtime is shutting down
+        };
+        let mut apps = self.inner.apps.lock().expect("apps lock");
+        if self.inner.stopping.is_cancelled() {
+            return; // shut down while resolving: start nothing
+        }
+        for d in desired.entries() {
+            let current = apps.remove(&d.app);
+            let next = match resolved.remove(&d.app) {
+                Some(found) => self.to_run(d, current, found),
+                None => to_stop(d, current),
+            };
+            apps.insert(d.app.clone(), next);
+        }
+        drop(apps);
         self.inner.changes.send_modify(|n| *n += 1);
     }
 
-    /// A receiver that sees a change whenever the apps table changes.
+    /// A receiver that sees a change whenever the apps table changes (a
+    /// job waiting for a worker of an app being started wakes at once).
     pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.changes.subscribe()
     }
 
-    fn apply_entries(&self, desired: &DesiredApps) {
-        let mut apps = self.inner.apps.lock().expect("apps lock");
-        for d in desired.entries() {
-            let current = apps.remove(&d.app);
-            let next = if d.run {
-                let resolved = self.resolve(d);
-                match (current, resolved) {
-                    // The new version is still on its way: keep running
-                    // what runs (or wait for it).
-                    (Some(Entry::Running(mut r)), Resolved::Pending(_)) => {
-                        r.clock = d.clock;
-                        Entry::Running(r)
-                    }
-                    (_, Resolved::Pending(why)) => Entry::Missing {
-                        clock: d.clock,
-                        error: why,
-                    },
-                    (current, Resolved::Failed(e)) => {
-                        if let Some(Entry::Running(r)) = current {
-                            r.shutdown();
-                        }
-                        Entry::Missing {
-                            clock: d.clock,
-                            error: e,
-                        }
-                    }
-                    (current, Resolved::Ready(spec, version)) => {
-                        let want = d
-                            .workers
-                            .or(spec.workers)
-                            .unwrap_or(self.inner.default_workers)
-                            .clamp(1, MAX_WORKERS_PER_APP);
-                        match current {
-                            Some(Entry::Running(mut r))
-                                if want == r.workers && spec == r.spec && version == r.version =>
-                            {
-                                r.clock = d.clock;
-                                Entry::Running(r)
-                            }
-                            Some(Entry::Running(r)) => {
-                                // New workers first; the old ones finish
-                                // what they hold, then stop.
-                                tracing::info!(app = %d.app, workers = want, version = ?version.as_deref().map(|v| &v[..12]), source = %spec.source.display(), "moving app to new workers (new version or settings)");
-                                let next = self.spawn_runner(spec, want, d.clock, version);
-                                self.retire(r);
-                                Entry::Running(next)
-                            }
-                            _ => {
-                                tracing::info!(app = %d.app, workers = want, version = ?version.as_deref().map(|v| &v[..12]), source = %spec.source.display(), "starting app");
-                                Entry::Running(self.spawn_runner(spec, want, d.clock, version))
-                            }
-                        }
-                    }
-                }
-            } else {
-                if let Some(Entry::Running(r)) = current {
-                    tracing::info!(app = %d.app, "stopping app");
-                    r.shutdown();
-                }
-                Entry::Stopped { clock: d.clock }
-            };
-            apps.insert(d.app.clone(), next);
+    /// Resolves each `(app, bundle)` on a blocking thread: it reads the
+    /// disk. `None` if the runtime is shutting down.
+    async fn resolve_all(
+        &self,
+        to_run: Vec<(AppName, Option<BundleRef>)>,
+    ) -> Option<HashMap<AppName, Resolved>> {
+        let apps_dir = self.inner.apps_dir.clone();
+        let store = self.inner.store.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            to_run
+                .into_iter()
+                .map(|(app, bundle)| {
+                    let r = resolve(&apps_dir, store.as_ref(), &app, bundle.as_ref());
+                    (app, r)
+                })
+                .collect()
+        })
+        .await;
+        match found {
+            Ok(found) => Some(found),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
         }
     }
 
-    /// Where `d`'s app comes from: its deployed bundle (when it has one
-    /// and this peer takes deployments), else the `--apps` directory.
-    fn resolve(&self, d: &DesiredApp) -> Resolved {
-        match (&d.bundle, &self.inner.store) {
-            (Some(b), Some(store)) => {
-                if !store.has(&b.hash) {
-                    return Resolved::Pending(format!(
-                        "fetching version {} ({} bytes) from the mesh",
-                        &b.hash[..12],
-                        b.size
-                    ));
-                }
-                match store.resolve(&b.hash, &d.app) {
-                    Ok(spec) => Resolved::Ready(spec, Some(b.hash.clone())),
-                    Err(e) => Resolved::Failed(e.to_string()),
-                }
+    /// The entry for `d`, an app to run, now that it `resolved`; `current`
+    /// is its entry so far. Called under the apps lock: it only starts and
+    /// stops tasks.
+    fn to_run(&self, d: &DesiredApp, current: Option<Entry>, resolved: Resolved) -> Entry {
+        let (spec, version) = match resolved {
+            Resolved::Ready(spec, version) => (spec, version),
+            // The new version is still on its way: keep running what runs
+            // (or wait for it).
+            Resolved::Pending(why) => {
+                return match current {
+                    Some(Entry::Running(mut r)) => {
+                        r.clock = d.clock;
+                        Entry::Running(r)
+                    }
+                    _ => Entry::Missing {
+                        clock: d.clock,
+                        error: why,
+                    },
+                };
             }
-            _ => match self.inner.apps_dir.resolve(&d.app) {
-                Ok(spec) => Resolved::Ready(spec, None),
-                Err(e) => Resolved::Failed(e.to_string()),
-            },
+            Resolved::Failed(error) => {
+                if let Some(Entry::Running(r)) = current {
+                    r.shutdown();
+                }
+                return Entry::Missing {
+                    clock: d.clock,
+                    error,
+                };
+            }
+        };
+        let want = d
+            .workers
+            .or(spec.workers)
+            .unwrap_or(self.inner.default_workers)
+            .clamp(1, MAX_WORKERS_PER_APP);
+        let short = version.as_deref().map(|v| &v[..12]);
+        match current {
+            Some(Entry::Running(mut r))
+                if want == r.workers && spec == r.spec && version == r.version =>
+            {
+                r.clock = d.clock;
+                Entry::Running(r)
+            }
+            Some(Entry::Running(r)) => {
+                // New workers first; the old ones finish what they hold,
+                // then stop.
+                tracing::info!(app = %d.app, workers = want, version = ?short, source = %spec.source.display(), "moving app to new workers (new version or settings)");
+                let next = self.start(spec, want, d.clock, version);
+                self.retire(r);
+                Entry::Running(next)
+            }
+            _ => {
+                tracing::info!(app = %d.app, workers = want, version = ?short, source = %spec.source.display(), "starting app");
+                Entry::Running(self.start(spec, want, d.clock, version))
+            }
         }
+    }
+
+    fn start(&self, spec: AppSpec, workers: u32, clock: u64, version: Option<String>) -> Runner {
+        let (grace, tracker) = (self.inner.grace, &self.inner.tracker);
+        Runner::start(spec, workers, clock, version, grace, tracker)
     }
 
     /// Lets a replaced runner finish the jobs it holds (nobody sends it
     /// more: it is out of the table), then stops it.
     fn retire(&self, r: Runner) {
-        let grace = self.inner.grace.max(Duration::from_secs(30));
-        self.inner.tracker.spawn(async move {
-            let started = tokio::time::Instant::now();
-            while (r.busy() > 0 || !r.queue.is_empty()) && started.elapsed() < grace {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            r.shutdown();
-        });
+        let grace = self.inner.grace.max(RETIRE_GRACE_MIN);
+        let stopping = self.inner.stopping.clone();
+        self.inner.tracker.spawn(r.retire(grace, stopping));
     }
 
-    /// Hashes of the bundles this peer holds (and serves).
+    /// Hashes of the bundles this peer holds (and serves), at most as many
+    /// as an announcement carries. From memory: no file is read (see
+    /// [`Store::list`]).
     pub fn held_bundles(&self) -> Vec<String> {
         self.inner
             .store
@@ -299,64 +317,28 @@ impl Workers {
         self.inner.store.as_ref()
     }
 
-    fn spawn_runner(
-        &self,
-        spec: AppSpec,
-        workers: u32,
-        clock: u64,
-        version: Option<String>,
-    ) -> Runner {
-        let (tx, rx) = async_channel::bounded(QUEUE_PER_WORKER * workers as usize);
-        let stop = CancellationToken::new();
-        let mut slots = Vec::new();
-        for index in 0..workers {
-            let slot = Arc::new(Mutex::new(WorkerDetail {
-                index,
-                pid: None,
-                state: WorkerState::Starting,
-                restarts: 0,
-                jobs_done: 0,
-                in_flight: 0,
-                last_error: None,
-            }));
-            slots.push(slot.clone());
-            self.inner.tracker.spawn(worker_task(
-                spec.clone(),
-                rx.clone(),
-                slot,
-                stop.clone(),
-                self.inner.grace,
-            ));
-        }
-        Runner {
-            spec,
-            version,
-            clock,
-            workers,
-            queue: tx,
-            stop,
-            slots,
-        }
-    }
-
-    /// Queues a job for one of this peer's workers of `app`.
     /// Stops taking new jobs (they are refused as "not running here", which
     /// callers answer by trying another peer); jobs already queued finish.
     pub fn start_draining(&self) {
-        self.inner
-            .draining
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Jobs queued for or held by this peer's workers.
+    fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Relaxed)
+    }
+
+    /// Jobs queued for or held by this peer's workers, those of replaced
+    /// versions still finishing included. Reads a counter: no lock.
     pub fn in_flight(&self) -> u32 {
-        let apps = self.inner.apps.lock().expect("apps lock");
-        apps.values()
-            .map(|e| match e {
-                Entry::Running(r) => r.busy() + r.queue.len() as u32,
-                _ => 0,
-            })
-            .sum()
+        self.inner.load.get() as u32
+    }
+
+    /// Returns once no job is queued for or held by this peer's workers (at
+    /// once if none is). Woken by the last job to end, not by polling.
+    /// Jobs may be submitted again after; to wait for the last one, start
+    /// draining first ([`Workers::start_draining`]).
+    pub async fn until_idle(&self) {
+        self.inner.load.until_zero().await
     }
 
     /// Runs a job on one of this peer's own workers and waits for its
@@ -369,14 +351,12 @@ impl Workers {
         deadline: Instant,
     ) -> Result<String, JobError> {
         let (reply, rx) = oneshot::channel();
-        self.submit(
-            app,
-            LocalJob {
-                payload,
-                deadline,
-                reply,
-            },
-        )?;
+        let job = LocalJob {
+            payload,
+            deadline,
+            reply,
+        };
+        self.submit(app, job)?;
         match tokio::time::timeout_at(deadline + Duration::from_millis(200), rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(JobError::NotRunning(format!(
@@ -386,12 +366,12 @@ impl Workers {
         }
     }
 
+    /// Queues a job for one of this peer's workers of `app`, without
+    /// waiting; its answer comes through `job.reply`. Refused at once when
+    /// the peer is draining, the app does not run here, or its queue is
+    /// full. Takes the apps lock for a lookup and a queue push.
     pub fn submit(&self, app: &AppName, job: LocalJob) -> Result<(), JobError> {
-        if self
-            .inner
-            .draining
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if self.is_draining() {
             return Err(JobError::NotRunning("this peer is stopping".into()));
         }
         let apps = self.inner.apps.lock().expect("apps lock");
@@ -400,36 +380,26 @@ impl Workers {
                 "{app} is not running on this peer"
             )));
         };
-        match r.queue.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(async_channel::TrySendError::Full(_)) => Err(JobError::Busy(format!(
-                "{app}: all {} queue places on this peer are taken",
-                r.queue.capacity().unwrap_or(0)
-            ))),
-            Err(async_channel::TrySendError::Closed(_)) => Err(JobError::NotRunning(format!(
-                "{app} is stopping on this peer"
-            ))),
-        }
+        r.try_submit(job, &self.inner.load)
+            .map_err(|refused| match refused {
+                Refused::Full(places) => JobError::Busy(format!(
+                    "{app}: all {places} queue places on this peer are taken"
+                )),
+                Refused::Closed => JobError::NotRunning(format!("{app} is stopping on this peer")),
+            })
     }
 
     /// How many jobs of `app` this peer can take at once: its live worker
     /// processes, or 1 while they are being (re)started, so that jobs wait
     /// in the queue for a worker that is about to come back; 0 when the app
-    /// does not run here or every worker keeps crashing.
+    /// does not run here or every worker keeps crashing. Takes the apps
+    /// lock for a lookup and a look at each process's state.
     pub fn capacity(&self, app: &AppName) -> u32 {
-        if self
-            .inner
-            .draining
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if self.is_draining() {
             return 0;
         }
         match self.inner.apps.lock().expect("apps lock").get(app) {
-            Some(Entry::Running(r)) => match r.state() {
-                AppState::Running => r.live(),
-                AppState::Starting => 1,
-                _ => 0,
-            },
+            Some(Entry::Running(r)) => r.capacity(),
             _ => 0,
         }
     }
@@ -439,72 +409,19 @@ impl Workers {
         self.details().into_iter().map(|d| d.status).collect()
     }
 
+    /// Every app this peer knows of, with its processes, by name: this
+    /// peer's own `/api/apps`.
     pub fn details(&self) -> Vec<LocalApp> {
         let apps = self.inner.apps.lock().expect("apps lock");
-        let mut out: Vec<LocalApp> = apps
-            .iter()
-            .map(|(name, e)| match e {
-                Entry::Running(r) => LocalApp {
-                    status: AppStatus {
-                        app: name.clone(),
-                        state: r.state(),
-                        workers: r.live(),
-                        in_flight: r.busy() + r.queue.len() as u32,
-                        clock: r.clock,
-                        error: r
-                            .slots
-                            .iter()
-                            .filter_map(|s| s.lock().expect("slot lock").last_error.clone())
-                            .next_back(),
-                        version: r.version.clone(),
-                    },
-                    source: Some(r.spec.source.display().to_string()),
-                    protocol: Some(r.spec.protocol),
-                    queued: r.queue.len() as u32,
-                    processes: r
-                        .slots
-                        .iter()
-                        .map(|s| s.lock().expect("slot lock").clone())
-                        .collect(),
-                },
-                Entry::Missing { clock, error } => LocalApp {
-                    status: AppStatus {
-                        app: name.clone(),
-                        state: AppState::Missing,
-                        workers: 0,
-                        in_flight: 0,
-                        clock: *clock,
-                        error: Some(error.clone()),
-                        version: None,
-                    },
-                    source: None,
-                    protocol: None,
-                    queued: 0,
-                    processes: Vec::new(),
-                },
-                Entry::Stopped { clock } => LocalApp {
-                    status: AppStatus {
-                        app: name.clone(),
-                        state: AppState::Stopped,
-                        workers: 0,
-                        in_flight: 0,
-                        clock: *clock,
-                        error: None,
-                        version: None,
-                    },
-                    source: None,
-                    protocol: None,
-                    queued: 0,
-                    processes: Vec::new(),
-                },
-            })
-            .collect();
+        let mut out: Vec<LocalApp> = apps.iter().map(|(name, e)| e.local_app(name)).collect();
         out.sort_by(|a, b| a.status.app.cmp(&b.status.app));
         out
     }
 
-    /// Stops every worker (SIGTERM, grace, SIGKILL) and waits for them.
+    /// Stops every worker (SIGTERM, grace, SIGKILL), those of replaced
+    /// versions included, and waits for them.
     pub async fn shutdown(&self) {
+        self.inner.stopping.cancel();
         let runners: Vec<Runner> = {
             let mut apps = self.inner.apps.lock().expect("apps lock");
             apps.drain()
@@ -522,227 +439,258 @@ impl Workers {
     }
 }
 
-fn set_slot(slot: &Mutex<WorkerDetail>, f: impl FnOnce(&mut WorkerDetail)) {
-    f(&mut slot.lock().expect("slot lock"));
+/// The entry for `d`, an app to stop; `current` is its entry so far.
+fn to_stop(d: &DesiredApp, current: Option<Entry>) -> Entry {
+    if let Some(Entry::Running(r)) = current {
+        tracing::info!(app = %d.app, "stopping app");
+        r.shutdown();
+    }
+    Entry::Stopped { clock: d.clock }
 }
 
-/// Owns one worker process at a time for its whole life: start, feed,
-/// restart with backoff, stop.
-async fn worker_task(
-    spec: AppSpec,
-    jobs: async_channel::Receiver<LocalJob>,
-    slot: Arc<Mutex<WorkerDetail>>,
-    stop: CancellationToken,
-    grace: Duration,
-) {
-    let mut crashes_in_a_row = 0u32;
-    loop {
-        if stop.is_cancelled() {
-            break;
-        }
-        let started = Instant::now();
-        // (why it ended, whether a job it held is to blame)
-        let (reason, job_related) = match WorkerProcess::spawn(&spec) {
-            Err(e) => (
-                format!("cannot start {}: {e}", spec.program.display()),
-                false,
-            ),
-            Ok(mut proc) => {
-                // Shown as starting until it has stayed up a moment (or
-                // answered a job), so a worker that dies on start-up is
-                // never reported as running.
-                set_slot(&slot, |s| {
-                    s.pid = Some(proc.pid());
-                    s.state = WorkerState::Starting;
-                });
-                match serve(&mut proc, &jobs, &slot, &stop, spec.pipeline as usize).await {
-                    Served::Stop => {
-                        set_slot(&slot, |s| s.state = WorkerState::Stopped);
-                        proc.stop(grace).await;
-                        set_slot(&slot, |s| s.pid = None);
-                        return;
-                    }
-                    Served::Recycle(reason) => {
-                        proc.kill().await;
-                        (reason, true)
-                    }
-                    Served::Exited(reason, job_related) => (reason, job_related),
-                }
+/// Where `app` comes from: its deployed `bundle` (when it has one and this
+/// peer takes deployments, i.e. has a `store`), else the `--apps`
+/// directory. Blocking: it reads the disk.
+fn resolve(
+    apps_dir: &AppsDir,
+    store: Option<&Store>,
+    app: &AppName,
+    bundle: Option<&BundleRef>,
+) -> Resolved {
+    match (bundle, store) {
+        (Some(b), Some(store)) => {
+            if !store.has(&b.hash) {
+                return Resolved::Pending(format!(
+                    "fetching version {} ({} bytes) from the mesh",
+                    &b.hash[..12],
+                    b.size
+                ));
             }
-        };
-        // A worker that keeps failing on its own (at start, or idle) is
-        // backed off and shown as failing; one that a job broke (a crash,
-        // bad output, a hang) comes straight back: the job is to blame,
-        // and failover bounds how often one job can do that.
-        if started.elapsed() >= HEALTHY_AFTER || job_related {
-            crashes_in_a_row = 0;
+            match store.resolve(&b.hash, app) {
+                Ok(spec) => Resolved::Ready(spec, Some(b.hash.clone())),
+                Err(e) => Resolved::Failed(e.to_string()),
+            }
         }
-        crashes_in_a_row += 1;
-        let backoff = (BACKOFF_MIN * 2u32.saturating_pow(crashes_in_a_row - 1)).min(BACKOFF_MAX);
-        tracing::warn!(app = %spec.name, "worker {reason}; restarting in {backoff:?}");
-        crate::obs::metrics::METRICS
-            .worker_restarts
-            .get_or_create(&crate::obs::metrics::AppLabel {
-                app: spec.name.to_string(),
-            })
-            .inc();
-        crate::obs::stats::STATS.error_now("worker", spec.name.as_str(), None, reason.clone());
-        set_slot(&slot, |s| {
-            s.pid = None;
-            s.restarts += 1;
-            s.last_error = Some(reason);
-            s.state = if crashes_in_a_row >= FAILING_AFTER {
-                WorkerState::Failing
-            } else {
-                WorkerState::Restarting
+        _ => match apps_dir.resolve(app) {
+            Ok(spec) => Resolved::Ready(spec, None),
+            Err(e) => Resolved::Failed(e.to_string()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Far longer than anything here takes; reached only on a failure.
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    /// Answers each job with the job itself, once its gate lets it: a line
+    /// written to the FIFO `gate` (see [`Fixture::release`]).
+    const GATED: &str = "while read job; do read go < gate; echo \"$job\"; done";
+
+    /// Dies on its first job.
+    const CRASHES: &str = "read job; exit 3";
+
+    /// An apps directory with one app, `apps/w`: a shell worker running
+    /// `script` (one process), and the workers of a peer running it.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        script: &'static str,
+        workers: Workers,
+        desired: DesiredApps,
+        /// The writing end of the gate, opened at the first release.
+        gate: Option<std::fs::File>,
+    }
+
+    impl Fixture {
+        async fn start(script: &'static str) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            nix::unistd::mkfifo(&dir.path().join("gate"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+            let workers = Workers::new(AppsDir::new(dir.path()), None, 1, DEADLINE);
+            let mut f = Fixture {
+                dir,
+                script,
+                workers,
+                desired: DesiredApps::default(),
+                gate: None,
             };
-        });
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
+            f.manifest("1");
+            f.apply().await;
+            f
+        }
+
+        fn app() -> AppName {
+            AppName::parse("apps/w").unwrap()
+        }
+
+        /// Writes the app's manifest; a new `version` (an environment
+        /// variable) is a new app to move to.
+        fn manifest(&self, version: &str) {
+            let text = format!(
+                "command = \"sh\"\nargs = [\"-c\", '{}']\nenv = {{ V = \"{version}\" }}\n",
+                self.script
+            );
+            std::fs::write(self.dir.path().join("w.toml"), text).unwrap();
+        }
+
+        /// Decides again that the app runs, and applies that.
+        async fn apply(&mut self) {
+            let now = crate::clock::unix_ms();
+            self.desired
+                .set(Self::app(), true, None, "test", now)
+                .unwrap();
+            self.workers.apply(&self.desired).await;
+        }
+
+        fn submit(&self, payload: &str) -> oneshot::Receiver<Result<String, JobError>> {
+            let (reply, rx) = oneshot::channel();
+            let job = LocalJob {
+                payload: payload.into(),
+                deadline: Instant::now() + DEADLINE,
+                reply,
+            };
+            self.workers.submit(&Self::app(), job).unwrap();
+            rx
+        }
+
+        /// Lets the worker answer one job. The gate is opened for reading
+        /// and writing, so that opening does not wait for the worker, and
+        /// kept open, so that the line waits in the pipe until the worker
+        /// reads it (and the worker's next read waits for the next line).
+        fn release(&mut self) {
+            let path = self.dir.path().join("gate");
+            let gate = self.gate.get_or_insert_with(|| {
+                let mut open = std::fs::OpenOptions::new();
+                open.read(true).write(true).open(path).unwrap()
+            });
+            gate.write_all(b"go\n").unwrap();
         }
     }
-    set_slot(&slot, |s| {
-        s.state = WorkerState::Stopped;
-        s.pid = None;
-    });
-}
 
-enum Served {
-    /// Asked to stop, or the queue closed: stop the process gracefully.
-    Stop,
-    /// The process must be killed and replaced (hung, or out of sync).
-    Recycle(String),
-    /// The process is gone (and whether it held a job when it went).
-    Exited(String, bool),
-}
-
-async fn serve(
-    proc: &mut WorkerProcess,
-    jobs: &async_channel::Receiver<LocalJob>,
-    slot: &Mutex<WorkerDetail>,
-    stop: &CancellationToken,
-    depth: usize,
-) -> Served {
-    // Jobs written to the worker and not yet answered, oldest first: the
-    // worker answers in order, so its next answer is the front one's.
-    let mut inflight: VecDeque<LocalJob> = VecDeque::with_capacity(depth);
-    let settle = tokio::time::sleep(SETTLE);
-    tokio::pin!(settle);
-    let mut settled = false;
-    // One timer for the oldest job's deadline, moved only when a job with
-    // an earlier deadline comes to the front or when it fires early (the
-    // front has moved on to a later job): deadlines mostly grow, so under
-    // load it is rarely touched, instead of a new timer per job.
-    let hang = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(hang);
-    let mut hang_at: Option<Instant> = None;
-    loop {
-        if let Some(front) = inflight.front().map(|j| j.deadline)
-            && hang_at.is_none_or(|at| front < at)
-        {
-            hang.as_mut().reset(front);
-            hang_at = Some(front);
-        }
-        tokio::select! {
-            biased;
-            _ = &mut settle, if !settled => {
-                settled = true;
-                set_slot(slot, |s| s.state = WorkerState::Running);
-            }
-            // Stopping does not wait for running jobs.
-            _ = stop.cancelled() => {
-                fail_all(&mut inflight, || JobError::NotRunning(
-                    "the app was stopped on this peer while the job ran".into(),
-                ));
-                return Served::Stop;
-            }
-            line = proc.next_line() => match line {
-                Line::Skip => {}
-                Line::Answer(text) => match inflight.pop_front() {
-                    Some(job) => {
-                        let _ = job.reply.send(Ok(text));
-                        settled = true;
-                        set_slot(slot, |s| {
-                            s.jobs_done += 1;
-                            s.state = WorkerState::Running;
-                        });
-                    }
-                    // Output while no job is outstanding belongs to no job:
-                    // log and drop it, never take it for the next answer.
-                    None => tracing::warn!(app = %proc.app(), pid = proc.pid(), "worker wrote while it had no job (dropped): {text}"),
-                },
-                Line::NotJson(msg) => match inflight.pop_front() {
-                    Some(job) => {
-                        // The real answer may still come, so later answers
-                        // can no longer be matched to jobs: replace it.
-                        let _ = job.reply.send(Err(JobError::BadOutput(msg.clone())));
-                        let why = format!("broke the protocol: {msg}");
-                        fail_all(&mut inflight, || JobError::WorkerCrashed(format!("the worker was replaced before it answered: it {why}")));
-                        return Served::Recycle(why);
-                    }
-                    None => tracing::warn!(app = %proc.app(), pid = proc.pid(), "worker wrote while it had no job (dropped): {msg}"),
-                },
-                Line::TooLong => {
-                    let msg = format!("the worker's answer is larger than {} MiB", MAX_RESULT_BYTES >> 20);
-                    if let Some(job) = inflight.pop_front() {
-                        let _ = job.reply.send(Err(JobError::BadOutput(msg.clone())));
-                    }
-                    fail_all(&mut inflight, || JobError::WorkerCrashed(format!("the worker was replaced before it answered: {msg}")));
-                    return Served::Recycle(msg);
-                }
-                Line::End(what) => {
-                    let when = if inflight.is_empty() { "while idle".to_string() } else { format!("while it held a job ({what})") };
-                    let report = proc.crash_report(&when).await;
-                    let job_related = !inflight.is_empty();
-                    fail_all(&mut inflight, || JobError::WorkerCrashed(report.clone()));
-                    return Served::Exited(report, job_related);
-                }
-            },
-            _ = &mut hang, if hang_at.is_some() && !inflight.is_empty() => {
-                hang_at = None;
-                if inflight.front().is_some_and(|j| Instant::now() < j.deadline) {
-                    continue; // set for a job answered since: re-armed above
-                }
-                if let Some(job) = inflight.pop_front() {
-                    let _ = job.reply.send(Err(JobError::Timeout(
-                        "no result within the timeout; the worker was recycled".into(),
-                    )));
-                }
-                fail_all(&mut inflight, || JobError::WorkerCrashed(
-                    "the worker was replaced before it answered: an earlier job hung it".into(),
-                ));
-                return Served::Recycle("did not answer a job within its timeout (hung?)".into());
-            }
-            job = jobs.recv(), if inflight.len() < depth => {
-                let Ok(job) = job else {
-                    // The queue closed: the app is stopping.
-                    fail_all(&mut inflight, || JobError::NotRunning("the app was stopped on this peer".into()));
-                    return Served::Stop;
-                };
-                if job.reply.is_closed() {
-                    continue; // the caller gave up while the job was queued
-                }
-                if Instant::now() >= job.deadline {
-                    let _ = job.reply.send(Err(JobError::Timeout(
-                        "the job timed out while queued for a worker".into(),
-                    )));
-                    continue;
-                }
-                if !proc.send(job.payload.clone()) {
-                    let _ = job.reply.send(Err(JobError::WorkerCrashed("the worker's input is closed".into())));
-                    return Served::Recycle("its input closed".into());
-                }
-                inflight.push_back(job);
-            }
-        }
-        let n = inflight.len() as u32;
-        set_slot(slot, |s| s.in_flight = n);
+    async fn answer(rx: oneshot::Receiver<Result<String, JobError>>) -> Result<String, JobError> {
+        tokio::time::timeout(DEADLINE, rx)
+            .await
+            .expect("an answer in time")
+            .expect("an answer, not a dropped job")
     }
-}
 
-fn fail_all(inflight: &mut VecDeque<LocalJob>, err: impl Fn() -> JobError) {
-    for job in inflight.drain(..) {
-        let _ = job.reply.send(Err(err()));
+    #[tokio::test]
+    async fn until_idle_wakes_when_the_last_job_ends() {
+        let mut f = Fixture::start(GATED).await;
+        tokio::time::timeout(DEADLINE, f.workers.until_idle())
+            .await
+            .expect("idle before any job");
+        let (a, b) = (f.submit(r#"{"n":1}"#), f.submit(r#"{"n":2}"#));
+        assert_eq!(f.workers.in_flight(), 2);
+        let workers = f.workers.clone();
+        let mut idle = std::pin::pin!(workers.until_idle());
+        assert!(futures::poll!(idle.as_mut()).is_pending());
+        f.release();
+        assert_eq!(answer(a).await.unwrap(), r#"{"n":1}"#);
+        assert!(
+            futures::poll!(idle.as_mut()).is_pending(),
+            "the second job still runs"
+        );
+        f.release();
+        assert_eq!(answer(b).await.unwrap(), r#"{"n":2}"#);
+        tokio::time::timeout(DEADLINE, idle)
+            .await
+            .expect("woken by the last job");
+        assert_eq!(f.workers.in_flight(), 0);
+        f.workers.shutdown().await;
+    }
+
+    /// A replaced version's jobs used to drop out of `in_flight` (which
+    /// counted only the table's runners), so a peer's drain did not wait
+    /// for them.
+    #[tokio::test]
+    async fn a_replaced_version_finishes_its_jobs_and_they_count_until_then() {
+        let mut f = Fixture::start(GATED).await;
+        let old = f.submit("1");
+        f.manifest("2");
+        f.apply().await;
+        assert_eq!(f.workers.in_flight(), 1, "the replaced version's job");
+        let workers = f.workers.clone();
+        let mut idle = std::pin::pin!(workers.until_idle());
+        assert!(futures::poll!(idle.as_mut()).is_pending());
+        f.release();
+        assert_eq!(answer(old).await.unwrap(), "1");
+        tokio::time::timeout(DEADLINE, idle)
+            .await
+            .expect("woken by the replaced version's last job");
+        // The new version takes jobs.
+        let new = f.submit("2");
+        f.release();
+        assert_eq!(answer(new).await.unwrap(), "2");
+        f.workers.shutdown().await;
+    }
+
+    /// Shutting down used to wait for a replaced version to finish its
+    /// jobs: up to 30 seconds.
+    #[tokio::test]
+    async fn shutdown_stops_a_replaced_version_at_once() {
+        let mut f = Fixture::start(GATED).await;
+        let old = f.submit("1");
+        f.manifest("2");
+        f.apply().await;
+        let started = std::time::Instant::now();
+        tokio::time::timeout(RETIRE_GRACE_MIN / 2, f.workers.shutdown())
+            .await
+            .expect("shutdown does not wait for the replaced version's jobs");
+        eprintln!("shut down in {:?}", started.elapsed());
+        // The job failed (held), or was dropped (still queued).
+        let failed = tokio::time::timeout(DEADLINE, old).await.expect("no hang");
+        assert!(
+            matches!(failed, Ok(Err(JobError::NotRunning(_))) | Err(_)),
+            "{failed:?}"
+        );
+        assert_eq!(f.workers.in_flight(), 0);
+    }
+
+    /// A process that died holding a job used to show it in flight until
+    /// its replacement had settled (backoff plus 300 ms).
+    #[tokio::test]
+    async fn a_worker_that_dies_shows_no_job_in_flight() {
+        let f = Fixture::start(CRASHES).await;
+        let crashed = answer(f.submit("1")).await;
+        assert!(
+            matches!(&crashed, Err(JobError::WorkerCrashed(m)) if m.contains("status 3")),
+            "{crashed:?}"
+        );
+        // The process's count is cleared before its jobs are answered.
+        let process = f.workers.details()[0].processes[0].clone();
+        assert_eq!(process.in_flight, 0, "{process:?}");
+        tokio::time::timeout(DEADLINE, f.workers.until_idle())
+            .await
+            .expect("idle once the job failed");
+        assert_eq!(f.workers.details()[0].status.in_flight, 0);
+        f.workers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_draining_peer_refuses_jobs_and_idles_when_the_last_ends() {
+        let mut f = Fixture::start(GATED).await;
+        let queued = f.submit("1");
+        f.workers.start_draining();
+        let (reply, _rx) = oneshot::channel();
+        let late = LocalJob {
+            payload: "2".into(),
+            deadline: Instant::now() + DEADLINE,
+            reply,
+        };
+        let refused = f.workers.submit(&Fixture::app(), late);
+        assert!(
+            matches!(refused, Err(JobError::NotRunning(_))),
+            "{refused:?}"
+        );
+        assert_eq!(f.workers.capacity(&Fixture::app()), 0);
+        f.release();
+        assert_eq!(answer(queued).await.unwrap(), "1");
+        tokio::time::timeout(DEADLINE, f.workers.until_idle())
+            .await
+            .expect("idle");
+        f.workers.shutdown().await;
     }
 }
