@@ -1,4 +1,6 @@
 //! disruptor: a decentralized realtime computation mesh.
+
+#![warn(missing_docs)]
 //!
 //! Layout: [`cli`] (argument types) → [`config`] (validated settings) →
 //! [`peer`] (wires the pieces together and runs until a signal) with

@@ -146,7 +146,8 @@ pub struct Announce {
     /// Hashes of the app bundles it holds and serves to others.
     #[serde(default)]
     pub bundles: Vec<String>,
-    /// Whether it installs deployed bundles (false: `--no-remote-deploy`).
+    /// Whether it installs deployed bundles (false with
+    /// `--no-remote-deploy`, and on a peer without `--admin`).
     #[serde(default = "yes")]
     pub remote_deploy: bool,
 }

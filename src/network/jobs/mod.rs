@@ -32,6 +32,7 @@ use libp2p::StreamProtocol;
 pub use callee::serve_inbound;
 pub use caller::JobLinks;
 
+/// The job protocol's name: one stream of it per (caller, callee) pair.
 pub const JOBS_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/jobs-stream/2");
 /// Room for the header of a frame beyond its payload.
 pub(super) const FRAME_HEADER_ROOM: usize = 1024;
