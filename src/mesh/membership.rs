@@ -490,7 +490,8 @@ impl Membership {
     /// Parses and applies an announcement published by `source` (checking
     /// its version and that it names `source`). Returns a dial to make, if
     /// the peer is not connected, and the decisions the announcement
-    /// carries, for the caller to merge into its [`DesiredApps`](crate::mesh::desired::DesiredApps).
+    /// carries, for the caller to merge into its
+    /// [`DesiredApps`](crate::mesh::desired::DesiredApps).
     pub fn on_announce_bytes(
         &mut self,
         source: PeerId,

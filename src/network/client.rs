@@ -139,7 +139,9 @@ impl Client {
         super::bundles::fetch(self.jobs.control(), permits, peer, bundle, store).await
     }
 
-    /// Runs a job on `peer`'s workers (see [`JobLinks::send_job`]).
+    /// Runs a job on `peer`'s workers, on the one long-lived job stream to
+    /// that peer; never waits past `deadline` (plus a moment for the remote
+    /// peer's own timeout answer to arrive).
     pub async fn send_job(
         &self,
         peer: PeerId,

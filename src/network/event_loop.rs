@@ -2,13 +2,13 @@
 //! mesh's decisions.
 //!
 //! It reacts to swarm events, announces this peer periodically (and at
-//! once to a new neighbour or after a decision taken here), carries out the dials that [`Membership`] asks for,
-//! merges the decisions that announcements and the API bring, and
-//! publishes a fresh [`MeshView`] (for everything above) and
-//! [`DesiredApps`] (for the reconciler) after every change. Jobs and
-//! bundles do not pass through it: they travel on streams of their own.
-//! On shutdown it says goodbye on the membership topic, so others mark it
-//! `left` at once.
+//! once to a new neighbour or after a decision taken here), carries out
+//! the dials that [`Membership`] asks for, merges the decisions that
+//! announcements and the API bring, and publishes a fresh [`MeshView`]
+//! (for everything above) and [`DesiredApps`] (for the reconciler) after
+//! every change. Jobs and bundles do not pass through it: they travel on
+//! streams of their own. On shutdown it says goodbye on the membership
+//! topic, so others mark it `left` at once.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
