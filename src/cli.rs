@@ -3,9 +3,11 @@
 //!
 //! Careful with comments here: clap turns the `///` comment of an argument
 //! field into its `--help` text, and that of a `ValueEnum` variant into the
-//! help of that value. The comments of the `...Args` structs, of flattened
-//! and subcommand fields, and of [`Cli`] (which sets `about` itself) do not
-//! reach `--help`: a subcommand's text is its [`Command`] variant's comment.
+//! help of that value (listed under "Possible values:" in `--help`, which
+//! then uses its long layout). The comments of the `...Args` structs, of
+//! flattened and subcommand fields, and of [`Cli`] (which sets `about`
+//! itself) do not reach `--help`: a subcommand's text is its [`Command`]
+//! variant's comment.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,8 +44,8 @@ pub enum LogFormat {
 }
 
 /// The subcommands: `peer` runs a peer ([`crate::peer`]); every other one
-/// is a short-lived client ([`crate::client`]), of a running peer's HTTP
-/// endpoint except `keygen`.
+/// runs in [`crate::client`], as a short-lived client of a running peer's
+/// HTTP endpoint (`keygen` needs no peer).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a peer of the mesh until Ctrl-C or SIGTERM.

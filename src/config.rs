@@ -22,7 +22,7 @@ pub use crate::secret_file::{
 };
 
 /// Why the command line does not make a peer configuration: the user's
-/// input is wrong (exit code 2). The message names the flag.
+/// input is wrong (exit code 2). The message names the flag or the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A flag's value is not an address (or its host does not resolve).

@@ -28,8 +28,8 @@
 //! 5. What the mesh agrees on.
 //!    - [`mesh`]: membership, the apps the mesh runs, who may decide, the view.
 //! 6. This peer's workers; the libp2p side.
-//!    - [`worker`]: worker processes, the protocol to them and their supervision.
-//!    - [`network`]: the task owning the libp2p swarm, and its [`network::Client`] handle.
+//!    - [`worker`]: worker processes: spawning, talking to, supervising.
+//!    - [`network`]: the libp2p swarm task and its [`network::Client`] handle.
 //! 7. Where a job runs; the JSON shapes.
 //!    - [`dispatch`]: the worker a job runs on, and failover to another.
 //!    - [`api`]: the JSON bodies and headers of the HTTP API.
@@ -41,7 +41,7 @@
 //!     - [`config`]: the peer's arguments checked, its key files read.
 //! 11. The wiring of a peer; the CLI client.
 //!     - [`peer`]: builds every part, runs until a signal, stops in order.
-//!     - [`client`]: every other subcommand, each a short-lived client of a peer.
+//!     - [`client`]: every other subcommand, a short-lived client of a peer.
 //!
 //! `main.rs` (the binary) parses a [`cli::Cli`] and runs [`peer::run`] or
 //! one of the [`client`] commands.

@@ -160,13 +160,13 @@ pub struct LocalApp {
     /// What this peer announces about it (flattened into the JSON).
     #[serde(flatten)]
     pub status: AppStatus,
-    /// The file its name resolved to; none unless it runs here.
+    /// The file its name resolved to; none unless this peer started it.
     pub source: Option<String>,
-    /// How its workers are talked to; none unless it runs here.
+    /// How its workers are talked to; none unless this peer started it.
     pub protocol: Option<crate::apps::Protocol>,
     /// Jobs waiting for a free worker (also counted in `in_flight`).
     pub queued: u32,
-    /// Its worker slots, by index; empty unless it runs here.
+    /// Its worker slots, by index; empty unless this peer started it.
     pub processes: Vec<WorkerDetail>,
 }
 

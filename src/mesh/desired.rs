@@ -48,13 +48,14 @@ const MAX_REFUSALS_REMEMBERED: usize = 1024;
 
 /// One decision about one app: whether it runs, on how many workers per
 /// peer, which version. The newest per app, by `(clock, origin)`, wins on
-/// every peer; the JSON form travels in announcements and in
-/// `POST /api/decisions`.
+/// every peer. Its JSON travels in announcements, in `POST /api/decisions`
+/// and in the decision header of `POST /api/deploy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredApp {
     /// The app decided about.
     pub app: AppName,
-    /// Run it (start, or deploy with `--start`) or not (stop).
+    /// Run it or not: set by start and stop; a deployment keeps it, or
+    /// sets it with `--start`.
     pub run: bool,
     /// Worker processes per peer; `None` means the app's default.
     #[serde(default)]

@@ -146,7 +146,8 @@ pub enum Refusal {
     #[error("the decision is signed by a key this peer does not trust as an admin")]
     UntrustedKey,
     /// A field out of bounds: workers, a clock jump, the origin's length,
-    /// a date too far ahead, a malformed bundle or signature.
+    /// a date too far ahead, a bundle hash that is not one, an over-long
+    /// signature.
     #[error("the decision is out of bounds (workers, clock or version)")]
     Invalid,
     /// A new app while [`MAX_DESIRED`](crate::mesh::desired::MAX_DESIRED)

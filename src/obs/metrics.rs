@@ -5,9 +5,9 @@
 //! path and guard, the dispatcher, the worker supervisor, membership, the
 //! network event loop) through the process-wide [`METRICS`]; gauges that
 //! describe current state (workers by state, peers by state, jobs in
-//! flight) are set from the live views when scraped ([`scrape`]). libp2p's swarm,
-//! gossipsub, identify and ping metrics are recorded by the network event
-//! loop into the same registry.
+//! flight) are set from the live views when scraped ([`scrape`]).
+//! libp2p's swarm, gossipsub, identify and ping metrics are recorded by the
+//! network event loop into the same registry.
 //!
 //! Label sets are bounded by design: an `app` label exists only for apps
 //! in the mesh's desired state (see [`track_apps`]); jobs sent to any other
