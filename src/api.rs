@@ -50,6 +50,7 @@ pub struct ErrorBody {
 /// `GET /api/apps`: this peer's apps in detail, and which peer runs which app.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppsView {
+    /// This peer's id (`self` in the JSON).
     #[serde(rename = "self")]
     pub local_id: String,
     /// This peer's apps, with every worker process.
@@ -58,7 +59,7 @@ pub struct AppsView {
     /// app's state as that peer last announced it.
     pub mesh: BTreeMap<String, BTreeMap<String, crate::apps::AppStatus>>,
     /// Whether this peer installs deployed bundles (false with
-    /// `--no-remote-deploy`).
+    /// `--no-remote-deploy`, and on a peer without `--admin`).
     #[serde(default = "crate::mesh::view::yes")]
     pub remote_deploy: bool,
 }

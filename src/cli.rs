@@ -1,11 +1,21 @@
 //! Command-line types (clap). Parsing only; validation of the values that
 //! need the file system or the network lives in [`crate::config`].
+//!
+//! Careful with comments here: clap turns the `///` comment of an argument
+//! field into its `--help` text, and that of a `ValueEnum` variant into the
+//! help of that value (listed under "Possible values:" in `--help`, which
+//! then uses its long layout). The comments of the `...Args` structs, of
+//! flattened and subcommand fields, and of [`Cli`] (which sets `about`
+//! itself) do not reach `--help`: a subcommand's text is its [`Command`]
+//! variant's comment.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The command line of `disruptor`: a subcommand, and the log format of
+/// all of them.
 #[derive(Debug, Parser)]
 #[command(
     name = "disruptor",
@@ -16,6 +26,7 @@ use clap::{Args, Parser, Subcommand};
         there is no master. Run `disruptor peer` on every machine."
 )]
 pub struct Cli {
+    /// What to run.
     #[command(subcommand)]
     pub command: Command,
     /// Log lines as text for people, or as JSON objects for machines.
@@ -23,12 +34,18 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+/// `--log-format`: how log lines on stderr look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Plain lines, coloured when stderr is a terminal.
     Text,
+    /// One JSON object per line, with the fields of the current span (a job's id).
     Json,
 }
 
+/// The subcommands: `peer` runs a peer ([`crate::peer`]); every other one
+/// runs in [`crate::client`], as a short-lived client of a running peer's
+/// HTTP endpoint (`keygen` needs no peer).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a peer of the mesh until Ctrl-C or SIGTERM.
@@ -51,6 +68,9 @@ pub enum Command {
     Keygen(KeygenArgs),
 }
 
+/// `disruptor peer`'s flags, as typed:
+/// [`PeerConfig::from_args`](crate::config::PeerConfig::from_args) checks
+/// them and reads the files they name.
 #[derive(Debug, Args)]
 pub struct PeerArgs {
     /// Address to listen on for other peers: HOST:PORT or a multiaddr
@@ -223,6 +243,7 @@ pub struct Signing {
     pub key: Option<PathBuf>,
 }
 
+/// `disruptor start HTTP_ADDR APP`.
 #[derive(Debug, Args)]
 pub struct StartArgs {
     /// HTTP address of any running peer (HOST:PORT or http://HOST:PORT).
@@ -232,8 +253,10 @@ pub struct StartArgs {
     /// Worker processes per peer (default: the app's manifest, else one per core).
     #[arg(long, value_name = "N")]
     pub workers: Option<u32>,
+    /// The admin key to sign the decision with.
     #[command(flatten)]
     pub signing: Signing,
+    /// How to reach the peer.
     #[command(flatten)]
     pub access: Access,
     /// How long to wait for the mesh to report the new state.
@@ -241,6 +264,7 @@ pub struct StartArgs {
     pub wait: Duration,
 }
 
+/// `disruptor stop HTTP_ADDR APP`.
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// HTTP address of any running peer (HOST:PORT or http://HOST:PORT).
@@ -250,12 +274,15 @@ pub struct StopArgs {
     /// How long to wait for the mesh to report the new state.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub wait: Duration,
+    /// The admin key to sign the decision with.
     #[command(flatten)]
     pub signing: Signing,
+    /// How to reach the peer.
     #[command(flatten)]
     pub access: Access,
 }
 
+/// `disruptor send HTTP_ADDR APP PAYLOAD`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// HTTP address of any running peer (HOST:PORT or http://HOST:PORT).
@@ -271,10 +298,12 @@ pub struct SendArgs {
     /// peer's result (or error) by peer id.
     #[arg(long)]
     pub all: bool,
+    /// How to reach the peer.
     #[command(flatten)]
     pub access: Access,
 }
 
+/// `disruptor stream HTTP_ADDR APP [INPUT]`.
 #[derive(Debug, Args)]
 pub struct StreamArgs {
     /// HTTP address of any running peer (HOST:PORT or http://HOST:PORT).
@@ -298,10 +327,12 @@ pub struct StreamArgs {
     /// Give up on a job after this long (sent as X-Disruptor-Timeout-Ms).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// How to reach the peer.
     #[command(flatten)]
     pub access: Access,
 }
 
+/// `disruptor peers HTTP_ADDR`.
 #[derive(Debug, Args)]
 pub struct PeersArgs {
     /// HTTP address of a running peer (HOST:PORT or http://HOST:PORT).
@@ -309,10 +340,12 @@ pub struct PeersArgs {
     /// Print the raw JSON of /api/peers instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// How to reach the peer.
     #[command(flatten)]
     pub access: Access,
 }
 
+/// `disruptor deploy HTTP_ADDR DIR --name APP`.
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     /// HTTP address of any running peer (HOST:PORT or http://HOST:PORT).
@@ -332,20 +365,25 @@ pub struct DeployArgs {
     /// How long to wait for every peer to report the new version.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub wait: Duration,
+    /// The admin key to sign the deployment with.
     #[command(flatten)]
     pub signing: Signing,
+    /// How to reach the peer.
     #[command(flatten)]
     pub access: Access,
 }
 
+/// `disruptor status HTTP_ADDR`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// HTTP address of a running peer (HOST:PORT or http://HOST:PORT).
     pub http_addr: String,
+    /// How to reach the peer.
     #[command(flatten)]
     pub access: Access,
 }
 
+/// `disruptor keygen`: a pre-shared key, or with `--admin` an admin key.
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
     /// Write the key to this file (mode 0600) instead of standard output.

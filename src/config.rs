@@ -1,5 +1,6 @@
 //! Turning command-line values into a validated peer configuration:
-//! addresses, the identity key file and the pre-shared key file.
+//! addresses, the key files (identity, pre-shared key, admin keys), the
+//! HTTP bearer token, and the bounds of the numeric flags.
 //!
 //! Every failure here is a [`ConfigError`], which `main` reports in one line
 //! and maps to exit code 2 (the user's input is wrong).
@@ -20,30 +21,60 @@ pub use crate::secret_file::{
     SecretFileError, check_private_file, read_private_file, write_private_file,
 };
 
+/// Why the command line does not make a peer configuration: the user's
+/// input is wrong (exit code 2). The message names the flag or the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A flag's value is not an address (or its host does not resolve).
     #[error("{flag} {value:?} is not an address: {reason}")]
     Address {
+        /// The flag, e.g. `--listen`.
         flag: &'static str,
+        /// The value as given.
         value: String,
+        /// Why it is not an address.
         reason: String,
     },
+    /// The `--admins` file cannot be read. (Private key files that cannot
+    /// be read are a [`ConfigError::Secret`].)
     #[error("cannot read key file {}: {source}", path.display())]
     ReadKey {
+        /// The file.
         path: PathBuf,
+        /// What reading it said.
         source: std::io::Error,
     },
+    /// The `--psk-file` is not in the swarm-key format (see [`parse_psk`]).
     #[error("{} is not a pre-shared key file: {reason}", path.display())]
-    BadPsk { path: PathBuf, reason: String },
+    BadPsk {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The `--identity` file is not a libp2p private key.
     #[error("{} is not a disruptor identity file: {reason}", path.display())]
-    BadIdentity { path: PathBuf, reason: String },
+    BadIdentity {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A value out of bounds or at odds with another flag; the text is the
+    /// whole message, flag included.
     #[error("{0}")]
     Value(String),
+    /// A private file (identity, pre-shared key, token) that cannot be
+    /// read or written, or that other users may read.
     #[error(transparent)]
     Secret(#[from] SecretFileError),
+    /// `--down-after` is not longer than `--announce-interval`: peers
+    /// could be marked down between two announcements.
     #[error("--down-after ({down_after:?}) must be longer than --announce-interval ({announce:?})")]
     Timing {
+        /// `--down-after`.
         down_after: Duration,
+        /// `--announce-interval`.
         announce: Duration,
     },
 }
@@ -54,27 +85,64 @@ pub const MAX_JOB_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// Everything a peer needs to start, validated.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
+    /// `--listen`: TCP multiaddrs to listen on for other peers (host
+    /// names resolved at start).
     pub listen: Vec<Multiaddr>,
+    /// `--bootstrap`: peers to dial at start (host names resolved at
+    /// start); empty for the first peer of a mesh.
     pub bootstrap: Vec<Multiaddr>,
     /// Whether the identity comes from a file (so this peer may be one the
     /// mesh already knows, coming back).
     pub persistent_identity: bool,
+    /// `--http`: where the HTTP endpoint listens (a loopback address
+    /// unless `http_token` is set).
     pub http: SocketAddr,
+    /// This peer's identity: loaded from (or created in) `--identity`,
+    /// else new at every start.
     pub keypair: Keypair,
+    /// `--psk-file`: the private mesh's key; `None` for an open mesh.
     pub psk: Option<PreSharedKey>,
+    /// `--announce-interval`, `--down-after` (checked to be longer than
+    /// the interval), `--forget-after` and `--connect-timeout`.
     pub timing: Timing,
+    /// `--apps`: the directory of the apps this peer can run.
     pub apps_dir: PathBuf,
+    /// `--max-job-bytes`: the largest job accepted, in bytes (1 to
+    /// [`MAX_JOB_BYTES_LIMIT`]).
     pub max_job_bytes: usize,
+    /// Worker processes per app when neither the decision nor the app's
+    /// manifest says: `--workers` (1 to
+    /// [`MAX_WORKERS_PER_APP`](crate::apps::MAX_WORKERS_PER_APP)), by
+    /// default one per core.
     pub default_workers: u32,
+    /// `--worker-grace`: time a stopped worker gets between SIGTERM and
+    /// SIGKILL.
     pub worker_grace: Duration,
+    /// `--retries`: further attempts for a job whose peer was lost or
+    /// whose worker died before answering (0 to 10).
     pub retries: u32,
+    /// `--drain-grace`: how long a stopping peer keeps running the jobs it
+    /// has (taking no new ones).
     pub drain_grace: Duration,
+    /// `--data-dir`: where deployed bundles are kept.
     pub data_dir: PathBuf,
+    /// Whether this peer installs bundles deployed through the mesh: only
+    /// with admin keys, and not with `--no-remote-deploy`. Without it the
+    /// peer has no bundle store at all.
     pub remote_deploy: bool,
+    /// `--max-bundle-bytes`: the largest bundle accepted (compressed), in
+    /// bytes.
     pub max_bundle_bytes: u64,
+    /// `--dispatch`: how a job's worker is chosen, unless the request says.
     pub dispatch: crate::dispatch::Policy,
+    /// `--http-max-connections`: open HTTP connections at most (1 to
+    /// 1,000,000); more are closed as they arrive.
     pub http_max_connections: usize,
+    /// `--http-header-timeout`: time a client has to send a request's
+    /// headers (also the longest an idle keep-alive connection is kept).
     pub http_header_timeout: Duration,
+    /// `--http-body-timeout`: time a client has to send a job's body (in a
+    /// stream of jobs, the longest pause between two pieces).
     pub http_body_timeout: Duration,
     /// Admin keys whose signed decisions this peer takes (empty: none).
     pub admins: crate::mesh::trust::Admins,
@@ -82,6 +150,9 @@ pub struct PeerConfig {
     pub http_hosts: Vec<String>,
     /// Bearer token every HTTP request must carry (`--http-token-file`).
     pub http_token: Option<String>,
+    /// `--max-store-bytes`: most bytes the installed bundles may take,
+    /// archives plus unpacked files; `None` for the store's default,
+    /// [`default_quota`](crate::deploy::default_quota) of `max_bundle_bytes`.
     pub max_store_bytes: Option<u64>,
 }
 
@@ -289,6 +360,8 @@ pub fn parse_peer_addr(flag: &'static str, value: &str) -> Result<Multiaddr, Con
     Ok(socket_to_multiaddr(sa))
 }
 
+/// The TCP multiaddr of a socket address: `/ip4/<ip>/tcp/<port>` or
+/// `/ip6/<ip>/tcp/<port>`.
 pub fn socket_to_multiaddr(sa: SocketAddr) -> Multiaddr {
     let ip = match sa.ip() {
         IpAddr::V4(ip) => Protocol::Ip4(ip),
@@ -320,6 +393,8 @@ fn resolve_dns_multiaddr(addr: &Multiaddr) -> Result<Multiaddr, String> {
     Ok(out)
 }
 
+/// Parses `HOST:PORT`: an IP address (`[IPv6]:PORT` for IPv6) or a host
+/// name, resolved now (its first address). The error names `flag`.
 pub fn parse_socket_addr(flag: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
     parse_socket_addr_inner(value.trim()).map_err(|reason| ConfigError::Address {
         flag,
@@ -407,6 +482,8 @@ pub fn parse_psk(text: &str) -> Result<PreSharedKey, String> {
     })
 }
 
+/// A new random pre-shared key (`disruptor keygen`). Its `Display` is the
+/// swarm-key text that [`parse_psk`] reads.
 pub fn generate_psk() -> PreSharedKey {
     PreSharedKey::new(rand::random())
 }

@@ -14,6 +14,7 @@ pub enum JobError {
     /// No live worker for the app anywhere in the mesh (or on the chosen peer).
     #[error("{0}")]
     NotRunning(String),
+    /// The job (or a line of a stream) is over `--max-job-bytes`.
     #[error("{0}")]
     TooLarge(String),
     /// The worker died while it held the job (message includes its stderr tail).
@@ -22,6 +23,8 @@ pub enum JobError {
     /// The worker answered something that is not a JSON value.
     #[error("{0}")]
     BadOutput(String),
+    /// No answer within the job's timeout (`X-Disruptor-Timeout-Ms`, by
+    /// default [`DEFAULT_JOB_TIMEOUT`](crate::api::DEFAULT_JOB_TIMEOUT)).
     #[error("{0}")]
     Timeout(String),
     /// Every queue for the app is full, or the peer is stopping.
@@ -47,6 +50,8 @@ impl JobError {
         }
     }
 
+    /// The HTTP status of an answer with this error: 400, 404, 413, 502
+    /// (crashed, bad output, unreachable), 504 or 503.
     pub fn status(&self) -> StatusCode {
         match self {
             JobError::BadRequest(_) => StatusCode::BAD_REQUEST,

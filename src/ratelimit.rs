@@ -1,5 +1,7 @@
-//! Per-key token buckets: how a peer bounds what any one other peer can
-//! make it do (announcements per second, for now).
+//! Per-key token buckets: how a peer bounds what others can make it do.
+//! The network event loop limits the announcements it takes from each
+//! peer; membership limits its first dials of newly learned peers (one key
+//! for them all).
 //!
 //! Pure bookkeeping with the clock passed in, so the rules are unit tested.
 
@@ -20,6 +22,8 @@ pub struct PerKeyBudget<K> {
 }
 
 impl<K: Hash + Eq + Clone> PerKeyBudget<K> {
+    /// A budget of `burst` tokens per key, refilled at `per_second`, for at
+    /// most `max_keys` keys (each at least 1).
     pub fn new(burst: u32, per_second: u32, max_keys: usize) -> Self {
         PerKeyBudget {
             burst: burst.max(1) as f64,

@@ -31,6 +31,7 @@ pub const MAX_WORKERS_PER_APP: u32 = 256;
 /// unless its manifest says otherwise. Node workers get one at a time
 /// (an async `process.on('message')` handler may answer out of order).
 pub const DEFAULT_NATIVE_PIPELINE: u32 = 8;
+/// Largest `pipeline` a manifest may ask for.
 pub const MAX_PIPELINE: u32 = 1024;
 
 /// Longest app name accepted.
@@ -41,14 +42,20 @@ pub const MAX_APP_NAME: usize = 200;
 #[serde(transparent)]
 pub struct AppName(String);
 
+/// Why a string is not an [`AppName`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AppNameError {
+    /// The empty string.
     #[error("app name is empty")]
     Empty,
+    /// Longer than [`MAX_APP_NAME`] bytes.
     #[error("app name is longer than {MAX_APP_NAME} characters")]
     TooLong,
+    /// Does not start with `apps/`.
     #[error("app name {0:?} must start with apps/ (e.g. apps/wordcount/counter)")]
     Prefix(String),
+    /// A part after `apps/` is empty, starts with `.` (so no `..`), or has
+    /// a character other than ASCII letters, digits, `-`, `_` and `.`.
     #[error(
         "app name {0:?} is not allowed: each part may use only letters, digits, '-', '_' and '.', must not start with '.', and must not be empty"
     )]
@@ -56,6 +63,8 @@ pub enum AppNameError {
 }
 
 impl AppName {
+    /// Validates `name` (see [`AppNameError`] for the rules); nothing is
+    /// looked up on disk.
     pub fn parse(name: &str) -> Result<AppName, AppNameError> {
         if name.is_empty() {
             return Err(AppNameError::Empty);
@@ -78,6 +87,7 @@ impl AppName {
         Ok(AppName(name.to_string()))
     }
 
+    /// The whole name, `apps/...`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -114,11 +124,20 @@ pub enum Protocol {
 /// A resolved app: what to run, how, and with how many processes by default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppSpec {
+    /// The app (for a deployed bundle, the name it was deployed as).
     pub name: AppName,
+    /// What to execute: the resolved file, `node` for a `.js` app, or a
+    /// manifest's command (a file inside the apps directory, or a name
+    /// looked up on `PATH`).
     pub program: PathBuf,
+    /// Its arguments (for a `.js` app, the script's path).
     pub args: Vec<String>,
+    /// Variables set on top of the part of the peer's environment that
+    /// workers inherit (a manifest's `env`).
     pub env: BTreeMap<String, String>,
+    /// Working directory: the directory of the file the name resolved to.
     pub cwd: PathBuf,
+    /// How the peer talks to its processes.
     pub protocol: Protocol,
     /// Worker processes, if the manifest says so.
     pub workers: Option<u32>,
@@ -135,44 +154,79 @@ pub struct Manifest {
     /// Program to run: a path relative to the manifest's directory if it
     /// contains a `/`, else a program looked up on PATH (e.g. `python3`).
     pub command: String,
+    /// Arguments to `command`.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Worker processes per peer (1 to [`MAX_WORKERS_PER_APP`]), unless
+    /// `start --workers` says otherwise; without either, the peer's
+    /// `--workers`.
     #[serde(default)]
     pub workers: Option<u32>,
+    /// Environment variables set for its processes.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// `native` (the default) or `node`.
     #[serde(default)]
     pub protocol: Option<Protocol>,
-    /// Jobs a process may hold at once (answers must come back in order).
+    /// Jobs a process may hold at once (answers must come back in order):
+    /// 1 to [`MAX_PIPELINE`]; default [`DEFAULT_NATIVE_PIPELINE`] for
+    /// `native`, 1 for `node`.
     #[serde(default)]
     pub pipeline: Option<u32>,
 }
 
+/// Why an app name does not resolve to a program on this peer.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
+    /// No `<path>.toml`, `<path>` or `<path>.js` in the apps directory
+    /// (also what a missing apps directory gives).
     #[error("{0} is not in this peer's apps directory")]
     NotFound(AppName),
+    /// The file, or a manifest's command, lies outside the apps directory
+    /// once symlinks are followed.
     #[error("{name}: {path} resolves outside the apps directory")]
-    Outside { name: AppName, path: PathBuf },
+    Outside {
+        /// The app.
+        name: AppName,
+        /// Where it resolved to (canonical).
+        path: PathBuf,
+    },
+    /// The manifest does not parse, or says something out of bounds (an
+    /// empty command, workers or pipeline out of range, a command file
+    /// that does not exist).
     #[error("{name}: manifest {path} is invalid: {reason}")]
     Manifest {
+        /// The app.
         name: AppName,
+        /// The manifest file.
         path: PathBuf,
+        /// What is wrong with it.
         reason: String,
     },
+    /// The file, or a manifest's command file, has no execute bit.
     #[error("{name}: {path} exists but is not executable (chmod +x, or add a manifest)")]
-    NotExecutable { name: AppName, path: PathBuf },
+    NotExecutable {
+        /// The app.
+        name: AppName,
+        /// The file (canonical).
+        path: PathBuf,
+    },
+    /// The apps directory cannot be read. (Nothing returns this today: a
+    /// missing or unreadable directory resolves to [`ResolveError::NotFound`].)
     #[error("apps directory {0} cannot be read: {1}")]
     AppsDir(PathBuf, std::io::Error),
 }
 
-/// The apps directory, canonicalized once.
+/// The apps directory (`--apps`): where this peer finds the apps it can
+/// run without a deployment.
 #[derive(Debug, Clone)]
 pub struct AppsDir {
     root: PathBuf,
 }
 
 impl AppsDir {
+    /// The apps directory at `path` (`--apps`). A missing directory is
+    /// not an error: it resolves nothing until it is created.
     pub fn new(path: &Path) -> AppsDir {
         // A missing directory is not an error: the peer can still route
         // jobs to others, and the directory may be created later. Keep an
@@ -184,6 +238,7 @@ impl AppsDir {
         AppsDir { root }
     }
 
+    /// Its path: canonical if it existed at [`AppsDir::new`], else absolute.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -205,6 +260,9 @@ impl AppsDir {
         }
     }
 
+    /// Resolves `name` by the rules of the module docs (manifest,
+    /// executable, `.js`), refusing any file outside the directory. Reads
+    /// the disk at every call, so a changed app is seen at its next start.
     pub fn resolve(&self, name: &AppName) -> Result<AppSpec, ResolveError> {
         let base = self.root.join(name.rel_path());
         let with_ext = |ext: &str| {

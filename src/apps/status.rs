@@ -43,7 +43,9 @@ impl std::fmt::Display for AppState {
 /// One app on one peer: what every peer announces about its apps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppStatus {
+    /// The app.
     pub app: AppName,
+    /// How it is doing on that peer.
     pub state: AppState,
     /// Worker processes up and taking jobs.
     pub workers: u32,
@@ -98,19 +100,32 @@ fn bounded_error<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String
 /// Per-process detail for this peer's own `/api/apps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerDetail {
+    /// Its slot among the app's workers, from 0; kept across restarts.
     pub index: u32,
+    /// The process id while a process runs; none between restarts.
     pub pid: Option<i32>,
+    /// How the slot is doing.
     pub state: WorkerState,
+    /// Times its process ended and was started again.
     pub restarts: u32,
+    /// Jobs it answered with a result.
     pub jobs_done: u64,
+    /// Jobs written to its process and not answered yet (at most the
+    /// app's pipeline).
     pub in_flight: u32,
+    /// Why its process last ended, for people.
     pub last_error: Option<String>,
 }
 
+/// How one worker slot of an app is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerState {
+    /// Its process is being spawned, or has not yet stayed up a moment
+    /// (300 ms) nor answered a job: one that dies on start-up is never
+    /// shown running.
     Starting,
+    /// Up and taking jobs.
     Running,
     /// Waiting out a restart backoff after an exit.
     Restarting,
@@ -142,11 +157,16 @@ impl std::fmt::Display for WorkerState {
 /// This peer's view of one of its apps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalApp {
+    /// What this peer announces about it (flattened into the JSON).
     #[serde(flatten)]
     pub status: AppStatus,
+    /// The file its name resolved to; none unless this peer started it.
     pub source: Option<String>,
+    /// How its workers are talked to; none unless this peer started it.
     pub protocol: Option<crate::apps::Protocol>,
+    /// Jobs waiting for a free worker (also counted in `in_flight`).
     pub queued: u32,
+    /// Its worker slots, by index; empty unless this peer started it.
     pub processes: Vec<WorkerDetail>,
 }
 

@@ -37,6 +37,7 @@ use super::BundleError;
 
 /// Bytes of a tar header, and the unit tar stores data in.
 const BLOCK: u64 = 512;
+/// Entries an archive may have, at most (each costs an inode unpacked).
 pub const MAX_ENTRIES: usize = 200_000;
 /// Unpacked bytes allowed per archive byte. zstd at the default level
 /// packs source code, `node_modules` and binaries 3-10 times; 32 leaves
@@ -78,6 +79,8 @@ pub fn entry_cost(data_len: u64) -> u64 {
 /// What a checked archive will write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
+    /// Entries in the archive, directories and links included (at most
+    /// 200,000: `MAX_ENTRIES`).
     pub entries: usize,
     /// Unpacked size, as [`unpacked_limit`] measures it.
     pub unpacked: u64,

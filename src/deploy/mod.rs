@@ -11,8 +11,8 @@
 //! Everything in the store is content-addressed and written by rename, so
 //! peers on one machine may share a data directory.
 //!
-//! An archive is checked completely before anything is unpacked (see
-//! [`archive`] for the rules): every entry must be a plain file, a
+//! An archive is checked completely before anything is unpacked
+//! ([`check`]): every entry must be a plain file, a
 //! directory, or a link that stays inside the bundle without passing
 //! through another link; the unpacked size must stay in proportion to the
 //! archive's; and the store as a whole has a quota. Unpacked files keep at
@@ -44,6 +44,8 @@ pub struct BundleRef {
 }
 
 impl BundleRef {
+    /// Whether its hash is one (see [`is_hash`]): checked before a
+    /// decision from another peer is taken, as the hash becomes a file name.
     pub fn is_well_formed(&self) -> bool {
         is_hash(&self.hash)
     }
@@ -55,35 +57,76 @@ pub fn is_hash(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// Why a bundle was not installed or cannot be run. `POST /api/deploy`
+/// answers most with 400, [`BundleError::TooLarge`] with 413 and
+/// [`BundleError::Io`] with 500.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    /// The archive is over `--max-bundle-bytes`.
     #[error("the bundle is {size} bytes, over the limit of {limit} bytes")]
-    TooLarge { size: u64, limit: u64 },
+    TooLarge {
+        /// Its size in bytes (when it arrives in pieces: as far as it got).
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The archive unpacks to more than [`unpacked_limit`] allows it.
     #[error(
         "the bundle unpacks to more than {limit} bytes, more than its {archive}-byte archive may \
          (32 times the archive plus 1 MiB, at most 8 times --max-bundle-bytes)"
     )]
-    UnpackedTooLarge { limit: u64, archive: u64 },
+    UnpackedTooLarge {
+        /// What it may unpack to, in bytes.
+        limit: u64,
+        /// The archive's size in bytes.
+        archive: u64,
+    },
+    /// Installing it would take the store over its quota.
     #[error(
         "no room for the bundle: it takes {need} bytes (archive and unpacked), and {used} of the \
          store's {quota} are in use (--max-store-bytes; bundles no app refers to are removed \
          after a grace period)"
     )]
-    QuotaExceeded { need: u64, used: u64, quota: u64 },
+    QuotaExceeded {
+        /// Bytes it takes, archive plus unpacked.
+        need: u64,
+        /// Bytes the store holds or has set aside already.
+        used: u64,
+        /// The store's quota in bytes (`--max-store-bytes`).
+        quota: u64,
+    },
+    /// A hash that is not 64 lowercase hex digits (see [`is_hash`]).
     #[error("{0:?} is not a bundle hash (64 lowercase hex digits)")]
     BadHash(String),
+    /// The archive's bytes do not have the hash it came under.
     #[error("the bundle's SHA-256 is {actual}, not the {expected} it was announced as")]
-    HashMismatch { expected: String, actual: String },
+    HashMismatch {
+        /// The hash it came under.
+        expected: String,
+        /// The SHA-256 of the bytes received.
+        actual: String,
+    },
+    /// Not a tar + zstd archive, or a broken one.
     #[error("the bundle is not a tar + zstd archive: {0}")]
     Malformed(String),
+    /// An archive that breaks a rule of [`check`] (a path, a link, an entry
+    /// kind, more than 200,000 entries; see the [module docs](crate::deploy)).
     #[error("the bundle is refused: {0}")]
     Unsafe(String),
+    /// The bundle holds nothing runnable under the app's last name part.
     #[error("the bundle has no runnable {entry:?}: {reason}")]
-    NoEntry { entry: String, reason: String },
+    NoEntry {
+        /// The name looked for: the app name's last part.
+        entry: String,
+        /// Why it does not resolve (see [`ResolveError`](crate::apps::ResolveError)).
+        reason: String,
+    },
+    /// The disk failed (or the data directory is not writable).
     #[error("cannot store the bundle: {0}")]
     Io(#[from] std::io::Error),
 }
 
+/// SHA-256 of `bytes` as 64 lowercase hex digits: a bundle's name.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }

@@ -46,14 +46,26 @@ pub const MAX_FUTURE: Duration = Duration::from_secs(600);
 /// announcement is neither verified nor counted again.
 const MAX_REFUSALS_REMEMBERED: usize = 1024;
 
+/// One decision about one app: whether it runs, on how many workers per
+/// peer, which version. The newest per app, by `(clock, origin)`, wins on
+/// every peer. Its JSON travels in announcements, in `POST /api/decisions`
+/// and in the decision header of `POST /api/deploy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredApp {
+    /// The app decided about.
     pub app: AppName,
+    /// Run it or not: set by start and stop; a deployment keeps it, or
+    /// sets it with `--start`.
     pub run: bool,
     /// Worker processes per peer; `None` means the app's default.
     #[serde(default)]
     pub workers: Option<u32>,
+    /// Lamport clock: one more than the highest clock the deciding side
+    /// had seen (at most [`MAX_CLOCK_JUMP`] ahead of what a peer holds).
     pub clock: u64,
+    /// Who decided: the peer id that took an unsigned decision, or the
+    /// signing admin key's [short name](crate::mesh::trust::AdminKey::short);
+    /// breaks ties between equal clocks. At most [`MAX_ORIGIN`] bytes.
     pub origin: String,
     /// The deployed version to run (`disruptor deploy`), or none: the app
     /// as found in each peer's `--apps` directory.
@@ -94,6 +106,11 @@ impl DesiredApp {
     }
 }
 
+/// The mesh's decisions as this peer holds them: one [`DesiredApp`] per
+/// app, at most [`MAX_DESIRED`], merged last-writer-wins. The network event
+/// loop owns the map and publishes a copy on a `watch` channel at each
+/// change; the reconciler (which hands it to the workers) and the
+/// dispatcher read that.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DesiredApps {
     apps: BTreeMap<AppName, DesiredApp>,
@@ -226,22 +243,27 @@ impl DesiredApps {
         self.clock
     }
 
+    /// The decision held for `app`, if any.
     pub fn get(&self, app: &AppName) -> Option<&DesiredApp> {
         self.apps.get(app)
     }
 
+    /// Every decision held, by app name.
     pub fn entries(&self) -> impl Iterator<Item = &DesiredApp> {
         self.apps.values()
     }
 
+    /// Every decision held, by app name: what an announcement carries.
     pub fn to_vec(&self) -> Vec<DesiredApp> {
         self.apps.values().cloned().collect()
     }
 
+    /// Decisions held (at most [`MAX_DESIRED`]).
     pub fn len(&self) -> usize {
         self.apps.len()
     }
 
+    /// Whether no decision is held.
     pub fn is_empty(&self) -> bool {
         self.apps.is_empty()
     }
@@ -283,9 +305,22 @@ pub fn next_decision(
 /// The change a new decision makes (see [`next_decision`]).
 #[derive(Debug, Clone)]
 pub enum Change {
-    Start { workers: Option<u32> },
+    /// `disruptor start`: run the app, keeping its deployed version.
+    Start {
+        /// `--workers`: per peer; `None` for the app's default.
+        workers: Option<u32>,
+    },
+    /// `disruptor stop`: stop the app, keeping its deployed version.
     Stop,
-    Deploy { bundle: BundleRef, start: bool },
+    /// `disruptor deploy`: run `bundle` from now on, keeping the worker
+    /// count.
+    Deploy {
+        /// The uploaded bundle.
+        bundle: BundleRef,
+        /// `--start`: run it even if the app is stopped (else a running
+        /// app moves to the new version and a stopped one stays stopped).
+        start: bool,
+    },
 }
 
 #[cfg(test)]

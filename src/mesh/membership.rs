@@ -7,15 +7,17 @@
 //!
 //! # Rules
 //! - A peer is **up** when this peer holds a live connection to it *and* it
-//!   announced itself within `down_after` *and* its latest announcement was
-//!   not a goodbye.
+//!   was heard from within `down_after` (an announcement, or, once it has
+//!   announced itself, an answered ping) *and* its latest announcement was
+//!   not a goodbye. An up peer whose connection dropped stays up while the
+//!   redial is in flight.
 //! - It goes **down** with a reason:
 //!   - `left`: it announced that it is leaving (graceful stop);
 //!   - `unreachable`: its last connection closed and a redial failed (a
 //!     SIGKILLed peer lands here within milliseconds: the kernel closes its
 //!     sockets and the redial is refused);
-//!   - `silent`: no announcement for `down_after` (a hung process, a
-//!     partition that keeps TCP open).
+//!   - `silent`: nothing heard (no announcement, no answered ping) for
+//!     `down_after` (a hung process, a partition that keeps TCP open).
 //! - A peer that is down is redialled with capped exponential backoff, so a
 //!   restarted peer is found again without help, and forgotten after
 //!   `forget_after`.
@@ -68,8 +70,9 @@ use crate::ratelimit::PerKeyBudget;
 /// Version of the announcement format. Unknown fields are ignored, so later
 /// versions may add fields (apps, load) without breaking older peers.
 pub const ANNOUNCE_VERSION: u32 = 1;
-/// Limits on what a peer accepts from others (a rogue peer must not be able
-/// to grow our memory without bound).
+/// Addresses kept per peer, at most, in each of its lists (known and
+/// confirmed; the oldest goes first): a rogue peer must not be able to
+/// grow our memory without bound.
 pub const MAX_ADDRS_PER_PEER: usize = 16;
 /// Entries in the table, at most (verified and unverified).
 pub const MAX_PEERS: usize = 4096;
@@ -98,6 +101,8 @@ const DISCOVERY_RETRY: Duration = Duration::from_millis(250);
 /// Dials of an address nobody has connected from, per window, whichever
 /// peer id claims it (see the module docs).
 pub const CLAIMED_ADDR_DIALS: u32 = 3;
+/// The window of [`CLAIMED_ADDR_DIALS`]: an address's count starts over
+/// this long (5 minutes) after the first dial that opened the window.
 pub const CLAIMED_ADDR_WINDOW: Duration = Duration::from_secs(300);
 /// Claimed addresses tracked, at most. When every one of them is within
 /// its window, no further claimed address is dialled until one expires
@@ -107,16 +112,25 @@ const MAX_TRACKED_ADDRS: usize = 1024;
 /// What a peer publishes about itself on the membership topic.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Announce {
+    /// Format version, [`ANNOUNCE_VERSION`]; another one is refused
+    /// ([`AnnounceError::Version`]).
     pub v: u32,
     /// The announcing peer's id; must equal the (signed) gossipsub source.
     pub id: String,
     /// Unix ms at which this run of the peer started; grows across restarts.
     pub incarnation: u64,
-    /// Counter within an incarnation.
+    /// Counter within an incarnation: one more per announcement published,
+    /// so a gap is counted as announcements that never arrived.
     pub seq: u64,
+    /// Its libp2p listen addresses, as multiaddr text. Claims until a dial
+    /// confirms them (see the module docs); unparsable ones are skipped.
     pub listen: Vec<String>,
+    /// Its HTTP endpoint as bound (`HOST:PORT`, possibly a loopback
+    /// address); dropped if longer than 256 bytes.
     #[serde(default)]
     pub http: Option<String>,
+    /// A goodbye: the peer is stopping. It goes down as `left` at once,
+    /// and its apps are cleared.
     #[serde(default)]
     pub leaving: bool,
     /// The apps this peer has been asked to run, and how they are doing.
@@ -132,7 +146,8 @@ pub struct Announce {
     /// Hashes of the app bundles it holds and serves to others.
     #[serde(default)]
     pub bundles: Vec<String>,
-    /// Whether it installs deployed bundles (false: `--no-remote-deploy`).
+    /// Whether it installs deployed bundles (false with
+    /// `--no-remote-deploy`, and on a peer without `--admin`).
     #[serde(default = "yes")]
     pub remote_deploy: bool,
 }
@@ -172,10 +187,16 @@ pub fn short_id(id: &str) -> &str {
     &id[id.len().saturating_sub(8)..]
 }
 
+/// Where a peer stands in the table (see the module docs' rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// Known (connected, or heard of) but not up yet; hidden from the
+    /// view, and forgotten after `forget_after` (an unverified one after
+    /// [`UNVERIFIED_TTL`]) if it never comes up.
     Joining,
+    /// Connected and heard from within `down_after`.
     Up,
+    /// Down, and why; redialled with backoff until forgotten.
     Down(DownReason),
 }
 
@@ -284,14 +305,27 @@ fn push_bounded(list: &mut Vec<Multiaddr>, a: Multiaddr) {
 /// Why an announcement was not taken.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AnnounceError {
+    /// Not JSON of an announcement's shape (the parser's message, made
+    /// fit for a log line).
     #[error("announcement is not valid JSON of the expected shape: {0}")]
     Malformed(String),
+    /// Its `id` is not the peer that signed it.
     #[error("announcement claims id {claimed} but was signed by {source_id}")]
-    WrongId { claimed: String, source_id: String },
+    WrongId {
+        /// The id it claims (made fit for a log line).
+        claimed: String,
+        /// The gossipsub source that signed it.
+        source_id: String,
+    },
+    /// A format version this peer does not speak.
     #[error("unsupported announcement version {0}")]
     Version(u32),
+    /// A peer not in the table while it holds [`MAX_PEERS`] entries (only
+    /// a peer that connects may displace another).
     #[error("membership table is full ({MAX_PEERS} peers)")]
     Full,
+    /// A new unverified peer while [`MAX_UNVERIFIED`] are being tried and
+    /// none of them is spent.
     #[error(
         "{MAX_UNVERIFIED} peers that never connected are already being tried; an announcement from another one waits until one connects or is dropped"
     )]
@@ -329,6 +363,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every kind, in the order of the counts of [`Membership::refusals`].
     pub const ALL: [Refusal; 4] = [
         Refusal::TableFull,
         Refusal::UnverifiedFull,
@@ -336,6 +371,7 @@ impl Refusal {
         Refusal::ClaimedAddress,
     ];
 
+    /// The `reason` label of `disruptor_membership_refused_total`.
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::TableFull => "table_full",
@@ -387,10 +423,16 @@ impl ClaimedAddrs {
 /// A dial the event loop should make.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dial {
+    /// The peer to dial (the connection must prove this id).
     pub peer: PeerId,
+    /// Its confirmed addresses, then the claimed ones whose budget
+    /// allowed; never empty.
     pub addrs: Vec<Multiaddr>,
 }
 
+/// This peer's table of the others, under the rules of the module docs.
+/// Owned by the network event loop, which feeds it events, makes the
+/// dials it returns, and publishes its [`Membership::views`].
 pub struct Membership {
     local: PeerId,
     timing: Timing,
@@ -426,6 +468,9 @@ struct Change {
 }
 
 impl Membership {
+    /// An empty table for the peer `local` (which never gets an entry of
+    /// its own), with the timing of `--announce-interval`, `--down-after`,
+    /// `--forget-after` and `--connect-timeout`.
     pub fn new(local: PeerId, timing: Timing) -> Self {
         Membership {
             local,
@@ -442,8 +487,11 @@ impl Membership {
         }
     }
 
-    /// Parses and applies an announcement published by `source`.
-    /// Returns a dial to make, if the peer is not connected.
+    /// Parses and applies an announcement published by `source` (checking
+    /// its version and that it names `source`). Returns a dial to make, if
+    /// the peer is not connected, and the decisions the announcement
+    /// carries, for the caller to merge into its
+    /// [`DesiredApps`](crate::mesh::desired::DesiredApps).
     pub fn on_announce_bytes(
         &mut self,
         source: PeerId,
@@ -468,6 +516,11 @@ impl Membership {
         Ok((dial, a.desired))
     }
 
+    /// Applies a parsed announcement from `source`, whose version and id
+    /// the caller checked (as [`Membership::on_announce_bytes`] does). One
+    /// not newer than the last taken `(incarnation, seq)` is ignored; an
+    /// unknown peer gets an unverified entry, if there is room. Returns a
+    /// dial to make, if the peer is not connected.
     pub fn on_announce(
         &mut self,
         source: PeerId,
@@ -870,10 +923,12 @@ impl Membership {
             .collect()
     }
 
+    /// Whether `peer` is up (an unknown peer is not).
     pub fn is_up(&self, peer: &PeerId) -> bool {
         self.peers.get(peer).is_some_and(|e| e.state == State::Up)
     }
 
+    /// Peers with at least one open connection now.
     pub fn connected_count(&self) -> usize {
         self.peers.values().filter(|e| e.connections > 0).count()
     }
@@ -892,6 +947,9 @@ impl Membership {
         any
     }
 
+    /// The table as `/api/peers` shows it: every entry but those still
+    /// joining (so no unverified one), sorted by id, with `links`
+    /// turned from short ids into the full ids this peer knows.
     pub fn views(&self) -> Vec<PeerView> {
         let local = self.local.to_string();
         let mut by_short: HashMap<&str, &str> = self

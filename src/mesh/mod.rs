@@ -1,6 +1,8 @@
 //! What the mesh agrees on: who is in it ([`membership`]), which apps it
-//! runs ([`desired`]) and who may decide that ([`trust`]). Pure state
-//! machines with injected clocks; the network layer feeds them.
+//! runs ([`desired`]), who may decide that ([`trust`]), and the snapshot of
+//! the peers that every layer above reads ([`view`]). State machines
+//! without I/O, handed the time of each event: the network layer feeds
+//! them and carries what they publish.
 
 pub mod desired;
 pub mod membership;

@@ -77,18 +77,23 @@ impl std::fmt::Display for AdminKey {
 pub struct Admins(HashSet<AdminKey>);
 
 impl Admins {
+    /// The set of `keys` (duplicates count once).
     pub fn new(keys: impl IntoIterator<Item = AdminKey>) -> Admins {
         Admins(keys.into_iter().collect())
     }
 
+    /// Whether there are no admins: unsigned start/stop is taken, and no
+    /// bundle is installed.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// Distinct keys (at most [`MAX_ADMINS`] from the flags).
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether `key` is one of the admins.
     pub fn contains(&self, key: &AdminKey) -> bool {
         self.0.contains(key)
     }
@@ -109,10 +114,12 @@ impl Admins {
 }
 
 /// A decision's signature: the admin key that made it and its Ed25519
-/// signature over [`signed_bytes`], both hex.
+/// signature over [`signed_bytes`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signature {
+    /// The admin's public key, `ed25519:<64 hex digits>`.
     pub key: String,
+    /// The 64-byte signature, as 128 hex digits.
     pub sig: String,
 }
 
@@ -126,23 +133,35 @@ impl Signature {
 /// `disruptor_decisions_refused_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// Unsigned, on a peer with admins.
     #[error(
         "the decision is not signed, and this peer takes only decisions signed by an admin key (--admin)"
     )]
     Unsigned,
+    /// A signature that does not parse or does not verify against the
+    /// decision's contents.
     #[error("the decision's signature does not match its contents (altered, or not a signature)")]
     BadSignature,
+    /// A valid signature by a key that is not one of this peer's admins.
     #[error("the decision is signed by a key this peer does not trust as an admin")]
     UntrustedKey,
+    /// A field out of bounds: workers, a clock jump, the origin's length,
+    /// a date too far ahead, a bundle hash that is not one, an over-long
+    /// signature.
     #[error("the decision is out of bounds (workers, clock or version)")]
     Invalid,
+    /// A new app while [`MAX_DESIRED`](crate::mesh::desired::MAX_DESIRED)
+    /// decisions are held.
     #[error("this peer already holds the most decisions it keeps; stop some apps first")]
     Full,
+    /// Handed in through the API, but not newer than the decision held for
+    /// its app (and not that very decision).
     #[error("a newer decision for this app exists; decide again")]
     Stale,
 }
 
 impl Refusal {
+    /// The `reason` label of `disruptor_decisions_refused_total`.
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::Unsigned => "unsigned",
@@ -202,10 +221,12 @@ pub fn check(d: &DesiredApp, admins: &Admins) -> Result<(), Refusal> {
 pub struct AdminSecret(ed25519::Keypair);
 
 impl AdminSecret {
+    /// A new random key (`disruptor keygen --admin`).
     pub fn generate() -> AdminSecret {
         AdminSecret(ed25519::Keypair::generate())
     }
 
+    /// Its public key: what peers list with `--admin`.
     pub fn public(&self) -> AdminKey {
         AdminKey(self.0.public().to_bytes())
     }

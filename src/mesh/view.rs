@@ -47,7 +47,8 @@ pub struct SelfView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PeerState {
-    /// Connected or announcing: jobs may go there.
+    /// Connected and heard from within `--down-after` (or being redialled
+    /// after its connection dropped): jobs may go there.
     Up,
     /// Left, unreachable or silent (see [`DownReason`]).
     Down,
@@ -75,9 +76,10 @@ impl fmt::Display for PeerState {
 pub enum DownReason {
     /// It said it was leaving.
     Left,
-    /// Its connection closed and redials failed.
+    /// Its last connection closed and a redial failed.
     Unreachable,
-    /// Connected, but it stopped announcing.
+    /// Nothing heard from it (no announcement, no answered ping) for
+    /// `--down-after`, though it may still be connected.
     Silent,
 }
 
@@ -101,6 +103,7 @@ impl fmt::Display for DownReason {
 /// One row of `/api/peers`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PeerView {
+    /// Its peer id (base58).
     pub id: String,
     /// The parsed id (not part of the JSON).
     #[serde(skip)]
@@ -109,15 +112,24 @@ pub struct PeerView {
     pub state: PeerState,
     /// Why it is down; null when up.
     pub reason: Option<DownReason>,
+    /// Every libp2p address known for it, claimed or confirmed (at most
+    /// [`MAX_ADDRS_PER_PEER`](crate::mesh::membership::MAX_ADDRS_PER_PEER), newest last).
     pub addrs: Vec<String>,
+    /// Its HTTP endpoint as it announced it (`HOST:PORT` as bound there,
+    /// so possibly a loopback address).
     pub http: Option<String>,
+    /// Unix ms at which this peer first learned of it.
     pub first_seen_ms: u64,
+    /// Unix ms of its last announcement or new connection.
     pub last_seen_ms: u64,
     /// Unix ms at which it entered its current state.
     pub since_ms: u64,
     /// Unix ms at which the peer's current run started (its incarnation).
     pub started_ms: Option<u64>,
+    /// Round-trip time of its last answered ping, in ms (to the µs);
+    /// null while not connected or not pinged yet.
     pub rtt_ms: Option<f64>,
+    /// Whether this peer holds a connection to it now.
     pub connected: bool,
     /// Apps as the peer last announced them.
     #[serde(default)]

@@ -1,5 +1,7 @@
-//! Fetching app bundles from other peers: `/disruptor/bundle/1`, one
-//! stream per fetch, opened with `libp2p-stream` outside the swarm task.
+//! App bundles between peers: a peer with a store serves its bundles
+//! ([`serve`]) and fetches those it lacks ([`fetch`]), on
+//! `/disruptor/bundle/1`, one stream per fetch, opened with
+//! `libp2p-stream` outside the swarm task.
 //!
 //! The fetcher writes the 64 hex digits of the bundle's SHA-256 and a
 //! newline; the holder answers one status byte (0: here it comes, 1: not
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deploy::{BundleRef, Received, Store, is_hash};
 
+/// The bundle protocol's name.
 pub const BUNDLE_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/bundle/1");
 /// Fetches one peer may have running from this one at once.
 const MAX_SERVES_PER_PEER: usize = 2;
@@ -140,6 +143,7 @@ pub struct Fetched {
 }
 
 impl Fetched {
+    /// The archive, and the permit to hold until it is installed.
     pub fn into_parts(self) -> (Received, OwnedSemaphorePermit) {
         (self.archive, self.permit)
     }

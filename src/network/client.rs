@@ -1,7 +1,9 @@
 //! The cloneable handle through which the rest of the peer (the HTTP layer,
-//! the dispatcher) uses the network. It never touches the swarm: it reads
-//! the [`MeshView`] the event loop publishes through a `watch` channel, and
-//! sends [`Command`]s, each with a `oneshot` for the answer.
+//! the dispatcher, the reconciler) uses the network. It never touches the
+//! swarm: it reads the [`MeshView`] the event loop publishes through a
+//! `watch` channel, sends [`Command`]s, each with a `oneshot` for the
+//! answer, and carries jobs and bundle fetches on streams of its own
+//! (opened through `libp2p-stream`, outside the swarm task).
 
 use std::sync::Arc;
 
@@ -38,6 +40,8 @@ pub(crate) enum Command {
     },
 }
 
+/// The network, for everything above it: the mesh's view, decisions, jobs
+/// to other peers, bundle fetches. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub struct Client {
     /// Sender: the event loop. When it is dropped (the loop ended), the last
@@ -135,7 +139,9 @@ impl Client {
         super::bundles::fetch(self.jobs.control(), permits, peer, bundle, store).await
     }
 
-    /// Runs a job on `peer`'s workers (see [`JobLinks::send_job`]).
+    /// Runs a job on `peer`'s workers, on the one long-lived job stream to
+    /// that peer; never waits past `deadline` (plus a moment for the remote
+    /// peer's own timeout answer to arrive).
     pub async fn send_job(
         &self,
         peer: PeerId,

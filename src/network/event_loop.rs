@@ -1,9 +1,14 @@
-//! The one task that owns the libp2p `Swarm` and the membership table.
+//! The one task that owns the libp2p `Swarm`, the membership table and the
+//! mesh's decisions.
 //!
-//! It reacts to swarm events, announces this peer periodically, carries out
-//! the dials that [`Membership`] asks for, and publishes a fresh
-//! [`MeshView`] for the HTTP layer after every change. On shutdown it says
-//! goodbye on the membership topic, so others mark it `left` at once.
+//! It reacts to swarm events, announces this peer periodically (and at
+//! once to a new neighbour or after a decision taken here), carries out
+//! the dials that [`Membership`] asks for, merges the decisions that
+//! announcements and the API bring, and publishes a fresh [`MeshView`]
+//! (for everything above) and [`DesiredApps`] (for the reconciler) after
+//! every change. Jobs and bundles do not pass through it: they travel on
+//! streams of their own. On shutdown it says goodbye on the membership
+//! topic, so others mark it `left` at once.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -61,6 +66,8 @@ const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Shortest gap between two log lines summing up membership refusals.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// The swarm task, built by [`start`](super::start) and not running until
+/// [`EventLoop::run`] is spawned.
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     membership: Membership,
@@ -188,6 +195,7 @@ impl EventLoop {
         self.swarm.behaviour().stream.new_control()
     }
 
+    /// This peer's id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local
     }

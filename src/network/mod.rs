@@ -1,5 +1,22 @@
-//! The libp2p side of a peer: transport, behaviours, the event loop that owns
-//! the swarm, and the handle everyone else uses.
+//! The libp2p side of a peer: the transport (TCP with an optional
+//! pre-shared key, noise, yamux), the behaviours, the [`EventLoop`] task
+//! that owns the swarm, and the [`Client`] handle everyone else uses.
+//!
+//! - `behaviour`: gossipsub (announcements), identify, ping, the members
+//!   exchange for newcomers, connection limits;
+//! - `event_loop`: the swarm task: membership, announcements, the mesh's
+//!   decisions, the published views;
+//! - `client`: the handle: views, decisions, jobs to other peers, bundle
+//!   fetches;
+//! - `jobs`: jobs between peers on long-lived streams outside the swarm
+//!   task (the inbound side is [`serve_inbound`]);
+//! - [`bundles`]: serving bundles to other peers and fetching them;
+//! - [`wire`]: the protocol names and frames, for tools.
+//!
+//! The layers above are reached only through what [`start`] and
+//! [`serve_inbound`] are handed: [`Announced`] (what this peer says about
+//! itself), a `watch` sender for the [`DesiredApps`] and a [`RunJob`] (how
+//! an inbound job runs here).
 
 mod behaviour;
 pub mod bundles;
@@ -117,12 +134,21 @@ fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
     );
 }
 
+/// Why the network could not start (the peer exits with code 1).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The transport or the behaviours could not be built.
     #[error("cannot set up the libp2p transport: {0}")]
     Transport(String),
+    /// A `--listen` address cannot be listened on (in use, not local, or
+    /// no address reported within 10 s).
     #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: Multiaddr, reason: String },
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// What the system or libp2p said.
+        reason: String,
+    },
 }
 
 /// Builds the swarm, opens every listener (waiting until each reports its

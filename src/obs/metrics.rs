@@ -2,11 +2,12 @@
 //! `prometheus-client` crate that libp2p's own metrics use).
 //!
 //! Counters and histograms are updated where things happen (the HTTP job
-//! path, the dispatcher, the worker supervisor) through the process-wide
-//! [`METRICS`]; gauges that describe current state (workers by state, peers
-//! by state) are set from the live views when scraped. libp2p's swarm,
-//! gossipsub, identify and ping metrics are recorded by the network event
-//! loop into the same registry.
+//! path and guard, the dispatcher, the worker supervisor, membership, the
+//! network event loop) through the process-wide [`METRICS`]; gauges that
+//! describe current state (workers by state, peers by state, jobs in
+//! flight) are set from the live views when scraped ([`scrape`]).
+//! libp2p's swarm, gossipsub, identify and ping metrics are recorded by the
+//! network event loop into the same registry.
 //!
 //! Label sets are bounded by design: an `app` label exists only for apps
 //! in the mesh's desired state (see [`track_apps`]); jobs sent to any other
@@ -29,36 +30,54 @@ use prometheus_client::registry::Registry;
 
 use crate::apps::WorkerState;
 
+/// Labels of `disruptor_jobs_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
+    /// The app, or [`OTHER_APP`] for a name the mesh does not run.
     pub app: String,
     /// `ok`, or the error kind (`timeout`, `busy`, `worker_crashed`, ...).
     pub outcome: String,
 }
 
+/// Label of the per-app metrics `disruptor_job_seconds` and
+/// `disruptor_worker_restarts_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppLabel {
+    /// The app (for job latencies, [`OTHER_APP`] for a name the mesh does
+    /// not run).
     pub app: String,
 }
 
+/// Labels of `disruptor_workers`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AppStateLabels {
+    /// The app.
     pub app: String,
+    /// A [`WorkerState`]'s name.
     pub state: String,
 }
 
+/// Label of `disruptor_peers`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
+    /// `up` or `down`.
     pub state: String,
 }
 
+/// Label of the counters of refusals and downs
+/// (`disruptor_peer_downs_total`, `disruptor_decisions_refused_total`,
+/// `disruptor_http_refused_total`, `disruptor_membership_refused_total`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
+    /// A name fixed in the code, never taken from input: the label sets
+    /// stay few.
     pub reason: &'static str,
 }
 
+/// Label of `disruptor_http_job_responses_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
+    /// The HTTP status code, e.g. `503`.
     pub code: String,
 }
 
@@ -70,17 +89,28 @@ fn job_histogram() -> Histogram {
     ))
 }
 
+/// disruptor's own metrics, one set per process ([`METRICS`]); [`registry`]
+/// names them (a counter's name gets `_total` in the text, as in the docs
+/// here).
 pub struct Metrics {
     /// Jobs that entered the mesh here (HTTP; each line of a stream is one).
     pub jobs: Family<JobLabels, Counter>,
+    /// Seconds from a job's arrival here to its answer, by app; buckets
+    /// from [`LATENCY_FIRST_BOUND`](super::LATENCY_FIRST_BOUND), doubling.
     pub job_seconds: Family<AppLabel, Histogram, fn() -> Histogram>,
+    /// Jobs that entered here and are not answered yet: set at each
+    /// scrape from [`Gauges::jobs_in_flight`].
     pub jobs_in_flight: Gauge,
     /// Further attempts made after a job's attempt failed (failover).
     pub retries: Counter,
     /// Answers of the job endpoint by status code (503s among them).
     pub responses: Family<CodeLabel, Counter>,
+    /// Worker processes of this peer started again after they exited, by app.
     pub worker_restarts: Family<AppLabel, Counter>,
+    /// Worker processes of this peer by app and state: set at each scrape
+    /// from [`Gauges::workers`].
     pub workers: Family<AppStateLabels, Gauge>,
+    /// Peers this peer knows by state: set at each scrape.
     pub peers: Family<StateLabel, Gauge>,
     /// Times a known peer was marked down here, by reason (`left`,
     /// `unreachable`, `silent`). Silent downs of peers that are in fact
@@ -98,6 +128,7 @@ pub struct Metrics {
     pub http_refused: Family<ReasonLabel, Counter>,
 }
 
+/// The process's [`Metrics`]: whatever records a metric goes through it.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     jobs: Family::default(),
     job_seconds: Family::new_with_constructor(job_histogram),
@@ -386,6 +417,8 @@ pub fn job_done(
     }
 }
 
+/// Counts one answer of the job endpoint (`POST /apps/...`; a stream is one
+/// answer) with HTTP status `code`.
 pub fn response(code: u16) {
     static OK: LazyLock<Counter> = LazyLock::new(|| {
         METRICS

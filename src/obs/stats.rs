@@ -6,8 +6,8 @@
 //! [`BUCKET_SECS`] per app and the last [`MAX_ERRORS`] errors. The apps are
 //! those of the mesh's desired state, and `(other)` for every other name
 //! ([`crate::obs::metrics::track_apps`] chooses, and drops the series of apps
-//! that leave it); [`MAX_APPS`] is a backstop. A std mutex, held for a few arithmetic operations
-//! and never across an await.
+//! that leave it); [`MAX_APPS`] is a backstop. A std mutex, held for a few
+//! arithmetic operations and never across an await.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{LazyLock, Mutex};
@@ -17,11 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::unix_ms;
 
+/// Seconds per interval of an app's series: the dashboard's resolution.
 pub const BUCKET_SECS: u64 = 5;
 /// 5 minutes of history.
 pub const BUCKETS: usize = 60;
 /// Every app that has its own metrics, and `(other)`.
 pub const MAX_APPS: usize = crate::obs::metrics::MAX_LABELLED_APPS + 1;
+/// Recent errors kept; a new one pushes the oldest out.
 pub const MAX_ERRORS: usize = 50;
 /// An error message is cut to this many characters.
 pub const MAX_ERROR_CHARS: usize = 300;
@@ -46,12 +48,16 @@ struct AppSeries {
 /// One recent error, as shown on the dashboard.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ErrorEvent {
+    /// When it happened, unix ms.
     pub at_ms: u64,
     /// "job" (a job that failed) or "worker" (a worker process that died).
     pub kind: String,
+    /// The app's name, as the job or worker had it.
     pub app: String,
     /// The peer where it happened (for a job: where it ran or was last tried).
     pub peer: Option<String>,
+    /// What went wrong, for people (cut to [`MAX_ERROR_CHARS`] characters
+    /// by [`Stats::error_now`]).
     pub message: String,
 }
 
@@ -60,18 +66,24 @@ pub struct ErrorEvent {
 pub struct Point {
     /// Start of the interval, unix ms.
     pub at_ms: u64,
+    /// Jobs that finished in the interval, failed ones included.
     pub jobs: u64,
+    /// Of those, the ones that failed.
     pub failed: u64,
     /// Jobs per second over the interval.
     pub rate: f64,
     /// Upper bounds of the bins holding the median and the 99th
     /// percentile, in milliseconds (null without jobs).
     pub p50_ms: Option<f64>,
+    /// See `p50_ms`.
     pub p99_ms: Option<f64>,
 }
 
+/// `GET /api/stats`: recent work, as the dashboard and `disruptor status`
+/// show it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StatsView {
+    /// Length of each interval, in seconds ([`BUCKET_SECS`]).
     pub bucket_secs: u64,
     /// Per app, oldest first, the last `BUCKETS` intervals (empty ones too).
     pub apps: BTreeMap<String, Vec<Point>>,
@@ -79,6 +91,8 @@ pub struct StatsView {
     pub errors: Vec<ErrorEvent>,
 }
 
+/// Recent per-app series and errors, in fixed memory (see the module
+/// docs). A peer records into its one [`STATS`].
 #[derive(Default)]
 pub struct Stats {
     apps: Mutex<BTreeMap<String, AppSeries>>,
@@ -152,6 +166,8 @@ impl Stats {
             .retain(|app, _| keep(app));
     }
 
+    /// Records `e` as the newest error, dropping the oldest beyond
+    /// [`MAX_ERRORS`]. Its message is kept as given.
     pub fn error(&self, e: ErrorEvent) {
         let mut errors = self.errors.lock().expect("stats lock");
         if errors.len() >= MAX_ERRORS {
@@ -179,6 +195,8 @@ impl Stats {
         });
     }
 
+    /// The series as of `now_ms` (unix ms): per app, the last [`BUCKETS`]
+    /// intervals; the errors, newest first.
     pub fn view(&self, now_ms: u64) -> StatsView {
         let now_slot = now_ms / 1000 / BUCKET_SECS;
         let apps = self.apps.lock().expect("stats lock");

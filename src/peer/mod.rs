@@ -5,7 +5,7 @@
 //! This is the one place that knows every layer: it builds the worker
 //! registry, the network (handing it what it needs from above: how to run
 //! an inbound job, what to announce), the dispatcher and the HTTP endpoint,
-//! and the [`reconcile`]r that applies the mesh's decisions.
+//! and the reconciler (`reconcile`) that applies the mesh's decisions.
 
 mod reconcile;
 

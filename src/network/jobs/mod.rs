@@ -2,8 +2,9 @@
 //! (caller, callee) pair carrying many jobs at once as framed messages with
 //! ids, instead of a freshly negotiated substream per job.
 //!
-//! Streams are opened and accepted through `libp2p-stream`'s [`Control`],
-//! so job traffic never passes through the swarm task: a caller's
+//! Streams are opened and accepted through `libp2p-stream`'s
+//! [`Control`](libp2p_stream::Control), so job traffic never passes
+//! through the swarm task: a caller's
 //! [`JobLinks`] owns one link task per remote peer (writer and reader of
 //! its stream); a callee runs one task per inbound stream that reads
 //! requests, runs each on the local workers, and writes answers back in
@@ -13,8 +14,9 @@
 //! - request: `1`, id `u64` (per link), job id `u64` (mesh-wide, for logs),
 //!   timeout ms `u32`, app name length `u16`, app name, payload (one line
 //!   of compact JSON);
-//! - answer: `2`, id `u64`, status `u8` (0 ok, else a [`JobError`] kind),
-//!   then the result JSON or the error message.
+//! - answer: `2`, id `u64`, status `u8` (0 ok, else a
+//!   [`JobError`](crate::error::JobError) kind), then the result JSON or
+//!   the error message.
 //!
 //! Every frame is size-checked before it is read; a malformed frame closes
 //! that stream (the sender's jobs then fail with an error, nobody waits).
@@ -32,6 +34,7 @@ use libp2p::StreamProtocol;
 pub use callee::serve_inbound;
 pub use caller::JobLinks;
 
+/// The job protocol's name: one stream of it per (caller, callee) pair.
 pub const JOBS_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/jobs-stream/2");
 /// Room for the header of a frame beyond its payload.
 pub(super) const FRAME_HEADER_ROOM: usize = 1024;
