@@ -79,7 +79,7 @@ pub struct PeerArgs {
     pub listen: Vec<String>,
 
     /// Address of any peer already in the mesh: HOST:PORT or a multiaddr
-    /// (optionally ending in /p2p/<peer id>). May repeat. The first peer has none.
+    /// (optionally ending in /p2p/PEER_ID). May repeat. The first peer has none.
     #[arg(long, value_name = "ADDR")]
     pub bootstrap: Vec<String>,
 
