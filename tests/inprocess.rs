@@ -120,7 +120,11 @@ impl Peer {
         let ran = Arc::new(AtomicU32::new(0));
         let shutdown = CancellationToken::new();
         let control = event_loop.stream_control();
-        let run = run_job(index, behaviour.clone(), ran.clone());
+        let run = RunHere {
+            index,
+            behaviour: behaviour.clone(),
+            ran: ran.clone(),
+        };
         let tasks = vec![
             tokio::spawn(event_loop.run(shutdown.clone())),
             tokio::spawn(network::serve_inbound(
@@ -196,24 +200,33 @@ impl Peer {
 }
 
 /// What a peer does with a job another peer sent it.
-fn run_job(index: usize, behaviour: Arc<Mutex<Behaviour>>, ran: Arc<AtomicU32>) -> RunJob {
-    Arc::new(move |_app, _payload, _deadline| {
-        let b = *behaviour.lock().unwrap();
-        let ran = ran.clone();
-        Box::pin(async move {
-            match b {
-                Behaviour::Answer => {}
-                Behaviour::Slow(d) => tokio::time::sleep(d).await,
-                Behaviour::Crash => {
-                    return Err(JobError::WorkerCrashed(
-                        "the worker died holding the job".into(),
-                    ));
-                }
+#[derive(Clone)]
+struct RunHere {
+    index: usize,
+    behaviour: Arc<Mutex<Behaviour>>,
+    ran: Arc<AtomicU32>,
+}
+
+impl RunJob for RunHere {
+    async fn run(
+        &self,
+        _app: AppName,
+        _payload: Arc<str>,
+        _deadline: Instant,
+    ) -> Result<String, JobError> {
+        let b = *self.behaviour.lock().unwrap();
+        match b {
+            Behaviour::Answer => {}
+            Behaviour::Slow(d) => tokio::time::sleep(d).await,
+            Behaviour::Crash => {
+                return Err(JobError::WorkerCrashed(
+                    "the worker died holding the job".into(),
+                ));
             }
-            ran.fetch_add(1, Ordering::Relaxed);
-            Ok(format!("{{\"peer\": {index}}}"))
-        })
-    })
+        }
+        self.ran.fetch_add(1, Ordering::Relaxed);
+        Ok(format!("{{\"peer\": {}}}", self.index))
+    }
 }
 
 /// `n` peers, each joining through the one before it (a chain: every peer

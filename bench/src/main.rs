@@ -74,6 +74,11 @@ struct RunArgs {
     /// Worker processes (disruptor) and responders (NATS).
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Only these disruptor rows, comma-separated (ceiling, local,
+    /// remote); all by default. With `perf stat` around two runs of
+    /// different lengths, gives instructions per job of one row.
+    #[arg(long, value_delimiter = ',')]
+    rows: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -341,6 +346,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .split(',')
         .map(|c| c.trim().parse().context("--conns takes numbers like 1,64"))
         .collect::<Result<_, _>>()?;
+    if let Some(bad) = args
+        .rows
+        .iter()
+        .find(|r| !["ceiling", "local", "remote"].contains(&r.as_str()))
+    {
+        bail!("unknown row {bad:?}: --rows takes ceiling, local, remote");
+    }
     let bin = match args.disruptor {
         Some(b) => b,
         None => std::env::current_exe()?.with_file_name("disruptor"),
@@ -422,6 +434,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ),
             ("remote: job across the mesh", front.http, "/apps/echo/echo"),
         ] {
+            let short = name.split(':').next().unwrap_or(name);
+            if !args.rows.is_empty() && !args.rows.iter().any(|r| r == short) {
+                continue;
+            }
             let path = path.to_string();
             let row = measure(name, c, args.seconds, &peers, move |until, warm| {
                 http_worker(addr, path.clone(), until, warm)

@@ -61,7 +61,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
-use futures::future::BoxFuture;
 use libp2p::pnet::PreSharedKey;
 use tokio::time::Instant;
 
@@ -94,11 +93,19 @@ pub struct Settings {
 /// Runs a job another peer sent here (app, one line of JSON, deadline) on
 /// this peer's workers. The network calls it for every inbound job; it
 /// never reaches into the layers above for them.
-pub type RunJob = Arc<
-    dyn Fn(AppName, Arc<str>, Instant) -> BoxFuture<'static, Result<String, JobError>>
-        + Send
-        + Sync,
->;
+///
+/// A trait rather than a boxed closure: [`serve_inbound`] is generic over
+/// it, so an inbound job's future is built in place, with no allocation
+/// and no dynamic call per job.
+pub trait RunJob: Clone + Send + Sync + 'static {
+    /// Runs one job and returns its JSON result.
+    fn run(
+        &self,
+        app: AppName,
+        payload: Arc<str>,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<String, JobError>> + Send;
+}
 
 /// What this peer tells the mesh about itself besides membership: asked
 /// for at every announcement (so it must be cheap and must not block).

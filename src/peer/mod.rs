@@ -17,13 +17,15 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::apps::AppsDir;
+use crate::apps::{AppName, AppsDir};
 use crate::config::PeerConfig;
 use crate::deploy::Store;
 use crate::dispatch::Dispatcher;
+use crate::error::JobError;
 use crate::http;
 use crate::mesh::desired::DesiredApps;
 use crate::network::{self, EventLoop};
@@ -208,7 +210,7 @@ impl Parts {
         }
         tracker.spawn(network::serve_inbound(
             control,
-            run_job(self.workers.clone()),
+            RunHere(self.workers.clone()),
             config.max_job_bytes,
             shutdown.clone(),
         ));
@@ -310,9 +312,16 @@ impl network::Announced for Announce {
 }
 
 /// Jobs other peers send here run on this peer's workers.
-fn run_job(workers: Workers) -> network::RunJob {
-    Arc::new(move |app, payload, deadline| {
-        let workers = workers.clone();
-        Box::pin(async move { workers.run(&app, payload, deadline).await })
-    })
+#[derive(Clone)]
+struct RunHere(Workers);
+
+impl network::RunJob for RunHere {
+    async fn run(
+        &self,
+        app: AppName,
+        payload: Arc<str>,
+        deadline: Instant,
+    ) -> Result<String, JobError> {
+        self.0.run(&app, payload, deadline).await
+    }
 }

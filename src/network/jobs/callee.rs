@@ -23,9 +23,9 @@ use crate::error::JobError;
 use crate::network::RunJob;
 
 /// The callee's side: accepts job streams and serves them until shutdown.
-pub async fn serve_inbound(
+pub async fn serve_inbound<R: RunJob>(
     mut control: Control,
-    run: RunJob,
+    run: R,
     max_job_bytes: usize,
     shutdown: CancellationToken,
 ) {
@@ -97,7 +97,7 @@ impl Drop for StreamSlot {
 /// runner drives the jobs in flight, a writer sends answers as they
 /// complete. Keeping all three in one task avoids a task (and a thread
 /// hop) per job.
-async fn serve_stream(peer: PeerId, stream: Stream, run: RunJob, max_job_bytes: usize) {
+async fn serve_stream<R: RunJob>(peer: PeerId, stream: Stream, run: R, max_job_bytes: usize) {
     let (read, write) = stream.split();
     // Answers wait here for the writer. Bounded: when the caller stops
     // reading, the runner stops finishing jobs into it, stops taking
@@ -162,8 +162,8 @@ async fn serve_stream(peer: PeerId, stream: Stream, run: RunJob, max_job_bytes: 
     }
 }
 
-async fn run_request(
-    run: &RunJob,
+async fn run_request<R: RunJob>(
+    run: &R,
     app: &str,
     payload: &str,
     timeout: Duration,
@@ -172,5 +172,5 @@ async fn run_request(
     let payload = crate::json::one_line(payload)
         .map_err(|e| JobError::BadRequest(format!("job is not valid JSON: {e}")))?;
     let timeout = timeout.min(crate::network::MAX_JOB_TIMEOUT);
-    run(app, payload.into(), Instant::now() + timeout).await
+    run.run(app, payload.into(), Instant::now() + timeout).await
 }
