@@ -6,5 +6,7 @@
 
 pub mod desired;
 pub mod membership;
+pub mod sim;
+pub mod swim;
 pub mod trust;
 pub mod view;

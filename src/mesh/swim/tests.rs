@@ -1,0 +1,417 @@
+//! The SWIM rules one at a time (a few peers driven by hand), then whole
+//! meshes in the simulator with a fixed seed.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::mesh::sim::{self, Sim, SimConfig};
+
+fn peer(me: u32, now: Instant) -> Swim<u32> {
+    Swim::new(me, 0, Config::default(), now, u64::from(me))
+}
+
+fn alive(id: u32, incarnation: u64) -> Update<u32> {
+    Update::alive(id, incarnation)
+}
+
+fn news(updates: Vec<Update<u32>>) -> Msg<u32> {
+    Msg::Gossip { updates }
+}
+
+/// Delivers everything `a` and `b` send each other until both are quiet.
+fn exchange(a: &mut Swim<u32>, b: &mut Swim<u32>, now: Instant) {
+    for _ in 0..10 {
+        let from_a: Vec<_> = a.drain_sends().collect();
+        let from_b: Vec<_> = b.drain_sends().collect();
+        if from_a.is_empty() && from_b.is_empty() {
+            return;
+        }
+        for (to, m) in from_a {
+            if to == b.me() {
+                b.handle(a.me(), m, now);
+            }
+        }
+        for (to, m) in from_b {
+            if to == a.me() {
+                a.handle(b.me(), m, now);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_join_makes_two_peers_see_each_other() {
+    let now = Instant::now();
+    let (mut a, mut b) = (peer(1, now), peer(2, now));
+    b.join(1, now);
+    exchange(&mut a, &mut b, now);
+    assert_eq!(a.status(&2), Some(Status::Alive));
+    assert_eq!(b.status(&1), Some(Status::Alive));
+    assert_eq!(a.drain_events().collect::<Vec<_>>(), vec![Event::Up(2)]);
+    assert_eq!((a.live_members(), b.live_members()), (1, 1));
+}
+
+#[test]
+fn incarnations_decide_which_news_wins() {
+    let now = Instant::now();
+    let mut a = peer(1, now);
+    a.handle(9, news(vec![alive(2, 5)]), now);
+    let suspect = |inc| Update {
+        id: 2,
+        incarnation: inc,
+        status: Status::Suspect,
+        from: 3,
+    };
+    // An older suspicion is stale.
+    a.handle(9, news(vec![suspect(4)]), now);
+    assert_eq!(a.status(&2), Some(Status::Alive));
+    // One at its incarnation holds.
+    a.handle(9, news(vec![suspect(5)]), now);
+    assert_eq!(a.status(&2), Some(Status::Suspect));
+    // Alive at the same incarnation does not clear it; a higher one does.
+    a.handle(9, news(vec![alive(2, 5)]), now);
+    assert_eq!(a.status(&2), Some(Status::Suspect));
+    a.handle(9, news(vec![alive(2, 6)]), now);
+    assert_eq!(a.status(&2), Some(Status::Alive));
+    // Dead at its incarnation; then news of its older life changes nothing.
+    let dead = Update {
+        id: 2,
+        incarnation: 6,
+        status: Status::Dead,
+        from: 3,
+    };
+    a.handle(9, news(vec![dead]), now);
+    assert_eq!(a.status(&2), Some(Status::Dead));
+    a.handle(9, news(vec![alive(2, 6), suspect(6)]), now);
+    assert_eq!(a.status(&2), Some(Status::Dead));
+    assert_eq!(a.live_members(), 0);
+    // It comes back at a higher incarnation.
+    a.handle(9, news(vec![alive(2, 7)]), now);
+    assert_eq!(a.status(&2), Some(Status::Alive));
+    let events: Vec<_> = a.drain_events().collect();
+    assert_eq!(
+        events,
+        vec![
+            Event::Up(2),
+            Event::Suspect(2),
+            Event::Down { id: 2, left: false },
+            Event::Up(2)
+        ]
+    );
+}
+
+#[test]
+fn news_about_unknown_members_other_than_alive_is_ignored() {
+    let now = Instant::now();
+    let mut a = peer(1, now);
+    for status in [Status::Suspect, Status::Dead, Status::Left] {
+        a.handle(
+            9,
+            news(vec![Update {
+                id: 7,
+                incarnation: 0,
+                status,
+                from: 9,
+            }]),
+            now,
+        );
+    }
+    assert_eq!(a.status(&7), None);
+}
+
+#[test]
+fn a_suspected_peer_refutes_with_a_higher_incarnation() {
+    let now = Instant::now();
+    let (mut a, mut b) = (peer(1, now), peer(2, now));
+    b.join(1, now);
+    exchange(&mut a, &mut b, now);
+    a.drain_events().for_each(drop);
+    // Someone tells b that it is suspected.
+    b.handle(
+        1,
+        news(vec![Update {
+            id: 2,
+            incarnation: 0,
+            status: Status::Suspect,
+            from: 1,
+        }]),
+        now,
+    );
+    assert_eq!(b.incarnation(), 1);
+    assert_eq!(b.counters().refutations, 1);
+    assert_eq!(b.health(), 1, "being suspected counts against b's health");
+    // a held b suspect; b's refutation reaches it on the next message.
+    a.handle(
+        3,
+        news(vec![Update {
+            id: 2,
+            incarnation: 0,
+            status: Status::Suspect,
+            from: 3,
+        }]),
+        now,
+    );
+    assert_eq!(a.status(&2), Some(Status::Suspect));
+    b.tick(now + Duration::from_secs(1));
+    exchange(&mut a, &mut b, now);
+    assert_eq!(a.status(&2), Some(Status::Alive));
+    // Old news about itself does not make it bump again.
+    b.handle(
+        1,
+        news(vec![Update {
+            id: 2,
+            incarnation: 0,
+            status: Status::Dead,
+            from: 1,
+        }]),
+        now,
+    );
+    assert_eq!(b.incarnation(), 1);
+}
+
+#[test]
+fn a_silent_member_is_suspected_then_dead_and_a_probe_tells_the_suspect() {
+    let t0 = Instant::now();
+    let mut a = peer(1, t0);
+    a.handle(2, news(vec![alive(2, 0)]), t0);
+    a.drain_events().for_each(drop);
+    // Run a's clock without ever answering it.
+    let mut now = t0;
+    let mut pinged_as_buddy = false;
+    for _ in 0..200_000 {
+        now = a.next_wake().max(now + Duration::from_millis(1));
+        a.tick(now);
+        for (to, m) in a.drain_sends() {
+            if let (2, Msg::Ping { updates, .. }) = (to, &m)
+                && updates.first().map(|u| (u.id, u.status)) == Some((2, Status::Suspect))
+            {
+                pinged_as_buddy = true;
+            }
+        }
+        if a.status(&2) == Some(Status::Dead) {
+            break;
+        }
+    }
+    let events: Vec<_> = a.drain_events().collect();
+    assert_eq!(
+        events,
+        vec![Event::Suspect(2), Event::Down { id: 2, left: false }]
+    );
+    assert!(
+        pinged_as_buddy,
+        "a probe to a suspect carries the suspicion first"
+    );
+    // N = 2: the suspicion lasts its minimum, 4 probe intervals (no one
+    // else could confirm it, so nothing is waited for), after the first
+    // probe round (up to 1 s of jitter, then 1 s).
+    let took = now - t0;
+    assert!(took >= Duration::from_secs(5), "down after {took:?}");
+    assert!(took < Duration::from_secs(7), "down after {took:?}");
+    assert!(a.health() > 0, "failed probes raise the health score");
+    // Forgotten after the retention.
+    let later = now + Config::default().dead_retention;
+    a.tick(later);
+    assert_eq!(a.status(&2), None);
+}
+
+#[test]
+fn an_ack_counts_only_from_the_target_or_a_helper() {
+    let t0 = Instant::now();
+    let mut a = peer(1, t0);
+    a.handle(2, news(vec![alive(2, 0)]), t0);
+    let mut seq = None;
+    for _ in 0..10 {
+        a.tick(a.next_wake());
+        seq = a.drain_sends().find_map(|(to, m)| match (to, m) {
+            (2, Msg::Ping { seq, .. }) => Some(seq),
+            _ => None,
+        });
+        if seq.is_some() {
+            break;
+        }
+    }
+    let seq = seq.expect("a ping to 2");
+    // A stranger acking the probe in 2's place changes nothing.
+    a.handle(
+        7,
+        Msg::Ack {
+            seq,
+            updates: vec![],
+        },
+        t0,
+    );
+    let end = t0 + Duration::from_secs(3);
+    a.tick(end);
+    assert_eq!(a.status(&2), Some(Status::Suspect));
+}
+
+#[test]
+fn messages_claiming_to_be_from_this_peer_are_ignored() {
+    let now = Instant::now();
+    let mut a = peer(1, now);
+    a.handle(1, news(vec![alive(5, 0)]), now);
+    assert_eq!(a.status(&5), None);
+}
+
+#[test]
+fn the_member_table_is_bounded() {
+    let now = Instant::now();
+    let cfg = Config {
+        max_members: 50,
+        ..Config::default()
+    };
+    let mut a = Swim::new(1u32, 0, cfg, now, 1);
+    for chunk in (100..1100u32).collect::<Vec<_>>().chunks(16) {
+        a.handle(9, news(chunk.iter().map(|id| alive(*id, 0)).collect()), now);
+    }
+    assert_eq!(a.members().count(), 50);
+    assert_eq!(a.counters().refused_full, 950);
+    // A full-state exchange is bounded the same way.
+    a.handle(
+        9,
+        Msg::Sync {
+            reply: false,
+            members: (5000..9000).map(|id| alive(id, 0)).collect(),
+        },
+        now,
+    );
+    assert_eq!(a.members().count(), 50);
+}
+
+#[test]
+fn one_message_applies_at_most_max_updates() {
+    let now = Instant::now();
+    let mut a = peer(1, now);
+    a.handle(9, news((100..1100).map(|id| alive(id, 0)).collect()), now);
+    assert_eq!(a.members().count(), MAX_UPDATES_IN_MESSAGE);
+}
+
+#[test]
+fn indirect_probes_for_others_are_bounded_and_nacked() {
+    let now = Instant::now();
+    let cfg = Config {
+        max_relays: 4,
+        ..Config::default()
+    };
+    let mut a = Swim::new(1u32, 0, cfg, now, 1);
+    a.handle(9, news(vec![alive(2, 0), alive(3, 0)]), now);
+    a.drain_sends().for_each(drop);
+    for seq in 0..10 {
+        a.handle(
+            3,
+            Msg::PingReq {
+                seq,
+                target: 2,
+                updates: vec![],
+            },
+            now,
+        );
+    }
+    // A ping request for a member it does not know is not carried out.
+    a.handle(
+        3,
+        Msg::PingReq {
+            seq: 99,
+            target: 42,
+            updates: vec![],
+        },
+        now,
+    );
+    let pings: Vec<_> = a.drain_sends().collect();
+    assert_eq!(pings.len(), 4, "{pings:?}");
+    assert!(
+        pings
+            .iter()
+            .all(|(to, m)| *to == 2 && matches!(m, Msg::Ping { .. }))
+    );
+    assert_eq!(a.counters().refused_relays, 6);
+    // The target stays silent: the requester gets nacks.
+    a.tick(now + Duration::from_secs(1));
+    let nacks = a
+        .drain_sends()
+        .filter(|(to, m)| *to == 3 && matches!(m, Msg::Nack { .. }))
+        .count();
+    assert_eq!(nacks, 4);
+}
+
+#[test]
+fn a_relayed_ack_reaches_the_origin() {
+    let now = Instant::now();
+    let mut helper = peer(1, now);
+    helper.handle(9, news(vec![alive(2, 0), alive(3, 0)]), now);
+    helper.drain_sends().for_each(drop);
+    helper.handle(
+        3,
+        Msg::PingReq {
+            seq: 77,
+            target: 2,
+            updates: vec![],
+        },
+        now,
+    );
+    let (to, ping) = helper.drain_sends().next().expect("a ping");
+    let Msg::Ping { seq, .. } = ping else {
+        panic!("{ping:?}")
+    };
+    assert_eq!(to, 2);
+    helper.handle(
+        2,
+        Msg::Ack {
+            seq,
+            updates: vec![],
+        },
+        now,
+    );
+    let sent: Vec<_> = helper.drain_sends().collect();
+    assert!(
+        matches!(sent.as_slice(), [(3, Msg::Ack { seq: 77, .. })]),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn leaving_spreads_at_once() {
+    let now = Instant::now();
+    let (mut a, mut b) = (peer(1, now), peer(2, now));
+    b.join(1, now);
+    exchange(&mut a, &mut b, now);
+    a.drain_events().for_each(drop);
+    b.leave();
+    exchange(&mut a, &mut b, now);
+    assert_eq!(a.status(&2), Some(Status::Left));
+    assert_eq!(
+        a.drain_events().collect::<Vec<_>>(),
+        vec![Event::Down { id: 2, left: true }]
+    );
+}
+
+// ---- whole meshes, simulated ----
+
+#[test]
+fn a_simulated_mesh_converges_detects_a_kill_and_has_no_false_down_at_1pc_loss() {
+    let cfg = SimConfig::new(300, 0.01, 7);
+    let r = sim::scenario(cfg, Duration::from_secs(30), Duration::from_secs(120));
+    let converged = r.converged.expect("converges");
+    assert!(converged < Duration::from_secs(10), "{r:?}");
+    let all = r.detected_all.expect("every survivor sees the kill");
+    // N = 300: suspicion between 4 * log10(300) ~ 9.9 s and 6x that
+    // (59.5 s), shorter with each confirmation; plus the probe that finds
+    // the victim (every peer probes one member a second, so some peer
+    // probes it within a second or two) and the spread of the news.
+    assert!(all < Duration::from_secs(65), "{r:?}");
+    assert_eq!(r.false_downs, 0, "{r:?}");
+    // Idle cost per peer: about a ping and an ack out per second, a little
+    // gossip; bounded whatever N is.
+    assert!(r.idle_per_peer.0 < 5.0, "{r:?}");
+}
+
+#[test]
+fn the_simulator_is_deterministic() {
+    let run = || {
+        let mut sim = Sim::new(SimConfig::new(50, 0.05, 3));
+        sim.start_chain();
+        sim.run_until(Duration::from_secs(5));
+        (sim.traffic.messages, sim.traffic.bytes, sim.converged())
+    };
+    assert_eq!(run(), run());
+}
