@@ -28,6 +28,10 @@ struct Args {
     /// Virtual seconds of idling measured for the traffic figures.
     #[arg(long, default_value_t = 30)]
     idle_seconds: u64,
+    /// Milliseconds between the starts of consecutive peers (each joins
+    /// through the one before it).
+    #[arg(long, default_value_t = 1)]
+    start_gap_ms: u64,
     /// Give up on a step after this many virtual seconds.
     #[arg(long, default_value_t = 300)]
     limit_seconds: u64,
@@ -40,8 +44,8 @@ fn main() {
         std::process::exit(2);
     }
     println!(
-        "mesh-sim: chain start 1 ms apart, latency 1-5 ms, loss {}, seed {}, probe 1 s, gossip 200 ms x 3, ids of 38 bytes",
-        args.loss, args.seed
+        "mesh-sim: chain start {} ms apart, latency 1-5 ms, loss {}, seed {}, probe 1 s, gossip 200 ms x 3, ids of 38 bytes",
+        args.start_gap_ms, args.loss, args.seed
     );
     println!(
         "{:>7} {:>10} {:>7} {:>10} {:>10} {:>7} {:>6} {:>10} {:>10} {:>9} {:>8}",
@@ -67,7 +71,8 @@ fn main() {
             std::process::exit(2);
         }
         let wall = Instant::now();
-        let cfg = SimConfig::new(n, args.loss, args.seed);
+        let mut cfg = SimConfig::new(n, args.loss, args.seed);
+        cfg.start_gap = Duration::from_millis(args.start_gap_ms);
         let r = scenario(
             cfg,
             Duration::from_secs(args.idle_seconds),
