@@ -63,6 +63,9 @@ use lifeguard::{Health, Suspicion};
 /// rest); a full-state exchange may carry up to `max_members`.
 pub const MAX_UPDATES_IN_MESSAGE: usize = 128;
 
+/// Probe intervals between two pull repairs of one peer, at least.
+pub const PULL_INTERVALS: u32 = 5;
+
 /// What is known about a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
@@ -110,6 +113,9 @@ pub enum Msg<I> {
     Ping {
         /// Matches the answer to the probe.
         seq: u32,
+        /// Members the sender knows alive, itself included (see
+        /// [`Swim`]'s pull repair).
+        known: u32,
         /// Piggybacked news.
         updates: Vec<Update<I>>,
     },
@@ -117,6 +123,8 @@ pub enum Msg<I> {
     Ack {
         /// The `seq` of the ping (or ping request) answered.
         seq: u32,
+        /// Members the sender knows alive, itself included.
+        known: u32,
         /// Piggybacked news.
         updates: Vec<Update<I>>,
     },
@@ -164,7 +172,7 @@ impl<I> Msg<I> {
         };
         let updates = |us: &[Update<I>]| 2 + us.iter().map(update).sum::<usize>();
         1 + match self {
-            Msg::Ping { updates: u, .. } | Msg::Ack { updates: u, .. } => 4 + updates(u),
+            Msg::Ping { updates: u, .. } | Msg::Ack { updates: u, .. } => 8 + updates(u),
             Msg::PingReq { updates: u, .. } => 4 + id_bytes + updates(u),
             Msg::Nack { .. } => 4,
             Msg::Gossip { updates: u } => updates(u),
@@ -318,6 +326,7 @@ pub struct Swim<I> {
     probe_index: usize,
     joining: Option<Joining<I>>,
     last_stranger_sync: Option<Instant>,
+    last_pull: Option<Instant>,
     probe: Option<Probe<I>>,
     next_probe: Instant,
     next_gossip: Instant,
@@ -362,6 +371,7 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
             probe_index: 0,
             joining: None,
             last_stranger_sync: None,
+            last_pull: None,
             probe: None,
             next_probe,
             next_gossip,
@@ -547,6 +557,45 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
         }
     }
 
+    /// A ping that introduces this peer, with `first` before the news.
+    fn send_ping(&mut self, target: I, seq: u32, first: Option<Update<I>>) {
+        let updates = self.piggyback(true, first);
+        let known = self.known();
+        self.out.push((
+            target,
+            Msg::Ping {
+                seq,
+                known,
+                updates,
+            },
+        ));
+    }
+
+    /// Members this peer knows alive, itself included.
+    fn known(&self) -> u32 {
+        self.n() as u32
+    }
+
+    /// Pull repair: once gossip has gone quiet here (nothing queued), a
+    /// member that knows more members than this peer does has news that
+    /// gossip lost on the way here: a full-state exchange with it fetches
+    /// it, at most once per [`PULL_INTERVALS`] probe intervals. This
+    /// removes the long tail of an epidemic (the last few peers missing
+    /// the last few members) without waiting for the periodic exchange,
+    /// which grows rarer with N. A member lying about its count earns
+    /// itself one exchange per that interval, no more.
+    fn pull_if_behind(&mut self, from: I, known: u32, now: Instant) {
+        if known as usize <= self.n() || !self.queue.is_empty() || !self.is_live(&from) {
+            return;
+        }
+        let every = self.cfg.probe_interval * PULL_INTERVALS;
+        if self.last_pull.is_some_and(|t| now < t + every) {
+            return;
+        }
+        self.last_pull = Some(now);
+        self.send_sync(from);
+    }
+
     fn is_live(&self, id: &I) -> bool {
         matches!(
             self.members.get(id).map(|m| m.status),
@@ -556,13 +605,31 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
 
     fn dispatch(&mut self, from: I, msg: Msg<I>, now: Instant) {
         match msg {
-            Msg::Ping { seq, updates } => {
+            Msg::Ping {
+                seq,
+                known,
+                updates,
+            } => {
                 self.apply_all(&updates, now);
+                self.pull_if_behind(from, known, now);
                 let updates = self.piggyback(true, None);
-                self.out.push((from, Msg::Ack { seq, updates }));
+                let known = self.known();
+                self.out.push((
+                    from,
+                    Msg::Ack {
+                        seq,
+                        known,
+                        updates,
+                    },
+                ));
             }
-            Msg::Ack { seq, updates } => {
+            Msg::Ack {
+                seq,
+                known,
+                updates,
+            } => {
                 self.apply_all(&updates, now);
+                self.pull_if_behind(from, known, now);
                 self.on_ack(from, seq);
             }
             Msg::PingReq {
@@ -619,8 +686,7 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
             }),
             _ => None,
         };
-        let updates = self.piggyback(true, buddy);
-        self.out.push((target, Msg::Ping { seq, updates }));
+        self.send_ping(target, seq, buddy);
         self.probe = Some(Probe {
             target,
             seq,
@@ -706,6 +772,7 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
                 r.origin,
                 Msg::Ack {
                     seq: r.origin_seq,
+                    known: (self.live + 1) as u32,
                     updates,
                 },
             ));
@@ -739,8 +806,7 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
                 nack_at: now + self.cfg.probe_timeout.mul_f64(0.8),
             },
         );
-        let updates = self.piggyback(true, None);
-        self.out.push((target, Msg::Ping { seq, updates }));
+        self.send_ping(target, seq, None);
     }
 
     fn relay_nacks(&mut self, now: Instant) {

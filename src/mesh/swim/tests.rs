@@ -236,6 +236,7 @@ fn an_ack_counts_only_from_the_target_or_a_helper() {
         7,
         Msg::Ack {
             seq,
+            known: 2,
             updates: vec![],
         },
         t0,
@@ -358,6 +359,7 @@ fn a_relayed_ack_reaches_the_origin() {
         2,
         Msg::Ack {
             seq,
+            known: 2,
             updates: vec![],
         },
         now,
@@ -367,6 +369,41 @@ fn a_relayed_ack_reaches_the_origin() {
         matches!(sent.as_slice(), [(3, Msg::Ack { seq: 77, .. })]),
         "{sent:?}"
     );
+}
+
+#[test]
+fn a_peer_behind_pulls_the_full_state_once_gossip_is_quiet_and_not_too_often() {
+    let t0 = Instant::now();
+    let mut a = peer(1, t0);
+    a.handle(9, news(vec![alive(2, 0)]), t0);
+    let ping = |known| Msg::Ping {
+        seq: 1,
+        known,
+        updates: vec![],
+    };
+    let syncs = |a: &mut Swim<u32>| {
+        a.drain_sends()
+            .filter(|(to, m)| *to == 2 && matches!(m, Msg::Sync { reply: true, .. }))
+            .count()
+    };
+    // News still queued here: gossip is not done, no pull yet.
+    a.handle(2, ping(50), t0);
+    assert_eq!(syncs(&mut a), 0);
+    // Gossip done (the queue drained): 2 knows more, so pull from it.
+    while !a.piggyback(false, None).is_empty() {}
+    a.handle(2, ping(50), t0);
+    assert_eq!(syncs(&mut a), 1);
+    // Not again within PULL_INTERVALS probe intervals, whatever it claims.
+    let soon = t0 + Config::default().probe_interval * (PULL_INTERVALS - 1);
+    a.handle(2, ping(5000), soon);
+    assert_eq!(syncs(&mut a), 0);
+    let later = t0 + Config::default().probe_interval * PULL_INTERVALS;
+    a.handle(2, ping(5000), later);
+    assert_eq!(syncs(&mut a), 1);
+    // A peer that knows no more than this one is no reason to pull.
+    let much_later = later + Duration::from_secs(60);
+    a.handle(2, ping(2), much_later);
+    assert_eq!(syncs(&mut a), 0);
 }
 
 #[test]
