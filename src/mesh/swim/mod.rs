@@ -772,7 +772,7 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
                 r.origin,
                 Msg::Ack {
                     seq: r.origin_seq,
-                    known: (self.live + 1) as u32,
+                    known: self.known(),
                     updates,
                 },
             ));
@@ -782,11 +782,7 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
     /// Probes `target` for `origin`; only members this peer knows alive,
     /// and at most `max_relays` at once.
     fn relay(&mut self, origin: I, origin_seq: u32, target: I, now: Instant) {
-        let known = matches!(
-            self.members.get(&target).map(|m| m.status),
-            Some(Status::Alive | Status::Suspect)
-        );
-        if !known || target == self.me {
+        if !self.is_live(&target) || target == self.me {
             return;
         }
         if self.relays.len() >= self.cfg.max_relays {
@@ -833,10 +829,7 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
             while self.probe_index < self.probe_order.len() {
                 let id = self.probe_order[self.probe_index];
                 self.probe_index += 1;
-                if matches!(
-                    self.members.get(&id).map(|m| m.status),
-                    Some(Status::Alive | Status::Suspect)
-                ) {
+                if self.is_live(&id) {
                     return Some(id);
                 }
             }
@@ -1171,11 +1164,7 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
                 break;
             }
             let id = self.probe_order[self.rng.gen_range(0..len)];
-            let live = matches!(
-                self.members.get(&id).map(|m| m.status),
-                Some(Status::Alive | Status::Suspect)
-            );
-            if live && !exclude.contains(&id) && !out.contains(&id) {
+            if self.is_live(&id) && !exclude.contains(&id) && !out.contains(&id) {
                 out.push(id);
             }
         }
