@@ -62,9 +62,66 @@ pub struct AppsView {
     /// `--no-remote-deploy`, and on a peer without `--admin`).
     #[serde(default = "crate::mesh::view::yes")]
     pub remote_deploy: bool,
+    /// Per app started with `--peers` or `--on`: where it goes, as this
+    /// peer computes it (every peer computes the same from the same view).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub placement: BTreeMap<String, PlacementView>,
+}
+
+/// An app's placement in `/api/apps`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlacementView {
+    /// `--peers`, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<u32>,
+    /// `--on`.
+    #[serde(default)]
+    pub on: crate::mesh::labels::Labels,
+    /// How many peers that are up could run it.
+    pub eligible: usize,
+    /// The peers it is placed on, by id.
+    pub placed: Vec<String>,
 }
 
 impl AppsView {
+    /// Adds the placement of every app that `desired` runs with `--peers`
+    /// or `--on`, computed over the peers of `mesh` that are up.
+    pub fn with_placement(
+        mut self,
+        desired: &crate::mesh::desired::DesiredApps,
+        mesh: &MeshView,
+    ) -> AppsView {
+        use crate::mesh::placement::{Candidate, Hold, place};
+        for d in desired
+            .entries()
+            .filter(|d| d.run && !d.placement().is_everywhere())
+        {
+            let statuses = self.mesh.get(d.app.as_str());
+            let of = |id: &str| Hold::of(statuses.and_then(|m| m.get(id)));
+            let mut candidates = vec![Candidate {
+                id: &mesh.local.id,
+                labels: &mesh.local.labels,
+                hold: of(&mesh.local.id),
+            }];
+            candidates.extend(mesh.up().map(|p| Candidate {
+                id: &p.id,
+                labels: &p.labels,
+                hold: of(&p.id),
+            }));
+            let placed = place(&d.app, d.peers, &d.on, &candidates);
+            self.placement.insert(
+                d.app.to_string(),
+                PlacementView {
+                    peers: d.peers,
+                    on: d.on.clone(),
+                    eligible: placed.eligible,
+                    placed: placed.chosen,
+                },
+            );
+        }
+        self
+    }
+
     /// The view from this peer's apps (`local`, with their workers) and
     /// the apps the peers that are up announced in `mesh`.
     /// `remote_deploy` is true: the endpoint sets it.
@@ -90,6 +147,7 @@ impl AppsView {
             local,
             mesh: by_app,
             remote_deploy: true,
+            placement: BTreeMap::new(),
         }
     }
 }

@@ -85,6 +85,8 @@ pub const MAX_JOB_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// Everything a peer needs to start, validated.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
+    /// `--label`: this peer's labels, for placement (`start --on`).
+    pub labels: crate::mesh::labels::Labels,
     /// `--listen`: TCP multiaddrs to listen on for other peers (host
     /// names resolved at start).
     pub listen: Vec<Multiaddr>,
@@ -167,6 +169,7 @@ impl PeerConfig {
             timing: self.timing,
             admins: self.admins.clone(),
             http_addr,
+            labels: self.labels.clone(),
         }
     }
 
@@ -179,6 +182,8 @@ impl PeerConfig {
         let listen = addrs("--listen", &args.listen)?;
         let bootstrap = addrs("--bootstrap", &args.bootstrap)?;
         let http = parse_socket_addr("--http", &args.http)?;
+        let labels = crate::mesh::labels::Labels::parse_all(&args.labels)
+            .map_err(|e| ConfigError::Value(format!("--label: {e}")))?;
         let keypair = match &args.identity {
             Some(path) => load_or_create_identity(path)?,
             None => Keypair::generate_ed25519(),
@@ -210,6 +215,7 @@ impl PeerConfig {
                 .unwrap_or(1)
         });
         Ok(PeerConfig {
+            labels,
             listen,
             bootstrap,
             persistent_identity: args.identity.is_some(),

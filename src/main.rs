@@ -9,8 +9,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use disruptor::cli::{Cli, Command, LogFormat};
+use clap::CommandFactory;
+use disruptor::cli::{Cli, Command, LogFormat, ParseError};
 use disruptor::client::{self, UsageError};
 use disruptor::config::{ConfigError, PeerConfig};
 use disruptor::secret_file::SecretFileError;
@@ -23,7 +23,14 @@ use disruptor::secret_file::SecretFileError;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match disruptor::cli::parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(ParseError::Clap(e)) => e.exit(),
+        Err(ParseError::File(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads_for(&cli.command))
@@ -63,6 +70,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Stream(args) => client::stream(args).await,
         Command::Deploy(args) => client::deploy(args).await,
         Command::Keygen(args) => client::keygen(args),
+        Command::Completions(args) => {
+            let mut out = std::io::stdout();
+            clap_complete::generate(args.shell, &mut Cli::command(), "disruptor", &mut out);
+            Ok(())
+        }
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                // `disruptor man | head` is not a failure.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
     }
 }
 

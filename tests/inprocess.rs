@@ -102,6 +102,7 @@ impl Peer {
             timing: Timing::default(),
             admins: Default::default(),
             http_addr: "127.0.0.1:9".parse().unwrap(),
+            labels: Default::default(),
         };
         let apps = Arc::new(Mutex::new(Vec::new()));
         let (desired_tx, desired_rx) = watch::channel(Arc::new(DesiredApps::default()));
@@ -428,7 +429,7 @@ async fn a_job_for_a_started_app_waits_for_its_first_worker_and_wakes_at_once() 
     // The mesh wants the app running; nobody runs it yet.
     let decided = peers[0]
         .client
-        .set_desired(app(), true, None)
+        .set_desired(app(), true, None, Default::default())
         .await
         .expect("running")
         .expect("taken");

@@ -122,6 +122,8 @@ pub async fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         bundle: Some(bundle.clone()),
         at_ms: now_ms,
         signed: None,
+        peers: None,
+        on: Default::default(),
     };
     // Clocks far ahead of any honest one (but within the jump bound), so
     // each would win last-writer-wins if it were taken.

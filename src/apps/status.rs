@@ -19,6 +19,9 @@ pub enum AppState {
     Missing,
     /// Stopped by a decision.
     Stopped,
+    /// This peer has the app, but the decision placed it on other peers
+    /// (`start --peers N` or `--on LABEL`).
+    Standby,
 }
 
 impl AppState {
@@ -30,6 +33,7 @@ impl AppState {
             AppState::Failing => "failing",
             AppState::Missing => "missing",
             AppState::Stopped => "stopped",
+            AppState::Standby => "standby",
         }
     }
 }

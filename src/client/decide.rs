@@ -32,6 +32,8 @@ use crate::apps::{AppName, AppState, AppStatus};
 use crate::cli::{Signing, StartArgs, StopArgs};
 use crate::clock::unix_ms;
 use crate::mesh::desired::{Change, DesiredApp, next_decision};
+use crate::mesh::labels::Labels;
+use crate::mesh::placement::{MAX_SELECTORS, Placement};
 use crate::mesh::trust::AdminSecret;
 use crate::text::printable;
 
@@ -44,9 +46,17 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
     if args.workers == Some(0) {
         return Err(UsageError("--workers must be at least 1".into()).into());
     }
+    let on = Labels::parse_all(&args.on).map_err(|e| UsageError(format!("--on: {e}")))?;
+    if on.len() > MAX_SELECTORS {
+        return Err(UsageError(format!("--on: at most {MAX_SELECTORS} labels")).into());
+    }
     let peer = PeerApi::new(&args.http_addr, &args.access)?;
     let change = Change::Start {
         workers: args.workers,
+        placement: Placement {
+            peers: args.peers,
+            on,
+        },
     };
     start_stop(&peer, &args.app, change, &args.signing, args.wait).await
 }
@@ -108,8 +118,16 @@ async fn hand_over(
         .await;
     }
     let mut body = serde_json::json!({ "app": app });
-    if let Change::Start { workers: Some(w) } = change {
-        body["workers"] = w.into();
+    if let Change::Start { workers, placement } = change {
+        if let Some(w) = workers {
+            body["workers"] = w.into();
+        }
+        if let Some(p) = placement.peers {
+            body["peers"] = p.into();
+        }
+        if !placement.on.is_empty() {
+            body["on"] = serde_json::to_value(&placement.on)?;
+        }
     }
     peer.post_json(&format!("/api/apps/{verb}"), &body)
         .await?
@@ -167,7 +185,7 @@ fn settle_report(view: &MeshView, apps: &AppsView, decision: &DesiredApp) -> Loo
     let ids = up_ids(view);
     let per_peer = apps.mesh.get(decision.app.as_str());
     let mut settled = true;
-    let mut running = 0;
+    let (mut running, mut able) = (0, 0);
     let mut lines = String::new();
     for id in &ids {
         let st = per_peer
@@ -175,12 +193,58 @@ fn settle_report(view: &MeshView, apps: &AppsView, decision: &DesiredApp) -> Loo
             .filter(|s| s.clock >= decision.clock);
         settled &= st.is_some_and(|s| answers(decision.run, s.state));
         running += usize::from(st.is_some_and(|s| s.state == AppState::Running));
+        let labels = if *id == view.local.id {
+            Some(&view.local.labels)
+        } else {
+            view.peers.iter().find(|p| p.id == *id).map(|p| &p.labels)
+        };
+        let labelled = labels.is_some_and(|l| l.satisfy(&decision.on));
+        able += usize::from(
+            labelled
+                && st.is_some_and(|s| {
+                    matches!(
+                        s.state,
+                        AppState::Running
+                            | AppState::Starting
+                            | AppState::Failing
+                            | AppState::Standby
+                    )
+                }),
+        );
         let what = st.map_or_else(|| "waiting".to_string(), state_text);
         lines.push_str(&peer_line(view, id, &what));
     }
+    // A placed start has settled once its places are taken (peers
+    // standing by answer it only then).
+    if let Some(n) = decision.peers {
+        let holding = per_peer.map_or(0, |m| {
+            ids.iter()
+                .filter_map(|id| m.get(*id))
+                .filter(|s| s.clock >= decision.clock)
+                .filter(|s| matches!(s.state, AppState::Running | AppState::Failing))
+                .count()
+        });
+        settled &= holding >= (n as usize).min(able);
+    }
+    let placed = match (decision.peers, decision.on.is_empty()) {
+        (None, true) => String::new(),
+        (None, false) => format!(" (on peers labelled {})", decision.on),
+        (Some(n), on_all) => {
+            let labelled = if on_all {
+                String::new()
+            } else {
+                format!(" labelled {}", decision.on)
+            };
+            if (n as usize) > able && settled {
+                format!(" (asked for {n} peers{labelled}; only {able} can run it: all of them)")
+            } else {
+                format!(" (asked for {n} peers{labelled}; {able} can run it)")
+            }
+        }
+    };
     let head = if decision.run {
         format!(
-            "{} is running on {running} of {} peers:\n",
+            "{} is running on {running} of {} peers{placed}:\n",
             decision.app,
             ids.len()
         )
@@ -200,7 +264,7 @@ fn answers(run: bool, state: AppState) -> bool {
     if run {
         matches!(
             state,
-            AppState::Running | AppState::Missing | AppState::Failing
+            AppState::Running | AppState::Missing | AppState::Failing | AppState::Standby
         )
     } else {
         state == AppState::Stopped
@@ -275,7 +339,10 @@ mod tests {
     async fn a_refused_signed_decision_names_its_status_once() {
         let peer = fake_peer(vec![(Code::FORBIDDEN, "not signed by a trusted admin")]).await;
         let dir = tempfile::tempdir().unwrap();
-        let change = Change::Start { workers: None };
+        let change = Change::Start {
+            workers: None,
+            placement: Placement::default(),
+        };
         let err = hand_over(&peer, &app(), change, &signing(&dir))
             .await
             .unwrap_err();
@@ -313,6 +380,7 @@ mod tests {
             (AppState::Failing, true, false),
             (AppState::Starting, false, false),
             (AppState::Stopped, false, true),
+            (AppState::Standby, true, false),
         ] {
             assert_eq!((answers(true, state), answers(false, state)), (start, stop));
         }

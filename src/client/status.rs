@@ -228,6 +228,7 @@ mod tests {
                 http: "127.0.0.1:8001".into(),
                 started_ms: 1_000,
                 private: false,
+                labels: Default::default(),
             },
             peers: vec![PeerView {
                 id: other.into(),
@@ -246,6 +247,7 @@ mod tests {
                 links: vec![],
                 bundles: vec![],
                 remote_deploy: true,
+                labels: Default::default(),
             }],
         };
         let mut apps = AppsView::build(&view.local.id, vec![], &view);

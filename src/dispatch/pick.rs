@@ -263,6 +263,7 @@ mod tests {
             links: Vec::new(),
             bundles: Vec::new(),
             remote_deploy: true,
+            labels: Default::default(),
         }
     }
 

@@ -497,6 +497,7 @@ mod tests {
             links: links.iter().map(|s| s.to_string()).collect(),
             bundles: vec![],
             remote_deploy: true,
+            labels: Default::default(),
         }
     }
 
@@ -509,6 +510,7 @@ mod tests {
                 http: "127.0.0.1:8001".into(),
                 started_ms: 1_000,
                 private: true,
+                labels: Default::default(),
             },
             peers: vec![
                 peer("12D3KooWaaaa1111", "up", &["12D3KooWbbbb2222"]),
@@ -553,6 +555,7 @@ mod tests {
                 http: "127.0.0.1:8001".into(),
                 started_ms: 1_000,
                 private: false,
+                labels: Default::default(),
             },
             peers: vec![peer("12D3KooWaaaa1111", "up", &[])],
         };

@@ -25,6 +25,8 @@ use crate::api::DecisionsView;
 use crate::apps::{AppName, MAX_WORKERS_PER_APP};
 use crate::deploy::{BundleError, BundleRef, Store};
 use crate::mesh::desired::DesiredApp;
+use crate::mesh::labels::Labels;
+use crate::mesh::placement::{MAX_PEERS_PLACED, MAX_SELECTORS, Placement};
 use crate::mesh::trust::{self, Admins, Refusal};
 
 pub use crate::api::{BUNDLE_HASH_HEADER, DECISION_HEADER};
@@ -60,10 +62,15 @@ struct StartStop {
     app: String,
     #[serde(default)]
     workers: Option<u32>,
+    #[serde(default)]
+    peers: Option<u32>,
+    #[serde(default)]
+    on: Labels,
 }
 
-/// `POST /api/apps/start` `{"app": "apps/...", "workers": N}`: an unsigned
-/// decision to run the app (on a peer without admin keys).
+/// `POST /api/apps/start` `{"app": "apps/...", "workers": N, "peers": N,
+/// "on": ["zone=eu"]}` (all but `app` optional): an unsigned decision to
+/// run the app (on a peer without admin keys).
 pub(super) async fn start(State(s): State<Ctx>, body: Bytes) -> Result<Response, ApiError> {
     start_stop(&s, &body, true).await
 }
@@ -89,8 +96,20 @@ async fn start_stop(s: &Ctx, body: &[u8], run: bool) -> Result<Response, ApiErro
             "workers must be between 1 and {MAX_WORKERS_PER_APP}"
         )));
     }
-    if !run && req.workers.is_some() {
-        return Err(ApiError::bad_request("stop takes no workers"));
+    if req.peers.is_some_and(|p| p == 0 || p > MAX_PEERS_PLACED) {
+        return Err(ApiError::bad_request(format!(
+            "peers must be between 1 and {MAX_PEERS_PLACED}"
+        )));
+    }
+    if req.on.len() > MAX_SELECTORS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_SELECTORS} labels to place on"
+        )));
+    }
+    if !run && (req.workers.is_some() || req.peers.is_some() || !req.on.is_empty()) {
+        return Err(ApiError::bad_request(
+            "stop takes no workers, peers or labels",
+        ));
     }
     if !s.admins.is_empty() {
         return Err(ApiError::new(
@@ -101,7 +120,11 @@ async fn start_stop(s: &Ctx, body: &[u8], run: bool) -> Result<Response, ApiErro
             ),
         ));
     }
-    taken(s.mesh.set_desired(app, run, req.workers).await)
+    let placement = Placement {
+        peers: req.peers,
+        on: req.on,
+    };
+    taken(s.mesh.set_desired(app, run, req.workers, placement).await)
 }
 
 /// The answer once the event loop had its say on a decision: `202` with

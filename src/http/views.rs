@@ -88,7 +88,9 @@ pub(super) async fn dashboard_live(State(s): State<Ctx>) -> Html<String> {
 
 /// This peer's apps and the mesh's, as `/api/apps` shows them.
 fn apps_view(s: &Shared) -> AppsView {
-    let mut v = AppsView::build(&s.local_id, s.workers.details(), &s.mesh.mesh());
+    let mesh = s.mesh.mesh();
+    let mut v = AppsView::build(&s.local_id, s.workers.details(), &mesh)
+        .with_placement(&s.dispatcher.desired(), &mesh);
     v.remote_deploy = s.store.is_some();
     v
 }

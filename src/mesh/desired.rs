@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::apps::{AppName, MAX_WORKERS_PER_APP};
 use crate::deploy::BundleRef;
+use crate::mesh::labels::Labels;
+use crate::mesh::placement::{MAX_PEERS_PLACED, MAX_SELECTORS, Placement};
 use crate::mesh::trust::{Admins, Refusal, Signature};
 
 /// Most entries kept, local and merged alike (a rogue peer must not grow
@@ -75,14 +77,30 @@ pub struct DesiredApp {
     /// [`STOP_TTL`] after it).
     #[serde(default)]
     pub at_ms: u64,
-    /// The admin's signature over every field above (see [`crate::mesh::trust`]).
+    /// The admin's signature over every field above and the placement
+    /// below (see [`crate::mesh::trust`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed: Option<Signature>,
+    /// `--peers`: run on this many of the peers that can, not all (see
+    /// [`crate::mesh::placement`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<u32>,
+    /// `--on`: run only on peers with these labels.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub on: Labels,
 }
 
 impl DesiredApp {
     fn stamp(&self) -> (u64, &str) {
         (self.clock, &self.origin)
+    }
+
+    /// Where it runs: on every peer that can, or as `--peers`/`--on` say.
+    pub fn placement(&self) -> Placement {
+        Placement {
+            peers: self.peers,
+            on: self.on.clone(),
+        }
     }
 
     /// Whether a stop has been remembered long enough to forget.
@@ -95,6 +113,8 @@ impl DesiredApp {
         !self
             .workers
             .is_some_and(|w| w == 0 || w > MAX_WORKERS_PER_APP)
+            && !self.peers.is_some_and(|p| p == 0 || p > MAX_PEERS_PLACED)
+            && self.on.len() <= MAX_SELECTORS
             && self.clock <= clock.saturating_add(MAX_CLOCK_JUMP)
             && self.origin.len() <= MAX_ORIGIN
             && self.at_ms <= now_ms.saturating_add(MAX_FUTURE.as_millis() as u64)
@@ -147,16 +167,32 @@ impl DesiredApps {
         origin: &str,
         now_ms: u64,
     ) -> Result<DesiredApp, Refusal> {
-        // Starting and stopping keep the deployed version, if any.
-        let bundle = self.apps.get(&app).and_then(|e| e.bundle.clone());
-        self.stamp(app, run, workers, bundle, origin, now_ms)
+        self.set_placed(app, run, workers, Placement::default(), origin, now_ms)
     }
 
+    /// [`DesiredApps::set`], for a start placed by `--peers`/`--on` (a
+    /// stop takes no placement).
+    pub fn set_placed(
+        &mut self,
+        app: AppName,
+        run: bool,
+        workers: Option<u32>,
+        placement: Placement,
+        origin: &str,
+        now_ms: u64,
+    ) -> Result<DesiredApp, Refusal> {
+        // Starting and stopping keep the deployed version, if any.
+        let bundle = self.apps.get(&app).and_then(|e| e.bundle.clone());
+        self.stamp(app, run, workers, placement, bundle, origin, now_ms)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn stamp(
         &mut self,
         app: AppName,
         run: bool,
         workers: Option<u32>,
+        placement: Placement,
         bundle: Option<BundleRef>,
         origin: &str,
         now_ms: u64,
@@ -174,6 +210,8 @@ impl DesiredApps {
             bundle,
             at_ms: now_ms,
             signed: None,
+            peers: placement.peers,
+            on: placement.on,
         };
         if !entry.in_bounds(self.clock, now_ms) {
             return Err(Refusal::Invalid);
@@ -281,13 +319,22 @@ pub fn next_decision(
     now_ms: u64,
 ) -> DesiredApp {
     let cur = held.iter().find(|d| &d.app == app);
-    let (run, workers, bundle) = match change {
-        Change::Start { workers } => (true, workers, cur.and_then(|c| c.bundle.clone())),
-        Change::Stop => (false, None, cur.and_then(|c| c.bundle.clone())),
+    let kept = || cur.map(DesiredApp::placement).unwrap_or_default();
+    let (run, workers, bundle, placement) = match change {
+        Change::Start { workers, placement } => {
+            (true, workers, cur.and_then(|c| c.bundle.clone()), placement)
+        }
+        Change::Stop => (
+            false,
+            None,
+            cur.and_then(|c| c.bundle.clone()),
+            Placement::default(),
+        ),
         Change::Deploy { bundle, start } => (
             start || cur.is_some_and(|c| c.run),
             cur.and_then(|c| c.workers),
             Some(bundle),
+            kept(),
         ),
     };
     DesiredApp {
@@ -299,6 +346,8 @@ pub fn next_decision(
         bundle,
         at_ms: now_ms,
         signed: None,
+        peers: placement.peers,
+        on: placement.on,
     }
 }
 
@@ -309,6 +358,8 @@ pub enum Change {
     Start {
         /// `--workers`: per peer; `None` for the app's default.
         workers: Option<u32>,
+        /// `--peers` and `--on`.
+        placement: Placement,
     },
     /// `disruptor stop`: stop the app, keeping its deployed version.
     Stop,
@@ -353,6 +404,8 @@ mod tests {
             bundle: None,
             at_ms: NOW,
             signed: None,
+            peers: None,
+            on: Labels::default(),
         }
     }
 
@@ -503,7 +556,16 @@ mod tests {
         let held = vec![held];
         let s = next_decision(&held, 9, &app(), Change::Stop, NOW);
         assert_eq!((s.run, s.clock, s.bundle.as_ref()), (false, 10, Some(&v1)));
-        let s = next_decision(&held, 9, &app(), Change::Start { workers: Some(2) }, NOW);
+        let s = next_decision(
+            &held,
+            9,
+            &app(),
+            Change::Start {
+                workers: Some(2),
+                placement: Placement::default(),
+            },
+            NOW,
+        );
         assert_eq!(
             (s.run, s.workers, s.bundle.as_ref()),
             (true, Some(2), Some(&v1))

@@ -64,6 +64,7 @@ use serde::{Deserialize, Serialize};
 use super::view::{DownReason, PeerState, PeerView, yes};
 use crate::apps::AppStatus;
 use crate::mesh::desired::DesiredApp;
+use crate::mesh::labels::Labels;
 use crate::obs::metrics::ReasonLabel;
 use crate::ratelimit::PerKeyBudget;
 
@@ -129,6 +130,10 @@ pub struct Announce {
     /// address); dropped if longer than 256 bytes.
     #[serde(default)]
     pub http: Option<String>,
+    /// Its labels (`--label`): the valid ones among the first
+    /// [`MAX_LABELS`](crate::mesh::labels::MAX_LABELS) are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
     /// A goodbye: the peer is stopping. It goes down as `left` at once,
     /// and its apps are cleared.
     #[serde(default)]
@@ -231,6 +236,7 @@ struct Entry {
     links: Vec<String>,
     bundles: Vec<String>,
     remote_deploy: bool,
+    labels: Labels,
 }
 
 impl Entry {
@@ -260,6 +266,7 @@ impl Entry {
             links: Vec::new(),
             bundles: Vec::new(),
             remote_deploy: true,
+            labels: Labels::default(),
         }
     }
 
@@ -989,6 +996,7 @@ impl Membership {
                         .collect(),
                     bundles: e.bundles.clone(),
                     remote_deploy: e.remote_deploy,
+                    labels: e.labels.clone(),
                 }
             })
             .collect();
@@ -1046,6 +1054,11 @@ fn apply_fields(e: &mut Entry, a: &Announce) -> Change {
     if e.bundles != bundles || e.remote_deploy != a.remote_deploy {
         e.bundles = bundles;
         e.remote_deploy = a.remote_deploy;
+        change.hard = true;
+    }
+    let labels = Labels::parse_lenient(&a.labels);
+    if e.labels != labels {
+        e.labels = labels;
         change.hard = true;
     }
     change
@@ -1118,6 +1131,7 @@ pub(crate) mod tests {
             seq,
             listen: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             http: Some("127.0.0.1:8001".into()),
+            labels: Vec::new(),
             leaving,
             apps: Vec::new(),
             links: Vec::new(),

@@ -5,7 +5,9 @@
 //! them and carries what they publish.
 
 pub mod desired;
+pub mod labels;
 pub mod membership;
+pub mod placement;
 pub mod sim;
 pub mod swim;
 pub mod trust;

@@ -180,7 +180,7 @@ impl Refusal {
 /// origin, the expiry time) changes these bytes.
 pub fn signed_bytes(d: &DesiredApp) -> Vec<u8> {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    format!(
+    let mut bytes = format!(
         "{DECISION_DOMAIN}\napp={}\nrun={}\nworkers={}\nbundle={}\nsize={}\nclock={}\norigin={}\nat={}\n",
         d.app,
         d.run,
@@ -191,7 +191,16 @@ pub fn signed_bytes(d: &DesiredApp) -> Vec<u8> {
         d.origin,
         d.at_ms,
     )
-    .into_bytes()
+    .into_bytes();
+    // Placement came later: a decision without it signs the same bytes
+    // as before it existed, so older signatures still verify.
+    if let Some(p) = d.peers {
+        bytes.extend_from_slice(format!("peers={p}\n").as_bytes());
+    }
+    if !d.on.is_empty() {
+        bytes.extend_from_slice(format!("on={}\n", d.on).as_bytes());
+    }
+    bytes
 }
 
 /// Checks `d` against `admins`: with admins, it must be signed by one of
@@ -319,6 +328,8 @@ mod tests {
             }),
             at_ms: 1_000,
             signed: None,
+            peers: None,
+            on: Default::default(),
         }
     }
 

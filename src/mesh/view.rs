@@ -9,6 +9,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 use crate::apps::AppStatus;
+use crate::mesh::labels::Labels;
 
 /// `GET /api/peers`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -41,6 +42,9 @@ pub struct SelfView {
     /// Whether this peer is in a private mesh (pre-shared key).
     #[serde(default)]
     pub private: bool,
+    /// Its labels (`--label`).
+    #[serde(default)]
+    pub labels: Labels,
 }
 
 /// Whether a peer is up.
@@ -144,6 +148,9 @@ pub struct PeerView {
     /// Whether it installs deployed bundles.
     #[serde(default = "yes")]
     pub remote_deploy: bool,
+    /// Its labels, as it announced them (invalid ones dropped).
+    #[serde(default)]
+    pub labels: Labels,
 }
 
 impl PeerView {

@@ -350,6 +350,17 @@ mod tests {
         }
     }
 
+    /// `n` labels, each a name and a value of the longest length.
+    fn longest_labels(n: usize) -> crate::mesh::labels::Labels {
+        use crate::mesh::labels::{Labels, MAX_PART};
+        let items: Vec<String> = (0..n)
+            .map(|i| format!("{i:0>w$}={}", "v".repeat(MAX_PART), w = MAX_PART))
+            .collect();
+        let labels = Labels::parse_all(&items).unwrap();
+        assert_eq!(labels.len(), n);
+        labels
+    }
+
     #[test]
     fn a_full_announcement_fits_in_one_message() {
         use crate::apps::{AppName, MAX_APP_NAME};
@@ -377,6 +388,8 @@ mod tests {
                     }),
                     at_ms: u64::MAX,
                     signed: None,
+                    peers: Some(crate::mesh::placement::MAX_PEERS_PLACED),
+                    on: longest_labels(crate::mesh::placement::MAX_SELECTORS),
                 };
                 key.sign(&mut d);
                 d.origin = "o".repeat(MAX_ORIGIN);
@@ -403,6 +416,7 @@ mod tests {
                 .map(|i| format!("/ip6/ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff{i}/tcp/65535"))
                 .collect(),
             http: Some("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".into()),
+            labels: longest_labels(crate::mesh::labels::MAX_LABELS).to_strings(),
             leaving: false,
             apps,
             desired,

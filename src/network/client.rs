@@ -30,6 +30,7 @@ pub(crate) enum Command {
         app: AppName,
         run: bool,
         workers: Option<u32>,
+        placement: crate::mesh::placement::Placement,
         reply: oneshot::Sender<Result<DesiredApp, Refusal>>,
     },
     /// Take a decision signed in the CLI: checked like one from gossip,
@@ -98,6 +99,7 @@ impl Client {
         app: AppName,
         run: bool,
         workers: Option<u32>,
+        placement: crate::mesh::placement::Placement,
     ) -> Option<Result<DesiredApp, Refusal>> {
         let (reply, rx) = oneshot::channel();
         self.commands
@@ -105,6 +107,7 @@ impl Client {
                 app,
                 run,
                 workers,
+                placement,
                 reply,
             })
             .await

@@ -76,6 +76,7 @@ pub struct EventLoop {
     timing: Timing,
     private: bool,
     http_addr: SocketAddr,
+    labels: crate::mesh::labels::Labels,
     incarnation: u64,
     seq: u64,
     last_announce: Option<Instant>,
@@ -143,6 +144,7 @@ impl EventLoop {
                 http: http_addr.to_string(),
                 started_ms: incarnation,
                 private: config.psk.is_some(),
+                labels: config.labels.clone(),
             },
             peers: Vec::new(),
         });
@@ -156,6 +158,7 @@ impl EventLoop {
             timing: config.timing,
             private: config.psk.is_some(),
             http_addr,
+            labels: config.labels.clone(),
             incarnation,
             seq: 0,
             last_announce: None,
@@ -356,12 +359,14 @@ impl EventLoop {
                 app,
                 run,
                 workers,
+                placement,
                 reply,
             } => {
                 // Defence in depth: the HTTP layer refuses these already.
                 let entry = if self.admins.is_empty() {
+                    let me = self.local.to_string();
                     self.desired
-                        .set(app, run, workers, &self.local.to_string(), unix_ms())
+                        .set_placed(app, run, workers, placement, &me, unix_ms())
                 } else {
                     Err(Refusal::Unsigned)
                 };
@@ -448,6 +453,7 @@ impl EventLoop {
             seq: self.seq,
             listen: self.swarm.listeners().map(|a| a.to_string()).collect(),
             http: Some(self.http_addr.to_string()),
+            labels: self.labels.to_strings(),
             leaving,
             apps: if leaving {
                 Vec::new()
@@ -478,6 +484,7 @@ impl EventLoop {
                 http: self.http_addr.to_string(),
                 started_ms: self.incarnation,
                 private: self.private,
+                labels: self.labels.clone(),
             },
             peers: self.membership.views(),
         };

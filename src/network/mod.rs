@@ -88,6 +88,8 @@ pub struct Settings {
     pub admins: Admins,
     /// This peer's HTTP address, told to others in announcements.
     pub http_addr: SocketAddr,
+    /// This peer's labels (`--label`), told to others in announcements.
+    pub labels: crate::mesh::labels::Labels,
 }
 
 /// Runs a job another peer sent here (app, one line of JSON, deadline) on

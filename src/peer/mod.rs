@@ -199,6 +199,8 @@ impl Parts {
             self.workers.clone(),
             self.net.clone(),
             reconcile::gc_grace(config.worker_grace),
+            // Two announcements from every peer: what they run is known.
+            config.timing.announce_interval * 2,
             shutdown.clone(),
         ));
         if let Some(store) = &self.store {

@@ -1,6 +1,7 @@
-//! The reconciler: makes this peer's workers match the mesh's decisions,
-//! fetches the deployed versions it lacks from the peers that hold them,
-//! and collects the bundles nothing refers to any more.
+//! The reconciler: makes this peer's workers match the mesh's decisions
+//! (and their placement, see [`crate::mesh::placement`]), fetches the
+//! deployed versions it lacks from the peers that hold them, and collects
+//! the bundles nothing refers to any more.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -10,9 +11,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::MeshView;
 use crate::apps::AppName;
 use crate::deploy::{BundleError, BundleRef, Store};
 use crate::mesh::desired::DesiredApps;
+use crate::mesh::placement::{Candidate, Hold, place};
 use crate::network::Client;
 use crate::network::bundles::Fetched;
 use crate::worker::Workers;
@@ -34,13 +37,23 @@ const REFUSED_RETRY: Duration = Duration::from_secs(600);
 /// Applies the mesh's desired app state to this peer's workers whenever it
 /// changes, and every few seconds (for apps that were missing); fetches
 /// the deployed versions this peer does not have yet.
+///
+/// Placement depends on the mesh too (who is up, who runs what), so a
+/// change of the mesh view that moves an app onto or off this peer is
+/// applied at once; `settle` is how long this peer listens to the mesh
+/// after it starts before it takes a free place.
 pub(super) async fn reconcile(
     mut desired: watch::Receiver<Arc<DesiredApps>>,
     workers: Workers,
     net: Client,
     gc_grace: Duration,
+    settle: Duration,
     shutdown: CancellationToken,
 ) {
+    let started = Instant::now();
+    let mut mesh = net.watch_mesh();
+    let mut elsewhere: HashSet<AppName> = HashSet::new();
+    let mut settle_seen = false;
     let mut every = tokio::time::interval(RECONCILE_EVERY);
     let mut gc: Option<tokio::task::JoinHandle<()>> = None;
     // Fetches in progress, by bundle hash; each reports here when done,
@@ -58,9 +71,26 @@ pub(super) async fn reconcile(
             Some((hash, was_refused)) = fetched_rx.recv() => if was_refused {
                 refused.insert(hash, Instant::now());
             },
+            // Settled: free places may be taken now.
+            _ = tokio::time::sleep_until(started + settle), if !settle_seen => {
+                settle_seen = true;
+            }
+            changed = mesh.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Only a change of placement is worth an apply.
+                let view = mesh.borrow_and_update().clone();
+                let settled = started.elapsed() >= settle;
+                if placed_elsewhere(&desired.borrow(), &view, &workers, settled) == elsewhere {
+                    continue;
+                }
+            }
         }
         let current = desired.borrow_and_update().clone();
-        workers.apply(&current).await;
+        let settled = started.elapsed() >= settle;
+        elsewhere = placed_elsewhere(&current, &net.mesh(), &workers, settled);
+        workers.apply(&current, &elsewhere).await;
         crate::obs::metrics::track_apps(current.entries().map(|d| &d.app));
         let Some(store) = workers.store() else {
             continue;
@@ -104,6 +134,45 @@ pub(super) async fn reconcile(
             }));
         }
     }
+}
+
+/// The apps to run that are placed on other peers than this one (see
+/// [`crate::mesh::placement`]). Until `settled`, this peer takes no place
+/// it does not hold already.
+fn placed_elsewhere(
+    desired: &DesiredApps,
+    view: &MeshView,
+    workers: &Workers,
+    settled: bool,
+) -> HashSet<AppName> {
+    let mut out = HashSet::new();
+    let placed: Vec<_> = desired
+        .entries()
+        .filter(|d| d.run && !d.placement().is_everywhere())
+        .collect();
+    if placed.is_empty() {
+        return out;
+    }
+    let mine = workers.statuses();
+    for d in placed {
+        let mut candidates = vec![Candidate {
+            id: &view.local.id,
+            labels: &view.local.labels,
+            hold: Hold::of(mine.iter().find(|s| s.app == d.app)),
+        }];
+        let mine_hold = candidates[0].hold;
+        candidates.extend(view.up().map(|p| Candidate {
+            id: &p.id,
+            labels: &p.labels,
+            hold: Hold::of(p.apps.iter().find(|s| s.app == d.app)),
+        }));
+        let chosen = place(&d.app, d.peers, &d.on, &candidates).chosen;
+        let here = chosen.contains(&view.local.id) && (settled || mine_hold == Hold::Runs);
+        if !here {
+            out.insert(d.app.clone());
+        }
+    }
+    out
 }
 
 /// The bundles that must stay: those the mesh's decisions name (running

@@ -31,7 +31,7 @@
 //! [`Workers::in_flight`] reads the count and [`Workers::until_idle`]
 //! waits for it to reach zero, woken by the last job rather than polling.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -98,8 +98,18 @@ enum Resolved {
 #[allow(clippy::large_enum_variant)]
 enum Entry {
     Running(Runner),
-    Missing { clock: u64, error: String },
-    Stopped { clock: u64 },
+    Missing {
+        clock: u64,
+        error: String,
+    },
+    Stopped {
+        clock: u64,
+    },
+    /// The app is here and could run, but the decision placed it on other
+    /// peers (`start --peers N` / `--on`).
+    Standby {
+        clock: u64,
+    },
 }
 
 impl Entry {
@@ -109,6 +119,7 @@ impl Entry {
             Entry::Running(r) => return r.local_app(name),
             Entry::Missing { clock, error } => (AppState::Missing, *clock, Some(error.clone())),
             Entry::Stopped { clock } => (AppState::Stopped, *clock, None),
+            Entry::Standby { clock } => (AppState::Standby, *clock, None),
         };
         LocalApp {
             status: AppStatus {
@@ -161,7 +172,7 @@ impl Workers {
     /// the module's documentation). Apps that were missing are resolved
     /// again each time, so an app copied into the apps directory later is
     /// picked up.
-    pub async fn apply(&self, desired: &DesiredApps) {
+    pub async fn apply(&self, desired: &DesiredApps, elsewhere: &HashSet<AppName>) {
         let _one_at_a_time = self.inner.applying.lock().await;
         let to_run = desired
             .entries()
@@ -178,6 +189,7 @@ impl Workers {
         for d in desired.entries() {
             let current = apps.remove(&d.app);
             let next = match resolved.remove(&d.app) {
+                Some(Resolved::Ready(..)) if elsewhere.contains(&d.app) => to_standby(d, current),
                 Some(found) => self.to_run(d, current, found),
                 None => to_stop(d, current),
             };
@@ -440,6 +452,16 @@ impl Workers {
 }
 
 /// The entry for `d`, an app to stop; `current` is its entry so far.
+/// The entry for `d`, an app this peer has but that is placed on others:
+/// its workers, if any, stop as for a stop decision.
+fn to_standby(d: &DesiredApp, current: Option<Entry>) -> Entry {
+    if let Some(Entry::Running(r)) = current {
+        tracing::info!(app = %d.app, "stopping app: placed on other peers");
+        r.shutdown();
+    }
+    Entry::Standby { clock: d.clock }
+}
+
 fn to_stop(d: &DesiredApp, current: Option<Entry>) -> Entry {
     if let Some(Entry::Running(r)) = current {
         tracing::info!(app = %d.app, "stopping app");
@@ -541,7 +563,7 @@ mod tests {
             self.desired
                 .set(Self::app(), true, None, "test", now)
                 .unwrap();
-            self.workers.apply(&self.desired).await;
+            self.workers.apply(&self.desired, &HashSet::new()).await;
         }
 
         fn submit(&self, payload: &str) -> oneshot::Receiver<Result<String, JobError>> {

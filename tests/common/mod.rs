@@ -159,6 +159,9 @@ pub struct PeerOpts {
     /// `--apps`; without it the peer gets a directory that does not exist.
     pub apps: Option<PathBuf>,
     pub extra: Vec<String>,
+    /// Start it as the original README did: `peer LISTEN [BOOTSTRAP]...`
+    /// instead of `--listen` and `--bootstrap`.
+    pub positional: bool,
 }
 
 /// The repository's own `apps/` (echo, wordcount).
@@ -208,15 +211,20 @@ impl Peer {
             .open(&log)
             .expect("log file");
         let mut cmd = Command::new(BIN);
-        cmd.arg("peer")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", opts.listen_port));
+        cmd.arg("peer");
+        if opts.positional {
+            cmd.arg(format!("127.0.0.1:{}", opts.listen_port));
+            cmd.args(&opts.bootstrap);
+        } else {
+            cmd.arg("--listen")
+                .arg(format!("127.0.0.1:{}", opts.listen_port));
+        }
         // `extra` may bind the HTTP endpoint elsewhere (with a token).
         if !opts.extra.iter().any(|a| a == "--http") {
             cmd.arg("--http")
                 .arg(format!("127.0.0.1:{}", opts.http_port));
         }
-        for b in &opts.bootstrap {
+        for b in opts.bootstrap.iter().filter(|_| !opts.positional) {
             cmd.arg("--bootstrap").arg(b);
         }
         if let Some(id) = &opts.identity {

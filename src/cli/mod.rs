@@ -14,12 +14,24 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod file;
+pub use file::{FileError, ParseError, parse_from};
+
+/// `--version`: the package version and the git revision it was built
+/// from (`unknown` outside a git checkout; see `build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("DISRUPTOR_GIT_REV"),
+    ")"
+);
+
 /// The command line of `disruptor`: a subcommand, and the log format of
 /// all of them.
 #[derive(Debug, Parser)]
 #[command(
     name = "disruptor",
-    version,
+    version = VERSION,
     about = "A decentralized realtime computation mesh",
     long_about = "A decentralized realtime computation mesh.\n\n\
         Peers find each other over libp2p from the address of any one other peer; \
@@ -30,7 +42,13 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log lines as text for people, or as JSON objects for machines.
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "DISRUPTOR_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -54,7 +72,8 @@ pub enum Command {
     Peers(PeersArgs),
     /// Print the mesh as the dashboard shows it: peers, apps, rates, errors.
     Status(StatusArgs),
-    /// Start an app's workers on every peer of the mesh that has the app.
+    /// Start an app's workers on every peer of the mesh that has the app
+    /// (or on N of them: --peers; or on labelled ones: --on).
     Start(StartArgs),
     /// Stop an app's workers on every peer of the mesh.
     Stop(StopArgs),
@@ -66,6 +85,19 @@ pub enum Command {
     Deploy(DeployArgs),
     /// Write a new pre-shared key for a private mesh, or an admin key.
     Keygen(KeygenArgs),
+    /// Print a shell completion script (e.g. `disruptor completions bash
+    /// > /etc/bash_completion.d/disruptor`).
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff; `disruptor man | man -l -`).
+    Man,
+}
+
+/// `disruptor completions SHELL`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `disruptor peer`'s flags, as typed:
@@ -73,65 +105,113 @@ pub enum Command {
 /// them and reads the files they name.
 #[derive(Debug, Args)]
 pub struct PeerArgs {
+    /// Address to listen on, as in `disruptor peer LISTEN [BOOTSTRAP]...`:
+    /// the same as --listen (give one or the other).
+    #[arg(value_name = "LISTEN")]
+    pub listen_at: Option<String>,
+
+    /// Peers already in the mesh, after LISTEN: the same as --bootstrap
+    /// (give one or the other).
+    #[arg(value_name = "BOOTSTRAP")]
+    pub join: Vec<String>,
+
+    /// A TOML file of settings: its keys are this command's long flags
+    /// (`listen = ["0.0.0.0:4001"]`, `psk-file = "mesh.key"`). Flags and
+    /// DISRUPTOR_* environment variables win over it.
+    #[arg(long, value_name = "FILE", env = "DISRUPTOR_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// A label of this peer, `NAME` or `NAME=VALUE` (e.g. gpu, zone=eu),
+    /// for `disruptor start --on`. May repeat (at most 16).
+    #[arg(long = "label", value_name = "LABEL", env = "DISRUPTOR_LABEL", value_delimiter = ',',
+          value_parser = parse_label)]
+    pub labels: Vec<String>,
+
     /// Address to listen on for other peers: HOST:PORT or a multiaddr
     /// (e.g. /ip4/0.0.0.0/tcp/4001). May repeat. Port 0 picks a free port.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:4001")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:4001",
+        env = "DISRUPTOR_LISTEN",
+        value_delimiter = ','
+    )]
     pub listen: Vec<String>,
 
     /// Address of any peer already in the mesh: HOST:PORT or a multiaddr
     /// (optionally ending in /p2p/PEER_ID). May repeat. The first peer has none.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "DISRUPTOR_BOOTSTRAP",
+        value_delimiter = ','
+    )]
     pub bootstrap: Vec<String>,
 
     /// Local HTTP endpoint (status page and API). On loopback by default;
     /// any other address needs `--http-token-file`.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:8080",
+        env = "DISRUPTOR_HTTP"
+    )]
     pub http: String,
 
     /// File holding this peer's private key; created if missing, so the peer
     /// keeps its peer id across restarts. Without it the id is new every start.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "DISRUPTOR_IDENTITY")]
     pub identity: Option<PathBuf>,
 
     /// Pre-shared key file (see `disruptor keygen`): only peers holding the
     /// same key can connect. Without it the mesh is open to any disruptor peer.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "DISRUPTOR_PSK_FILE")]
     pub psk_file: Option<PathBuf>,
 
     /// How often this peer announces itself to the mesh (its addresses,
     /// apps, load; changes go out at once). Answered pings (every 15 s)
     /// also count as hearing from a peer.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, env = "DISRUPTOR_ANNOUNCE_INTERVAL")]
     pub announce_interval: Duration,
 
     /// A peer not heard from for this long (no announcement and no answered
     /// ping) is marked down (a lost connection that cannot be re-established
     /// marks it down sooner).
-    #[arg(long, value_name = "DURATION", default_value = "4s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "4s", value_parser = parse_duration, env = "DISRUPTOR_DOWN_AFTER")]
     pub down_after: Duration,
 
     /// A peer that has been down for this long is forgotten.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, env = "DISRUPTOR_FORGET_AFTER")]
     pub forget_after: Duration,
 
     /// Time allowed to open and secure a connection to another peer. A peer
     /// with a different pre-shared key is only noticed when this runs out.
-    #[arg(long, value_name = "DURATION", default_value = "4s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "4s", value_parser = parse_duration, env = "DISRUPTOR_CONNECT_TIMEOUT")]
     pub connect_timeout: Duration,
 
     /// Directory of worker apps: `apps/<path>` names `<DIR>/<path>`.
-    #[arg(long, value_name = "DIR", default_value = "./apps")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "./apps",
+        env = "DISRUPTOR_APPS"
+    )]
     pub apps: PathBuf,
 
     /// Where deployed app bundles are kept (content-addressed: peers on one
     /// machine may share it).
-    #[arg(long, value_name = "DIR", default_value = "./disruptor-data")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "./disruptor-data",
+        env = "DISRUPTOR_DATA_DIR"
+    )]
     pub data_dir: PathBuf,
 
     /// Never install app bundles deployed by others (`disruptor deploy`),
     /// even when signed by an admin: run only what the `--apps` directory
     /// has. (A peer without `--admin` never installs bundles anyway.)
-    #[arg(long)]
+    #[arg(long, env = "DISRUPTOR_NO_REMOTE_DEPLOY")]
     pub no_remote_deploy: bool,
 
     /// An admin's public key (`ed25519:...`, as `disruptor keygen --admin`
@@ -148,32 +228,38 @@ pub struct PeerArgs {
     pub admins: Vec<String>,
 
     /// File of admin public keys, one per line (`#` starts a comment).
-    #[arg(long = "admins", value_name = "FILE")]
+    #[arg(long = "admins", value_name = "FILE", env = "DISRUPTOR_ADMINS")]
     pub admins_file: Option<PathBuf>,
 
     /// A host name this peer's HTTP endpoint answers to, besides its bound
     /// address and loopback names (requests naming another `Host` are
     /// refused, which defeats DNS rebinding). May repeat.
-    #[arg(long, value_name = "NAME")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "DISRUPTOR_HTTP_HOST",
+        value_delimiter = ','
+    )]
     pub http_host: Vec<String>,
 
     /// File holding a bearer token (one line, at least 16 characters) that
     /// every HTTP request except `GET /healthz` must carry. Required when
     /// `--http` listens on an address other than loopback.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "DISRUPTOR_HTTP_TOKEN_FILE")]
     pub http_token_file: Option<PathBuf>,
 
     /// Largest app bundle accepted (compressed), in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = crate::deploy::DEFAULT_MAX_BUNDLE_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = crate::deploy::DEFAULT_MAX_BUNDLE_BYTES, env = "DISRUPTOR_MAX_BUNDLE_BYTES")]
     pub max_bundle_bytes: u64,
 
     /// Largest job accepted, in bytes (larger ones get 413).
-    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024, env = "DISRUPTOR_MAX_JOB_BYTES")]
     pub max_job_bytes: usize,
 
     /// Worker processes per app on this peer when neither `start --workers`
     /// nor the app's manifest says [default: one per core].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "DISRUPTOR_WORKERS",
+          value_parser = clap::value_parser!(u32).range(1..=crate::apps::MAX_WORKERS_PER_APP as i64))]
     pub workers: Option<u32>,
 
     /// Threads of the peer's own async runtime [default: half the cores,
@@ -185,42 +271,42 @@ pub struct PeerArgs {
 
     /// Further attempts for a job whose peer was lost or whose worker died
     /// before answering (at-least-once: such a job may run twice).
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10), env = "DISRUPTOR_RETRIES")]
     pub retries: u32,
 
     /// How a job's worker is chosen: random (each live worker equally
     /// likely) or least-loaded (the less busy of two random candidates).
     /// A request may override it with `?dispatch=`.
-    #[arg(long, value_enum, default_value_t = crate::dispatch::Policy::Random)]
+    #[arg(long, value_enum, default_value_t = crate::dispatch::Policy::Random, env = "DISRUPTOR_DISPATCH")]
     pub dispatch: crate::dispatch::Policy,
 
     /// On SIGTERM/SIGINT, how long the peer keeps running the jobs it has
     /// (taking no new ones) before it stops its workers.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "DISRUPTOR_DRAIN_GRACE")]
     pub drain_grace: Duration,
 
     /// Open HTTP connections at most; more are closed as they arrive.
-    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), env = "DISRUPTOR_HTTP_MAX_CONNECTIONS")]
     pub http_max_connections: usize,
 
     /// Time a client has to send a request's headers (and the longest an
     /// idle keep-alive connection is kept).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "DISRUPTOR_HTTP_HEADER_TIMEOUT")]
     pub http_header_timeout: Duration,
 
     /// Time a client has to send a job's body (for a stream of jobs: the
     /// longest pause between two pieces of it).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, env = "DISRUPTOR_HTTP_BODY_TIMEOUT")]
     pub http_body_timeout: Duration,
 
     /// How long a worker gets between SIGTERM and SIGKILL when it is stopped.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, env = "DISRUPTOR_WORKER_GRACE")]
     pub worker_grace: Duration,
 
     /// Most bytes the installed bundles may take together, archives plus
     /// unpacked files [default: 18 times --max-bundle-bytes: room for two
     /// of the largest bundles].
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", env = "DISRUPTOR_MAX_STORE_BYTES")]
     pub max_store_bytes: Option<u64>,
 }
 
@@ -253,6 +339,15 @@ pub struct StartArgs {
     /// Worker processes per peer (default: the app's manifest, else one per core).
     #[arg(long, value_name = "N")]
     pub workers: Option<u32>,
+    /// Run it on this many peers only (of those that have the app and
+    /// match --on), not on all; when one of them goes down another takes
+    /// its place.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub peers: Option<u32>,
+    /// Run it only on peers with this label (`NAME`: any value, or
+    /// `NAME=VALUE`; see `peer --label`). May repeat: all must match.
+    #[arg(long = "on", value_name = "LABEL", value_parser = parse_label)]
+    pub on: Vec<String>,
     /// The admin key to sign the decision with.
     #[command(flatten)]
     pub signing: Signing,
@@ -398,6 +493,10 @@ pub struct KeygenArgs {
     /// Overwrite FILE if it exists.
     #[arg(long)]
     pub force: bool,
+}
+
+fn parse_label(s: &str) -> Result<String, String> {
+    crate::mesh::labels::Label::parse(s).map(|l| l.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
