@@ -83,6 +83,21 @@ pub struct PlacementView {
     pub placed: Vec<String>,
 }
 
+impl PlacementView {
+    /// For people: `placed on 2 peers labelled zone=eu (5 can run it)`.
+    pub fn summary(&self) -> String {
+        let mut out = match self.peers {
+            Some(n) => format!("placed on {n} peer{}", if n == 1 { "" } else { "s" }),
+            None => "placed on every peer".to_string(),
+        };
+        if !self.on.is_empty() {
+            out.push_str(&format!(" labelled {}", self.on));
+        }
+        out.push_str(&format!(" ({} can run it)", self.eligible));
+        out
+    }
+}
+
 impl AppsView {
     /// Adds the placement of every app that `desired` runs with `--peers`
     /// or `--on`, computed over the peers of `mesh` that are up.

@@ -287,6 +287,13 @@ fn placement_on_n_peers_survives_a_death_and_labels_choose_peers() {
         "{keeper} kept its place: {after:?}"
     );
     assert!(!after.contains(&running[0]));
+    // `status` shows the placement.
+    let out = cli(&["status", &witness.http]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("2 peers, placed on 2 peers (4 can run it)"),
+        "{text}"
+    );
     // Jobs reach it from any peer.
     for p in &survivors {
         let resp = http_client()

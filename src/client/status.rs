@@ -175,9 +175,14 @@ fn app_row(app: &String, apps: &AppsView, stats: &StatsView) -> Vec<String> {
         .and_then(|p| p.p99_ms)
         .map(|v| format!("{v:.1}ms"))
         .unwrap_or_else(|| "-".into());
+    let placed = apps
+        .placement
+        .get(app)
+        .map(|p| format!(", {}", p.summary()))
+        .unwrap_or_default();
     vec![
         app.clone(),
-        format!("{running} peers"),
+        format!("{running} peers{placed}"),
         workers.to_string(),
         format!("{rate:.1}"),
         p99,

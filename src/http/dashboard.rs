@@ -393,7 +393,8 @@ fn app_cards(apps: &AppsView, stats: &StatsView) -> String {
     let mut s = String::from("<div class=\"apps\">");
     for app in names {
         let pts = stats.apps.get(app).map_or(&[][..], |p| &p[..]);
-        app_card(&mut s, app, apps.mesh.get(app), pts);
+        let placed = apps.placement.get(app).map(|p| p.summary());
+        app_card(&mut s, app, apps.mesh.get(app), placed, pts);
     }
     s.push_str("</div>");
     s
@@ -405,6 +406,7 @@ fn app_card(
     s: &mut String,
     app: &str,
     per_peer: Option<&BTreeMap<String, AppStatus>>,
+    placed: Option<String>,
     pts: &[Point],
 ) {
     let statuses = || per_peer.into_iter().flat_map(|m| m.values());
@@ -422,8 +424,11 @@ fn app_card(
     let what = if app == crate::obs::metrics::OTHER_APP {
         "jobs for apps the mesh does not run, counted together".to_string()
     } else {
+        let placed = placed
+            .map(|p| format!(" ({})", esc(&p)))
+            .unwrap_or_default();
         format!(
-            "running on {running} peer{} · {workers} workers · {in_flight} in flight",
+            "running on {running} peer{}{placed} · {workers} workers · {in_flight} in flight",
             if running == 1 { "" } else { "s" }
         )
     };
