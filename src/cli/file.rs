@@ -57,7 +57,19 @@ impl fmt::Display for FileError {
 impl std::error::Error for FileError {}
 
 impl From<clap::Error> for ParseError {
-    fn from(e: clap::Error) -> Self {
+    fn from(mut e: clap::Error) -> Self {
+        // With the positional LISTEN, clap suggests `-- --flag` for an
+        // unknown flag, as if it were meant as an address: it never is.
+        use clap::error::{ContextKind, ContextValue};
+        if let Some(ContextValue::StyledStrs(tips)) = e.remove(ContextKind::Suggested) {
+            let kept: Vec<_> = tips
+                .into_iter()
+                .filter(|t| !t.to_string().contains("as a value, use '"))
+                .collect();
+            if !kept.is_empty() {
+                e.insert(ContextKind::Suggested, ContextValue::StyledStrs(kept));
+            }
+        }
         ParseError::Clap(e)
     }
 }
