@@ -25,10 +25,18 @@ fn git_rev() -> Option<String> {
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
     let dir = git(&["rev-parse", "--git-dir"])?;
-    println!("cargo:rerun-if-changed={dir}/HEAD");
-    println!("cargo:rerun-if-changed={dir}/packed-refs");
+    // Only files that exist: cargo takes a missing one as changed, and
+    // would run this script, and rebuild the crate, on every build.
+    let mut watch = vec![
+        format!("{dir}/HEAD"),
+        format!("{dir}/packed-refs"),
+        format!("{dir}/refs/heads"),
+    ];
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        println!("cargo:rerun-if-changed={dir}/{branch}");
+        watch.push(format!("{dir}/{branch}"));
+    }
+    for path in watch.iter().filter(|p| std::path::Path::new(p).exists()) {
+        println!("cargo:rerun-if-changed={path}");
     }
     git(&["rev-parse", "--short=12", "HEAD"])
 }
