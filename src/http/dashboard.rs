@@ -583,6 +583,41 @@ mod tests {
     }
 
     #[test]
+    fn a_placed_app_says_where_it_is_placed() {
+        use crate::mesh::labels::Labels;
+        use crate::mesh::placement::Placement;
+        let view = MeshView {
+            local: SelfView {
+                id: "12D3KooWself0000".into(),
+                listen: vec![],
+                http: "127.0.0.1:8001".into(),
+                started_ms: 1_000,
+                private: false,
+                labels: Labels::parse_all(&["zone=eu"]).unwrap(),
+            },
+            peers: vec![peer("12D3KooWaaaa1111", "up", &[])],
+        };
+        let app = crate::apps::AppName::parse("apps/x").unwrap();
+        let mut desired = crate::mesh::desired::DesiredApps::default();
+        let placement = Placement {
+            peers: Some(1),
+            on: Labels::parse_all(&["zone"]).unwrap(),
+        };
+        desired
+            .set_placed(app, true, None, placement, "me", 1_000)
+            .unwrap();
+        let apps = AppsView::build(&view.local.id, vec![], &view).with_placement(&desired, &view);
+        assert_eq!(apps.placement["apps/x"].placed, ["12D3KooWself0000"]);
+        let mut apps = apps;
+        apps.mesh.entry("apps/x".into()).or_default();
+        let page = page(&view, &apps, &Stats::default().view(62_000), 62_000);
+        assert!(
+            page.contains("(placed on 1 peer labelled zone (1 can run it))"),
+            "{page}"
+        );
+    }
+
+    #[test]
     fn ages_read_naturally() {
         assert_eq!(ago(61_000, 0), "1m 1s");
         assert_eq!(ago(3_600_000 * 25, 0), "1d 1h");
