@@ -454,6 +454,16 @@ mod tests {
         let mut long = entry(1);
         long.origin = "o".repeat(MAX_ORIGIN + 1);
         assert_eq!(a.merge(long, &none(), NOW), Err(Refusal::Invalid));
+        let mut crowd = entry(1);
+        crowd.peers = Some(MAX_PEERS_PLACED + 1);
+        assert_eq!(a.merge(crowd, &none(), NOW), Err(Refusal::Invalid));
+        let mut nobody = entry(1);
+        nobody.peers = Some(0);
+        assert_eq!(a.merge(nobody, &none(), NOW), Err(Refusal::Invalid));
+        let mut picky = entry(1);
+        let five: Vec<String> = (0..=MAX_SELECTORS).map(|i| format!("l{i}")).collect();
+        picky.on = Labels::parse_all(&five).unwrap();
+        assert_eq!(a.merge(picky, &none(), NOW), Err(Refusal::Invalid));
         let mut future = entry(1);
         future.run = false;
         future.at_ms = NOW + MAX_FUTURE.as_millis() as u64 + 1;
@@ -467,6 +477,8 @@ mod tests {
         edge.workers = Some(MAX_WORKERS_PER_APP);
         edge.origin = "o".repeat(MAX_ORIGIN);
         edge.at_ms = NOW + MAX_FUTURE.as_millis() as u64;
+        edge.peers = Some(MAX_PEERS_PLACED);
+        edge.on = Labels::parse_all(&five[..MAX_SELECTORS]).unwrap();
         assert_eq!(b.merge(edge, &none(), NOW), Ok(true));
         assert!(b.set(app(), false, None, "me", NOW).unwrap().clock > MAX_CLOCK_JUMP);
     }

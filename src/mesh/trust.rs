@@ -342,7 +342,7 @@ mod tests {
         assert_eq!(check(&d, &admins), Ok(()));
         assert_eq!(check(&d, &Admins::default()), Ok(()));
         type Alter = fn(&mut DesiredApp);
-        let alterations: [(&str, Alter); 9] = [
+        let alterations: [(&str, Alter); 11] = [
             ("app", |d| d.app = AppName::parse("apps/y").unwrap()),
             ("run", |d| d.run = false),
             ("workers", |d| d.workers = Some(3)),
@@ -354,6 +354,10 @@ mod tests {
             ("clock", |d| d.clock += 1),
             ("origin", |d| d.origin.push('x')),
             ("at", |d| d.at_ms += 1),
+            ("peers", |d| d.peers = Some(1)),
+            ("on", |d| {
+                d.on = crate::mesh::labels::Labels::parse_all(&["gpu"]).unwrap()
+            }),
         ];
         for (what, alter) in alterations {
             let mut bad = d.clone();
@@ -369,6 +373,22 @@ mod tests {
         let mut no_bundle = d.clone();
         no_bundle.bundle = None;
         assert_eq!(check(&no_bundle, &admins), Err(Refusal::BadSignature));
+        // A placed decision: its placement is signed too.
+        let mut placed = decision();
+        placed.peers = Some(2);
+        placed.on = crate::mesh::labels::Labels::parse_all(&["zone=eu"]).unwrap();
+        k.sign(&mut placed);
+        assert_eq!(check(&placed, &admins), Ok(()));
+        for alter in [
+            (|d: &mut DesiredApp| d.peers = Some(3)) as Alter,
+            |d| d.peers = None,
+            |d| d.on = crate::mesh::labels::Labels::parse_all(&["zone=us"]).unwrap(),
+            |d| d.on = Default::default(),
+        ] {
+            let mut bad = placed.clone();
+            alter(&mut bad);
+            assert_eq!(check(&bad, &admins), Err(Refusal::BadSignature), "{bad:?}");
+        }
     }
 
     #[test]
