@@ -22,6 +22,11 @@ pub const REFRESH_MS: u32 = 1000;
 const ID_CHARS: usize = 10;
 /// Characters of a deployed version (a bundle's SHA-256) shown.
 const VERSION_CHARS: usize = 8;
+/// Up to this many nodes, the picture draws every announced link and
+/// labels every node; beyond, it draws smaller unlabelled nodes and only
+/// this peer's own connections (a full mesh of 150 would be 11,000 lines
+/// every second, and its labels would overlap).
+const DENSE: usize = 24;
 /// An empty cell.
 const NOTHING: &str = "<span class=\"muted\">–</span>";
 
@@ -72,6 +77,7 @@ tr.down td{color:var(--mut)}
 .chart .val{white-space:nowrap;font-size:.9em}
 .err td{font-size:.9em}
 svg text{font:11px ui-monospace,monospace}
+.scroll{max-height:32em;overflow:auto}
 footer{padding:0 1.5em 1.5em;color:var(--mut)}
 footer a{color:var(--mut)}
 "#;
@@ -133,8 +139,8 @@ pub fn fragment(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -
         .apps
         .values()
         .filter_map(|pts| pts.iter().rev().nth(1))
-        .map(|p| p.rate)
-        .sum();
+        // A fold from +0: an empty f64 sum is -0.0, shown as "-0".
+        .fold(0.0, |sum, p| sum + p.rate);
     let _ = write!(
         h,
         r#"<section class="card wide"><div class="counts">
@@ -151,10 +157,18 @@ pub fn fragment(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -
     );
     h.push_str(r#"<section class="card"><h2>Mesh</h2>"#);
     h.push_str(&mesh_svg(view));
-    h.push_str(r#"<div class="muted">lines: live connections · grey: down · blue ring: this peer</div></section>"#);
-    h.push_str(r#"<section class="card"><h2>Peers</h2>"#);
+    let lines = if view.peers.len() + 1 > DENSE {
+        "lines: this peer's live connections (the others' are left out at this size)"
+    } else {
+        "lines: live connections"
+    };
+    let _ = write!(
+        h,
+        r#"<div class="muted">{lines} · grey: down · blue ring: this peer · hover a node for its id</div></section>"#
+    );
+    h.push_str(r#"<section class="card"><h2>Peers</h2><div class="scroll">"#);
     h.push_str(&peer_table(view, apps, now));
-    h.push_str("</section>");
+    h.push_str("</div></section>");
     h.push_str(r#"<section class="card wide"><h2>Apps</h2>"#);
     h.push_str(&app_cards(apps, stats));
     h.push_str("</section>");
@@ -168,12 +182,20 @@ pub fn fragment(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -
 /// the top; a line for each live connection.
 fn mesh_svg(view: &MeshView) -> String {
     let ids = circle_order(view);
+    let dense = ids.len() > DENSE;
+    // Past DENSE, nodes shrink to stay separate dots: a diameter of at
+    // most 80% of their spacing on the circle (place()'s radius is 125).
+    let r = if dense {
+        (0.4 * std::f64::consts::TAU * 125.0 / ids.len() as f64).clamp(2.0, 14.0)
+    } else {
+        14.0
+    };
     let peer = |id: &str| view.peers.iter().find(|p| p.id == id);
     let is_down = |i: usize| i != 0 && peer(ids[i]).is_some_and(|p| !p.is_up());
     let mut s = String::from(
         r#"<svg id="mesh" viewBox="0 0 340 330" width="100%" style="max-width:380px" role="img" aria-label="mesh">"#,
     );
-    for (a, b) in edges(view, &ids) {
+    for (a, b) in edges(view, &ids, !dense) {
         let ((x1, y1), (x2, y2)) = (place(a, ids.len()), place(b, ids.len()));
         let _ = write!(
             s,
@@ -192,16 +214,26 @@ fn mesh_svg(view: &MeshView) -> String {
             _ => ("#cbd5e1", "down"),
         };
         let ring = if i == 0 {
-            r##"<circle r="19" fill="none" stroke="#2563eb" stroke-width="2"/>"##
+            format!(
+                r##"<circle r="{:.1}" fill="none" stroke="#2563eb" stroke-width="2"/>"##,
+                r + 5.0
+            )
         } else {
-            ""
+            String::new()
+        };
+        let label = if dense {
+            String::new()
+        } else {
+            format!(
+                r##"<text y="30" text-anchor="middle" fill="#374151">{}</text>"##,
+                esc(&short_id(id, ID_CHARS))
+            )
         };
         let (x, y) = place(i, ids.len());
         let _ = write!(
             s,
-            r##"<g class="node" data-peer="{id}" data-state="{state}" transform="translate({x:.1},{y:.1})"><title>{id} ({state})</title>{ring}<circle r="14" fill="{fill}"/><text y="30" text-anchor="middle" fill="#374151">{short}</text></g>"##,
+            r##"<g class="node" data-peer="{id}" data-state="{state}" transform="translate({x:.1},{y:.1})"><title>{id} ({state})</title>{ring}<circle r="{r:.1}" fill="{fill}"/>{label}</g>"##,
             id = esc(id),
-            short = esc(&short_id(id, ID_CHARS)),
         );
     }
     s.push_str("</svg>");
@@ -228,9 +260,9 @@ fn place(i: usize, n: usize) -> (f64, f64) {
 }
 
 /// The picture's lines, as pairs of nodes (lower first): this peer to
-/// each peer it is connected to, and each peer that is up to the peers it
-/// announced links to.
-fn edges(view: &MeshView, ids: &[&str]) -> BTreeSet<(usize, usize)> {
+/// each peer it is connected to, and (with `announced`) each peer that is
+/// up to the peers it announced links to.
+fn edges(view: &MeshView, ids: &[&str], announced: bool) -> BTreeSet<(usize, usize)> {
     let index = |id: &str| ids.iter().position(|x| *x == id);
     let mut edges = BTreeSet::new();
     for p in &view.peers {
@@ -238,7 +270,7 @@ fn edges(view: &MeshView, ids: &[&str]) -> BTreeSet<(usize, usize)> {
         if p.connected {
             edges.insert((0, i)); // this peer is node 0
         }
-        if !p.is_up() {
+        if !p.is_up() || !announced {
             continue;
         }
         for l in &p.links {
@@ -615,6 +647,47 @@ mod tests {
             page.contains("(placed on 1 peer labelled zone (1 can run it))"),
             "{page}"
         );
+    }
+
+    #[test]
+    fn a_mesh_of_150_stays_readable_and_small() {
+        let ids: Vec<String> = (0..150).map(|i| format!("12D3KooWpeer{i:04}")).collect();
+        let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // A full mesh: every peer announces links to every other.
+        let view = MeshView {
+            local: SelfView {
+                id: "12D3KooWself0000".into(),
+                listen: vec![],
+                http: "127.0.0.1:8001".into(),
+                started_ms: 1_000,
+                private: false,
+                labels: Default::default(),
+            },
+            peers: ids.iter().map(|id| peer(id, "up", &all)).collect(),
+        };
+        let apps = AppsView::build(&view.local.id, vec![], &view);
+        let live = fragment(&view, &apps, &Stats::default().view(62_000), 62_000);
+        // Every peer is a node, and in the table (which scrolls).
+        assert_eq!(live.matches(r#"class="node""#).count(), 151);
+        assert_eq!(live.matches("<tr ").count(), 151, "a row per peer");
+        assert!(live.contains(r#"<div class="scroll"><table id="peers">"#));
+        // Only this peer's connections are drawn, and no node labels.
+        assert_eq!(live.matches("<line x1").count(), 150);
+        let svg = &live[live.find("<svg id=\"mesh\"").unwrap()..];
+        let svg = &svg[..svg.find("</svg>").unwrap()];
+        assert!(!svg.contains("<text"), "no labels at this size");
+        assert!(live.contains("this peer's live connections"));
+        assert!(live.contains(">0<span>jobs/s"), "no jobs: 0, not -0");
+        assert!(live.len() < 200_000, "{} bytes every second", live.len());
+        // At DENSE peers, the picture is as before: all links, labels.
+        let small = MeshView {
+            peers: view.peers[..DENSE - 1].to_vec(),
+            ..view.clone()
+        };
+        let live = fragment(&small, &apps, &Stats::default().view(62_000), 62_000);
+        let n = DENSE - 1;
+        assert_eq!(live.matches("<line x1").count(), n + n * (n - 1) / 2);
+        assert!(live.contains("<text y=\"30\""));
     }
 
     #[test]
