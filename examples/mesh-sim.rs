@@ -43,6 +43,11 @@ fn main() {
         eprintln!("mesh-sim: --loss takes a probability in [0, 1)");
         std::process::exit(2);
     }
+    // Every size is checked before anything is printed or run.
+    if let Some(n) = args.peers.iter().find(|&&n| n < 3) {
+        eprintln!("mesh-sim: --peers {n}: a mesh needs at least 3 peers to kill one and watch");
+        std::process::exit(2);
+    }
     println!(
         "mesh-sim: chain start {} ms apart, latency 1-5 ms, loss {}, seed {}, probe 1 s, gossip 200 ms x 3, ids of 38 bytes",
         args.start_gap_ms, args.loss, args.seed
@@ -66,10 +71,6 @@ fn main() {
     let rounds =
         |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1}", d.as_secs_f64()));
     for &n in &args.peers {
-        if n < 3 {
-            eprintln!("mesh-sim: a mesh needs at least 3 peers to kill one and watch");
-            std::process::exit(2);
-        }
         let wall = Instant::now();
         let mut cfg = SimConfig::new(n, args.loss, args.seed);
         cfg.start_gap = Duration::from_millis(args.start_gap_ms);
