@@ -33,6 +33,7 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 use crate::http::error_response;
 
@@ -260,7 +261,9 @@ impl Guard {
         if req.uri().path() != "/" || query_token(req.uri()).is_none() {
             return None;
         }
-        let cookie = format!("{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+        // Percent-encoded: a token may hold `;` or `,`, which end a cookie.
+        let value = utf8_percent_encode(token, COOKIE_VALUE);
+        let cookie = format!("{TOKEN_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/");
         let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -275,18 +278,40 @@ fn token_presented(token: &str, headers: &HeaderMap, safe: bool, uri: &Uri) -> b
     let bearer = header_str(headers, header::AUTHORIZATION.as_str())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| same_secret(t.trim(), token));
-    let cookie_ok = || cookie(headers, TOKEN_COOKIE).is_some_and(|t| same_secret(t, token));
-    let query_ok = || uri.path() == "/" && query_token(uri).is_some_and(|t| same_secret(t, token));
+    let cookie_ok = || {
+        cookie(headers, TOKEN_COOKIE)
+            .and_then(decoded)
+            .is_some_and(|t| same_secret(&t, token))
+    };
+    let query_ok = || uri.path() == "/" && query_token(uri).is_some_and(|t| same_secret(&t, token));
     bearer || (safe && (cookie_ok() || query_ok()))
 }
 
-/// The `token` parameter of a query (tokens are printable ASCII without
-/// spaces, so no decoding is needed).
-fn query_token(uri: &Uri) -> Option<&str> {
+/// The `token` parameter of a query, percent-decoded: a token may hold
+/// `&`, `%`, `#` or `+`, which a browser's address bar or a script encodes.
+/// (`+` stays `+`: tokens have no spaces.)
+fn query_token(uri: &Uri) -> Option<String> {
     uri.query()?
         .split('&')
         .find_map(|kv| kv.strip_prefix("token="))
+        .and_then(decoded)
 }
+
+/// `s` percent-decoded, if that is UTF-8.
+fn decoded(s: &str) -> Option<String> {
+    percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+/// What the token cookie's value encodes: all but letters, digits and
+/// `-._~`.
+const COOKIE_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// The value of `name`, if it is valid text.
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -451,6 +476,51 @@ mod tests {
                 Method::GET,
                 "/api/peers",
                 &[host, ("origin", "http://evil.example")]
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_token_with_url_and_cookie_delimiters_works_in_the_address_bar() {
+        // Printable, no spaces: every character a token file may hold.
+        let token = "a&b%c;d+e#f=g,h/0123456789";
+        let g = Guard {
+            hosts: Vec::new(),
+            token: Some(token.into()),
+        };
+        let host = ("host", "10.0.0.5:8080");
+        let encoded = utf8_percent_encode(token, NON_ALPHANUMERIC).to_string();
+        let login = format!("/?token={encoded}");
+        assert_eq!(verdict(&g, Method::GET, &login, &[host]), None);
+        assert_eq!(
+            verdict(&g, Method::GET, "/?token=a&b", &[host]),
+            Some(Refused::Token)
+        );
+        // The login sets a cookie that opens the pages afterwards.
+        let req = Request::builder()
+            .uri(login.as_str())
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = g.token_login(&req).expect("a login answer");
+        let set = resp.headers()[header::SET_COOKIE].to_str().unwrap();
+        let pair = set.split(';').next().unwrap();
+        assert!(
+            !pair.contains(',') && pair.matches('=').count() == 1,
+            "{set}"
+        );
+        let cookie = ("cookie", pair);
+        assert_eq!(
+            verdict(&g, Method::GET, "/api/peers", &[host, cookie]),
+            None
+        );
+        let bearer = format!("Bearer {token}");
+        assert_eq!(
+            verdict(
+                &g,
+                Method::GET,
+                "/api/peers",
+                &[host, ("authorization", &bearer)]
             ),
             None
         );
