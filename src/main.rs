@@ -59,7 +59,12 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Peer(args) => {
-            let config = PeerConfig::from_args(&args)?;
+            let config =
+                PeerConfig::from_args(&args).map_err(|e| match args.where_set(&e.to_string()) {
+                    // Say where a value that the config file set came from.
+                    Some(place) => ConfigError::Value(format!("{e} (set in {place})")),
+                    None => e,
+                })?;
             disruptor::peer::run(config).await
         }
         Command::Peers(args) => client::peers(args).await,

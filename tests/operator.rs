@@ -110,6 +110,11 @@ fn a_bad_config_file_names_the_line_and_exits_2() {
         ),
         ("listen = [\n", "not TOML"),
         ("label = [\"zone==eu\"]\n", "label"),
+        // A check after parsing (two flags' relation) still names the line.
+        (
+            "\nannounce-interval = \"9s\"\n",
+            "must be longer than --announce-interval (9s) (set in",
+        ),
     ];
     for (i, (text, needle)) in cases.into_iter().enumerate() {
         let path = config(dir.path(), &format!("bad{i}.toml"), text);

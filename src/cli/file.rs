@@ -83,6 +83,7 @@ where
 {
     let mut argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
     let mut cmd = Cli::command();
+    let mut from_file = Vec::new();
     let matches = cmd.try_get_matches_from_mut(argv.clone())?;
     if let Some(("peer", peer)) = matches.subcommand() {
         check_positional(&mut cmd, peer)?;
@@ -91,7 +92,9 @@ where
                 .find_subcommand("peer")
                 .expect("the peer subcommand")
                 .clone();
-            argv.extend(file_args(&peer_cmd, peer, path).map_err(ParseError::File)?);
+            let (args, lines) = file_args(&peer_cmd, peer, path).map_err(ParseError::File)?;
+            argv.extend(args);
+            from_file = lines;
         }
     }
     let mut matches = cmd.try_get_matches_from_mut(argv)?;
@@ -104,6 +107,7 @@ where
         if !args.join.is_empty() {
             args.bootstrap = std::mem::take(&mut args.join);
         }
+        args.from_file = from_file;
     }
     Ok(cli)
 }
@@ -134,13 +138,13 @@ fn typed(m: &ArgMatches, id: &str) -> bool {
 
 /// The `--key=value` arguments that the file at `path` adds to `peer`'s
 /// command line: one per value of every key that neither the command line
-/// nor the environment set. Every value is checked by its flag's parser
-/// here, so that an error names the line.
+/// nor the environment set, and the line of each flag so set. Every value
+/// is checked by its flag's parser here, so that an error names the line.
 fn file_args(
     peer_cmd: &clap::Command,
     peer: &ArgMatches,
     path: &Path,
-) -> Result<Vec<OsString>, FileError> {
+) -> Result<(Vec<OsString>, Vec<(String, usize)>), FileError> {
     let err = |line: Option<usize>, message: String| FileError {
         path: path.to_path_buf(),
         line,
@@ -152,6 +156,7 @@ fn file_args(
     let values: toml::Table =
         toml::from_str(&text).map_err(|e| err(None, one_line(&e.to_string())))?;
     let mut args = Vec::new();
+    let mut lines = Vec::new();
     for key in spans.get_ref().keys() {
         let line = Some(line_of(&text, key.span().start));
         let name: &str = key.get_ref();
@@ -173,6 +178,7 @@ fn file_args(
             };
             if *on && !overridden {
                 args.push(OsString::from(format!("--{long}")));
+                lines.push((long.to_string(), line.unwrap_or(0)));
             }
             continue;
         }
@@ -192,9 +198,10 @@ fn file_args(
             .map_err(|e| err(line, format!("`{name}`: {}", clap_message(&e))))?;
         if !overridden {
             args.extend(these);
+            lines.push((long.to_string(), line.unwrap_or(0)));
         }
     }
-    Ok(args)
+    Ok((args, lines))
 }
 
 /// Reads the file, refusing one larger than [`MAX_CONFIG_BYTES`].
@@ -442,6 +449,26 @@ mod tests {
         let missing = dir.path().join("nope.toml");
         let e = file_error(peer(&["--config", missing.to_str().unwrap()]));
         assert!(e.message.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn flags_set_by_the_file_remember_their_line() {
+        let (a, path) = with_file(
+            "# x\nhttp = \"127.0.0.1:9\"\ndown-after = \"1s\"\n",
+            &["--workers", "2"],
+        );
+        let a = a.unwrap();
+        // In key order.
+        assert_eq!(
+            a.from_file,
+            [("down-after".to_string(), 3), ("http".to_string(), 2)]
+        );
+        let msg = "--down-after (1s) must be longer than --announce-interval (2s)";
+        assert_eq!(
+            a.where_set(msg).as_deref(),
+            Some(format!("{}, line 3", path.display()).as_str())
+        );
+        assert_eq!(a.where_set("--workers must be between 1 and 256"), None);
     }
 
     #[test]

@@ -308,6 +308,31 @@ pub struct PeerArgs {
     /// of the largest bundles].
     #[arg(long, value_name = "BYTES", env = "DISRUPTOR_MAX_STORE_BYTES")]
     pub max_store_bytes: Option<u64>,
+
+    /// The flags the `--config` file set, with the line of each (filled
+    /// by [`parse_from`], not by clap).
+    #[arg(skip)]
+    pub from_file: Vec<(String, usize)>,
+}
+
+impl PeerArgs {
+    /// Where the flag that `message` names first was set, if the config
+    /// file set it: `FILE, line N`. For errors found after parsing (a
+    /// relation between two flags, a key file that cannot be read).
+    pub fn where_set(&self, message: &str) -> Option<String> {
+        let config = self.config.as_ref()?;
+        let (_, line) = self
+            .from_file
+            .iter()
+            .filter_map(|(flag, line)| {
+                let at = message.find(&format!("--{flag}"))?;
+                // Not a prefix of a longer flag (--http of --http-host).
+                let next = message[at + 2 + flag.len()..].chars().next();
+                (!next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')).then_some((at, line))
+            })
+            .min()?;
+        Some(format!("{}, line {line}", config.display()))
+    }
 }
 
 /// What a client command needs to reach a peer's HTTP endpoint.
