@@ -136,6 +136,9 @@ fn typed(m: &ArgMatches, id: &str) -> bool {
     m.value_source(id) == Some(ValueSource::CommandLine)
 }
 
+/// Flags (long names) and the line of the config file that set each.
+type FlagLines = Vec<(String, usize)>;
+
 /// The `--key=value` arguments that the file at `path` adds to `peer`'s
 /// command line: one per value of every key that neither the command line
 /// nor the environment set, and the line of each flag so set. Every value
@@ -144,7 +147,7 @@ fn file_args(
     peer_cmd: &clap::Command,
     peer: &ArgMatches,
     path: &Path,
-) -> Result<(Vec<OsString>, Vec<(String, usize)>), FileError> {
+) -> Result<(Vec<OsString>, FlagLines), FileError> {
     let err = |line: Option<usize>, message: String| FileError {
         path: path.to_path_buf(),
         line,
@@ -158,7 +161,8 @@ fn file_args(
     let mut args = Vec::new();
     let mut lines = Vec::new();
     for key in spans.get_ref().keys() {
-        let line = Some(line_of(&text, key.span().start));
+        let at_line = line_of(&text, key.span().start);
+        let line = Some(at_line);
         let name: &str = key.get_ref();
         let Some(arg) = setting(peer_cmd, name) else {
             return Err(err(line, unknown_key(peer_cmd, name)));
@@ -178,7 +182,7 @@ fn file_args(
             };
             if *on && !overridden {
                 args.push(OsString::from(format!("--{long}")));
-                lines.push((long.to_string(), line.unwrap_or(0)));
+                lines.push((long.to_string(), at_line));
             }
             continue;
         }
@@ -198,7 +202,7 @@ fn file_args(
             .map_err(|e| err(line, format!("`{name}`: {}", clap_message(&e))))?;
         if !overridden {
             args.extend(these);
-            lines.push((long.to_string(), line.unwrap_or(0)));
+            lines.push((long.to_string(), at_line));
         }
     }
     Ok((args, lines))
