@@ -216,5 +216,9 @@ mod tests {
             serde_json::json!(["gpu", "zone=eu"])
         );
         assert!(serde_json::from_value::<Labels>(serde_json::json!(["a b"])).is_err());
+        // The bound is inclusive, in JSON too.
+        let full: Labels = serde_json::from_value(serde_json::json!(many[..MAX_LABELS])).unwrap();
+        assert_eq!(full.len(), MAX_LABELS);
+        assert!(Labels::default().is_empty() && !full.is_empty());
     }
 }

@@ -282,6 +282,20 @@ mod tests {
     }
 
     #[test]
+    fn only_a_placement_that_says_nothing_is_everywhere() {
+        assert!(Placement::default().is_everywhere());
+        let counted = Placement {
+            peers: Some(2),
+            on: Labels::default(),
+        };
+        let labelled = Placement {
+            peers: None,
+            on: Labels::parse_all(&["gpu"]).unwrap(),
+        };
+        assert!(!counted.is_everywhere() && !labelled.is_everywhere());
+    }
+
+    #[test]
     fn ranks_differ_by_app_and_peer() {
         let a = AppName::parse("apps/a").unwrap();
         let b = AppName::parse("apps/b").unwrap();
