@@ -141,14 +141,23 @@ fn workers_get_an_allowlisted_environment_and_no_inherited_descriptors() {
             // As a careless parent would leave them: descriptors without
             // close-on-exec (dup2 clears it), a low one and a high one.
             let fd = file.as_raw_fd();
-            // SAFETY: dup2 only, between fork and exec.
+            // SAFETY: fcntl, dup2 and close only, between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
+                    // From a copy above both targets: when the file itself
+                    // was opened as fd 9 (other tests run alongside),
+                    // dup2(9, 9) did nothing, fd 9 kept its close-on-exec
+                    // and the peer had reused it for a socket (seen once).
+                    let src = libc::fcntl(fd, libc::F_DUPFD, 300);
+                    if src < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                     for target in [9, 200] {
-                        if libc::dup2(fd, target) < 0 {
+                        if libc::dup2(src, target) < 0 {
                             return Err(std::io::Error::last_os_error());
                         }
                     }
+                    libc::close(src);
                     Ok(())
                 });
             }

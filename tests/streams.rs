@@ -419,3 +419,60 @@ fn a_stalled_stream_is_answered_so_far_then_says_why() {
     }
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
+
+/// curl sends `Expect: 100-continue` with any body over 1 MiB and waits
+/// for `100 Continue` (up to a second) before it sends the body. The
+/// stream's response head used to go out first, so every large `curl
+/// --data-binary @file` stream waited a second before its first line
+/// (most of the time of a 100,000-line stream). The peer must ask for the
+/// body before it answers.
+#[test]
+fn a_stream_asks_for_its_body_before_it_answers() {
+    let dir = scratch("stream-expect");
+    let peer = Peer::start(
+        dir.path(),
+        "solo",
+        PeerOpts {
+            apps: Some(repo_apps()),
+            ..Default::default()
+        },
+    );
+    start_app(&peer, ECHO, &[]);
+    let mut sock = std::net::TcpStream::connect(&peer.http).unwrap();
+    let lines = "[1]\n[2]\n";
+    write!(
+        sock,
+        "POST /{ECHO} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/x-ndjson\r\n\
+         content-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        lines.len()
+    )
+    .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            sock.read(&mut byte).expect("an answer within 10 s"),
+            1,
+            "closed: {head:?}"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(
+        head.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "the first answer: {head:?}"
+    );
+    // Then the body, and the stream's answers.
+    sock.write_all(lines.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let mut buf = [0u8; 4096];
+    while !answer.contains("[2]\n") {
+        let n = sock.read(&mut buf).expect("the stream's answers");
+        assert!(n > 0, "closed: {answer}");
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("[1]\n"), "{answer}");
+}

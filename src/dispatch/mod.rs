@@ -29,7 +29,8 @@ use crate::error::JobError;
 use crate::mesh::desired::DesiredApps;
 use crate::network::Client;
 use crate::worker::Workers;
-use failover::{Failover, Next};
+pub use failover::Failover;
+use failover::Next;
 pub use pick::{NoWorker, Policy, Snapshot, Target};
 
 /// Longest a job waits for a worker of an app that the mesh wants running
@@ -67,19 +68,19 @@ struct Entered {
     idle: Notify,
 }
 
-/// Counts one job in [`Entered`] while it lives.
-struct EnteredGuard(Arc<Entered>);
+/// Counts jobs (one, or a batch's) in [`Entered`] while it lives.
+struct EnteredGuard(Arc<Entered>, usize);
 
 impl EnteredGuard {
-    fn new(e: &Arc<Entered>) -> Self {
-        e.count.fetch_add(1, Ordering::Relaxed);
-        EnteredGuard(e.clone())
+    fn new(e: &Arc<Entered>, n: usize) -> Self {
+        e.count.fetch_add(n, Ordering::Relaxed);
+        EnteredGuard(e.clone(), n)
     }
 }
 
 impl Drop for EnteredGuard {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.count.fetch_sub(self.1, Ordering::AcqRel) == self.1 {
             self.0.idle.notify_waiters();
         }
     }
@@ -169,9 +170,23 @@ impl Dispatcher {
         policy: Policy,
         job: u64,
     ) -> Outcome {
-        let _entered = EnteredGuard::new(&self.entered);
         let deadline = Instant::now() + timeout;
-        let mut f = Failover::default();
+        self.run_from(app, payload, deadline, policy, job, Failover::default())
+            .await
+    }
+
+    /// [`Self::run`] for a job whose attempts so far are `f` (a line of a
+    /// batch that failed: see [`Self::first_failure`]).
+    pub async fn run_from(
+        &self,
+        app: &AppName,
+        payload: Arc<str>,
+        deadline: Instant,
+        policy: Policy,
+        job: u64,
+        mut f: Failover,
+    ) -> Outcome {
+        let _entered = EnteredGuard::new(&self.entered, 1);
         let mut last_peer = None;
         let result = loop {
             // Once something failed, a job with no candidate left outside
@@ -196,20 +211,96 @@ impl Dispatcher {
                 }
                 Err(e) => e,
             };
-            let elsewhere = |ex: &[Target]| self.pick(app, ex, policy).is_ok();
-            let expired = Instant::now() >= deadline;
-            match f.failed(error, target, &peer, elsewhere, self.retries, expired) {
-                Next::Again => {
-                    tracing::debug!(app = %app, peer = %peer, "trying the job elsewhere");
-                    crate::obs::metrics::METRICS.retries.inc();
-                }
-                Next::GiveUp(e) => break Err(e),
+            if let Err(e) = self.after(&mut f, app, policy, target, &peer, error, deadline) {
+                break Err(e);
             }
         };
         Outcome {
             result,
             attempts: f.attempts(),
             last_peer,
+        }
+    }
+
+    /// What failover makes of `error` from `target` (peer `peer`): `Ok`
+    /// to try again elsewhere, or the job's final error.
+    #[allow(clippy::too_many_arguments)]
+    fn after(
+        &self,
+        f: &mut Failover,
+        app: &AppName,
+        policy: Policy,
+        target: Target,
+        peer: &str,
+        error: JobError,
+        deadline: Instant,
+    ) -> Result<(), JobError> {
+        let elsewhere = |ex: &[Target]| self.pick(app, ex, policy).is_ok();
+        let expired = Instant::now() >= deadline;
+        match f.failed(error, target, peer, elsewhere, self.retries, expired) {
+            Next::Again => {
+                tracing::debug!(app = %app, peer = %peer, "trying the job elsewhere");
+                crate::obs::metrics::METRICS.retries.inc();
+                Ok(())
+            }
+            Next::GiveUp(e) => Err(e),
+        }
+    }
+
+    /// A job's first attempt, made in a batch on `target` (peer `peer`),
+    /// failed with `error`: its failover state to go on with
+    /// ([`Self::run_from`]), or its final error.
+    pub fn first_failure(
+        &self,
+        app: &AppName,
+        policy: Policy,
+        target: Target,
+        peer: &str,
+        error: JobError,
+        deadline: Instant,
+    ) -> Result<Failover, JobError> {
+        let mut f = Failover::default();
+        self.after(&mut f, app, policy, target, peer, error, deadline)?;
+        Ok(f)
+    }
+
+    /// Where a batch of `app`'s jobs goes: a target chosen by `policy`,
+    /// waiting like [`Self::run`] for a worker that is expected.
+    pub async fn choose(
+        &self,
+        app: &AppName,
+        policy: Policy,
+        deadline: Instant,
+    ) -> Result<(Target, String), JobError> {
+        self.pick_or_wait(app, &[], policy, deadline).await
+    }
+
+    /// One attempt of a batch of jobs of `app` on `target`: one result per
+    /// payload, in their order, or why the batch as a whole got none.
+    /// Counts as `payloads.len()` jobs entered and outstanding at the
+    /// target while it runs.
+    pub async fn run_batch_on(
+        &self,
+        target: Target,
+        app: &AppName,
+        payloads: &[Arc<str>],
+        deadline: Instant,
+        job: u64,
+    ) -> Result<Vec<Result<String, JobError>>, JobError> {
+        let n = payloads.len();
+        let _entered = EnteredGuard::new(&self.entered, n);
+        let _out = Outstanding::new(&self.outstanding, target, n as u32);
+        match target {
+            Target::Local => {
+                self.workers
+                    .run_batch(app, payloads.to_vec(), deadline)
+                    .await
+            }
+            Target::Remote(peer) => {
+                self.net
+                    .send_batch(peer, app, payloads, deadline, job)
+                    .await
+            }
         }
     }
 
@@ -239,7 +330,7 @@ impl Dispatcher {
         deadline: Instant,
         job: u64,
     ) -> Result<String, JobError> {
-        let _entered = EnteredGuard::new(&self.entered);
+        let _entered = EnteredGuard::new(&self.entered, 1);
         self.attempt(target, app, payload, deadline, job).await
     }
 
@@ -253,7 +344,7 @@ impl Dispatcher {
         deadline: Instant,
         job: u64,
     ) -> Result<String, JobError> {
-        let _out = Outstanding::new(&self.outstanding, target);
+        let _out = Outstanding::new(&self.outstanding, target, 1);
         match target {
             Target::Local => self.workers.run(app, payload, deadline).await,
             Target::Remote(peer) => self.net.send_job(peer, app, &payload, deadline, job).await,
@@ -376,19 +467,20 @@ impl Changes {
     }
 }
 
-/// Counts a job as outstanding at a target while it lives.
+/// Counts `n` jobs as outstanding at a target while it lives.
 struct Outstanding<'a> {
     map: &'a Mutex<HashMap<Target, u32>>,
     target: Target,
+    n: u32,
 }
 
 impl<'a> Outstanding<'a> {
-    fn new(map: &'a Mutex<HashMap<Target, u32>>, target: Target) -> Self {
+    fn new(map: &'a Mutex<HashMap<Target, u32>>, target: Target, n: u32) -> Self {
         *map.lock()
             .expect("outstanding lock")
             .entry(target)
-            .or_insert(0) += 1;
-        Outstanding { map, target }
+            .or_insert(0) += n;
+        Outstanding { map, target, n }
     }
 }
 
@@ -396,7 +488,7 @@ impl Drop for Outstanding<'_> {
     fn drop(&mut self) {
         let mut m = self.map.lock().expect("outstanding lock");
         if let Some(n) = m.get_mut(&self.target) {
-            *n -= 1;
+            *n = n.saturating_sub(self.n);
             if *n == 0 {
                 m.remove(&self.target);
             }

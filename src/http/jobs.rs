@@ -140,7 +140,7 @@ async fn start_stream(s: &Ctx, req: JobRequest, body: Body) -> Result<Response, 
         max_line: s.config.max_job_bytes,
         idle_timeout: s.config.body_timeout,
     };
-    Ok(stream::respond(s.dispatcher.clone(), req.app, body, opts))
+    Ok(stream::respond(s.dispatcher.clone(), req.app, body, opts).await)
 }
 
 /// A job's result and the peer that ran it (`None`: fan-out, every peer

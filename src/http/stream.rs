@@ -39,10 +39,11 @@ use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder};
 
 use super::observe::{self, Outcome, Source};
 use crate::apps::AppName;
-use crate::dispatch::{Dispatcher, Policy};
+use crate::dispatch::{Dispatcher, Failover, Policy, Target};
 use crate::error::JobError;
 use crate::json::one_line;
-use crate::obs::stats;
+use crate::network::MAX_BATCH_BYTES;
+use crate::obs::{metrics, stats};
 
 pub use crate::api::NDJSON;
 /// Lines in flight (or answered and waiting to be written) per stream.
@@ -67,8 +68,29 @@ pub struct StreamOptions {
     pub idle_timeout: Duration,
 }
 
-/// Starts the stream's task and returns the streaming response.
-pub fn respond(dispatcher: Dispatcher, app: AppName, body: Body, opts: StreamOptions) -> Response {
+/// Starts the stream's task and returns the streaming response, once the
+/// request's body has begun to arrive.
+///
+/// Why wait for it: a client that sent `Expect: 100-continue` (curl does
+/// for any body over 1 MiB) sends the body only after `100 Continue`,
+/// which hyper sends when the body is first read. Answered with the
+/// response's head before that, curl waits a whole second before it sends
+/// anything (this was most of the time of a 100,000-line stream).
+pub async fn respond(
+    dispatcher: Dispatcher,
+    app: AppName,
+    body: Body,
+    opts: StreamOptions,
+) -> Response {
+    let mut data = body.into_data_stream();
+    // The first piece (or the end, or an error): kept for the task. A
+    // client that sends nothing in time is left to the task's own idle
+    // timeout.
+    let first = tokio::time::timeout(opts.idle_timeout, data.next())
+        .await
+        .ok()
+        .flatten();
+    let body = Body::from_stream(futures::stream::iter(first).chain(data));
     // Receiver: the response body below; dropped when the client goes
     // away, which ends the task at its next send.
     let (tx, rx) = mpsc::channel::<Bytes>(opts.window.max(1));
@@ -83,9 +105,9 @@ pub fn respond(dispatcher: Dispatcher, app: AppName, body: Body, opts: StreamOpt
     resp
 }
 
-/// The stream's task: reads lines while the window has room, starts their
-/// jobs, and writes the answers, until the input ended and every job is
-/// answered (or the client went away).
+/// The stream's task: reads lines while the window has room, sends them
+/// off in batches, and writes the answers, until the input ended and every
+/// line is answered (or the client went away).
 async fn run(
     dispatcher: Dispatcher,
     app: AppName,
@@ -95,24 +117,61 @@ async fn run(
 ) {
     let mut lines = Lines::new(body, opts.max_line);
     let mut output = Output::new(tx, opts.ordered);
-    // Borrows the dispatcher and the app: one future per line, unboxed.
+    // Borrows the dispatcher and the app: one future per batch, unboxed.
     let mut running = FuturesUnordered::new();
+    // Lines in `running`'s batches.
+    let mut in_flight = 0usize;
+    // Lines read and checked, not yet sent off.
+    let mut forming: Vec<(u64, Arc<str>)> = Vec::new();
+    let most = batch_lines(opts.window);
     let mut read = 0u64;
     let mut input_done = false;
     let mut broken: Option<String> = None;
     loop {
-        let room = running.len() + output.waiting.len() < opts.window;
-        tokio::select! {
-            Some((n, answer)) = running.next(), if !running.is_empty() => {
-                if output.send(n, answer).await.is_err() {
-                    return;
+        let room = |forming: &Vec<_>, in_flight: usize, output: &Output| {
+            in_flight + forming.len() + output.waiting.len() < opts.window
+        };
+        // Every line the request has already delivered, while there is
+        // room: lines that arrive together travel together.
+        while !input_done && room(&forming, in_flight, &output) {
+            let Some(next) = lines.buffered() else { break };
+            read += 1;
+            match checked(next) {
+                Ok(line) => forming.push((read, line)),
+                Err(answer) => {
+                    if output.refuse(&app, read, answer).await.is_err() {
+                        return;
+                    }
                 }
             }
-            next = tokio::time::timeout(opts.idle_timeout, lines.next()), if room && !input_done => {
+        }
+        for batch in take_batches(&mut forming, most) {
+            in_flight += batch.len();
+            running.push(one_batch(&dispatcher, &app, batch, opts));
+        }
+        tokio::select! {
+            Some(answers) = running.next(), if !running.is_empty() => {
+                in_flight -= answers.len();
+                for (n, answer) in answers {
+                    if output.send(n, answer).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            next = tokio::time::timeout(opts.idle_timeout, lines.next()),
+                if room(&forming, in_flight, &output) && !input_done =>
+            {
                 match next_input(next, read, opts) {
                     Input::Line(line) => {
                         read += 1;
-                        running.push(one_job(&dispatcher, &app, read, line, opts));
+                        match checked(line) {
+                            Ok(line) => forming.push((read, line)),
+                            Err(answer) => {
+                                if output.refuse(&app, read, answer).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
                     }
                     Input::End(why) => {
                         input_done = true;
@@ -126,6 +185,52 @@ async fn run(
     if let Some(why) = broken {
         tracing::debug!(app = %app, "stream ended early: {why}");
         output.stream_error(why).await;
+    }
+}
+
+/// Most lines in one batch for a stream of `window` lines in flight: an
+/// eighth of it (so that several batches, on several peers, are in flight
+/// at once), at most 128 and at least 1.
+fn batch_lines(window: usize) -> usize {
+    (window / 8).clamp(1, 128)
+}
+
+/// `forming`'s lines as batches, in order, leaving it empty: at most
+/// `most` lines and [`MAX_BATCH_BYTES`] of them in each (a longer line goes
+/// alone).
+fn take_batches(forming: &mut Vec<(u64, Arc<str>)>, most: usize) -> Vec<Vec<(u64, Arc<str>)>> {
+    let mut batches: Vec<Vec<(u64, Arc<str>)>> = Vec::new();
+    let mut bytes = 0;
+    for line in forming.drain(..) {
+        let size = line.1.len() + 4;
+        match batches.last_mut() {
+            Some(b) if b.len() < most && bytes + size <= MAX_BATCH_BYTES => {
+                bytes += size;
+                b.push(line);
+            }
+            _ => {
+                bytes = size;
+                batches.push(vec![line]);
+            }
+        }
+    }
+    batches
+}
+
+/// A line read from the request as a job (compact JSON), or the error that
+/// answers it without running it.
+fn checked(line: Result<Bytes, JobError>) -> Result<Arc<str>, JobError> {
+    let line = line?;
+    // Not UTF-8: the JSON check reports it.
+    let text = String::from_utf8_lossy(&line);
+    if text.trim().is_empty() {
+        return Err(JobError::BadRequest("empty line".into()));
+    }
+    match one_line(&text) {
+        Ok(p) => Ok(p.into()),
+        Err(e) => Err(JobError::BadRequest(format!(
+            "the line is not valid JSON ({e})"
+        ))),
     }
 }
 
@@ -199,6 +304,15 @@ impl Output {
         Ok(())
     }
 
+    /// Line `n` refused before it ran (not JSON, empty, too long): its
+    /// error, counted like a job's.
+    async fn refuse(&mut self, app: &AppName, n: u64, e: JobError) -> Result<(), Gone> {
+        metrics::job_done(app, Err(&e), Duration::ZERO, None);
+        tracing::debug!(app = %app, line = n, "line refused: {e}");
+        let answer = line_output(n, self.ordered, Err(e));
+        self.send(n, answer).await
+    }
+
     /// The last line of a stream whose input broke off: why.
     async fn stream_error(self, why: String) {
         let mut s = serde_json::json!({ "stream_error": why }).to_string();
@@ -221,52 +335,146 @@ fn line_output(n: u64, ordered: bool, result: Result<String, JobError>) -> Bytes
     Bytes::from(s)
 }
 
-/// Line `n`'s job, observed, and its output line. A line refused as it
-/// was read (too long) is answered without being a job.
-async fn one_job(
+/// A batch of lines, numbered, as one piece of work: sent to one target
+/// (chosen like a single job's), and each line whose answer is a failure
+/// that failover retries (its worker died, the peer went away) tried again
+/// on its own, as a job of its own would be. Returns every line's output.
+async fn one_batch(
     d: &Dispatcher,
     app: &AppName,
-    n: u64,
-    line: Result<Bytes, JobError>,
+    lines: Vec<(u64, Arc<str>)>,
     opts: StreamOptions,
-) -> (u64, Bytes) {
-    let result = match line {
-        Ok(line) => {
-            let job = stats::new_job_id();
-            let work = run_line(d, app, &line, opts, job);
-            observe::job(app, job, Source::Line(n), work).await.result
+) -> Vec<(u64, Bytes)> {
+    let job = stats::new_job_id();
+    let started = std::time::Instant::now();
+    let deadline = Instant::now() + opts.timeout;
+    let payloads: Vec<Arc<str>> = lines.iter().map(|(_, p)| p.clone()).collect();
+    let first = first_attempt(d, app, &payloads, deadline, opts.policy, job).await;
+    // Each line: its result, or its failover state to go on with.
+    let mut settled: Vec<Result<Result<String, JobError>, Failover>> =
+        Vec::with_capacity(lines.len());
+    let mut peer = None;
+    match first {
+        Err(e) => settled.extend(lines.iter().map(|_| Ok(Err(e.clone())))),
+        Ok((target, id, answers)) => {
+            let mut answers = match answers {
+                Ok(rs) => rs.into_iter(),
+                // The batch as a whole got no answer: each line failed so.
+                Err(e) => vec![Err(e); lines.len()].into_iter(),
+            };
+            for _ in &lines {
+                let answer = answers.next().unwrap_or_else(|| {
+                    Err(JobError::WorkerCrashed("the batch lost this line".into()))
+                });
+                settled.push(match answer {
+                    Ok(r) => Ok(Ok(r)),
+                    Err(e) => d
+                        .first_failure(app, opts.policy, target, &id, e, deadline)
+                        .map_or_else(|e| Ok(Err(e)), Err),
+                });
+            }
+            peer = Some(id);
         }
-        Err(e) => Err(e),
-    };
-    (n, line_output(n, opts.ordered, result))
+    }
+    let errors = settled
+        .iter()
+        .filter_map(|s| s.as_ref().ok()?.as_ref().err());
+    let ok = settled.iter().filter(|s| matches!(s, Ok(Ok(_)))).count() as u64;
+    let errors: Vec<&JobError> = errors.collect();
+    metrics::batch_done(
+        app,
+        ok,
+        errors.into_iter(),
+        started.elapsed(),
+        peer.as_deref(),
+    );
+    // The lines to try again, each on its own and all at once.
+    let again = lines
+        .iter()
+        .zip(settled.iter_mut())
+        .filter_map(|((n, p), s)| {
+            let f = std::mem::take(s.as_mut().err()?);
+            Some(async move {
+                let job = stats::new_job_id();
+                let work = run_line_from(d, app, p.clone(), deadline, opts.policy, job, f);
+                (
+                    *n,
+                    observe::job(app, job, Source::Line(*n), work).await.result,
+                )
+            })
+        });
+    let mut retried: BTreeMap<u64, Result<String, JobError>> =
+        futures::future::join_all(again).await.into_iter().collect();
+    lines
+        .iter()
+        .zip(settled)
+        .map(|((n, _), s)| {
+            let result = match s {
+                Ok(r) => r,
+                Err(_) => retried.remove(n).expect("retried above"),
+            };
+            (*n, line_output(*n, opts.ordered, result))
+        })
+        .collect()
 }
 
-/// One line's job: validated, run with failover, and retried while the
+/// A batch's first attempt: the target chosen (and its peer's id) and
+/// what it answered, or why no target could be chosen. Waits while the
 /// mesh is merely saturated (a stream waits rather than failing lines).
-async fn run_line(
+async fn first_attempt(
     d: &Dispatcher,
     app: &AppName,
-    line: &[u8],
-    opts: StreamOptions,
+    payloads: &[Arc<str>],
+    deadline: Instant,
+    policy: Policy,
     job: u64,
-) -> Outcome<String> {
-    // Not UTF-8: the JSON check reports it.
-    let text = String::from_utf8_lossy(line);
-    if text.trim().is_empty() {
-        return Outcome::refused(JobError::BadRequest("empty line".into()));
-    }
-    let payload: Arc<str> = match one_line(&text) {
-        Ok(p) => p.into(),
-        Err(e) => {
-            let e = JobError::BadRequest(format!("the line is not valid JSON ({e})"));
-            return Outcome::refused(e);
-        }
-    };
-    let deadline = Instant::now() + opts.timeout;
+) -> Result<
+    (
+        Target,
+        String,
+        Result<Vec<Result<String, JobError>>, JobError>,
+    ),
+    JobError,
+> {
     let mut pause = Duration::from_millis(5);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let out = d.run(app, payload.clone(), left, opts.policy, job).await;
+        match d.choose(app, policy, deadline).await {
+            Ok((target, id)) => {
+                let answers = d.run_batch_on(target, app, payloads, deadline, job).await;
+                return Ok((target, id, answers));
+            }
+            Err(JobError::Busy(_)) if Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One line's job after its batch failed it: run with failover from `f`,
+/// and retried while the mesh is merely saturated.
+async fn run_line_from(
+    d: &Dispatcher,
+    app: &AppName,
+    payload: Arc<str>,
+    deadline: Instant,
+    policy: Policy,
+    job: u64,
+    mut f: Failover,
+) -> Outcome<String> {
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let out = d
+            .run_from(
+                app,
+                payload.clone(),
+                deadline,
+                policy,
+                job,
+                std::mem::take(&mut f),
+            )
+            .await;
         match out.result {
             Err(JobError::Busy(_)) if Instant::now() + pause < deadline => {
                 tokio::time::sleep(pause).await;
@@ -348,6 +556,34 @@ impl Lines {
         }
     }
 
+    /// The next line if the request already delivered it (no waiting);
+    /// `None` when it must be waited for (or the body ended).
+    fn buffered(&mut self) -> Option<Result<Bytes, JobError>> {
+        let decoded = if self.ended {
+            self.codec.decode_eof(&mut self.buf)
+        } else {
+            self.codec.decode(&mut self.buf)
+        };
+        match decoded {
+            Ok(Some(line)) => Some(self.checked(line).map_err(|e| self.refused(e))),
+            Ok(None) | Err(AnyDelimiterCodecError::Io(_)) => None,
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
+                Some(Err(self.refused(LineError::TooLong)))
+            }
+        }
+    }
+
+    /// Why a line the request delivered is not a job.
+    fn refused(&self, e: LineError) -> JobError {
+        match e {
+            LineError::TooLong => JobError::TooLarge(format!(
+                "the line is longer than the job size limit of {} bytes",
+                self.max
+            )),
+            LineError::Body(e) => JobError::BadRequest(e),
+        }
+    }
+
     /// A line without its `\r`, within the limit.
     fn checked(&self, mut line: Bytes) -> Result<Bytes, LineError> {
         if line.last() == Some(&b'\r') {
@@ -382,6 +618,42 @@ mod tests {
             );
         }
         out
+    }
+
+    #[test]
+    fn lines_are_cut_into_batches_in_order() {
+        let line = |n: u64| (n, Arc::<str>::from(n.to_string()));
+        let mut forming: Vec<_> = (1..=10).map(line).collect();
+        let batches = take_batches(&mut forming, 4);
+        assert!(forming.is_empty());
+        let numbers: Vec<Vec<u64>> = batches
+            .iter()
+            .map(|b| b.iter().map(|(n, _)| *n).collect())
+            .collect();
+        assert_eq!(
+            numbers,
+            vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8], vec![9, 10]]
+        );
+        assert!(take_batches(&mut forming, 4).is_empty());
+        let mut exactly: Vec<_> = (1..=4).map(line).collect();
+        assert_eq!(take_batches(&mut exactly, 4).len(), 1);
+        // Bytes bound a batch too: a long line goes alone.
+        let long = |n: u64, len: usize| (n, Arc::<str>::from("7".repeat(len)));
+        let half = MAX_BATCH_BYTES / 2 - 4;
+        let mut big = vec![
+            long(1, half),
+            long(2, half),
+            long(3, half),
+            long(4, MAX_BATCH_BYTES),
+            long(5, 1),
+        ];
+        let sizes: Vec<usize> = take_batches(&mut big, 100).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![2, 1, 1, 1]);
+        // An eighth of the window, within 1 and 128.
+        assert_eq!(
+            [1, 8, 16, 256, 1024, 1032, 4096].map(batch_lines),
+            [1, 1, 2, 32, 128, 128, 128]
+        );
     }
 
     #[tokio::test]

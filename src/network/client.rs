@@ -155,4 +155,19 @@ impl Client {
     ) -> Result<String, JobError> {
         self.jobs.send_job(peer, app, payload, deadline, job).await
     }
+
+    /// Runs a batch of jobs on `peer`'s workers in one frame each way:
+    /// see [`JobLinks::send_batch`](super::jobs::JobLinks::send_batch).
+    pub async fn send_batch(
+        &self,
+        peer: PeerId,
+        app: &AppName,
+        payloads: &[Arc<str>],
+        deadline: Instant,
+        job: u64,
+    ) -> Result<Vec<Result<String, JobError>>, JobError> {
+        self.jobs
+            .send_batch(peer, app, payloads, deadline, job)
+            .await
+    }
 }

@@ -41,7 +41,7 @@ use libp2p::{Multiaddr, Swarm, noise, tcp, yamux};
 pub use behaviour::{MAX_JOB_TIMEOUT, PROTOCOL_VERSION};
 pub use client::Client;
 pub use event_loop::EventLoop;
-pub use jobs::serve_inbound;
+pub use jobs::{MAX_BATCH_BYTES, serve_inbound};
 
 /// The names and frames other peers must speak, in one place (for tools
 /// that talk to a mesh without being a peer, like `examples/rogue`).
@@ -107,6 +107,23 @@ pub trait RunJob: Clone + Send + Sync + 'static {
         payload: Arc<str>,
         deadline: Instant,
     ) -> impl Future<Output = Result<String, JobError>> + Send;
+
+    /// Runs a batch of jobs of one app (a stream's lines) and returns one
+    /// result per payload, in their order. By default each runs as a job
+    /// of its own, all at once.
+    fn run_batch(
+        &self,
+        app: AppName,
+        payloads: Vec<Arc<str>>,
+        deadline: Instant,
+    ) -> impl Future<Output = Vec<Result<String, JobError>>> + Send {
+        async move {
+            let jobs = payloads
+                .into_iter()
+                .map(|p| self.run(app.clone(), p, deadline));
+            futures::future::join_all(jobs).await
+        }
+    }
 }
 
 /// What this peer tells the mesh about itself besides membership: asked

@@ -417,6 +417,38 @@ pub fn job_done(
     }
 }
 
+/// Records a batch of a stream's jobs that took `took` together: `ok`
+/// answered, and the errors of the others (each counted and, like
+/// [`job_done`]'s, shown on the dashboard).
+pub fn batch_done<'e>(
+    app: &crate::apps::AppName,
+    ok: u64,
+    errors: impl ExactSizeIterator<Item = &'e crate::error::JobError>,
+    took: std::time::Duration,
+    peer: Option<&str>,
+) {
+    let failed = errors.len() as u64;
+    let label = with_handles(app, |h| {
+        h.ok.inc_by(ok);
+        for _ in 0..ok + failed {
+            h.seconds.observe(took.as_secs_f64());
+        }
+        h.label.clone()
+    });
+    let stats = &crate::obs::stats::STATS;
+    stats.jobs(&label, ok, failed, took, crate::clock::unix_ms());
+    for e in errors {
+        METRICS
+            .jobs
+            .get_or_create(&JobLabels {
+                app: label.to_string(),
+                outcome: e.kind().into(),
+            })
+            .inc();
+        stats.error_now("job", app.as_str(), peer.map(str::to_string), e.to_string());
+    }
+}
+
 /// Counts one answer of the job endpoint (`POST /apps/...`; a stream is one
 /// answer) with HTTP status `code`.
 pub fn response(code: u16) {

@@ -131,6 +131,12 @@ fn bin_upper_ms(k: usize) -> f64 {
 impl Stats {
     /// Records a finished job of `app` at `now_ms`.
     pub fn job(&self, app: &str, ok: bool, took: Duration, now_ms: u64) {
+        self.jobs(app, u64::from(ok), u64::from(!ok), took, now_ms);
+    }
+
+    /// Records `ok` jobs answered and `failed` failed, all of `app` and
+    /// taking `took` (a batch of a stream's lines), at `now_ms`.
+    pub fn jobs(&self, app: &str, ok: u64, failed: u64, took: Duration, now_ms: u64) {
         let slot = now_ms / 1000 / BUCKET_SECS;
         let mut apps = self.apps.lock().expect("stats lock");
         if !apps.contains_key(app) {
@@ -150,12 +156,9 @@ impl Stats {
                 ..Bucket::default()
             };
         }
-        if ok {
-            b.ok += 1;
-        } else {
-            b.failed += 1;
-        }
-        b.lat[lat_bin(took)] += 1;
+        b.ok += ok;
+        b.failed += failed;
+        b.lat[lat_bin(took)] += (ok + failed) as u32;
     }
 
     /// Drops the series of every app for which `keep` is false.

@@ -326,4 +326,17 @@ impl network::RunJob for RunHere {
     ) -> Result<String, JobError> {
         self.0.run(&app, payload, deadline).await
     }
+
+    async fn run_batch(
+        &self,
+        app: AppName,
+        payloads: Vec<Arc<str>>,
+        deadline: Instant,
+    ) -> Vec<Result<String, JobError>> {
+        let n = payloads.len();
+        match self.0.run_batch(&app, payloads, deadline).await {
+            Ok(results) => results,
+            Err(e) => vec![Err(e); n],
+        }
+    }
 }

@@ -33,8 +33,14 @@ impl Gauge {
 
     /// Counts one more until the returned guard is dropped.
     pub(super) fn hold(self: &Arc<Self>) -> Held {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        Held(self.clone())
+        self.hold_many(1)
+    }
+
+    /// Counts `n` more (a batch of a stream's lines) until the returned
+    /// guard is dropped.
+    pub(super) fn hold_many(self: &Arc<Self>, n: usize) -> Held {
+        self.count.fetch_add(n, Ordering::SeqCst);
+        Held(self.clone(), n)
     }
 
     /// Returns once the count is zero: at once if it is, else when the
@@ -55,11 +61,11 @@ impl Gauge {
 /// One count on a [`Gauge`], given back when dropped.
 #[must_use = "the count is given back when the guard is dropped"]
 #[derive(Debug)]
-pub(super) struct Held(Arc<Gauge>);
+pub(super) struct Held(Arc<Gauge>, usize);
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.0.count.fetch_sub(self.1, Ordering::SeqCst) == self.1 {
             self.0.zero.notify_waiters();
         }
     }
@@ -79,14 +85,14 @@ mod tests {
         tokio::time::timeout(DEADLINE, gauge.until_zero())
             .await
             .expect("zero from the start");
-        let (a, b) = (gauge.hold(), gauge.hold());
-        assert_eq!(gauge.get(), 2);
+        let (a, b) = (gauge.hold(), gauge.hold_many(3));
+        assert_eq!(gauge.get(), 4);
         let mut first = std::pin::pin!(gauge.until_zero());
         let mut second = std::pin::pin!(gauge.until_zero());
         assert!(futures::poll!(first.as_mut()).is_pending());
         assert!(futures::poll!(second.as_mut()).is_pending());
         drop(a);
-        assert_eq!(gauge.get(), 1);
+        assert_eq!(gauge.get(), 3);
         assert!(futures::poll!(first.as_mut()).is_pending());
         // The last one goes on another task, while both wait.
         let last = tokio::spawn(async move { drop(b) });

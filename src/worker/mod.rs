@@ -29,5 +29,5 @@ pub mod protocol;
 mod runner;
 mod supervisor;
 
-pub use runner::LocalJob;
+pub use runner::{LocalBatch, LocalJob};
 pub use supervisor::Workers;

@@ -14,6 +14,15 @@
 //! runs several processes (one per core by default): that is where
 //! parallelism comes from.
 //!
+//! A stream's lines may come as a [`LocalBatch`]: one queue item, written
+//! to one process in one go and answered line by line in order. A batch
+//! counts as one of the `pipeline` jobs a process holds (its lines are
+//! already in one pipe write), and as its number of lines on the gauges.
+//! When a process fails with a batch in front, the line it was on gets
+//! the failure and the lines after it the "replaced before it answered"
+//! error, as separate jobs would: the stream fails those lines over one by
+//! one.
+//!
 //! When the pipeline cannot be trusted any more (a line that is not JSON,
 //! an answer too long, the front job's deadline passed) the process is
 //! killed and replaced; the jobs it held fail, each with the reason. A
@@ -69,17 +78,106 @@ pub struct LocalJob {
     pub reply: oneshot::Sender<Result<String, JobError>>,
 }
 
-/// A job in a runner's queue or pipeline, counted on the runner's and the
-/// peer's gauges until it is answered or dropped.
+/// Lines of a stream bound for this peer's workers, run as one piece of
+/// work: queued once, written to one process together, answered together
+/// (each line with its own result, in order).
+pub struct LocalBatch {
+    /// Compact JSON texts, no newlines; never empty.
+    pub payloads: Vec<Arc<str>>,
+    /// As [`LocalJob::deadline`], for the whole batch.
+    pub deadline: Instant,
+    /// Receiver: whoever submitted the batch; one result per payload, in
+    /// their order.
+    pub reply: oneshot::Sender<Vec<Result<String, JobError>>>,
+}
+
+/// Where a queued item's answers go.
+enum Reply {
+    One(oneshot::Sender<Result<String, JobError>>),
+    Batch {
+        tx: oneshot::Sender<Vec<Result<String, JobError>>>,
+        /// The answers so far, in the order of the payloads.
+        results: Vec<Result<String, JobError>>,
+    },
+}
+
+/// A job (or a batch of them) in a runner's queue or pipeline, counted on
+/// the runner's and the peer's gauges (one count per line) until it is
+/// answered or dropped.
 pub(super) struct Queued {
-    job: LocalJob,
+    payloads: Payloads,
+    deadline: Instant,
+    reply: Reply,
     _counted: [Held; 2],
 }
 
+enum Payloads {
+    One(Arc<str>),
+    Batch(Vec<Arc<str>>),
+}
+
 impl Queued {
-    /// Answers the job; it stops counting as it goes.
-    fn answer(self, result: Result<String, JobError>) {
-        let _ = self.job.reply.send(result);
+    fn lines(&self) -> usize {
+        match &self.payloads {
+            Payloads::One(_) => 1,
+            Payloads::Batch(p) => p.len(),
+        }
+    }
+
+    /// Its lines not answered yet.
+    fn unanswered(&self) -> usize {
+        match &self.reply {
+            Reply::One(_) => 1,
+            Reply::Batch { results, .. } => self.lines() - results.len(),
+        }
+    }
+
+    /// Whether nobody waits for the answers any more.
+    fn abandoned(&self) -> bool {
+        match &self.reply {
+            Reply::One(tx) => tx.is_closed(),
+            Reply::Batch { tx, .. } => tx.is_closed(),
+        }
+    }
+
+    /// The answer to its next unanswered line; `Err(self)` while lines
+    /// remain unanswered, `Ok(())` once every answer went out.
+    fn answer(mut self, result: Result<String, JobError>) -> Result<(), Queued> {
+        let lines = self.lines();
+        match &mut self.reply {
+            Reply::Batch { results, .. } if results.len() + 1 < lines => {
+                results.push(result);
+                Err(self)
+            }
+            _ => {
+                self.finish(result, None);
+                Ok(())
+            }
+        }
+    }
+
+    /// Answers its next unanswered line with `first` and the rest with
+    /// `rest` (or `first` too).
+    fn finish(self, first: Result<String, JobError>, rest: Option<JobError>) {
+        let lines = self.lines();
+        match self.reply {
+            Reply::One(tx) => {
+                let _ = tx.send(first);
+            }
+            Reply::Batch { tx, mut results } => {
+                let rest = rest.or_else(|| first.as_ref().err().cloned());
+                results.push(first);
+                while results.len() < lines {
+                    results.push(Err(rest.clone().expect("an error for the rest")));
+                }
+                let _ = tx.send(results);
+            }
+        }
+    }
+
+    /// Fails every line it has not answered.
+    fn fail(self, err: JobError) {
+        self.finish(Err(err), None);
     }
 }
 
@@ -156,10 +254,34 @@ impl Runner {
     /// Queues `job` without waiting, counted on this runner's gauge and on
     /// `peer`'s until it is answered.
     pub(super) fn try_submit(&self, job: LocalJob, peer: &Arc<Gauge>) -> Result<(), Refused> {
-        let queued = Queued {
-            job,
+        self.try_queue(Queued {
+            payloads: Payloads::One(job.payload),
+            deadline: job.deadline,
+            reply: Reply::One(job.reply),
             _counted: [self.load.hold(), peer.hold()],
-        };
+        })
+    }
+
+    /// Queues a batch as one item (one process runs it all), counted as
+    /// its number of lines.
+    pub(super) fn try_submit_batch(
+        &self,
+        batch: LocalBatch,
+        peer: &Arc<Gauge>,
+    ) -> Result<(), Refused> {
+        let n = batch.payloads.len();
+        self.try_queue(Queued {
+            payloads: Payloads::Batch(batch.payloads),
+            deadline: batch.deadline,
+            reply: Reply::Batch {
+                tx: batch.reply,
+                results: Vec::with_capacity(n),
+            },
+            _counted: [self.load.hold_many(n), peer.hold_many(n)],
+        })
+    }
+
+    fn try_queue(&self, queued: Queued) -> Result<(), Refused> {
         self.queue.try_send(queued).map_err(|e| match e {
             async_channel::TrySendError::Full(_) => {
                 Refused::Full(self.queue.capacity().unwrap_or(0))
@@ -432,7 +554,7 @@ async fn serve(
             set_slot(p.slot, |s| s.in_flight = 0);
             return ended;
         }
-        let n = p.inflight.len() as u32;
+        let n = p.inflight.iter().map(Queued::unanswered).sum::<usize>() as u32;
         set_slot(p.slot, |s| s.in_flight = n);
     }
 }
@@ -459,7 +581,7 @@ impl Pipeline<'_> {
     /// moved on to a later job): deadlines mostly grow, so under load it is
     /// rarely touched, instead of a new timer per job.
     fn arm(&mut self, hang: Pin<&mut Sleep>) {
-        if let Some(front) = self.inflight.front().map(|q| q.job.deadline)
+        if let Some(front) = self.inflight.front().map(|q| q.deadline)
             && self.hang_at.is_none_or(|at| front < at)
         {
             hang.reset(front);
@@ -525,7 +647,10 @@ impl Pipeline<'_> {
             // drop it, never take it for the next answer.
             return self.stray(&text);
         };
-        job.answer(Ok(text));
+        if let Err(rest) = job.answer(Ok(text)) {
+            // A batch with lines still to answer stays in front.
+            self.inflight.push_front(rest);
+        }
         self.settled = true;
         set_slot(self.slot, |s| {
             s.jobs_done += 1;
@@ -545,7 +670,7 @@ impl Pipeline<'_> {
         if self
             .inflight
             .front()
-            .is_some_and(|q| Instant::now() < q.job.deadline)
+            .is_some_and(|q| Instant::now() < q.deadline)
         {
             return None; // set for a job answered since: re-armed
         }
@@ -567,18 +692,24 @@ impl Pipeline<'_> {
             // The queue closed: the app is stopping.
             return Some(self.stopped("the app was stopped on this peer"));
         };
-        if job.job.reply.is_closed() {
+        if job.abandoned() {
             return None; // the caller gave up while the job was queued
         }
-        if Instant::now() >= job.job.deadline {
-            job.answer(Err(JobError::Timeout(
+        if Instant::now() >= job.deadline {
+            job.fail(JobError::Timeout(
                 "the job timed out while queued for a worker".into(),
-            )));
+            ));
             return None;
         }
-        if !self.proc.send(job.job.payload.clone()) {
+        // A batch is written whole: it counts as one of the `depth` jobs
+        // a process holds (see the module's documentation).
+        let sent = match &job.payloads {
+            Payloads::One(p) => self.proc.send(p.clone()),
+            Payloads::Batch(ps) => ps.iter().all(|p| self.proc.send(p.clone())),
+        };
+        if !sent {
             let closed = JobError::WorkerCrashed("the worker's input is closed".into());
-            job.answer(Err(closed));
+            job.fail(closed);
             return Some(Served::Recycle("its input closed".into()));
         }
         self.inflight.push_back(job);
@@ -595,7 +726,7 @@ impl Pipeline<'_> {
     fn fail(&mut self, front: JobError, rest: JobError) {
         set_slot(self.slot, |s| s.in_flight = 0);
         if let Some(job) = self.inflight.pop_front() {
-            job.answer(Err(front));
+            job.finish(Err(front), Some(rest.clone()));
         }
         self.fail_all(rest);
     }
@@ -605,7 +736,7 @@ impl Pipeline<'_> {
     fn fail_all(&mut self, err: JobError) {
         set_slot(self.slot, |s| s.in_flight = 0);
         for job in self.inflight.drain(..) {
-            job.answer(Err(err.clone()));
+            job.fail(err.clone());
         }
     }
 }

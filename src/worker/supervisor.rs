@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::gauge::Gauge;
-use super::runner::{LocalJob, Refused, Runner};
+use super::runner::{LocalBatch, LocalJob, Refused, Runner};
 use crate::apps::{AppName, AppSpec, AppsDir, MAX_WORKERS_PER_APP};
 use crate::apps::{AppState, AppStatus, LocalApp};
 use crate::deploy::{BundleRef, Store};
@@ -378,11 +378,49 @@ impl Workers {
         }
     }
 
+    /// Runs a batch of a stream's lines on one of this peer's workers of
+    /// `app`: one result per payload, in their order. Refused as a whole
+    /// like [`Self::submit`] (busy, not running here).
+    pub async fn run_batch(
+        &self,
+        app: &AppName,
+        payloads: Vec<Arc<str>>,
+        deadline: Instant,
+    ) -> Result<Vec<Result<String, JobError>>, JobError> {
+        let n = payloads.len();
+        let (reply, rx) = oneshot::channel();
+        let batch = LocalBatch {
+            payloads,
+            deadline,
+            reply,
+        };
+        self.queue(app, |r, load| r.try_submit_batch(batch, load))?;
+        match tokio::time::timeout_at(deadline + Duration::from_millis(200), rx).await {
+            Ok(Ok(results)) => {
+                debug_assert_eq!(results.len(), n, "a batch is answered line for line");
+                Ok(results)
+            }
+            Ok(Err(_)) => Err(JobError::NotRunning(format!(
+                "{app} was stopped on this peer"
+            ))),
+            Err(_) => Err(JobError::Timeout("no result within the timeout".into())),
+        }
+    }
+
     /// Queues a job for one of this peer's workers of `app`, without
     /// waiting; its answer comes through `job.reply`. Refused at once when
     /// the peer is draining, the app does not run here, or its queue is
     /// full. Takes the apps lock for a lookup and a queue push.
     pub fn submit(&self, app: &AppName, job: LocalJob) -> Result<(), JobError> {
+        self.queue(app, |r, load| r.try_submit(job, load))
+    }
+
+    /// Puts work in `app`'s queue with `push`, or says why not.
+    fn queue(
+        &self,
+        app: &AppName,
+        push: impl FnOnce(&Runner, &Arc<Gauge>) -> Result<(), Refused>,
+    ) -> Result<(), JobError> {
         if self.is_draining() {
             return Err(JobError::NotRunning("this peer is stopping".into()));
         }
@@ -392,13 +430,12 @@ impl Workers {
                 "{app} is not running on this peer"
             )));
         };
-        r.try_submit(job, &self.inner.load)
-            .map_err(|refused| match refused {
-                Refused::Full(places) => JobError::Busy(format!(
-                    "{app}: all {places} queue places on this peer are taken"
-                )),
-                Refused::Closed => JobError::NotRunning(format!("{app} is stopping on this peer")),
-            })
+        push(r, &self.inner.load).map_err(|refused| match refused {
+            Refused::Full(places) => JobError::Busy(format!(
+                "{app}: all {places} queue places on this peer are taken"
+            )),
+            Refused::Closed => JobError::NotRunning(format!("{app} is stopping on this peer")),
+        })
     }
 
     /// How many jobs of `app` this peer can take at once: its live worker
@@ -596,6 +633,82 @@ mod tests {
             .await
             .expect("an answer in time")
             .expect("an answer, not a dropped job")
+    }
+
+    /// Answers every job with itself.
+    const ECHO: &str = "while read job; do echo \"$job\"; done";
+
+    /// Answers its first job, then dies on the second.
+    const ANSWERS_ONE: &str = "read job; echo \"$job\"; read job; exit 3";
+
+    async fn batch(f: &Fixture, payloads: &[&str]) -> Vec<Result<String, JobError>> {
+        let payloads = payloads.iter().map(|p| Arc::from(*p)).collect();
+        let app = Fixture::app();
+        let run = f
+            .workers
+            .run_batch(&app, payloads, Instant::now() + DEADLINE);
+        tokio::time::timeout(DEADLINE, run)
+            .await
+            .expect("an answer in time")
+            .expect("the batch was queued")
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_answered_line_for_line_in_order() {
+        let f = Fixture::start(ECHO).await;
+        let lines: Vec<String> = (0..300).map(|i| format!("{{\"i\":{i}}}")).collect();
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let got = batch(&f, &lines).await;
+        let want: Vec<Result<String, JobError>> = lines.iter().map(|l| Ok(l.to_string())).collect();
+        assert_eq!(got, want);
+        assert_eq!(f.workers.in_flight(), 0);
+        f.workers.shutdown().await;
+    }
+
+    /// The lines a worker answered before it died keep their answers; the
+    /// line it died on and those after it fail as a worker crash (which a
+    /// stream fails over line by line).
+    #[tokio::test]
+    async fn a_worker_dying_mid_batch_fails_only_the_lines_it_did_not_answer() {
+        let f = Fixture::start(ANSWERS_ONE).await;
+        let got = batch(&f, &["1", "2", "3"]).await;
+        assert_eq!(got[0], Ok("1".to_string()), "{got:?}");
+        assert_eq!(got.len(), 3, "{got:?}");
+        for r in &got[1..] {
+            assert!(matches!(r, Err(JobError::WorkerCrashed(_))), "{got:?}");
+        }
+        f.workers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_counts_each_of_its_lines_in_flight() {
+        let mut f = Fixture::start(GATED).await;
+        let workers = f.workers.clone();
+        let payloads = vec![Arc::from("1"), Arc::from("2"), Arc::from("3")];
+        let run = tokio::spawn(async move {
+            workers
+                .run_batch(&Fixture::app(), payloads, Instant::now() + DEADLINE)
+                .await
+        });
+        let counted = async {
+            while f.workers.in_flight() != 3 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(DEADLINE, counted)
+            .await
+            .expect("three lines in flight");
+        for _ in 0..3 {
+            f.release();
+        }
+        let got = tokio::time::timeout(DEADLINE, run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, vec![Ok("1".into()), Ok("2".into()), Ok("3".into())]);
+        assert_eq!(f.workers.in_flight(), 0);
+        f.workers.shutdown().await;
     }
 
     #[tokio::test]

@@ -14,7 +14,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{decode_answer, encode_request, read_frame, write_frames};
+use super::frame::{
+    decode_answer, decode_batch_answer, encode_batch_request, encode_request, read_frame,
+    write_frames,
+};
 use super::*;
 use crate::apps::AppName;
 use crate::error::JobError;
@@ -83,10 +86,49 @@ impl JobLinks {
         deadline: Instant,
         job: u64,
     ) -> Result<String, JobError> {
+        let frame = |id, left| encode_request(id, job, left, app.as_str(), payload);
+        self.request(peer, 1, deadline, frame, Waiter::One).await?
+    }
+
+    /// Runs a batch of jobs of `app` on `peer`'s workers: one frame out,
+    /// one result per payload back, in their order. The batch takes one
+    /// place of the link's window per job. `Err` when the batch as a whole
+    /// got no answer (the link closed, the deadline passed): none of its
+    /// jobs is known to have run.
+    pub async fn send_batch(
+        &self,
+        peer: PeerId,
+        app: &AppName,
+        payloads: &[Arc<str>],
+        deadline: Instant,
+        job: u64,
+    ) -> Result<Vec<Result<String, JobError>>, JobError> {
+        let n = payloads.len();
+        let frame = |id, left| encode_batch_request(id, job, left, app.as_str(), payloads);
+        let waiter = |reply| Waiter::Batch {
+            lines: n,
+            results: Vec::with_capacity(n),
+            reply,
+        };
+        self.request(peer, n, deadline, frame, waiter).await
+    }
+
+    /// One request on the link to `peer`: takes `places` of its window
+    /// (waiting within the deadline), sends the frame that `frame` makes of
+    /// the request's id and the time left, and waits for the answer that
+    /// the link's reader hands to the waiter `waiter` makes.
+    async fn request<T>(
+        &self,
+        peer: PeerId,
+        places: usize,
+        deadline: Instant,
+        frame: impl FnOnce(u64, Duration) -> Vec<u8>,
+        waiter: impl FnOnce(oneshot::Sender<T>) -> Waiter,
+    ) -> Result<T, JobError> {
         let link = self.link(peer);
-        let _permit = match tokio::time::timeout_at(deadline, link.window.clone().acquire_owned())
-            .await
-        {
+        let places = places.clamp(1, WINDOW_PER_PEER) as u32;
+        let window = link.window.clone().acquire_many_owned(places);
+        let _permit = match tokio::time::timeout_at(deadline, window).await {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => return Err(JobError::Unreachable(format!("the link to {peer} closed"))),
             Err(_) => {
@@ -96,16 +138,18 @@ impl JobLinks {
             }
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let frame = encode_request(id, job, remaining, app.as_str(), payload);
+        let frame = frame(id, deadline.saturating_duration_since(Instant::now()));
         let (reply, rx) = oneshot::channel();
-        link.pending.lock().expect("pending lock").insert(id, reply);
+        link.pending
+            .lock()
+            .expect("pending lock")
+            .insert(id, waiter(reply));
         if link.dead.is_cancelled() || link.frames.send(frame).is_err() {
             link.pending.lock().expect("pending lock").remove(&id);
             return Err(JobError::Unreachable(format!("the link to {peer} closed")));
         }
         match tokio::time::timeout_at(deadline + Duration::from_millis(500), rx).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(JobError::Unreachable(format!("the link to {peer} closed"))),
             Err(_) => {
                 link.pending.lock().expect("pending lock").remove(&id);
@@ -156,8 +200,8 @@ async fn run_link(
     }
     frames.close();
     let pending: Vec<_> = link.pending.lock().expect("pending lock").drain().collect();
-    for (_, reply) in pending {
-        let _ = reply.send(Err(JobError::Unreachable(reason.clone())));
+    for (_, waiter) in pending {
+        waiter.fail(JobError::Unreachable(reason.clone()));
     }
 }
 
@@ -168,12 +212,118 @@ async fn read_answers<R: AsyncRead + Unpin>(read: R, pending: &Pending) -> Strin
             Ok(b) => b,
             Err(e) => return e,
         };
+        if body[0] == KIND_BATCH_ANSWER {
+            let (id, first, results) = match decode_batch_answer(&body) {
+                Ok(a) => a,
+                Err(e) => return e,
+            };
+            if let Err(e) = batch_part(pending, id, first, results) {
+                return e;
+            }
+            continue;
+        }
         let (id, result) = match decode_answer(&body) {
             Ok(a) => a,
             Err(e) => return e,
         };
-        if let Some(reply) = pending.lock().expect("pending lock").remove(&id) {
-            let _ = reply.send(result);
+        match pending.lock().expect("pending lock").remove(&id) {
+            Some(Waiter::One(reply)) => {
+                let _ = reply.send(result);
+            }
+            Some(Waiter::Batch { .. }) => {
+                return format!("the peer answered batch {id} as one job");
+            }
+            None => {} // given up on (timed out)
         }
+    }
+}
+
+/// Adds a part of batch `id`'s answer; its waiter hears once every result
+/// is in. A part out of order, or more results than the batch had, is the
+/// peer breaking the protocol: the link ends.
+fn batch_part(
+    pending: &Pending,
+    id: u64,
+    first: usize,
+    part: Vec<Result<String, JobError>>,
+) -> Result<(), String> {
+    let mut map = pending.lock().expect("pending lock");
+    let Some(Waiter::Batch { lines, results, .. }) = map.get_mut(&id) else {
+        return match map.get(&id) {
+            Some(Waiter::One(_)) => Err(format!("the peer answered job {id} as a batch")),
+            _ => Ok(()), // given up on (timed out)
+        };
+    };
+    if first != results.len() || first + part.len() > *lines {
+        return Err(format!(
+            "the peer's answer to batch {id} is out of order or too long"
+        ));
+    }
+    results.extend(part);
+    if results.len() == *lines
+        && let Some(Waiter::Batch { results, reply, .. }) = map.remove(&id)
+    {
+        let _ = reply.send(results);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(
+        pending: &Pending,
+        id: u64,
+        lines: usize,
+    ) -> oneshot::Receiver<Vec<Result<String, JobError>>> {
+        let (reply, rx) = oneshot::channel();
+        pending.lock().unwrap().insert(
+            id,
+            Waiter::Batch {
+                lines,
+                results: Vec::new(),
+                reply,
+            },
+        );
+        rx
+    }
+
+    fn ok(n: usize) -> Vec<Result<String, JobError>> {
+        (0..n).map(|i| Ok(i.to_string())).collect()
+    }
+
+    #[test]
+    fn a_batch_is_answered_once_all_its_parts_are_in() {
+        let pending = Pending::default();
+        let mut rx = waiting(&pending, 7, 3);
+        batch_part(&pending, 7, 0, ok(2)).unwrap();
+        assert!(rx.try_recv().is_err(), "one result still missing");
+        batch_part(&pending, 7, 2, vec![Err(JobError::Busy("full".into()))]).unwrap();
+        let got = rx.try_recv().unwrap();
+        assert_eq!(got.len(), 3);
+        assert!(pending.lock().unwrap().is_empty());
+        // A part for a batch given up on is dropped.
+        batch_part(&pending, 8, 0, ok(1)).unwrap();
+    }
+
+    /// A peer that answers out of order, or with more results than the
+    /// batch had, breaks the protocol: the link ends (its jobs fail over).
+    #[test]
+    fn a_part_out_of_order_or_too_long_is_refused() {
+        let pending = Pending::default();
+        let _rx = waiting(&pending, 1, 3);
+        assert!(batch_part(&pending, 1, 1, ok(1)).is_err(), "a gap");
+        assert!(
+            batch_part(&pending, 1, 0, ok(4)).is_err(),
+            "one result too many"
+        );
+        batch_part(&pending, 1, 0, ok(3)).unwrap();
+        let (reply, _one) = oneshot::channel();
+        pending.lock().unwrap().insert(2, Waiter::One(reply));
+        assert!(
+            batch_part(&pending, 2, 0, ok(1)).is_err(),
+            "a single job answered as a batch"
+        );
     }
 }

@@ -116,15 +116,16 @@ pub fn encode_request(id: u64, job: u64, timeout: Duration, app: &str, payload: 
 
 /// The id of a request frame, if its header is well-formed.
 pub(super) fn decode_request_header(body: &[u8]) -> Result<u64, String> {
-    if body.len() < REQUEST_HEADER || body[0] != KIND_REQUEST {
+    if body.len() < REQUEST_HEADER || !matches!(body[0], KIND_REQUEST | KIND_BATCH_REQUEST) {
         return Err("malformed job request frame".into());
     }
     Ok(u64::from_be_bytes(body[1..9].try_into().expect("8 bytes")))
 }
 
-/// Decodes a request frame's body (after its length).
-pub fn decode_request(body: &[u8]) -> Result<Request<'_>, String> {
-    if body.len() < REQUEST_HEADER || body[0] != KIND_REQUEST {
+/// The header both kinds of request share: id, job id, timeout and the
+/// app name's length.
+fn decode_header(body: &[u8], kind: u8) -> Result<(u64, u64, Duration, usize), String> {
+    if body.len() < REQUEST_HEADER || body[0] != kind {
         return Err("malformed job request frame".into());
     }
     let id = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
@@ -132,6 +133,12 @@ pub fn decode_request(body: &[u8]) -> Result<Request<'_>, String> {
     let timeout =
         Duration::from_millis(u32::from_be_bytes(body[17..21].try_into().expect("4 bytes")) as u64);
     let app_len = u16::from_be_bytes(body[21..23].try_into().expect("2 bytes")) as usize;
+    Ok((id, job, timeout, app_len))
+}
+
+/// Decodes a request frame's body (after its length).
+pub fn decode_request(body: &[u8]) -> Result<Request<'_>, String> {
+    let (id, job, timeout, app_len) = decode_header(body, KIND_REQUEST)?;
     let rest = &body[REQUEST_HEADER..];
     if rest.len() < app_len {
         return Err("malformed job request frame: app name runs past the end".into());
@@ -162,9 +169,9 @@ fn error_code(e: &JobError) -> u8 {
     }
 }
 
-/// An answer frame, length prefix included.
-pub fn encode_answer(id: u64, result: &Result<String, JobError>) -> Vec<u8> {
-    let (status, data) = match result {
+/// A result as its status byte and text.
+fn status_of(result: &Result<String, JobError>) -> (u8, &str) {
+    match result {
         Ok(r) => (0u8, r.as_str()),
         Err(e) => (
             error_code(e),
@@ -179,26 +186,12 @@ pub fn encode_answer(id: u64, result: &Result<String, JobError>) -> Vec<u8> {
                 | JobError::Unreachable(m) => m.as_str(),
             },
         ),
-    };
-    let len = 1 + 8 + 1 + data.len();
-    let mut f = Vec::with_capacity(4 + len);
-    f.extend_from_slice(&(len as u32).to_be_bytes());
-    f.push(KIND_ANSWER);
-    f.extend_from_slice(&id.to_be_bytes());
-    f.push(status);
-    f.extend_from_slice(data.as_bytes());
-    f
+    }
 }
 
-/// Decodes an answer frame's body (after its length).
-pub fn decode_answer(body: &[u8]) -> Result<(u64, Result<String, JobError>), String> {
-    if body.len() < 10 || body[0] != KIND_ANSWER {
-        return Err("malformed job answer frame".into());
-    }
-    let id = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
-    let data = String::from_utf8(body[10..].to_vec())
-        .map_err(|_| "job answer is not UTF-8".to_string())?;
-    let result = match body[9] {
+/// A result from its status byte and text (a result must be JSON).
+fn result_of(status: u8, data: String) -> Result<Result<String, JobError>, String> {
+    Ok(match status {
         0 => {
             // A result must be JSON; a peer that says otherwise is wrong.
             if serde_json::from_str::<&serde_json::value::RawValue>(&data).is_err() {
@@ -218,8 +211,190 @@ pub fn decode_answer(body: &[u8]) -> Result<(u64, Result<String, JobError>), Str
         7 => Err(JobError::Busy(data)),
         8 => Err(JobError::Unreachable(data)),
         other => return Err(format!("unknown job answer status {other}")),
-    };
-    Ok((id, result))
+    })
+}
+
+/// An answer frame, length prefix included.
+pub fn encode_answer(id: u64, result: &Result<String, JobError>) -> Vec<u8> {
+    let (status, data) = status_of(result);
+    let len = 1 + 8 + 1 + data.len();
+    let mut f = Vec::with_capacity(4 + len);
+    f.extend_from_slice(&(len as u32).to_be_bytes());
+    f.push(KIND_ANSWER);
+    f.extend_from_slice(&id.to_be_bytes());
+    f.push(status);
+    f.extend_from_slice(data.as_bytes());
+    f
+}
+
+/// Decodes an answer frame's body (after its length).
+pub fn decode_answer(body: &[u8]) -> Result<(u64, Result<String, JobError>), String> {
+    if body.len() < 10 || body[0] != KIND_ANSWER {
+        return Err("malformed job answer frame".into());
+    }
+    let id = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
+    let data = String::from_utf8(body[10..].to_vec())
+        .map_err(|_| "job answer is not UTF-8".to_string())?;
+    Ok((id, result_of(body[9], data)?))
+}
+
+/// A decoded batch request frame: several jobs of one app, one answer
+/// (in parts) for all of them.
+#[derive(Debug, PartialEq)]
+pub struct BatchRequest<'a> {
+    /// Its id on the link (the answer parts carry it back).
+    pub id: u64,
+    /// The mesh-wide id of its first job (for logs).
+    pub job: u64,
+    /// How long the caller waits for the whole answer.
+    pub timeout: Duration,
+    /// The app to run them on (not yet checked).
+    pub app: &'a str,
+    /// The jobs (not yet checked), at most [`MAX_BATCH_LINES`].
+    pub payloads: Vec<&'a str>,
+}
+
+/// A batch request frame, length prefix included.
+pub fn encode_batch_request<P: AsRef<str>>(
+    id: u64,
+    job: u64,
+    timeout: Duration,
+    app: &str,
+    payloads: &[P],
+) -> Vec<u8> {
+    let app = &app.as_bytes()[..app.len().min(u16::MAX as usize)];
+    let items: usize = payloads.iter().map(|p| 4 + p.as_ref().len()).sum();
+    let len = REQUEST_HEADER + app.len() + 4 + items;
+    let mut f = Vec::with_capacity(4 + len);
+    f.extend_from_slice(&(len as u32).to_be_bytes());
+    f.push(KIND_BATCH_REQUEST);
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&job.to_be_bytes());
+    f.extend_from_slice(&(timeout.as_millis().min(u32::MAX as u128) as u32).to_be_bytes());
+    f.extend_from_slice(&(app.len() as u16).to_be_bytes());
+    f.extend_from_slice(app);
+    f.extend_from_slice(&(payloads.len() as u32).to_be_bytes());
+    for p in payloads {
+        f.extend_from_slice(&(p.as_ref().len() as u32).to_be_bytes());
+        f.extend_from_slice(p.as_ref().as_bytes());
+    }
+    f
+}
+
+/// Splits `n` bytes off the front of `rest`, or says what ran past the end.
+fn take<'a>(rest: &mut &'a [u8], n: usize, what: &str) -> Result<&'a [u8], String> {
+    if rest.len() < n {
+        return Err(format!("malformed job frame: {what} runs past the end"));
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Ok(head)
+}
+
+fn take_u32(rest: &mut &[u8], what: &str) -> Result<u32, String> {
+    Ok(u32::from_be_bytes(
+        take(rest, 4, what)?.try_into().expect("4 bytes"),
+    ))
+}
+
+/// Decodes a batch request frame's body (after its length).
+pub fn decode_batch_request(body: &[u8]) -> Result<BatchRequest<'_>, String> {
+    let (id, job, timeout, app_len) = decode_header(body, KIND_BATCH_REQUEST)?;
+    let mut rest = &body[REQUEST_HEADER..];
+    let app = std::str::from_utf8(take(&mut rest, app_len, "the app name")?)
+        .map_err(|_| "app name is not UTF-8".to_string())?;
+    let count = take_u32(&mut rest, "the job count")? as usize;
+    if count == 0 || count > MAX_BATCH_LINES {
+        return Err(format!(
+            "a job batch of {count} jobs is out of bounds (1 to {MAX_BATCH_LINES})"
+        ));
+    }
+    let mut payloads = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = take_u32(&mut rest, "a job's length")? as usize;
+        let p = take(&mut rest, len, "a job")?;
+        payloads.push(std::str::from_utf8(p).map_err(|_| "job is not UTF-8".to_string())?);
+    }
+    if !rest.is_empty() {
+        return Err("malformed job batch frame: bytes after its last job".into());
+    }
+    Ok(BatchRequest {
+        id,
+        job,
+        timeout,
+        app,
+        payloads,
+    })
+}
+
+/// The answer to batch `id`: one frame per part, each within
+/// [`MAX_ANSWER_BYTES`] (a part holds as many results as fit, at least
+/// one), length prefixes included. A part: `4`, id `u64`, the index of
+/// its first result `u32`, its count `u32`, then per result its status
+/// `u8`, length `u32` and text.
+pub fn encode_batch_answer(id: u64, results: &[Result<String, JobError>]) -> Vec<Vec<u8>> {
+    const HEADER: usize = 1 + 8 + 4 + 4;
+    let mut frames = Vec::new();
+    let mut first = 0;
+    while first < results.len() {
+        let mut end = first;
+        let mut len = HEADER;
+        while end < results.len() {
+            let item = 5 + status_of(&results[end]).1.len();
+            if end > first && len + item > MAX_ANSWER_BYTES {
+                break;
+            }
+            len += item;
+            end += 1;
+        }
+        let mut f = Vec::with_capacity(4 + len);
+        f.extend_from_slice(&(len as u32).to_be_bytes());
+        f.push(KIND_BATCH_ANSWER);
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(&(first as u32).to_be_bytes());
+        f.extend_from_slice(&((end - first) as u32).to_be_bytes());
+        for r in &results[first..end] {
+            let (status, data) = status_of(r);
+            f.push(status);
+            f.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            f.extend_from_slice(data.as_bytes());
+        }
+        frames.push(f);
+        first = end;
+    }
+    frames
+}
+
+/// One part of a batch's answer: the batch's id, the index of its first
+/// result, and the results.
+pub type BatchAnswerPart = (u64, usize, Vec<Result<String, JobError>>);
+
+/// Decodes a batch answer part's body (after its length).
+pub fn decode_batch_answer(body: &[u8]) -> Result<BatchAnswerPart, String> {
+    if body.len() < 17 || body[0] != KIND_BATCH_ANSWER {
+        return Err("malformed job batch answer frame".into());
+    }
+    let id = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
+    let mut rest = &body[9..];
+    let first = take_u32(&mut rest, "the first index")? as usize;
+    let count = take_u32(&mut rest, "the result count")? as usize;
+    if count == 0 || count > MAX_BATCH_LINES {
+        return Err(format!(
+            "a batch answer of {count} results is out of bounds"
+        ));
+    }
+    let mut results = Vec::with_capacity(count);
+    for _ in 0..count {
+        let status = take(&mut rest, 1, "a result's status")?[0];
+        let len = take_u32(&mut rest, "a result's length")? as usize;
+        let data = String::from_utf8(take(&mut rest, len, "a result")?.to_vec())
+            .map_err(|_| "job answer is not UTF-8".to_string())?;
+        results.push(result_of(status, data)?);
+    }
+    if !rest.is_empty() {
+        return Err("malformed job batch answer frame: bytes after its last result".into());
+    }
+    Ok((id, first, results))
 }
 
 #[cfg(test)]
@@ -262,6 +437,124 @@ mod tests {
             let (i, back) = decode_answer(&f[4..]).map_err(TestCaseError::fail)?;
             prop_assert_eq!((i, back), (id, r));
         }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// Any bytes as a batch frame: errors, never a panic.
+        #[test]
+        fn batch_frames_from_anyone(body in prop::collection::vec(any::<u8>(), 0..96)) {
+            let _ = decode_batch_request(&body);
+            let _ = decode_batch_answer(&body);
+        }
+
+        #[test]
+        fn batches_round_trip(id in any::<u64>(), job in any::<u64>(), ms in any::<u32>(),
+                              app in "[a-z/]{0,20}",
+                              payloads in prop::collection::vec(any::<String>(), 1..20)) {
+            let timeout = Duration::from_millis(ms as u64);
+            let f = encode_batch_request(id, job, timeout, &app, &payloads);
+            prop_assert_eq!(u32::from_be_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
+            prop_assert_eq!(decode_request_header(&f[4..]), Ok(id));
+            let r = decode_batch_request(&f[4..]).map_err(TestCaseError::fail)?;
+            let want: Vec<&str> = payloads.iter().map(String::as_str).collect();
+            prop_assert_eq!(r, BatchRequest { id, job, timeout, app: app.as_str(), payloads: want });
+        }
+
+        #[test]
+        fn batch_answers_round_trip(id in any::<u64>(),
+                                    results in prop::collection::vec((crate::fuzz::json_value(), any::<String>(), any::<bool>()), 1..20)) {
+            let results: Vec<Result<String, JobError>> = results
+                .into_iter()
+                .map(|(json, msg, ok)| if ok { Ok(json.to_string()) } else { Err(JobError::Busy(msg)) })
+                .collect();
+            let frames = encode_batch_answer(id, &results);
+            prop_assert_eq!(frames.len(), 1);
+            let (i, first, back) = decode_batch_answer(&frames[0][4..]).map_err(TestCaseError::fail)?;
+            prop_assert_eq!((i, first, back), (id, 0, results));
+        }
+    }
+
+    /// A batch's answer never makes a frame larger than one answer may be:
+    /// it comes in parts, each as large as fits, in order.
+    #[test]
+    fn a_large_batch_answer_comes_in_parts_within_the_frame_limit() {
+        let big = format!("\"{}\"", "a".repeat(4 << 20));
+        let results: Vec<Result<String, JobError>> = vec![
+            Ok(big.clone()),
+            Ok(big.clone()),
+            Err(JobError::Timeout("slow".into())),
+            Ok(big.clone()),
+            Ok("1".into()),
+        ];
+        let frames = encode_batch_answer(5, &results);
+        assert_eq!(frames.len(), 2);
+        let mut back = Vec::new();
+        for f in &frames {
+            assert!(f.len() - 4 <= MAX_ANSWER_BYTES, "{}", f.len());
+            assert_eq!(
+                u32::from_be_bytes(f[..4].try_into().unwrap()) as usize,
+                f.len() - 4
+            );
+            let (id, first, part) = decode_batch_answer(&f[4..]).unwrap();
+            assert_eq!((id, first), (5, back.len()));
+            back.extend(part);
+        }
+        assert_eq!(back, results);
+    }
+
+    #[test]
+    fn batch_bounds_are_enforced() {
+        let ok = encode_batch_request(1, 2, Duration::ZERO, "apps/x", &["1", "2"]);
+        assert!(decode_batch_request(&ok[4..]).is_ok());
+        // The count is where the payloads start: 4 bytes after the app.
+        let count_at = 4 + REQUEST_HEADER + "apps/x".len();
+        for (count, why) in [
+            (0u32, "out of bounds"),
+            (MAX_BATCH_LINES as u32 + 1, "out of bounds"),
+            (3, "past the end"),
+        ] {
+            let mut f = ok.clone();
+            f[count_at..count_at + 4].copy_from_slice(&count.to_be_bytes());
+            let e = decode_batch_request(&f[4..]).unwrap_err();
+            assert!(e.contains(why), "{count}: {e}");
+        }
+        // The largest batch passes; one job more does not.
+        let most = vec!["1"; MAX_BATCH_LINES];
+        let f = encode_batch_request(1, 2, Duration::ZERO, "apps/x", &most);
+        assert_eq!(
+            decode_batch_request(&f[4..]).unwrap().payloads.len(),
+            MAX_BATCH_LINES
+        );
+        let more = vec!["1"; MAX_BATCH_LINES + 1];
+        let f = encode_batch_request(1, 2, Duration::ZERO, "apps/x", &more);
+        assert!(decode_batch_request(&f[4..]).is_err());
+        // Bytes after the last job, or a job running past the end.
+        let mut trailing = ok[4..].to_vec();
+        trailing.push(b'x');
+        assert!(
+            decode_batch_request(&trailing)
+                .unwrap_err()
+                .contains("after its last")
+        );
+        let short = &ok[4..ok.len() - 1];
+        assert!(
+            decode_batch_request(short)
+                .unwrap_err()
+                .contains("past the end")
+        );
+        // The same for answers.
+        let a = encode_batch_answer(3, &[Ok("1".into()), Ok("2".into())]);
+        let mut zero = a[0][4..].to_vec();
+        zero[13..17].copy_from_slice(&0u32.to_be_bytes());
+        assert!(decode_batch_answer(&zero).is_err());
+        let mut trailing = a[0][4..].to_vec();
+        trailing.push(0);
+        assert!(decode_batch_answer(&trailing).is_err());
+        let mut bad_status = a[0][4..].to_vec();
+        bad_status[17] = 99;
+        assert!(decode_batch_answer(&bad_status).is_err());
     }
 
     #[test]
