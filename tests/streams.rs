@@ -178,45 +178,58 @@ fn bad_lines_get_inline_errors_and_the_rest_succeed() {
     );
 }
 
-#[test]
-fn a_peer_killed_mid_stream_loses_no_line() {
-    let dir = scratch("stream-kill");
-    let mut peers = echo_mesh(dir.path());
-    let (path, text) = jobs_file(dir.path(), LINES);
+/// Runs `disruptor` with `args` (a stream), SIGKILLs `victim` once it has
+/// run 2,000 jobs of `app`, and returns the stream's output and stderr
+/// once it succeeded (it must).
+fn stream_killing(args: &[&str], victim: &mut Peer, app: &str) -> (String, String) {
     let mut child = Proc::spawn(
         "disruptor stream",
         Command::new(BIN)
-            .args(["stream", &peers[0].http, ECHO, path.to_str().unwrap()])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
-    // Read the output as it comes; kill p2 once a tenth has arrived.
+    // Read the output as it comes.
     let mut stdout = child.child().stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         stdout.read_to_string(&mut s).unwrap();
         s
     });
-    let mut p2_served = 0;
+    let mut served = 0;
     wait_for(
-        "p2 to serve part of the stream",
-        Duration::from_secs(30),
+        &format!("{} to run part of the stream", victim.name),
+        Duration::from_secs(60),
         || {
-            p2_served = peers[2].jobs_done(ECHO);
-            if p2_served > 2000 {
+            served = victim.jobs_done(app);
+            if served > 2000 {
                 Ok(())
             } else {
-                Err(format!("p2 served {p2_served}"))
+                Err(format!("it ran {served} jobs of {app}"))
             }
         },
     );
-    peers[2].sigkill();
+    victim.sigkill();
     let out = child.output(STREAM_DEADLINE);
     let stdout = reader.join().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("p2 killed after serving {p2_served} jobs; {stderr}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "the stream failed: {stderr}");
+    (
+        stdout,
+        format!("killed after it ran {served} jobs of {app}; {stderr}"),
+    )
+}
+
+#[test]
+fn a_peer_killed_mid_stream_loses_no_line() {
+    let dir = scratch("stream-kill");
+    let mut peers = echo_mesh(dir.path());
+    let (path, text) = jobs_file(dir.path(), LINES);
+    let entry = peers[0].http.clone();
+    let args = ["stream", &entry, ECHO, path.to_str().unwrap()];
+    let (stdout, stderr) = stream_killing(&args, &mut peers[2], ECHO);
+    eprintln!("{stderr}");
     assert_same_lines(&stdout, &text);
 }
 
@@ -475,4 +488,180 @@ fn a_stream_asks_for_its_body_before_it_answers() {
     }
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.contains("[1]\n"), "{answer}");
+}
+
+const WORDS: &str = "apps/words";
+const SHOUT: &str = "apps/shout";
+const TOOL: &str = "apps/tool";
+
+/// 3 peers with the test apps; words, shout and tool started on all.
+fn pipeline_mesh(dir: &std::path::Path) -> Mesh {
+    let peers = Mesh::of(dir, 3).apps(test_apps()).run(WORDS, &[]).start();
+    for app in [SHOUT, TOOL] {
+        start_app(&peers[0], app, &[]);
+        let all: Vec<&Peer> = peers.iter().collect();
+        for p in &peers[..] {
+            wait_running(p, app, &all);
+        }
+    }
+    peers
+}
+
+/// `n` lines of two words each, `"l{i}a l{i}b"`, but every 97th line is
+/// `"-"` (which words drops); and what three stages (words, shout, tool)
+/// must answer for them, in order: the capitals each tool echoes.
+fn pipeline_input(n: usize) -> (String, Vec<String>) {
+    let mut input = String::new();
+    let mut want = Vec::new();
+    for i in 1..=n {
+        if i % 97 == 0 {
+            input.push_str("\"-\"\n");
+            continue;
+        }
+        input.push_str(&format!("\"l{i}a l{i}b\"\n"));
+        want.push(format!("L{i}A"));
+        want.push(format!("L{i}B"));
+    }
+    (input, want)
+}
+
+/// Each output line's `echo` (tool's answer), or the whole line.
+fn echoes(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .map(|l| match serde_json::from_str::<Value>(l) {
+            Ok(v) if v.get("echo").is_some() => v["echo"].as_str().unwrap_or_default().to_string(),
+            _ => l.to_string(),
+        })
+        .collect()
+}
+
+/// Three stages across three peers (words flattens each line into its
+/// words and drops "-", shout capitalises, tool echoes), with a peer
+/// SIGKILLed mid-stream: every item comes out once, in input order.
+#[test]
+fn a_pipeline_through_three_stages_keeps_order_when_a_peer_is_killed() {
+    let dir = scratch("pipeline-kill");
+    let mut peers = pipeline_mesh(dir.path());
+    let (input, want) = pipeline_input(30_000);
+    let path = dir.path().join("lines.ndjson");
+    std::fs::write(&path, &input).unwrap();
+    let path = path.to_str().unwrap();
+    let entry = peers[0].http.clone();
+    let args = [
+        "stream", &entry, WORDS, path, "--then", SHOUT, "--then", TOOL,
+    ];
+    let (stdout, stderr) = stream_killing(&args, &mut peers[2], TOOL);
+    eprintln!("{stderr}");
+    let got = echoes(&stdout);
+    if let Some(i) = (0..got.len().min(want.len())).find(|i| got[*i] != want[*i]) {
+        panic!(
+            "item {} differs: got {:?}, want {:?}",
+            i + 1,
+            got[i],
+            want[i]
+        );
+    }
+    assert_eq!(got.len(), want.len(), "items out");
+    assert!(stderr.contains("lines in"), "{stderr}");
+}
+
+/// A stage that fails on one item answers that item with its stage and
+/// error, and the line's other items and the stream go on; bad stages are
+/// refused before the stream starts; a single job goes through the stages
+/// too.
+#[test]
+fn a_failing_middle_stage_answers_its_item_and_the_rest_go_on() {
+    let dir = scratch("pipeline-errors");
+    let peers = pipeline_mesh(dir.path());
+    let http = http_client();
+    let post = |query: &str, body: &str, ct: &str| {
+        let r = http
+            .post(format!("http://{}/{WORDS}{query}", peers[1].http))
+            .header("content-type", ct)
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let ndjson = "application/x-ndjson";
+    let (status, out) = post(
+        "?then=apps/shout&then=apps/tool",
+        "\"a poison b\"\n\"-\"\n\"c\"\n",
+        ndjson,
+    );
+    assert_eq!(status, 200, "{out}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines[0]["echo"], "A", "{out}");
+    assert_eq!(lines[1]["line"], 1, "{out}");
+    assert_eq!(lines[1]["stage"], SHOUT, "{out}");
+    assert!(
+        lines[1]["error"].as_str().unwrap().contains("exit"),
+        "{out}"
+    );
+    assert_eq!(lines[2]["echo"], "B", "{out}");
+    assert_eq!(lines[3]["echo"], "C", "{out}");
+    // Unordered: each item with its line.
+    let (status, out) = post("?then=apps/shout&ordered=false", "\"x y\"\n\"z\"\n", ndjson);
+    assert_eq!(status, 200, "{out}");
+    let mut got: Vec<String> = out.lines().map(str::to_string).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            r#"{"line":1,"result":"X"}"#,
+            r#"{"line":1,"result":"Y"}"#,
+            r#"{"line":2,"result":"Z"}"#
+        ]
+    );
+    // Bad stages: refused before anything runs, the peer keeps serving.
+    let (status, out) = post("?then=apps/nowhere", "\"a\"\n", ndjson);
+    assert_eq!(status, 404, "{out}");
+    assert!(out.contains("stage 2 (apps/nowhere)"), "{out}");
+    let (status, out) = post("?then=..%2Fetc", "\"a\"\n", ndjson);
+    assert_eq!(status, 400, "{out}");
+    assert!(out.contains("then="), "{out}");
+    let seventeen = "&then=apps/shout".repeat(16);
+    let (status, out) = post(&format!("?x=1{seventeen}"), "\"a\"\n", ndjson);
+    assert_eq!(status, 400, "{out}");
+    assert!(out.contains("at most 16 stages"), "{out}");
+    let (status, out) = post("?to=all&then=apps/shout", "\"a\"", "application/json");
+    assert_eq!(status, 400, "{out}");
+    // A single job: the answer has the shape of the data.
+    let (status, out) = post("?then=apps/shout", "\"one two\"", "application/json");
+    assert_eq!((status, out.as_str()), (200, r#"["ONE","TWO"]"#));
+    let (status, out) = post("?then=apps/shout", "\"-\"", "application/json");
+    assert_eq!((status, out.as_str()), (200, "null"));
+    let (status, out) = post("?then=apps/shout", "\"poison\"", "application/json");
+    assert_eq!(status, 502, "{out}");
+    assert!(out.contains("stage 2 (apps/shout)"), "{out}");
+    // The same through the command line.
+    let out = cli(&[
+        "send",
+        &peers[0].http,
+        WORDS,
+        "\"hello mesh\"",
+        "--then",
+        SHOUT,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"["HELLO","MESH"]"#
+    );
+    let out = cli(&[
+        "send",
+        &peers[0].http,
+        WORDS,
+        "\"a\"",
+        "--then",
+        "not an app",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let (status, out) = post("", "\"still here\"", "application/json");
+    assert_eq!((status, out.as_str()), (200, r#"["still", "here"]"#));
 }

@@ -416,8 +416,12 @@ pub struct SendArgs {
     pub timeout: Option<Duration>,
     /// Run the job on one worker of every peer running the app; print each
     /// peer's result (or error) by peer id.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "then")]
     pub all: bool,
+    /// A further stage: the result of the app before is this app's job
+    /// (an array passes on each item, null nothing). May repeat, at most 15.
+    #[arg(long, value_name = "APP")]
+    pub then: Vec<String>,
     /// How to reach the peer.
     #[command(flatten)]
     pub access: Access,
@@ -440,6 +444,11 @@ pub struct StreamArgs {
     /// instead of in input order.
     #[arg(long)]
     pub unordered: bool,
+    /// A further stage: each line's result from the app before is this
+    /// app's job (an array passes on each item, null nothing). May repeat,
+    /// at most 15.
+    #[arg(long, value_name = "APP")]
+    pub then: Vec<String>,
     /// Jobs in flight at once for this stream (1 to 4096).
     #[arg(long, value_name = "N", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=4096))]

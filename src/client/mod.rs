@@ -65,3 +65,22 @@ pub struct UsageError(pub String);
 fn app_arg(app: &str) -> Result<AppName, UsageError> {
     AppName::parse(app).map_err(|e| UsageError(e.to_string()))
 }
+
+/// `--then` stages as the query's `then=` parameters (`&then=A&then=B`),
+/// each checked; at most 15.
+fn then_query(then: &[String]) -> Result<String, UsageError> {
+    let most = crate::http::stream::pipeline::MAX_STAGES - 1;
+    if then.len() > most {
+        return Err(UsageError(format!(
+            "at most {most} --then stages (a pipeline has at most {} apps)",
+            most + 1
+        )));
+    }
+    let mut q = String::new();
+    for app in then {
+        let app = AppName::parse(app).map_err(|e| UsageError(format!("--then {app:?}: {e}")))?;
+        q.push_str("&then=");
+        q.push_str(app.as_str());
+    }
+    Ok(q)
+}

@@ -30,7 +30,12 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     let app = app_arg(&args.app)?;
     let body = job_body(read_payload(args.payload)?);
     let server_timeout = args.timeout.unwrap_or(crate::api::DEFAULT_JOB_TIMEOUT);
-    let query = if args.all { "?to=all" } else { "" };
+    let then = super::then_query(&args.then)?;
+    let query = match (args.all, then.strip_prefix('&')) {
+        (true, _) => "?to=all".to_string(),
+        (false, Some(then)) => format!("?{then}"),
+        (false, None) => String::new(),
+    };
     let req = peer
         .post(&format!("/{app}{query}"))
         .timeout(server_timeout + ANSWER_MARGIN)

@@ -43,6 +43,7 @@ const CHUNK: usize = 64 * 1024;
 pub async fn stream(args: StreamArgs) -> anyhow::Result<()> {
     let peer = PeerApi::new(&args.http_addr, &args.access)?;
     let app = app_arg(&args.app)?;
+    let then = super::then_query(&args.then)?;
     let input = open_input(&args.input)?;
     // The total, for the progress bar's ETA: only for a file, only when
     // someone watches.
@@ -62,6 +63,7 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<()> {
     if args.unordered {
         path.push_str("&ordered=false");
     }
+    path.push_str(&then);
     let req = peer
         .post(&path)
         .header("content-type", crate::api::NDJSON)
@@ -75,7 +77,8 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<()> {
         Some(n) => progress_bar(Some(n), "{bar:30} {pos}/{len} jobs, {per_sec}, ETA {eta}"),
         None => progress_bar(None, "{spinner} {pos} jobs, {per_sec}"),
     });
-    let (tally, broken) = print_answers(resp, !args.unordered, progress.as_ref()).await?;
+    let pipeline = !args.then.is_empty();
+    let (tally, broken) = print_answers(resp, !args.unordered, pipeline, progress.as_ref()).await?;
     if let Some(pb) = progress {
         pb.finish_and_clear();
     }
@@ -151,10 +154,14 @@ fn read_jobs(
 async fn print_answers(
     mut resp: reqwest::Response,
     ordered: bool,
+    pipeline: bool,
     progress: Option<&ProgressBar>,
 ) -> anyhow::Result<(Tally, Option<String>)> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        pipeline,
+        ..Tally::default()
+    };
     let mut partial: Vec<u8> = Vec::new();
     let mut broken = None;
     loop {
@@ -198,14 +205,33 @@ fn finish(
     broken: Option<String>,
 ) -> anyhow::Result<()> {
     let secs = elapsed.as_secs_f64();
-    eprintln!(
-        "stream: {} jobs, {} errors, {:.0} jobs/s ({secs:.1} s)",
-        tally.results,
-        tally.errors,
-        tally.results as f64 / secs.max(1e-9)
-    );
+    if tally.pipeline {
+        // Stages may flatten or drop items: lines in and out differ.
+        eprintln!(
+            "stream: {lines} lines in, {} out, {} errors, {:.0} lines/s ({secs:.1} s)",
+            tally.results,
+            tally.errors,
+            lines as f64 / secs.max(1e-9)
+        );
+    } else {
+        eprintln!(
+            "stream: {} jobs, {} errors, {:.0} jobs/s ({secs:.1} s)",
+            tally.results,
+            tally.errors,
+            tally.results as f64 / secs.max(1e-9)
+        );
+    }
     if let Some(why) = broken {
         anyhow::bail!("{why}");
+    }
+    if tally.pipeline {
+        if tally.errors > 0 {
+            anyhow::bail!(
+                "{} items failed on their way through the stages",
+                tally.errors
+            );
+        }
+        return Ok(());
     }
     if tally.results != lines {
         anyhow::bail!("{lines} lines were sent but {} answered", tally.results);
@@ -221,6 +247,9 @@ fn finish(
 struct Tally {
     results: u64,
     errors: u64,
+    /// Through several stages: an error names its stage, and there may be
+    /// more or fewer answers than lines.
+    pipeline: bool,
 }
 
 impl Tally {
@@ -243,7 +272,11 @@ impl Tally {
             // Ordered, a worker's result may look like anything: an error
             // object is the one with exactly our two keys and the expected
             // line number.
-            let ours = !ordered || (o.len() == 2 && n == Some(self.results + 1));
+            let ours = if self.pipeline {
+                o.len() == 3 && o.contains_key("stage")
+            } else {
+                !ordered || (o.len() == 2 && n == Some(self.results + 1))
+            };
             if o.contains_key("error") && ours {
                 self.errors += 1;
             }

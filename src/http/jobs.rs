@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -34,6 +34,7 @@ use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::observe::{self, Outcome, Source};
+use super::stream::pipeline::{self, MAX_STAGES, Stages};
 use super::stream::{self, StreamOptions};
 use super::{Ctx, HttpConfig};
 use crate::apps::AppName;
@@ -54,10 +55,11 @@ pub(super) async fn job(
     State(s): State<Ctx>,
     Path(path): Path<String>,
     params: Result<Query<JobParams>, QueryRejection>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let resp = match JobRequest::check(&s, &path, params, &headers) {
+    let resp = match JobRequest::check(&s, &path, params, raw.as_deref(), &headers) {
         Err(e) => e.into_response(),
         Ok(req) if is_ndjson(&headers) => match start_stream(&s, req, body).await {
             Ok(resp) => resp,
@@ -72,6 +74,8 @@ pub(super) async fn job(
 /// What a job request asks for, checked.
 struct JobRequest {
     app: AppName,
+    /// `app`, then each `then=` app.
+    stages: Stages,
     timeout: Duration,
     query: JobQuery,
 }
@@ -83,6 +87,7 @@ impl JobRequest {
         s: &Ctx,
         path: &str,
         params: Result<Query<JobParams>, QueryRejection>,
+        raw: Option<&str>,
         headers: &HeaderMap,
     ) -> Result<JobRequest, ApiError> {
         let query = match params {
@@ -94,13 +99,57 @@ impl JobRequest {
         .map_err(ApiError::bad_request)?;
         let app = AppName::parse(&format!("apps/{path}"))
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let stages = stages_of(app.clone(), raw).map_err(ApiError::bad_request)?;
+        if stages.is_pipeline() && query.to_all {
+            return Err(ApiError::bad_request(
+                "to=all runs one job on every peer; it does not take `then` stages",
+            ));
+        }
         let timeout = job_timeout(headers)?;
         Ok(JobRequest {
             app,
+            stages,
             timeout,
             query,
         })
     }
+}
+
+/// The stages a request names: its app, then each `then=APP` of its query
+/// in order (repeated, which the typed query cannot hold).
+fn stages_of(app: AppName, raw: Option<&str>) -> Result<Stages, String> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut then = Vec::new();
+    for pair in raw.unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if decode(key) != "then" {
+            continue;
+        }
+        if then.len() == MAX_STAGES {
+            break; // one too many already: Stages::new says so
+        }
+        let value = decode(value);
+        then.push(AppName::parse(&value).map_err(|e| format!("then={value:?}: {e}"))?);
+    }
+    Stages::new(app, then)
+}
+
+/// Every stage of `stages` runs somewhere (waiting like a job for one
+/// that is expected), or the first that does not, named.
+async fn every_stage_runs(s: &Ctx, stages: &Stages, deadline: Instant) -> Result<(), JobError> {
+    for (k, app) in stages.iter().enumerate() {
+        if let Err(e) = s.dispatcher.everyone_running(app, deadline).await {
+            if !stages.is_pipeline() {
+                return Err(e);
+            }
+            return Err(pipeline::at_stage(k, app, e));
+        }
+    }
+    Ok(())
 }
 
 /// The job's timeout: [`TIMEOUT_HEADER`], or [`DEFAULT_JOB_TIMEOUT`].
@@ -131,7 +180,7 @@ async fn start_stream(s: &Ctx, req: JobRequest, body: Body) -> Result<Response, 
         ));
     }
     let deadline = Instant::now() + req.timeout;
-    s.dispatcher.everyone_running(&req.app, deadline).await?;
+    every_stage_runs(s, &req.stages, deadline).await?;
     let opts = StreamOptions {
         ordered: req.query.ordered,
         window: req.query.window,
@@ -140,7 +189,7 @@ async fn start_stream(s: &Ctx, req: JobRequest, body: Body) -> Result<Response, 
         max_line: s.config.max_job_bytes,
         idle_timeout: s.config.body_timeout,
     };
-    Ok(stream::respond(s.dispatcher.clone(), req.app, body, opts).await)
+    Ok(stream::respond(s.dispatcher.clone(), req.stages, body, opts).await)
 }
 
 /// A job's result and the peer that ran it (`None`: fan-out, every peer
@@ -161,6 +210,23 @@ async fn run_job(s: &Ctx, req: JobRequest, headers: &HeaderMap, body: Body) -> R
             return Outcome::unrouted(answers.await.map(|a| (fan_out_json(&a), None)));
         }
         let (app, policy) = (&req.app, req.query.policy);
+        if req.stages.is_pipeline() {
+            if let Err(e) = every_stage_runs(s, &req.stages, Instant::now() + req.timeout).await {
+                return Outcome::refused(e);
+            }
+            let run = pipeline::run_job(
+                &s.dispatcher,
+                &req.stages,
+                payload,
+                req.timeout,
+                policy,
+                job_id,
+            );
+            let result = run
+                .await
+                .map_err(|(k, e)| pipeline::at_stage(k, req.stages.get(k), e));
+            return Outcome::unrouted(result.map(|r| (r, None)));
+        }
         let out = s.dispatcher.run(app, payload, req.timeout, policy, job_id);
         Outcome::from(out.await).map(|done| (done.result, Some(done.peer)))
     };
