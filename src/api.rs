@@ -16,6 +16,12 @@ pub const ATTEMPTS_HEADER: &str = "x-disruptor-attempts";
 /// Response header: the job's id, as it appears in the logs of the peer
 /// that received it and of the peer that ran it.
 pub const JOB_ID_HEADER: &str = "x-disruptor-job-id";
+/// Response header of a reduced stream or fan-out (`?reduce=`): how many
+/// of its results it reduced, and how many lines (or peers) failed and
+/// were left out.
+pub const REDUCED_HEADER: &str = "x-disruptor-reduced";
+/// See [`REDUCED_HEADER`].
+pub const FAILED_HEADER: &str = "x-disruptor-failed";
 /// Response header naming the peer whose worker ran the job.
 pub const PEER_HEADER: &str = "x-disruptor-peer";
 /// A job's timeout when the request sets none ([`TIMEOUT_HEADER`]).

@@ -233,6 +233,46 @@ fn a_peer_killed_mid_stream_loses_no_line() {
     assert_same_lines(&stdout, &text);
 }
 
+/// Offers 300,000 lines (`line(n)`, from 1) as one chunked NDJSON POST to
+/// `path` on `sock`, as fast as the peer takes them, from a thread of its
+/// own; counts the bytes the peer took. Stops when the socket closes.
+fn offer(
+    sock: &std::net::TcpStream,
+    path: &str,
+    line: impl Fn(usize) -> String + Send + 'static,
+) -> (
+    std::thread::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let mut writer = sock.try_clone().unwrap();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/x-ndjson\r\n\
+         transfer-encoding: chunked\r\n\r\n"
+    );
+    let counted = written.clone();
+    let thread = std::thread::spawn(move || {
+        if writer.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let mut n = 0;
+        while n < 300_000 {
+            let mut chunk = String::new();
+            for _ in 0..64 {
+                n += 1;
+                chunk.push_str(&line(n));
+            }
+            let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+            if writer.write_all(framed.as_bytes()).is_err() {
+                return; // the test closed the socket
+            }
+            counted.fetch_add(framed.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = writer.write_all(b"0\r\n\r\n");
+    });
+    (thread, written)
+}
+
 #[test]
 fn a_slow_reader_holds_the_stream_back_and_memory_stays_bounded() {
     let dir = scratch("stream-slow");
@@ -243,35 +283,9 @@ fn a_slow_reader_holds_the_stream_back_and_memory_stays_bounded() {
     // 300 MB of 1 KiB jobs (chunked), as fast as the peer takes them; the
     // test reads the answers at about 1 MB/s.
     let mut sock = std::net::TcpStream::connect(&peers[0].http).unwrap();
-    let mut writer = sock.try_clone().unwrap();
-    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let offered = {
-        let written = written.clone();
-        std::thread::spawn(move || {
-            let head = format!(
-                "POST /{ECHO} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/x-ndjson\r\n\
-                 transfer-encoding: chunked\r\n\r\n"
-            );
-            if writer.write_all(head.as_bytes()).is_err() {
-                return;
-            }
-            let pad = "x".repeat(1000);
-            let mut n = 0;
-            while n < 300_000 {
-                let mut chunk = String::new();
-                for _ in 0..64 {
-                    n += 1;
-                    chunk.push_str(&format!("{{\"i\":{n},\"pad\":\"{pad}\"}}\n"));
-                }
-                let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
-                if writer.write_all(framed.as_bytes()).is_err() {
-                    return; // the test closed the socket
-                }
-                written.fetch_add(framed.len(), std::sync::atomic::Ordering::Relaxed);
-            }
-            let _ = writer.write_all(b"0\r\n\r\n");
-        })
-    };
+    let (offered, written) = offer(&sock, &format!("/{ECHO}"), |n| {
+        format!("{{\"i\":{n},\"pad\":\"{}\"}}\n", "x".repeat(1000))
+    });
     let started = Instant::now();
     let mut got = 0usize;
     let mut max_rss = rss_before;
@@ -493,11 +507,12 @@ fn a_stream_asks_for_its_body_before_it_answers() {
 const WORDS: &str = "apps/words";
 const SHOUT: &str = "apps/shout";
 const TOOL: &str = "apps/tool";
+const TOTAL: &str = "apps/total";
 
 /// 3 peers with the test apps; words, shout and tool started on all.
 fn pipeline_mesh(dir: &std::path::Path) -> Mesh {
     let peers = Mesh::of(dir, 3).apps(test_apps()).run(WORDS, &[]).start();
-    for app in [SHOUT, TOOL] {
+    for app in [SHOUT, TOOL, TOTAL] {
         start_app(&peers[0], app, &[]);
         let all: Vec<&Peer> = peers.iter().collect();
         for p in &peers[..] {
@@ -508,9 +523,10 @@ fn pipeline_mesh(dir: &std::path::Path) -> Mesh {
 }
 
 /// `n` lines of two words each, `"l{i}a l{i}b"`, but every 97th line is
-/// `"-"` (which words drops); and what three stages (words, shout, tool)
-/// must answer for them, in order: the capitals each tool echoes.
-fn pipeline_input(n: usize) -> (String, Vec<String>) {
+/// `"-"` (which words drops); and what words, then tool (with shout
+/// between them when `upper`) must answer for them, in order: the words
+/// each tool echoes.
+fn pipeline_input(n: usize, upper: bool) -> (String, Vec<String>) {
     let mut input = String::new();
     let mut want = Vec::new();
     for i in 1..=n {
@@ -519,8 +535,9 @@ fn pipeline_input(n: usize) -> (String, Vec<String>) {
             continue;
         }
         input.push_str(&format!("\"l{i}a l{i}b\"\n"));
-        want.push(format!("L{i}A"));
-        want.push(format!("L{i}B"));
+        for w in [format!("l{i}a"), format!("l{i}b")] {
+            want.push(if upper { w.to_uppercase() } else { w });
+        }
     }
     (input, want)
 }
@@ -536,21 +553,20 @@ fn echoes(stdout: &str) -> Vec<String> {
         .collect()
 }
 
-/// Three stages across three peers (words flattens each line into its
-/// words and drops "-", shout capitalises, tool echoes), with a peer
-/// SIGKILLed mid-stream: every item comes out once, in input order.
-#[test]
-fn a_pipeline_through_three_stages_keeps_order_when_a_peer_is_killed() {
-    let dir = scratch("pipeline-kill");
+/// Stages across three peers (words flattens each line into its words and
+/// drops "-", then `then`: tool echoes, shout before it capitalises), with
+/// a peer SIGKILLed mid-stream: every item comes out once, in input order.
+fn a_pipeline_survives_a_kill(name: &str, then: &[&str]) {
+    let dir = scratch(name);
     let mut peers = pipeline_mesh(dir.path());
-    let (input, want) = pipeline_input(30_000);
+    let (input, want) = pipeline_input(30_000, then.contains(&SHOUT));
     let path = dir.path().join("lines.ndjson");
     std::fs::write(&path, &input).unwrap();
-    let path = path.to_str().unwrap();
     let entry = peers[0].http.clone();
-    let args = [
-        "stream", &entry, WORDS, path, "--then", SHOUT, "--then", TOOL,
-    ];
+    let mut args = vec!["stream", &entry, WORDS, path.to_str().unwrap()];
+    for app in then {
+        args.extend(["--then", app]);
+    }
     let (stdout, stderr) = stream_killing(&args, &mut peers[2], TOOL);
     eprintln!("{stderr}");
     let got = echoes(&stdout);
@@ -564,6 +580,16 @@ fn a_pipeline_through_three_stages_keeps_order_when_a_peer_is_killed() {
     }
     assert_eq!(got.len(), want.len(), "items out");
     assert!(stderr.contains("lines in"), "{stderr}");
+}
+
+#[test]
+fn a_pipeline_through_two_stages_keeps_order_when_a_peer_is_killed() {
+    a_pipeline_survives_a_kill("pipeline-kill-2", &[TOOL]);
+}
+
+#[test]
+fn a_pipeline_through_three_stages_keeps_order_when_a_peer_is_killed() {
+    a_pipeline_survives_a_kill("pipeline-kill-3", &[SHOUT, TOOL]);
 }
 
 /// A stage that fails on one item answers that item with its stage and
@@ -664,4 +690,184 @@ fn a_failing_middle_stage_answers_its_item_and_the_rest_go_on() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let (status, out) = post("", "\"still here\"", "application/json");
     assert_eq!((status, out.as_str()), (200, r#"["still", "here"]"#));
+}
+
+/// `?reduce=`: a stream's results (through stages too) and a fan-out's go
+/// to one reducer worker, in parts with the partial answer, and the answer
+/// is the reducer's; a reducer that crashes is a clear error and the peer
+/// keeps serving.
+#[test]
+fn a_reducer_collates_a_stream_and_a_fan_out() {
+    let dir = scratch("reduce");
+    let peers = pipeline_mesh(dir.path());
+    let http = http_client();
+    let post = |query: &str, body: &str, ct: &str| {
+        let r = http
+            .post(format!("http://{}/{WORDS}{query}", peers[0].http))
+            .header("content-type", ct)
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        let h = |name: &str| {
+            r.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        let counts = (h("x-disruptor-reduced"), h("x-disruptor-failed"));
+        (r.status().as_u16(), counts, r.text().unwrap())
+    };
+    let ndjson = "application/x-ndjson";
+    // 2,500 lines "k k", one a bad line: 2,499 results (one list of two
+    // numbers each) in three parts of at most 1,000.
+    let mut input: String = (1..=2500).map(|k| format!("\"{k} {k}\"\n")).collect();
+    input = input.replacen("\"7 7\"", "not json", 1);
+    let (status, counts, out) = post(&format!("?reduce={TOTAL}"), &input, ndjson);
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(counts, ("2499".to_string(), "1".to_string()));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["count"], 2499, "{out}");
+    assert_eq!(v["sum"].as_f64(), Some((2500.0 * 2501.0) - 14.0), "{out}");
+    assert_eq!(v["parts"], 3, "{out}");
+    // Through a second stage: each word is a result of its own.
+    let input: String = (1..=300).map(|k| format!("\"{k} {k}\"\n")).collect();
+    let (status, _, out) = post(&format!("?then={SHOUT}&reduce={TOTAL}"), &input, ndjson);
+    assert_eq!(status, 200, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["count"].as_u64(), v["sum"].as_f64()),
+        (Some(600), Some(300.0 * 301.0)),
+        "{out}"
+    );
+    // A fan-out: every peer's answer, reduced.
+    let (status, counts, out) = post(
+        &format!("?to=all&reduce={TOTAL}"),
+        "\"4 5\"",
+        "application/json",
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(counts, ("3".to_string(), "0".to_string()));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["count"].as_u64(), v["sum"].as_f64()),
+        (Some(3), Some(27.0)),
+        "{out}"
+    );
+    // The command line: the reducer's answer, and the summary.
+    let path = dir.path().join("numbers.txt");
+    std::fs::write(&path, "1 2\n3\n").unwrap();
+    let (ok, stdout, stderr) = stream_cli(&[
+        &peers[1].http,
+        WORDS,
+        path.to_str().unwrap(),
+        "--lines",
+        "--reduce",
+        TOTAL,
+    ]);
+    assert!(ok, "{stderr}");
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (v["count"].as_u64(), v["sum"].as_f64()),
+        (Some(2), Some(6.0)),
+        "{stdout}"
+    );
+    assert!(stderr.contains("2 results reduced, 0 failed"), "{stderr}");
+    // A reducer that crashes on its job: 502 naming it.
+    let (status, _, out) = post(&format!("?reduce={TOTAL}"), "\"1 crash\"\n", ndjson);
+    assert_eq!(status, 502, "{out}");
+    assert!(out.contains("reduce (apps/total)"), "{out}");
+    // Refused before anything runs.
+    let (status, _, out) = post("?reduce=apps/nowhere", "\"1\"\n", ndjson);
+    assert_eq!(status, 404, "{out}");
+    assert!(out.contains("reduce (apps/nowhere)"), "{out}");
+    let (status, _, out) = post(&format!("?reduce={TOTAL}"), "\"1\"", "application/json");
+    assert_eq!(status, 400, "{out}");
+    assert!(out.contains("not of one job"), "{out}");
+    let (status, _, out) = post("?reduce=..", "\"1\"\n", ndjson);
+    assert_eq!(status, 400, "{out}");
+    // And the peer keeps serving.
+    let (status, _, out) = post("", "\"still here\"", "application/json");
+    assert_eq!((status, out.as_str()), (200, r#"["still", "here"]"#));
+}
+
+/// A pipeline whose last stage is slow (10 ms a job) takes its input only
+/// as fast as that stage answers: the window counts the items of every
+/// stage, so the peer reads a little of what is offered and its memory
+/// stays bounded, while the answers keep coming.
+#[test]
+fn a_slow_last_stage_holds_a_pipeline_back_and_memory_stays_bounded() {
+    let dir = scratch("pipeline-slow");
+    let apps = dir.path().join("apps");
+    std::fs::create_dir_all(&apps).unwrap();
+    for f in ["words.py", "words.toml", "tool.py"] {
+        std::fs::copy(test_apps().join(f), apps.join(f)).unwrap();
+    }
+    std::fs::write(
+        apps.join("slow.toml"),
+        "command = \"python3\"\nargs = [\"-u\", \"tool.py\"]\nworkers = 2\n\n[env]\nTOOL_DELAY = \"0.01\"\n",
+    )
+    .unwrap();
+    let peers = Mesh::of(dir.path(), 3).apps(apps).run(WORDS, &[]).start();
+    start_app(&peers[0], "apps/slow", &[]);
+    let all: Vec<&Peer> = peers.iter().collect();
+    wait_running(&peers[0], "apps/slow", &all);
+    let pid = peers[0].pid().as_raw();
+    let rss_before = rss_kib(pid);
+    let mut sock = std::net::TcpStream::connect(&peers[0].http).unwrap();
+    // 8 KiB lines of two words each.
+    let (offered, written) = offer(&sock, &format!("/{WORDS}?then=apps/slow"), |n| {
+        format!("\"{n} {}\"\n", "x".repeat(8000))
+    });
+    // The slow stage's jobs at the peers' workers or queued for them.
+    let at_slow_stage = || -> u64 {
+        let held = |p: &Peer| {
+            let apps = p.apps();
+            let local = apps["local"].as_array().cloned().unwrap_or_default();
+            local
+                .iter()
+                .find(|a| a["app"] == "apps/slow")
+                .and_then(|a| a["in_flight"].as_u64())
+                .unwrap_or(0)
+        };
+        peers.iter().map(held).sum()
+    };
+    let started = Instant::now();
+    let (mut got, mut max_rss, mut most_held) = (0usize, rss_before, 0);
+    let mut buf = vec![0u8; 64 * 1024];
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut looked = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let n = sock.read(&mut buf).expect("read the answers");
+        assert!(n > 0, "the stream ended early after {got} bytes");
+        got += n;
+        max_rss = max_rss.max(rss_kib(pid));
+        if looked.elapsed() > Duration::from_millis(200) {
+            most_held = most_held.max(at_slow_stage());
+            looked = Instant::now();
+        }
+    }
+    let taken = written.load(std::sync::atomic::Ordering::Relaxed);
+    sock.shutdown(std::net::Shutdown::Both).unwrap();
+    offered.join().unwrap();
+    eprintln!(
+        "slow last stage: read {} KiB of answers in 8 s; the peer took {} KiB of the 300 MB offered; \
+         peer RSS {rss_before} KiB before, at most {max_rss} KiB; at most {most_held} jobs at the slow stage",
+        got / 1024,
+        taken / 1024
+    );
+    assert!(got > 100_000, "the answers barely moved: {got} bytes");
+    // The window (256, the default) counts the items of every stage.
+    assert!(
+        most_held <= 256,
+        "{most_held} jobs held at the slow stage: more than the stream's window"
+    );
+    assert!(
+        taken < 30 * 1024 * 1024,
+        "the peer read {taken} bytes of the request: the slow stage does not hold it back"
+    );
+    assert!(
+        max_rss < rss_before + 64 * 1024,
+        "the peer buffered the stream: RSS {rss_before} -> {max_rss} KiB"
+    );
 }

@@ -422,6 +422,10 @@ pub struct SendArgs {
     /// (an array passes on each item, null nothing). May repeat, at most 15.
     #[arg(long, value_name = "APP")]
     pub then: Vec<String>,
+    /// With --all: give every peer's result to one worker of this app as
+    /// {"results": [...]} and print its answer instead.
+    #[arg(long, value_name = "APP", requires = "all")]
+    pub reduce: Option<String>,
     /// How to reach the peer.
     #[command(flatten)]
     pub access: Access,
@@ -449,6 +453,10 @@ pub struct StreamArgs {
     /// at most 15.
     #[arg(long, value_name = "APP")]
     pub then: Vec<String>,
+    /// Give every result to this app ({"results": [...], "partial": ...},
+    /// in parts of up to 1000) and print its answer instead of the results.
+    #[arg(long, value_name = "APP")]
+    pub reduce: Option<String>,
     /// Jobs in flight at once for this stream (1 to 4096).
     #[arg(long, value_name = "N", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=4096))]

@@ -36,6 +36,10 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         (false, Some(then)) => format!("?{then}"),
         (false, None) => String::new(),
     };
+    let query = match &args.reduce {
+        Some(reducer) => format!("{query}&reduce={}", app_arg(reducer)?),
+        None => query,
+    };
     let req = peer
         .post(&format!("/{app}{query}"))
         .timeout(server_timeout + ANSWER_MARGIN)
@@ -45,7 +49,15 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
         .send(with_job_timeout(req, args.timeout))
         .await?
         .map_err(|refused| anyhow::anyhow!("{app}: {refused}"))?;
+    let failed = super::stream::failed_header(&resp);
     let text = resp.text().await.context("reading the result")?;
+    if args.reduce.is_some() {
+        println!("{text}");
+        if failed > 0 {
+            anyhow::bail!("{failed} peers failed and were left out of the reduction");
+        }
+        return Ok(());
+    }
     if args.all {
         print_fan_out(&text)
     } else {

@@ -64,6 +64,9 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<()> {
         path.push_str("&ordered=false");
     }
     path.push_str(&then);
+    if let Some(reducer) = &args.reduce {
+        path.push_str(&format!("&reduce={}", app_arg(reducer)?));
+    }
     let req = peer
         .post(&path)
         .header("content-type", crate::api::NDJSON)
@@ -77,6 +80,9 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<()> {
         Some(n) => progress_bar(Some(n), "{bar:30} {pos}/{len} jobs, {per_sec}, ETA {eta}"),
         None => progress_bar(None, "{spinner} {pos} jobs, {per_sec}"),
     });
+    if args.reduce.is_some() {
+        return print_reduced(resp, sent, reader, started).await;
+    }
     let pipeline = !args.then.is_empty();
     let (tally, broken) = print_answers(resp, !args.unordered, pipeline, progress.as_ref()).await?;
     if let Some(pb) = progress {
@@ -89,6 +95,46 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<()> {
         started.elapsed(),
         broken,
     )
+}
+
+/// A reduced stream's answer: the reducer's, printed once the stream
+/// ended; an error when lines failed (they are not in it).
+async fn print_reduced(
+    resp: reqwest::Response,
+    sent: Arc<AtomicU64>,
+    reader: std::thread::JoinHandle<()>,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (reduced, failed) = (header(crate::api::REDUCED_HEADER), failed_header(&resp));
+    let text = resp.text().await?;
+    let _ = reader.join();
+    println!("{text}");
+    let lines = sent.load(Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "stream: {lines} lines in, {reduced} results reduced, {failed} failed, {:.0} lines/s ({secs:.1} s)",
+        lines as f64 / secs.max(1e-9)
+    );
+    if failed > 0 {
+        anyhow::bail!("{failed} lines failed and were left out of the reduction");
+    }
+    Ok(())
+}
+
+/// The lines (or peers) a reduced answer says failed.
+pub(super) fn failed_header(resp: &reqwest::Response) -> u64 {
+    resp.headers()
+        .get(crate::api::FAILED_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The input: stdin for `-`, else the file (a usage error if it cannot be

@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use super::error::ApiError;
 use super::observe::{self, Outcome, Source};
 use super::stream::pipeline::{self, MAX_STAGES, Stages};
+use super::stream::reduce;
 use super::stream::{self, StreamOptions};
 use super::{Ctx, HttpConfig};
 use crate::apps::AppName;
@@ -181,6 +182,12 @@ async fn start_stream(s: &Ctx, req: JobRequest, body: Body) -> Result<Response, 
     }
     let deadline = Instant::now() + req.timeout;
     every_stage_runs(s, &req.stages, deadline).await?;
+    if let Some(reducer) = &req.query.reduce {
+        s.dispatcher
+            .everyone_running(reducer, deadline)
+            .await
+            .map_err(|e| reduce::reducer_error(reducer, e))?;
+    }
     let opts = StreamOptions {
         ordered: req.query.ordered,
         window: req.query.window,
@@ -189,7 +196,25 @@ async fn start_stream(s: &Ctx, req: JobRequest, body: Body) -> Result<Response, 
         max_line: s.config.max_job_bytes,
         idle_timeout: s.config.body_timeout,
     };
-    Ok(stream::respond(s.dispatcher.clone(), req.stages, body, opts).await)
+    let Some(reducer) = req.query.reduce else {
+        return Ok(stream::respond(s.dispatcher.clone(), req.stages, body, opts).await);
+    };
+    let r = stream::reduced(s.dispatcher.clone(), req.stages, reducer, body, opts).await?;
+    Ok(reduced_answer(r.answer, r.count, r.failed))
+}
+
+/// The answer of a reduced stream or fan-out: the reducer's, with how many
+/// results it reduced and how many failed and were left out.
+fn reduced_answer(answer: String, count: u64, failed: u64) -> Response {
+    let mut resp = Response::new(Body::from(answer));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(crate::api::REDUCED_HEADER, HeaderValue::from(count));
+    h.insert(crate::api::FAILED_HEADER, HeaderValue::from(failed));
+    resp
 }
 
 /// A job's result and the peer that ran it (`None`: fan-out, every peer
@@ -199,6 +224,8 @@ type Answered = (String, Option<String>);
 /// Step 3: the job read, run and observed, then answered.
 async fn run_job(s: &Ctx, req: JobRequest, headers: &HeaderMap, body: Body) -> Response {
     let job_id = stats::new_job_id();
+    // A reduced fan-out: results reduced, peers failed.
+    let mut counts = None;
     let work = async {
         tracing::debug!("job received");
         let payload: Arc<str> = match read_job_body(&s.config, headers, body).await {
@@ -207,7 +234,30 @@ async fn run_job(s: &Ctx, req: JobRequest, headers: &HeaderMap, body: Body) -> R
         };
         if req.query.to_all {
             let answers = fanout::everywhere(&s.dispatcher, &req.app, payload, req.timeout, job_id);
-            return Outcome::unrouted(answers.await.map(|a| (fan_out_json(&a), None)));
+            let answers = match answers.await {
+                Ok(a) => a,
+                Err(e) => return Outcome::refused(e),
+            };
+            let Some(reducer) = &req.query.reduce else {
+                return Outcome::unrouted(Ok((fan_out_json(&answers), None)));
+            };
+            let policy = req.query.policy;
+            let mut r = reduce::Reducer::new(&s.dispatcher, reducer.clone(), policy, req.timeout);
+            for a in &answers {
+                if let Ok(result) = &a.result
+                    && let Err(e) = r.add(result).await
+                {
+                    return Outcome::refused(e);
+                }
+            }
+            let failed = answers.iter().filter(|a| a.result.is_err()).count() as u64;
+            counts = Some((r.count, failed));
+            return Outcome::unrouted(r.finish().await.map(|answer| (answer, None)));
+        }
+        if req.query.reduce.is_some() {
+            return Outcome::refused(JobError::BadRequest(
+                "reduce takes the results of a stream (an NDJSON body) or of a fan-out (to=all), not of one job".into(),
+            ));
         }
         let (app, policy) = (&req.app, req.query.policy);
         if req.stages.is_pipeline() {
@@ -231,7 +281,15 @@ async fn run_job(s: &Ctx, req: JobRequest, headers: &HeaderMap, body: Body) -> R
         Outcome::from(out.await).map(|done| (done.result, Some(done.peer)))
     };
     let outcome = observe::job(&req.app, job_id, Source::Request, work).await;
-    answer(outcome, job_id)
+    let mut resp = answer(outcome, job_id);
+    if let Some((count, failed)) = counts
+        && resp.status() == StatusCode::OK
+    {
+        let h = resp.headers_mut();
+        h.insert(crate::api::REDUCED_HEADER, HeaderValue::from(count));
+        h.insert(crate::api::FAILED_HEADER, HeaderValue::from(failed));
+    }
+    resp
 }
 
 /// Step 4: the response to a job.
@@ -367,6 +425,8 @@ struct JobQuery {
     ordered: bool,
     /// Streams: `window=N`, lines in flight at most.
     window: usize,
+    /// Streams and fan-out: `reduce=APP`, the app their results go to.
+    reduce: Option<AppName>,
 }
 
 /// A parameter's value: parsed, or why it is refused.
@@ -389,6 +449,8 @@ pub(super) struct JobParams {
     ordered: Param<bool>,
     #[serde(deserialize_with = "window")]
     window: Param<usize>,
+    #[serde(deserialize_with = "reduce")]
+    reduce: Param<AppName>,
 }
 
 impl JobParams {
@@ -400,8 +462,15 @@ impl JobParams {
             to_all: self.to.transpose()?.is_some(),
             ordered: self.ordered.transpose()?.unwrap_or(true),
             window: (self.window.transpose()?).unwrap_or(stream::DEFAULT_WINDOW),
+            reduce: self.reduce.transpose()?,
         })
     }
+}
+
+fn reduce<'de, D: Deserializer<'de>>(d: D) -> Result<Param<AppName>, D::Error> {
+    param(d, |v| {
+        AppName::parse(v).map_err(|e| format!("reduce={v:?}: {e}"))
+    })
 }
 
 fn dispatch<'de, D: Deserializer<'de>>(d: D) -> Result<Param<Policy>, D::Error> {
@@ -470,6 +539,7 @@ mod tests {
             to_all: false,
             ordered: true,
             window: stream::DEFAULT_WINDOW,
+            reduce: None,
         };
         assert_eq!(query(""), Ok(defaults));
         assert_eq!(query("?unknown=1&"), query(""));
@@ -480,6 +550,7 @@ mod tests {
                 to_all: true,
                 ordered: false,
                 window: 7,
+                reduce: None,
             })
         );
         // Values are decoded as a query's values are.

@@ -2,7 +2,7 @@
 //! through the mesh (one target, one frame each way), with failover per
 //! item for what the batch could not answer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,26 +46,21 @@ pub(super) fn batch_lines(window: usize) -> usize {
     (window / 8).clamp(1, 128)
 }
 
-/// `forming`'s items as batches, in order, leaving it empty: at most
-/// `most` items and [`MAX_BATCH_BYTES`] of them in each (a longer item
-/// goes alone).
-pub(super) fn take_batches(forming: &mut Vec<Item>, most: usize) -> Vec<Vec<Item>> {
-    let mut batches: Vec<Vec<Item>> = Vec::new();
+/// The next batch of `forming`'s items, from the front: at most `most`
+/// items and [`MAX_BATCH_BYTES`] of them (a longer item goes alone); empty
+/// only when `forming` is.
+pub(super) fn next_batch(forming: &mut VecDeque<Item>, most: usize) -> Vec<Item> {
+    let mut batch = Vec::new();
     let mut bytes = 0;
-    for item in forming.drain(..) {
+    while let Some(item) = forming.front() {
         let size = item.payload.len() + 4;
-        match batches.last_mut() {
-            Some(b) if b.len() < most && bytes + size <= MAX_BATCH_BYTES => {
-                bytes += size;
-                b.push(item);
-            }
-            _ => {
-                bytes = size;
-                batches.push(vec![item]);
-            }
+        if !batch.is_empty() && (batch.len() >= most || bytes + size > MAX_BATCH_BYTES) {
+            break;
         }
+        bytes += size;
+        batch.push(forming.pop_front().expect("front above"));
     }
-    batches
+    batch
 }
 
 /// A batch of items for stage `stage` as one piece of work: sent to one
@@ -243,12 +238,23 @@ async fn run_line_from(
 mod tests {
     use super::*;
 
+    /// Every batch `forming` makes, in order.
+    fn all_batches(forming: Vec<Item>, most: usize) -> Vec<Vec<Item>> {
+        let mut forming = VecDeque::from(forming);
+        let mut batches = Vec::new();
+        loop {
+            let b = next_batch(&mut forming, most);
+            if b.is_empty() {
+                return batches;
+            }
+            batches.push(b);
+        }
+    }
+
     #[test]
     fn lines_are_cut_into_batches_in_order() {
         let line = |n: u64| Item::new(n, Arc::<str>::from(n.to_string()));
-        let mut forming: Vec<_> = (1..=10).map(line).collect();
-        let batches = take_batches(&mut forming, 4);
-        assert!(forming.is_empty());
+        let batches = all_batches((1..=10).map(line).collect(), 4);
         let numbers: Vec<Vec<u64>> = batches
             .iter()
             .map(|b| b.iter().map(|i| i.line).collect())
@@ -257,20 +263,19 @@ mod tests {
             numbers,
             vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8], vec![9, 10]]
         );
-        assert!(take_batches(&mut forming, 4).is_empty());
-        let mut exactly: Vec<_> = (1..=4).map(line).collect();
-        assert_eq!(take_batches(&mut exactly, 4).len(), 1);
+        assert!(all_batches(Vec::new(), 4).is_empty());
+        assert_eq!(all_batches((1..=4).map(line).collect(), 4).len(), 1);
         // Bytes bound a batch too: a long line goes alone.
         let long = |n: u64, len: usize| Item::new(n, Arc::<str>::from("7".repeat(len)));
         let half = MAX_BATCH_BYTES / 2 - 4;
-        let mut big = vec![
+        let big = vec![
             long(1, half),
             long(2, half),
             long(3, half),
             long(4, MAX_BATCH_BYTES),
             long(5, 1),
         ];
-        let sizes: Vec<usize> = take_batches(&mut big, 100).iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = all_batches(big, 100).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![2, 1, 1, 1]);
         // An eighth of the window, within 1 and 128.
         assert_eq!(

@@ -15,7 +15,7 @@
 //! In a pipeline an error also names its stage: `{"line": n, "stage":
 //! "apps/...", "error": "..."}`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use axum::body::Bytes;
 use tokio::sync::mpsc;
@@ -46,9 +46,14 @@ pub(super) struct Flow {
     stages: Stages,
     ordered: bool,
     /// Per stage, items waiting to be sent off in a batch.
-    pub forming: Vec<Vec<Item>>,
-    /// Items in `forming` or in a batch on its way.
+    pub forming: Vec<VecDeque<Item>>,
+    /// Items in `forming` or in a batch on its way: no line is read while
+    /// the window is full of them.
     pub in_flight: usize,
+    /// Items in a batch on its way: no batch is sent while the window is
+    /// full of them (a stage that passed on arrays may have made more
+    /// items than the window holds; they wait in `forming`).
+    pub dispatched: usize,
     /// Pipelines, ordered: lines with items still on their way.
     open: HashMap<u64, Open>,
 }
@@ -56,10 +61,11 @@ pub(super) struct Flow {
 impl Flow {
     pub fn new(stages: Stages, ordered: bool) -> Flow {
         Flow {
-            forming: (0..stages.len()).map(|_| Vec::new()).collect(),
+            forming: (0..stages.len()).map(|_| VecDeque::new()).collect(),
             stages,
             ordered,
             in_flight: 0,
+            dispatched: 0,
             open: HashMap::new(),
         }
     }
@@ -84,7 +90,7 @@ impl Flow {
                         },
                     );
                 }
-                self.forming[0].push(Item::new(n, payload));
+                self.forming[0].push_back(Item::new(n, payload));
                 self.in_flight += 1;
             }
         }
@@ -125,7 +131,7 @@ impl Flow {
             }
             Ok(Passed::Dropped) => self.finish(item, None, ready),
             Ok(Passed::One(payload)) => {
-                self.forming[k + 1].push(Item { payload, ..item });
+                self.forming[k + 1].push_back(Item { payload, ..item });
                 self.in_flight += 1;
             }
             Ok(Passed::Many(payloads)) if payloads.is_empty() => self.finish(item, None, ready),
@@ -137,7 +143,7 @@ impl Flow {
                 for (i, payload) in payloads.into_iter().enumerate() {
                     let mut path = item.path.clone();
                     path.push(i as u32);
-                    self.forming[k + 1].push(Item {
+                    self.forming[k + 1].push_back(Item {
                         line: n,
                         path,
                         payload,
@@ -271,7 +277,7 @@ mod tests {
             flow.admit(i as u64 + 1, Ok(Arc::from(*l)), &mut ready);
         }
         for k in 0..flow.forming.len() {
-            let mut items = std::mem::take(&mut flow.forming[k]);
+            let mut items: Vec<Item> = flow.forming[k].drain(..).collect();
             items.reverse();
             for item in items {
                 let r = f(k, &item.payload);

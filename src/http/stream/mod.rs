@@ -24,6 +24,7 @@ mod batch;
 mod flow;
 mod lines;
 pub mod pipeline;
+pub mod reduce;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,7 +41,7 @@ use crate::dispatch::{Dispatcher, Policy};
 use crate::error::JobError;
 use crate::json::one_line;
 use crate::obs::metrics;
-use batch::{batch_lines, one_batch, take_batches};
+use batch::{batch_lines, next_batch, one_batch};
 use flow::{Flow, Group, Output};
 use lines::{LineError, Lines};
 use pipeline::Stages;
@@ -82,15 +83,7 @@ pub async fn respond(
     body: Body,
     opts: StreamOptions,
 ) -> Response {
-    let mut data = body.into_data_stream();
-    // The first piece (or the end, or an error): kept for the task. A
-    // client that sends nothing in time is left to the task's own idle
-    // timeout.
-    let first = tokio::time::timeout(opts.idle_timeout, data.next())
-        .await
-        .ok()
-        .flatten();
-    let body = Body::from_stream(futures::stream::iter(first).chain(data));
+    let body = asked_for(body, opts).await;
     // Receiver: the response body below; dropped when the client goes
     // away, which ends the task at its next send.
     let (tx, rx) = mpsc::channel::<Bytes>(opts.window.max(1));
@@ -103,6 +96,68 @@ pub async fn respond(
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
     resp
+}
+
+/// `body`, once its first piece has arrived (see [`respond`] for why).
+async fn asked_for(body: Body, opts: StreamOptions) -> Body {
+    let mut data = body.into_data_stream();
+    // The first piece (or the end, or an error): kept for the task. A
+    // client that sends nothing in time is left to the task's own idle
+    // timeout.
+    let first = tokio::time::timeout(opts.idle_timeout, data.next())
+        .await
+        .ok()
+        .flatten();
+    Body::from_stream(futures::stream::iter(first).chain(data))
+}
+
+/// What a reduced stream came to.
+pub struct Reduced {
+    /// The reducer's answer.
+    pub answer: String,
+    /// The results it reduced.
+    pub count: u64,
+    /// Lines (or items) that failed, left out.
+    pub failed: u64,
+}
+
+/// A stream whose results go to the reducer `reducer` instead of the
+/// client (see [`reduce`]), in completion order; its answer once the
+/// input ended and every result is reduced. The stream's own error (its
+/// input broke off) or the reducer's failure ends it.
+pub async fn reduced(
+    dispatcher: Dispatcher,
+    stages: Stages,
+    reducer: crate::apps::AppName,
+    body: Body,
+    opts: StreamOptions,
+) -> Result<Reduced, JobError> {
+    let opts = StreamOptions {
+        ordered: false,
+        ..opts
+    };
+    let body = asked_for(body, opts).await;
+    let (tx, mut rx) = mpsc::channel::<Bytes>(opts.window.max(1));
+    // Dropping `rx` (a failure here) ends the task at its next send.
+    let task = tokio::spawn(run(dispatcher.clone(), stages, body, opts, tx));
+    let mut r = reduce::Reducer::new(&dispatcher, reducer, opts.policy, opts.timeout);
+    let mut failed = 0;
+    while let Some(line) = rx.recv().await {
+        match reduce::seen(&line) {
+            reduce::Seen::Result(result) => r.add(result).await?,
+            reduce::Seen::Failed => failed += 1,
+            reduce::Seen::Broken(why) => {
+                return Err(JobError::BadRequest(format!("{why}; nothing was reduced")));
+            }
+        }
+    }
+    let _ = task.await;
+    let count = r.count;
+    Ok(Reduced {
+        answer: r.finish().await?,
+        count,
+        failed,
+    })
 }
 
 /// The stream's task: reads lines while the window has room, sends the
@@ -141,13 +196,22 @@ async fn run(
                 return;
             }
         }
-        for (k, forming) in flow.forming.iter_mut().enumerate() {
-            for batch in take_batches(forming, most) {
+        // Later stages first: items nearer the output leave the window
+        // sooner. Never more items out than the window.
+        for k in (0..stages.len()).rev() {
+            while flow.dispatched < opts.window {
+                let room = (opts.window - flow.dispatched).min(most);
+                let batch = next_batch(&mut flow.forming[k], room);
+                if batch.is_empty() {
+                    break;
+                }
+                flow.dispatched += batch.len();
                 running.push(one_batch(&dispatcher, &stages, k, batch, opts));
             }
         }
         tokio::select! {
             Some((k, answers)) = running.next(), if !running.is_empty() => {
+                flow.dispatched -= answers.len();
                 for (item, result) in answers {
                     flow.answered(k, item, result, &mut ready);
                 }

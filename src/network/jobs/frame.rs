@@ -193,11 +193,15 @@ fn status_of(result: &Result<String, JobError>) -> (u8, &str) {
 fn result_of(status: u8, data: String) -> Result<Result<String, JobError>, String> {
     Ok(match status {
         0 => {
-            // A result must be JSON; a peer that says otherwise is wrong.
+            // A result must be JSON, and travels on as one line (a
+            // stream's output line, a pipeline's next job): a peer that
+            // says otherwise is wrong, or its line breaks are dropped.
             if serde_json::from_str::<&serde_json::value::RawValue>(&data).is_err() {
                 Err(JobError::BadOutput(
                     "the remote peer answered a result that is not JSON".into(),
                 ))
+            } else if data.contains(['\n', '\r']) {
+                Ok(crate::json::one_line(&data).unwrap_or_default())
             } else {
                 Ok(data)
             }
@@ -611,6 +615,12 @@ mod tests {
         let mut bad_status = encode_answer(1, &Ok("1".into()))[4..].to_vec();
         bad_status[9] = 99;
         assert!(decode_answer(&bad_status).is_err());
+        // A result over several lines arrives as one.
+        let lines = encode_answer(1, &Ok("{\"a\":\n[1,\r\n2]}".into()));
+        assert_eq!(
+            decode_answer(&lines[4..]).unwrap().1,
+            Ok("{\"a\":[1,2]}".into())
+        );
         let not_json = encode_answer(1, &Ok("not json".into()));
         assert!(matches!(
             decode_answer(&not_json[4..]).unwrap().1,
