@@ -847,9 +847,32 @@ fn a_slow_last_stage_holds_a_pipeline_back_and_memory_stays_bounded() {
             looked = Instant::now();
         }
     }
+    // The dashboard's figures list the running pipeline, then forget it.
+    let pipelines =
+        || -> Value { peers[0].get("/api/stats").json::<Value>().unwrap()["pipelines"].clone() };
+    let listed = pipelines();
+    assert_eq!(
+        listed[0]["stages"],
+        serde_json::json!([WORDS, "apps/slow"]),
+        "{listed}"
+    );
+    let page = peers[0].get("/dashboard/live").text().unwrap();
+    assert!(page.contains("<h2>Pipelines</h2>"), "{page}");
     let taken = written.load(std::sync::atomic::Ordering::Relaxed);
     sock.shutdown(std::net::Shutdown::Both).unwrap();
     offered.join().unwrap();
+    wait_for(
+        "the ended pipeline to leave the list",
+        Duration::from_secs(30),
+        || {
+            let listed = pipelines();
+            if listed.as_array().is_some_and(|a| a.is_empty()) {
+                Ok(())
+            } else {
+                Err(listed.to_string())
+            }
+        },
+    );
     eprintln!(
         "slow last stage: read {} KiB of answers in 8 s; the peer took {} KiB of the 300 MB offered; \
          peer RSS {rss_before} KiB before, at most {max_rss} KiB; at most {most_held} jobs at the slow stage",

@@ -283,6 +283,7 @@ mod tests {
                 peer: Some("12D3KooWother0000".into()),
                 message: message.into(),
             }],
+            pipelines: vec![],
         }
     }
 

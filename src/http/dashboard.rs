@@ -172,6 +172,11 @@ pub fn fragment(view: &MeshView, apps: &AppsView, stats: &StatsView, now: u64) -
     h.push_str(r#"<section class="card wide"><h2>Apps</h2>"#);
     h.push_str(&app_cards(apps, stats));
     h.push_str("</section>");
+    if !stats.pipelines.is_empty() {
+        h.push_str(r#"<section class="card wide"><h2>Pipelines</h2>"#);
+        h.push_str(&pipelines(stats, now));
+        h.push_str("</section>");
+    }
     h.push_str(r#"<section class="card wide"><h2>Latest errors</h2>"#);
     h.push_str(&errors(stats, &view.local.id, now));
     h.push_str("</section></main>");
@@ -476,6 +481,43 @@ fn app_card(
     );
 }
 
+/// The pipelines entering here now: per stage, the rate and p99 of its
+/// app's jobs here over the last full interval.
+fn pipelines(stats: &StatsView, now: u64) -> String {
+    let mut s = String::new();
+    for p in &stats.pipelines {
+        let chain: Vec<String> = p
+            .stages
+            .iter()
+            .map(|a| format!("<code>{}</code>", esc(a)))
+            .collect();
+        let _ = write!(
+            s,
+            r#"<div class="pipeline"><div>{} <span class="muted">· running {}</span></div>
+<table><tr><th>stage</th><th>app</th><th>jobs/s here</th><th>p99</th></tr>"#,
+            chain.join(" → "),
+            ago(now, p.started_ms)
+        );
+        for (k, app) in p.stages.iter().enumerate() {
+            let pts = stats.apps.get(app).map_or(&[][..], |p| &p[..]);
+            // The last interval is still filling: the one before it.
+            let last = pts.len().checked_sub(2).map(|i| &pts[i]);
+            let rate = last.map_or("–".to_string(), |p| format!("{:.0}", p.rate));
+            let p99 = last
+                .and_then(|p| p.p99_ms)
+                .map_or("–".to_string(), |v| format!("{v:.1} ms"));
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td><code>{}</code></td><td>{rate}</td><td>{p99}</td></tr>",
+                k + 1,
+                esc(app)
+            );
+        }
+        s.push_str("</table></div>");
+    }
+    s
+}
+
 /// The latest errors seen here, newest first (20 at most).
 fn errors(stats: &StatsView, local_id: &str, now: u64) -> String {
     if stats.errors.is_empty() {
@@ -579,6 +621,56 @@ mod tests {
             "3 nodes, 3 rows, 1 error"
         );
         assert!(page.contains("<title>disruptor · …oWself0000 · 1 up</title>"));
+    }
+
+    /// A running pipeline shows each stage with its app's rate and p99
+    /// over the last full interval; none shows no card.
+    #[test]
+    fn a_running_pipeline_shows_its_stages() {
+        let view = MeshView {
+            local: SelfView {
+                id: "12D3KooWself0000".into(),
+                listen: vec![],
+                http: "127.0.0.1:8001".into(),
+                started_ms: 1_000,
+                private: false,
+                labels: Default::default(),
+            },
+            peers: vec![],
+        };
+        let apps = AppsView::build(&view.local.id, vec![], &view);
+        let stats = Stats::default();
+        let t0 = 1_000_000_000_000u64;
+        for _ in 0..50 {
+            stats.job(
+                "apps/split",
+                true,
+                std::time::Duration::from_millis(3),
+                t0 + 100,
+            );
+        }
+        let none = fragment(&view, &apps, &stats.view(t0 + 6_000), t0 + 6_000);
+        assert!(!none.contains("Pipelines"));
+        let stages = vec!["apps/split".to_string(), "apps/<b>".to_string()];
+        let listed = stats.pipeline(stages, t0 - 12_000);
+        let live = fragment(&view, &apps, &stats.view(t0 + 6_000), t0 + 6_000);
+        assert!(live.contains("<h2>Pipelines</h2>"), "{live}");
+        assert!(
+            live.contains("<code>apps/split</code> → <code>apps/&lt;b&gt;</code>"),
+            "{live}"
+        );
+        // 50 jobs of 3 ms in the 5 s interval before: 10/s, p99 in the 3.2 ms bin.
+        assert!(
+            live.contains("<td>1</td><td><code>apps/split</code></td><td>10</td><td>3.2 ms</td>"),
+            "{live}"
+        );
+        assert!(
+            live.contains("<td>2</td><td><code>apps/&lt;b&gt;</code></td><td>–</td><td>–</td>"),
+            "{live}"
+        );
+        drop(listed);
+        let after = fragment(&view, &apps, &stats.view(t0 + 6_000), t0 + 6_000);
+        assert!(!after.contains("Pipelines"));
     }
 
     /// A version is whatever another peer announced: a multi-byte

@@ -89,7 +89,23 @@ pub struct StatsView {
     pub apps: BTreeMap<String, Vec<Point>>,
     /// Newest first.
     pub errors: Vec<ErrorEvent>,
+    /// Pipelines (streams through several apps) entering here now, oldest
+    /// first, at most [`MAX_PIPELINES`].
+    #[serde(default)]
+    pub pipelines: Vec<PipelineView>,
 }
+
+/// A pipeline running now: its stages, and since when.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PipelineView {
+    /// Its apps, in order.
+    pub stages: Vec<String>,
+    /// When its stream started, unix ms.
+    pub started_ms: u64,
+}
+
+/// Pipelines shown at once; more run, but only these are listed.
+pub const MAX_PIPELINES: usize = 16;
 
 /// Recent per-app series and errors, in fixed memory (see the module
 /// docs). A peer records into its one [`STATS`].
@@ -97,6 +113,27 @@ pub struct StatsView {
 pub struct Stats {
     apps: Mutex<BTreeMap<String, AppSeries>>,
     errors: Mutex<VecDeque<ErrorEvent>>,
+    /// Running pipelines by a number of their own.
+    pipelines: Mutex<(u64, BTreeMap<u64, PipelineView>)>,
+}
+
+/// A listed pipeline; it leaves the list when this is dropped.
+pub struct Listed<'a> {
+    stats: &'a Stats,
+    id: Option<u64>,
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.stats
+                .pipelines
+                .lock()
+                .expect("stats lock")
+                .1
+                .remove(&id);
+        }
+    }
 }
 
 /// The process's one set (a peer is one process; tests make their own).
@@ -159,6 +196,31 @@ impl Stats {
         b.ok += ok;
         b.failed += failed;
         b.lat[lat_bin(took)] += (ok + failed) as u32;
+    }
+
+    /// Lists a pipeline of `stages` that starts at `now_ms` until the
+    /// returned guard is dropped (not listed when [`MAX_PIPELINES`] are).
+    pub fn pipeline<'a>(&'a self, stages: Vec<String>, now_ms: u64) -> Listed<'a> {
+        let mut p = self.pipelines.lock().expect("stats lock");
+        if p.1.len() >= MAX_PIPELINES {
+            return Listed {
+                stats: self,
+                id: None,
+            };
+        }
+        p.0 += 1;
+        let id = p.0;
+        p.1.insert(
+            id,
+            PipelineView {
+                stages,
+                started_ms: now_ms,
+            },
+        );
+        Listed {
+            stats: self,
+            id: Some(id),
+        }
     }
 
     /// Drops the series of every app for which `keep` is false.
@@ -261,6 +323,14 @@ impl Stats {
                 .iter()
                 .cloned()
                 .collect(),
+            pipelines: self
+                .pipelines
+                .lock()
+                .expect("stats lock")
+                .1
+                .values()
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -291,6 +361,31 @@ mod tests {
         // Five minutes later, all of it is history.
         let v = s.view(t0 + 6_000 + (BUCKETS as u64) * 5_000);
         assert!(v.apps["apps/a"].iter().all(|p| p.jobs == 0));
+    }
+
+    #[test]
+    fn running_pipelines_are_listed_while_they_run_and_bounded() {
+        let s = Stats::default();
+        let stages = |i: usize| vec![format!("apps/a{i}"), "apps/b".to_string()];
+        let first = s.pipeline(stages(0), 7);
+        assert_eq!(
+            s.view(10).pipelines,
+            vec![PipelineView {
+                stages: stages(0),
+                started_ms: 7
+            }]
+        );
+        let more: Vec<_> = (1..=MAX_PIPELINES)
+            .map(|i| s.pipeline(stages(i), 8))
+            .collect();
+        let listed = s.view(10).pipelines;
+        assert_eq!(listed.len(), MAX_PIPELINES, "the last one is not listed");
+        assert_eq!(listed[0].stages, stages(0));
+        drop(first);
+        assert_eq!(s.view(10).pipelines.len(), MAX_PIPELINES - 1);
+        // The one that was not listed leaves nothing behind when it ends.
+        drop(more);
+        assert!(s.view(10).pipelines.is_empty());
     }
 
     #[test]

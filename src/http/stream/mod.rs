@@ -181,6 +181,11 @@ async fn run(
     let mut input_done = false;
     let mut broken: Option<String> = None;
     let first = stages.get(0).clone();
+    // Listed on the dashboard while it runs.
+    let _listed = stages.is_pipeline().then(|| {
+        let names = stages.iter().map(|a| a.to_string()).collect();
+        crate::obs::stats::STATS.pipeline(names, crate::clock::unix_ms())
+    });
     loop {
         let room =
             |flow: &Flow, output: &Output| flow.in_flight + output.waiting.len() < opts.window;
