@@ -75,8 +75,9 @@ pub(super) async fn job(
 /// What a job request asks for, checked.
 struct JobRequest {
     app: AppName,
-    /// `app`, then each `then=` app.
-    stages: Stages,
+    /// `app`, then each `then=` app; none without a `then` (most jobs:
+    /// no allocation for it).
+    pipeline: Option<Stages>,
     timeout: Duration,
     query: JobQuery,
 }
@@ -100,8 +101,8 @@ impl JobRequest {
         .map_err(ApiError::bad_request)?;
         let app = AppName::parse(&format!("apps/{path}"))
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let stages = stages_of(app.clone(), raw).map_err(ApiError::bad_request)?;
-        if stages.is_pipeline() && query.to_all {
+        let pipeline = pipeline_of(&app, raw).map_err(ApiError::bad_request)?;
+        if pipeline.is_some() && query.to_all {
             return Err(ApiError::bad_request(
                 "to=all runs one job on every peer; it does not take `then` stages",
             ));
@@ -109,23 +110,37 @@ impl JobRequest {
         let timeout = job_timeout(headers)?;
         Ok(JobRequest {
             app,
-            stages,
+            pipeline,
             timeout,
             query,
         })
     }
 }
 
-/// The stages a request names: its app, then each `then=APP` of its query
-/// in order (repeated, which the typed query cannot hold).
-fn stages_of(app: AppName, raw: Option<&str>) -> Result<Stages, String> {
+impl JobRequest {
+    /// Its stages: the app alone, or the pipeline.
+    fn stages(&self) -> Stages {
+        self.pipeline
+            .clone()
+            .unwrap_or_else(|| Stages::new(self.app.clone(), vec![]).expect("one stage"))
+    }
+}
+
+/// The pipeline a request names, if it names one: its app, then each
+/// `then=APP` of its query in order (repeated, which the typed query cannot
+/// hold).
+fn pipeline_of(app: &AppName, raw: Option<&str>) -> Result<Option<Stages>, String> {
+    // Most jobs: no query, or none that can name a stage.
+    let Some(raw) = raw.filter(|r| r.contains("then") || r.contains('%')) else {
+        return Ok(None);
+    };
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(&s.replace('+', " "))
             .decode_utf8_lossy()
             .into_owned()
     };
     let mut then = Vec::new();
-    for pair in raw.unwrap_or("").split('&') {
+    for pair in raw.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         if decode(key) != "then" {
             continue;
@@ -136,7 +151,10 @@ fn stages_of(app: AppName, raw: Option<&str>) -> Result<Stages, String> {
         let value = decode(value);
         then.push(AppName::parse(&value).map_err(|e| format!("then={value:?}: {e}"))?);
     }
-    Stages::new(app, then)
+    if then.is_empty() {
+        return Ok(None);
+    }
+    Stages::new(app.clone(), then).map(Some)
 }
 
 /// Every stage of `stages` runs somewhere (waiting like a job for one
@@ -181,7 +199,8 @@ async fn start_stream(s: &Ctx, req: JobRequest, body: Body) -> Result<Response, 
         ));
     }
     let deadline = Instant::now() + req.timeout;
-    every_stage_runs(s, &req.stages, deadline).await?;
+    let stages = req.stages();
+    every_stage_runs(s, &stages, deadline).await?;
     if let Some(reducer) = &req.query.reduce {
         s.dispatcher
             .everyone_running(reducer, deadline)
@@ -197,9 +216,9 @@ async fn start_stream(s: &Ctx, req: JobRequest, body: Body) -> Result<Response, 
         idle_timeout: s.config.body_timeout,
     };
     let Some(reducer) = req.query.reduce else {
-        return Ok(stream::respond(s.dispatcher.clone(), req.stages, body, opts).await);
+        return Ok(stream::respond(s.dispatcher.clone(), stages, body, opts).await);
     };
-    let r = stream::reduced(s.dispatcher.clone(), req.stages, reducer, body, opts).await?;
+    let r = stream::reduced(s.dispatcher.clone(), stages, reducer, body, opts).await?;
     Ok(reduced_answer(r.answer, r.count, r.failed))
 }
 
@@ -260,21 +279,15 @@ async fn run_job(s: &Ctx, req: JobRequest, headers: &HeaderMap, body: Body) -> R
             ));
         }
         let (app, policy) = (&req.app, req.query.policy);
-        if req.stages.is_pipeline() {
-            if let Err(e) = every_stage_runs(s, &req.stages, Instant::now() + req.timeout).await {
+        if let Some(stages) = &req.pipeline {
+            if let Err(e) = every_stage_runs(s, stages, Instant::now() + req.timeout).await {
                 return Outcome::refused(e);
             }
-            let run = pipeline::run_job(
-                &s.dispatcher,
-                &req.stages,
-                payload,
-                req.timeout,
-                policy,
-                job_id,
-            );
+            let run =
+                pipeline::run_job(&s.dispatcher, stages, payload, req.timeout, policy, job_id);
             let result = run
                 .await
-                .map_err(|(k, e)| pipeline::at_stage(k, req.stages.get(k), e));
+                .map_err(|(k, e)| pipeline::at_stage(k, stages.get(k), e));
             return Outcome::unrouted(result.map(|r| (r, None)));
         }
         let out = s.dispatcher.run(app, payload, req.timeout, policy, job_id);
@@ -530,6 +543,40 @@ mod tests {
             Ok(Query(p)) => p.resolve(Policy::Random),
             Err(rejection) => Err(rejection.body_text()),
         }
+    }
+
+    #[test]
+    fn a_pipeline_is_named_by_repeated_then_parameters() {
+        let app = AppName::parse("apps/a").unwrap();
+        let names = |raw: Option<&str>| {
+            pipeline_of(&app, raw)
+                .map(|p| p.map(|s| s.iter().map(|a| a.to_string()).collect::<Vec<_>>()))
+        };
+        assert_eq!(names(None), Ok(None));
+        assert_eq!(names(Some("window=4&ordered=false")), Ok(None));
+        assert_eq!(
+            names(Some("then=apps/b&window=4&then=apps%2Fc")),
+            Ok(Some(vec![
+                "apps/a".into(),
+                "apps/b".into(),
+                "apps/c".into()
+            ]))
+        );
+        // An encoded key is a key.
+        assert_eq!(
+            names(Some("t%68en=apps/b")),
+            Ok(Some(vec!["apps/a".into(), "apps/b".into()]))
+        );
+        let e = names(Some("then=../etc")).unwrap_err();
+        assert!(e.starts_with("then=\"../etc\""), "{e}");
+        let most = "&then=apps/b".repeat(MAX_STAGES - 1);
+        assert_eq!(names(Some(&most)).unwrap().unwrap().len(), MAX_STAGES);
+        let more = "&then=apps/b".repeat(MAX_STAGES);
+        assert!(
+            names(Some(&more))
+                .unwrap_err()
+                .contains("at most 16 stages")
+        );
     }
 
     #[test]
