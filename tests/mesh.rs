@@ -126,9 +126,11 @@ fn sigkilled_peer_is_down_everywhere_fast_and_rejoins_after_restart() {
     assert_eq!(peers[1].id, victim_id, "identity file keeps the peer id");
     let took = peers.wait_converged(Duration::from_secs(10));
     eprintln!("restarted peer up everywhere after {took:?}");
-    // The kill cost the survivors no false downs.
+    // The kill cost the survivors no false downs: the victim's one down
+    // may be `dead` (the news came before the survivor's own redial was
+    // refused), nothing else.
     for p in peers.iter().filter(|p| p.name != peers[1].name) {
-        p.assert_no_false_downs();
+        p.assert_failure_downs_at_most(1);
     }
 }
 

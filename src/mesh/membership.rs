@@ -65,6 +65,7 @@ use super::view::{DownReason, PeerState, PeerView, yes};
 use crate::apps::AppStatus;
 use crate::mesh::desired::DesiredApp;
 use crate::mesh::labels::Labels;
+use crate::mesh::swim::Status as SwimStatus;
 use crate::obs::metrics::ReasonLabel;
 use crate::ratelimit::PerKeyBudget;
 
@@ -229,6 +230,9 @@ struct Entry {
     version: Option<(u64, u64)>,
     left_incarnation: Option<u64>,
     rtt: Option<Duration>,
+    /// SWIM holds it alive (or suspect): it counts as heard from, whatever
+    /// `last_heard` says (see [`Membership::on_swim`]).
+    vouched: bool,
     connections: u32,
     next_dial: Instant,
     backoff: Duration,
@@ -259,6 +263,7 @@ impl Entry {
             version: None,
             left_incarnation: None,
             rtt: None,
+            vouched: false,
             connections: 0,
             next_dial: now,
             backoff: DIAL_BACKOFF_MIN,
@@ -283,8 +288,10 @@ impl Entry {
     }
 
     fn heard_recently(&self, now: Instant, down_after: Duration) -> bool {
-        self.last_heard
-            .is_some_and(|t| now.saturating_duration_since(t) < down_after)
+        self.vouched
+            || self
+                .last_heard
+                .is_some_and(|t| now.saturating_duration_since(t) < down_after)
     }
 
     /// An unverified entry that may not be dialled again.
@@ -461,6 +468,8 @@ pub struct Membership {
     /// Peers that went silent while connected since the last
     /// [`Membership::take_silenced`]: their connections are to be closed.
     silenced: Vec<PeerId>,
+    /// Peers that became unreachable since [`Membership::take_unreachable`].
+    unreachable: Vec<PeerId>,
     /// Announcements of others never taken (gaps in their numbers); also
     /// counted in `/metrics`.
     skipped: u64,
@@ -490,6 +499,7 @@ impl Membership {
             dirty: true,
             soft_dirty: false,
             silenced: Vec::new(),
+            unreachable: Vec::new(),
             skipped: 0,
         }
     }
@@ -696,6 +706,9 @@ impl Membership {
         if e.connections == 0 && matches!(e.state, State::Up | State::Joining) {
             set_state(peer, e, State::Down(DownReason::Unreachable), now);
             self.dirty = true;
+            if self.unreachable.len() < MAX_PEERS {
+                self.unreachable.push(peer);
+            }
         }
     }
 
@@ -711,6 +724,67 @@ impl Membership {
             }
             self.soft_dirty = true;
         }
+    }
+
+    /// What SWIM holds about every member (`members`: its whole view). A
+    /// member it holds alive or suspect is *vouched*: it counts as heard
+    /// from for as long as SWIM says so (SWIM's probes, indirect probes and
+    /// suspicion decide, at a cost per peer that does not grow with the
+    /// mesh), and may come up as soon as it is connected and announced. A
+    /// member SWIM declared dead goes down as `dead` at once (its open
+    /// connections are closed, see [`Self::take_silenced`]) unless a redial
+    /// of this peer's own is deciding already; it comes back
+    /// by refuting (SWIM alive again) or by being heard from. Members SWIM
+    /// does not hold (or holds as left) follow the rules of the module docs.
+    pub fn on_swim(&mut self, members: &HashMap<PeerId, SwimStatus>, now: Instant) {
+        let down_after = self.timing.down_after;
+        for (id, e) in self.peers.iter_mut() {
+            if !e.verified {
+                continue;
+            }
+            let status = members.get(id).copied();
+            let vouched = matches!(status, Some(SwimStatus::Alive | SwimStatus::Suspect));
+            if vouched != e.vouched {
+                e.vouched = vouched;
+                if !vouched {
+                    // Heard from until now: the usual silence rule starts
+                    // from here, unless SWIM says dead.
+                    e.last_heard = Some(now);
+                }
+            }
+            let left = e.left_incarnation.is_some() && e.left_incarnation == e.version.map(|v| v.0);
+            match (status, e.state) {
+                // Not connected, redial in flight: what the redial finds
+                // (refused: unreachable) is this peer's own evidence, and
+                // comes within milliseconds of a kill.
+                (Some(SwimStatus::Dead), State::Up) if e.connections == 0 => {}
+                (Some(SwimStatus::Dead), State::Up) => {
+                    e.last_heard = None;
+                    set_state(*id, e, State::Down(DownReason::Dead), now);
+                    self.dirty = true;
+                    if e.connections > 0 {
+                        self.silenced.push(*id);
+                    }
+                }
+                (_, State::Joining | State::Down(DownReason::Silent | DownReason::Dead))
+                    if vouched
+                        && e.connections > 0
+                        && e.version.is_some()
+                        && !left
+                        && e.heard_recently(now, down_after) =>
+                {
+                    set_state(*id, e, State::Up, now);
+                    self.dirty = true;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Peers that became unreachable (last connection closed, redial
+    /// failed) since the last call: the caller tells SWIM they are dead.
+    pub fn take_unreachable(&mut self) -> Vec<PeerId> {
+        std::mem::take(&mut self.unreachable)
     }
 
     /// Periodic housekeeping: silent peers go down, long-down peers are
@@ -779,12 +853,14 @@ impl Membership {
             .values()
             .flat_map(|e| {
                 let state = match e.state {
-                    _ if !e.verified => e.created + UNVERIFIED_TTL,
-                    State::Up => e.last_heard.map_or(now, |t| t + down_after),
-                    State::Down(_) | State::Joining => e.state_since + forget_after,
+                    _ if !e.verified => Some(e.created + UNVERIFIED_TTL),
+                    // SWIM decides when a vouched peer is down.
+                    State::Up if e.vouched => None,
+                    State::Up => Some(e.last_heard.map_or(now, |t| t + down_after)),
+                    State::Down(_) | State::Joining => Some(e.state_since + forget_after),
                 };
                 let dial = (e.dialable() || e.spent()).then_some(e.next_dial);
-                std::iter::once(state).chain(dial)
+                state.into_iter().chain(dial)
             })
             .min()
     }

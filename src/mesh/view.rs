@@ -83,8 +83,13 @@ pub enum DownReason {
     /// Its last connection closed and a redial failed.
     Unreachable,
     /// Nothing heard from it (no announcement, no answered ping) for
-    /// `--down-after`, though it may still be connected.
+    /// `--down-after`, though it may still be connected; only for a peer
+    /// the failure detector does not vouch for yet.
     Silent,
+    /// The mesh's failure detector (SWIM) declared it dead: its probes went
+    /// unanswered, through other peers too, for the suspicion timeout, or
+    /// a peer connected to it found it unreachable.
+    Dead,
 }
 
 impl DownReason {
@@ -94,6 +99,7 @@ impl DownReason {
             DownReason::Left => "left",
             DownReason::Unreachable => "unreachable",
             DownReason::Silent => "silent",
+            DownReason::Dead => "dead",
         }
     }
 }

@@ -37,6 +37,7 @@ use super::behaviour::{
     MEMBERSHIP_TOPIC, MemberHint, MembersRequest, MembersResponse, PROTOCOL_VERSION,
 };
 use super::client::{Client, Command};
+use super::swim::{Input, SwimHandle};
 use super::{Announced, Settings};
 use crate::clock::unix_ms;
 use crate::mesh::desired::{DesiredApp, DesiredApps};
@@ -113,6 +114,10 @@ pub struct EventLoop {
     /// Connected peers whose gossip is dropped unread (graylisted by peer
     /// scoring), as of the last housekeeping round.
     graylisted: HashSet<PeerId>,
+    /// This peer's identity: SWIM signs its "alive" with it.
+    keypair: libp2p::identity::Keypair,
+    /// The SWIM driver (failure detection), once [`Self::run`] started it.
+    swim: Option<SwimHandle>,
 }
 
 /// Announcements per second (and burst) accepted from any one author.
@@ -179,6 +184,8 @@ impl EventLoop {
             refusals_logged: [0; MemberRefusal::ALL.len()],
             next_refusal_log: now(),
             graylisted: HashSet::new(),
+            keypair: config.keypair.clone(),
+            swim: None,
         };
         event_loop.publish_view();
         let jobs = super::jobs::JobLinks::new(event_loop.swarm.behaviour().stream.new_control());
@@ -208,6 +215,14 @@ impl EventLoop {
     /// keeps serving HTTP without a network behind it.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let _stop_everything_on_exit = shutdown.clone().drop_guard();
+        let swim = super::swim::driver::spawn(
+            self.stream_control(),
+            self.keypair.clone(),
+            self.incarnation,
+            swim_config(&self.timing),
+        );
+        let mut swim_view = swim.view.clone();
+        self.swim = Some(swim);
         self.dial_bootstraps(now());
         let housekeeping = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(housekeeping);
@@ -226,6 +241,17 @@ impl EventLoop {
                     announce.as_mut().reset(aligned_after(self.timing.announce_interval));
                 }
                 Some(command) = self.commands.recv() => self.handle_command(command),
+                Ok(()) = swim_view.changed() => {
+                    let view = swim_view.borrow_and_update().clone();
+                    self.membership.on_swim(&view.members, now());
+                }
+            }
+            for peer in self.membership.take_unreachable() {
+                self.tell_swim(Input::Unreachable(peer));
+            }
+            for peer in self.membership.take_silenced() {
+                tracing::info!(%peer, "closing the connections of a silent peer (its jobs fail over; it is redialled)");
+                let _ = self.swarm.disconnect_peer_id(peer);
             }
             if self.membership.take_dirty() {
                 self.publish_view();
@@ -249,6 +275,7 @@ impl EventLoop {
             "leaving the mesh: announcing goodbye to {} peers",
             self.membership.connected_count()
         );
+        self.tell_swim(Input::Leave);
         self.announce(true);
         let deadline = tokio::time::Instant::now() + GOODBYE_FLUSH;
         while let Ok(event) = tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await
@@ -268,10 +295,6 @@ impl EventLoop {
         }
         for dial in self.membership.tick(now) {
             self.dial(dial);
-        }
-        for peer in self.membership.take_silenced() {
-            tracing::info!(%peer, "closing the connections of a silent peer (its jobs fail over; it is redialled)");
-            let _ = self.swarm.disconnect_peer_id(peer);
         }
         if self.announce_soon {
             self.announce(false);
@@ -614,10 +637,17 @@ impl EventLoop {
         }
         self.membership.on_connected(peer, dialed_addr, now);
         if established == 1 {
+            self.tell_swim(Input::Connected(peer));
             self.swarm
                 .behaviour_mut()
                 .members
                 .send_request(&peer, MembersRequest { v: 1 });
+        }
+    }
+
+    fn tell_swim(&self, input: Input) {
+        if let Some(swim) = &self.swim {
+            swim.tell(input);
         }
     }
 
@@ -889,6 +919,24 @@ fn encode_announcement(mut a: Announce) -> Option<Vec<u8>> {
 }
 
 /// Counts a refused decision in `/metrics`.
+/// SWIM's parameters in the peer: memberlist's LAN profile, with the
+/// suspicion timeout set by `--down-after`. A peer that stops answering is
+/// probed by someone within about a probe interval (each peer probes one
+/// member per interval), suspected at the end of that probe's interval,
+/// and declared dead when the suspicion expires: so the minimum suspicion
+/// is `down_after` less two probe intervals (at least one), times
+/// `max(1, log10 N)`: a stopped peer of a small mesh is down about
+/// `down_after` after it stopped, as before SWIM.
+fn swim_config(timing: &Timing) -> crate::mesh::swim::Config {
+    let cfg = crate::mesh::swim::Config::default();
+    let mult = (timing.down_after.as_secs_f64() / cfg.probe_interval.as_secs_f64()).round() - 2.0;
+    crate::mesh::swim::Config {
+        suspicion_mult: (mult.max(1.0) as u32).max(1),
+        max_members: MAX_PEERS,
+        ..cfg
+    }
+}
+
 fn refused(refusal: Refusal) {
     crate::obs::metrics::METRICS
         .decisions_refused

@@ -23,6 +23,7 @@ pub mod bundles;
 mod client;
 mod event_loop;
 mod jobs;
+pub mod swim;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -113,7 +113,7 @@ pub struct Metrics {
     /// Peers this peer knows by state: set at each scrape.
     pub peers: Family<StateLabel, Gauge>,
     /// Times a known peer was marked down here, by reason (`left`,
-    /// `unreachable`, `silent`). Silent downs of peers that are in fact
+    /// `unreachable`, `silent`, `dead`). Silent downs of peers that are in fact
     /// alive are false downs: a healthy mesh has none.
     pub peer_downs: Family<ReasonLabel, Counter>,
     /// Announcements of other peers that were never taken here: gaps in
@@ -190,7 +190,7 @@ pub fn registry() -> Registry {
     );
     r.register(
         "disruptor_peer_downs",
-        "Times a known peer was marked down here, by reason (left, unreachable, silent)",
+        "Times a known peer was marked down here, by reason (left, unreachable, silent, dead)",
         m.peer_downs.clone(),
     );
     r.register(

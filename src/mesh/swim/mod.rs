@@ -466,6 +466,28 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
         self.gossip_now();
     }
 
+    /// This peer saw `id` die itself (its last connection closed and a
+    /// redial was refused: the kernel of a killed peer closes its sockets):
+    /// `id` is dead at once, and the news spreads as urgent. A death
+    /// announced by one peer is still a claim: if `id` is in fact alive it
+    /// hears of it and refutes it with a higher incarnation.
+    pub fn declare_dead(&mut self, id: I, now: Instant) {
+        let Some(m) = self.members.get(&id).copied() else {
+            return;
+        };
+        if !matches!(m.status, Status::Alive | Status::Suspect) {
+            return;
+        }
+        let u = Update {
+            id,
+            incarnation: m.incarnation,
+            status: Status::Dead,
+            from: self.me,
+        };
+        self.apply(&u, now);
+        self.gossip_now();
+    }
+
     /// The earliest time [`Self::tick`] has something to do.
     pub fn next_wake(&self) -> Instant {
         let mut t = self.next_probe.min(self.next_sync);

@@ -452,3 +452,47 @@ fn the_simulator_is_deterministic() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_death_seen_here_is_news_at_once_and_the_living_refute_it() {
+    let now = Instant::now();
+    let (mut a, mut b) = (peer(1, now), peer(2, now));
+    b.join(1, now);
+    exchange(&mut a, &mut b, now);
+    a.handle(3, news(vec![alive(3, 0)]), now);
+    a.drain_events().for_each(drop);
+    a.drain_sends().for_each(drop);
+    // Unknown members and this peer itself: nothing happens.
+    a.declare_dead(7, now);
+    a.declare_dead(1, now);
+    assert_eq!(a.status(&1), None);
+    assert!(a.drain_events().next().is_none());
+    a.declare_dead(2, now);
+    assert_eq!(a.status(&2), Some(Status::Dead));
+    assert_eq!(
+        a.drain_events().collect::<Vec<_>>(),
+        vec![Event::Down { id: 2, left: false }]
+    );
+    // Gossiped at once to the living (not at the next gossip round).
+    let sends: Vec<_> = a.drain_sends().collect();
+    assert!(
+        sends.iter().any(|(to, m)| *to == 3
+            && matches!(m, Msg::Gossip { updates }
+            if updates.iter().any(|u| u.id == 2 && u.status == Status::Dead))),
+        "{sends:?}"
+    );
+    // Dead already: a second report changes nothing.
+    a.declare_dead(2, now);
+    assert!(a.drain_events().next().is_none());
+    // The claim reaches b, alive after all: it refutes and is alive again.
+    let dead = Update {
+        id: 2,
+        incarnation: 0,
+        status: Status::Dead,
+        from: 1,
+    };
+    b.handle(1, news(vec![dead]), now);
+    exchange(&mut a, &mut b, now);
+    assert_eq!(a.status(&2), Some(Status::Alive));
+    assert!(b.incarnation() > 0);
+}

@@ -1,0 +1,275 @@
+//! The task that runs this peer's SWIM state machine: it feeds it the
+//! messages other peers send, the clock, and what the event loop saw
+//! (connections, deaths), and carries out the sends it asks for.
+//!
+//! It runs beside the swarm task, not in it: messages come and go on
+//! libp2p streams through `libp2p-stream`'s [`Control`] (one stream per
+//! message, opened to the receiver, written and closed), and the event
+//! loop learns the result from a `watch`ed [`SwimView`]. Nothing here
+//! blocks; a send or a read that takes too long is dropped (SWIM is built
+//! for lost messages).
+//!
+//! # Bounds
+//! Inbound: at most [`MAX_INBOUND`] streams read at once (more are reset
+//! unread), each one frame of at most [`MAX_FRAME`](super::wire::MAX_FRAME)
+//! bytes within [`READ_TIMEOUT`], and per sender at most [`SENDER_BURST`]
+//! messages at once, [`SENDER_RATE`] a second on average (the rest are
+//! dropped unread: an honest peer sends a few a second). Outbound: at most
+//! [`MAX_OUTBOUND`] sends in flight (more are dropped).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::identity::Keypair;
+use libp2p::{PeerId, StreamProtocol};
+use libp2p_stream::Control;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::vouch::Signatures;
+use super::wire::{self, MAX_FRAME};
+use crate::mesh::swim::{Config, Event, Status, Swim};
+use crate::ratelimit::PerKeyBudget;
+
+/// The SWIM protocol's name.
+pub const SWIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/swim/1");
+/// Inbound streams read at once, at most.
+pub const MAX_INBOUND: usize = 64;
+/// Outbound sends in flight, at most.
+pub const MAX_OUTBOUND: usize = 256;
+/// Messages taken from one sender at once, and per second on average.
+pub const SENDER_BURST: u32 = 64;
+/// See [`SENDER_BURST`].
+pub const SENDER_RATE: u32 = 32;
+/// How long reading one inbound message may take.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening a stream and writing one message may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Messages read but not yet handled, at most (more are dropped).
+const INBOX: usize = 256;
+
+/// What the event loop tells the driver.
+#[derive(Debug, Clone, Copy)]
+pub enum Input {
+    /// A connection to this peer is up: if this peer knows nobody yet, it
+    /// joins the mesh through it.
+    Connected(PeerId),
+    /// This peer's last connection to it closed and the redial failed: it
+    /// is dead (see [`Swim::declare_dead`]).
+    Unreachable(PeerId),
+    /// This peer is stopping: say goodbye.
+    Leave,
+}
+
+/// What SWIM holds, as the event loop reads it.
+#[derive(Debug, Default, Clone)]
+pub struct SwimView {
+    /// Every member held, with its status.
+    pub members: HashMap<PeerId, Status>,
+    /// This peer's local health score (0 is healthy).
+    pub health: u32,
+}
+
+/// The event loop's handle on the driver task.
+pub struct SwimHandle {
+    inputs: mpsc::Sender<Input>,
+    /// The latest view, replaced whenever a member changes status.
+    pub view: watch::Receiver<Arc<SwimView>>,
+}
+
+impl SwimHandle {
+    /// Tells the driver something; dropped if the driver is 1024 inputs
+    /// behind (it never is unless it is gone).
+    pub fn tell(&self, input: Input) {
+        let _ = self.inputs.try_send(input);
+    }
+}
+
+/// Starts the driver for the peer with identity `key`, starting at
+/// `incarnation`. It runs until the handle is dropped.
+pub fn spawn(mut control: Control, key: Keypair, incarnation: u64, cfg: Config) -> SwimHandle {
+    let me = key.public().to_peer_id();
+    let (inputs_tx, inputs) = mpsc::channel(1024);
+    let (view_tx, view) = watch::channel(Arc::new(SwimView::default()));
+    let (inbox_tx, inbox) = mpsc::channel(INBOX);
+    match control.accept(SWIM_PROTOCOL) {
+        Ok(incoming) => {
+            tokio::spawn(accept(incoming, inbox_tx));
+        }
+        Err(e) => tracing::error!("SWIM protocol not served: {e}"),
+    }
+    let seed = rand::random();
+    let swim = Swim::new(me, incarnation, cfg, Instant::now(), seed);
+    let driver = Driver {
+        swim,
+        sigs: Signatures::new(key),
+        control,
+        outbound: Arc::new(Semaphore::new(MAX_OUTBOUND)),
+        budget: PerKeyBudget::new(SENDER_BURST, SENDER_RATE, wire::MAX_SYNC_MEMBERS),
+        view_tx,
+        leaving: false,
+    };
+    tokio::spawn(driver.run(inputs, inbox));
+    SwimHandle {
+        inputs: inputs_tx,
+        view,
+    }
+}
+
+/// Accepts inbound SWIM streams, reading each on a task of its own (at most
+/// [`MAX_INBOUND`] at once) and handing the message to the driver.
+async fn accept(
+    mut incoming: libp2p_stream::IncomingStreams,
+    inbox: mpsc::Sender<(PeerId, Vec<u8>)>,
+) {
+    let readers = Arc::new(Semaphore::new(MAX_INBOUND));
+    while let Some((peer, mut stream)) = incoming.next().await {
+        let Ok(permit) = readers.clone().try_acquire_owned() else {
+            // Dropping the stream resets it.
+            continue;
+        };
+        let inbox = inbox.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let read = async {
+                let mut len = [0u8; 4];
+                stream.read_exact(&mut len).await?;
+                let len = u32::from_be_bytes(len) as usize;
+                if len > MAX_FRAME {
+                    return Err(std::io::Error::other(format!(
+                        "a SWIM message of {len} bytes (at most {MAX_FRAME})"
+                    )));
+                }
+                let mut body = vec![0u8; len];
+                stream.read_exact(&mut body).await?;
+                Ok(body)
+            };
+            match tokio::time::timeout(READ_TIMEOUT, read).await {
+                Ok(Ok(body)) => {
+                    let _ = inbox.try_send((peer, body));
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, "SWIM message not read: {e}"),
+                Err(_) => tracing::debug!(%peer, "SWIM message not read within {READ_TIMEOUT:?}"),
+            }
+        });
+    }
+}
+
+struct Driver {
+    swim: Swim<PeerId>,
+    sigs: Signatures,
+    control: Control,
+    outbound: Arc<Semaphore>,
+    budget: PerKeyBudget<PeerId>,
+    view_tx: watch::Sender<Arc<SwimView>>,
+    leaving: bool,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        mut inbox: mpsc::Receiver<(PeerId, Vec<u8>)>,
+    ) {
+        self.sigs.sign_own(self.swim.incarnation(), false);
+        // Forget the signatures of forgotten members now and then.
+        let mut prune = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            let wake = tokio::time::Instant::from_std(self.swim.next_wake());
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(input) => self.on_input(input),
+                    // The event loop is gone: so is this peer.
+                    None => break,
+                },
+                Some((peer, body)) = inbox.recv() => self.on_message(peer, &body),
+                _ = tokio::time::sleep_until(wake) => self.swim.tick(Instant::now()),
+                _ = prune.tick() => {
+                    let swim = &self.swim;
+                    self.sigs.retain(|id| swim.status(id).is_some());
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn on_input(&mut self, input: Input) {
+        let now = Instant::now();
+        tracing::debug!(?input, "SWIM input");
+        match input {
+            Input::Connected(peer) => {
+                if self.swim.live_members() == 0 && self.swim.status(&peer).is_none() {
+                    self.swim.join(peer, now);
+                }
+            }
+            Input::Unreachable(peer) => self.swim.declare_dead(peer, now),
+            Input::Leave => {
+                self.leaving = true;
+                self.swim.leave();
+            }
+        }
+    }
+
+    fn on_message(&mut self, peer: PeerId, body: &[u8]) {
+        let now = Instant::now();
+        if !self.budget.allow(&peer, now) {
+            tracing::debug!(%peer, "SWIM message dropped: over the sender's budget");
+            return;
+        }
+        match wire::decode(body, &mut self.sigs) {
+            Ok(msg) => self.swim.handle(peer, msg, now),
+            Err(e) => tracing::debug!(%peer, "malformed SWIM message refused: {e}"),
+        }
+    }
+
+    /// Signs this peer's record if its incarnation moved (a refutation),
+    /// sends what the state machine asked for, and publishes the view when
+    /// a member changed.
+    fn flush(&mut self) {
+        self.sigs.sign_own(self.swim.incarnation(), self.leaving);
+        let sends: Vec<_> = self.swim.drain_sends().collect();
+        for (to, msg) in sends {
+            let frame = wire::encode(&msg, &self.sigs);
+            let Ok(permit) = self.outbound.clone().try_acquire_owned() else {
+                tracing::debug!(%to, "SWIM message dropped: {MAX_OUTBOUND} sends in flight");
+                continue;
+            };
+            let mut control = self.control.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let send = async {
+                    let mut stream = control
+                        .open_stream(to, SWIM_PROTOCOL)
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    stream.write_all(&frame).await?;
+                    stream.close().await
+                };
+                match tokio::time::timeout(SEND_TIMEOUT, send).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(%to, "SWIM message not sent: {e}"),
+                    Err(_) => tracing::debug!(%to, "SWIM message not sent within {SEND_TIMEOUT:?}"),
+                }
+            });
+        }
+        let mut changed = false;
+        for event in self.swim.drain_events() {
+            changed = true;
+            match event {
+                Event::Up(id) => tracing::debug!(peer = %id, "SWIM: alive"),
+                Event::Suspect(id) => tracing::debug!(peer = %id, "SWIM: suspect"),
+                Event::Down { id, left } => {
+                    tracing::debug!(peer = %id, left, "SWIM: down")
+                }
+            }
+        }
+        if changed {
+            let view = SwimView {
+                members: self.swim.members().collect(),
+                health: self.swim.health(),
+            };
+            self.view_tx.send_replace(Arc::new(view));
+        }
+    }
+}
