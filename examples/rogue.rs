@@ -43,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use libp2p::identity::Keypair;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, identify, noise, ping, tcp, yamux};
 use tokio::sync::mpsc;
@@ -98,7 +99,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let key = libp2p::identity::Keypair::generate_ed25519();
-    let local = PeerId::from(key.public());
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
         .with_tokio()
         .with_tcp(
@@ -152,7 +152,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The swarm task publishes what the gossip attacker hands it.
     let (publish_tx, mut publish_rx) = mpsc::channel::<Vec<u8>>(64);
     let (tally_tx, mut tally_rx) = mpsc::unbounded_channel::<Tally>();
-    let gossip = tokio::spawn(gossip_attacks(local, publish_tx, deadline));
+    let gossip = tokio::spawn(gossip_attacks(key.clone(), publish_tx, deadline));
     let streams = tokio::spawn(stream_attacks(control, target_id, deadline, tally_tx));
 
     let mut tally = Tally::default();
@@ -200,7 +200,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn announce(local: PeerId, id: &str, seq: u64, addrs: usize) -> Vec<u8> {
+/// An announcement signed as a record by `key` (see `mesh::record`): well
+/// formed whatever it says.
+fn announce(key: &Keypair, id: &str, seq: u64, addrs: usize) -> Vec<u8> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -208,16 +210,17 @@ fn announce(local: PeerId, id: &str, seq: u64, addrs: usize) -> Vec<u8> {
     let listen: Vec<String> = (0..addrs)
         .map(|i| format!("/ip4/127.0.0.1/tcp/{}", 1 + i % 60000))
         .collect();
-    let _ = local;
-    serde_json::to_vec(&serde_json::json!({
+    let json = serde_json::to_vec(&serde_json::json!({
         "v": 1, "id": id, "incarnation": now, "seq": seq, "listen": listen,
         "http": "127.0.0.1:1", "leaving": false, "apps": [], "desired": [],
     }))
-    .unwrap()
+    .unwrap();
+    disruptor::mesh::record::seal(key, &json).expect("signs")
 }
 
 /// Malformed, oversized and flooding gossip, in rounds until the deadline.
-async fn gossip_attacks(local: PeerId, tx: mpsc::Sender<Vec<u8>>, deadline: Instant) {
+async fn gossip_attacks(key: Keypair, tx: mpsc::Sender<Vec<u8>>, deadline: Instant) {
+    let local = key.public().to_peer_id();
     let mut seq = 0u64;
     let other = PeerId::random().to_string();
     while Instant::now() < deadline {
@@ -227,15 +230,15 @@ async fn gossip_attacks(local: PeerId, tx: mpsc::Sender<Vec<u8>>, deadline: Inst
             br#"{"v":1}"#.to_vec(),
             br#"{"v":99,"id":"x"}"#.to_vec(),
             [vec![b'['; 100_000], vec![b']'; 100_000]].concat(),
-            announce(local, &other, 1, 1),
-            announce(local, &local.to_string(), 1, 100_000),
+            announce(&key, &other, 1, 1),
+            announce(&key, &local.to_string(), 1, 100_000),
             vec![b'x'; 200 * 1024],
             vec![b'{'; 1024 * 1024],
         ];
         // The flood: well-formed announcements, far above the honest rate.
         for _ in 0..500 {
             seq += 1;
-            batch.push(announce(local, &local.to_string(), seq, 1));
+            batch.push(announce(&key, &local.to_string(), seq, 1));
         }
         for m in batch {
             if Instant::now() >= deadline || tx.send(m).await.is_err() {

@@ -173,13 +173,16 @@ proptest! {
         shaped in prop::collection::vec(announcement_like("SOURCE".into()), 1..4),
     ) {
         let local = libp2p::PeerId::random();
-        let source = libp2p::PeerId::random();
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let source = key.public().to_peer_id();
         let mut m = Membership::new(local, timing());
         let now = Instant::now();
         let _ = m.on_announce_bytes(source, &raw, now);
         for a in shaped {
             let text = a.to_string().replace("\"SOURCE\"", &format!("\"{source}\""));
-            let _ = m.on_announce_bytes(source, text.as_bytes(), now);
+            // Signed by its author, so that all of it is looked at.
+            let record = crate::mesh::record::seal(&key, text.as_bytes()).unwrap();
+            let _ = m.on_announce_bytes(source, &record, now);
             m.tick(now + Duration::from_secs(1));
         }
         prop_assert!(m.views().len() <= 1);

@@ -121,6 +121,7 @@ impl Peer {
         let ran = Arc::new(AtomicU32::new(0));
         let shutdown = CancellationToken::new();
         let control = event_loop.stream_control();
+        let usage = event_loop.usage();
         let run = RunHere {
             index,
             behaviour: behaviour.clone(),
@@ -133,6 +134,7 @@ impl Peer {
                 run,
                 1 << 20,
                 shutdown.clone(),
+                usage,
             )),
         ];
         let workers = Workers::new(

@@ -55,7 +55,7 @@ pub async fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
 
     let key = libp2p::identity::Keypair::generate_ed25519();
     let local = key.public().to_peer_id();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
@@ -164,7 +164,11 @@ pub async fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
                 let _ = swarm
                     .behaviour_mut()
                     .gossipsub
-                    .publish(topic.clone(), serde_json::to_vec(&announcement)?);
+                    .publish(
+                        topic.clone(),
+                        disruptor::mesh::record::seal(&key, &serde_json::to_vec(&announcement)?)
+                            .expect("signs"),
+                    );
                 next = Instant::now() + Duration::from_millis(500);
             }
             event = swarm.select_next_some() => {

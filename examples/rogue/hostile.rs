@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use disruptor::mesh::record::seal;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, Message, ProtocolSupport};
@@ -399,7 +400,8 @@ async fn announce_self(
             "v": 1, "id": id, "incarnation": incarnation, "seq": n,
             "listen": [me.listen.to_string()], "leaving": false, "apps": apps, "desired": [],
         });
-        let m = signed_message(&me.key, seq, a.to_string().as_bytes());
+        let record = seal(&me.key, a.to_string().as_bytes()).expect("signs");
+        let m = signed_message(&me.key, seq, &record);
         if gossip.send(rpc_frame(false, &[m])).await.is_err() {
             return;
         }
@@ -414,7 +416,8 @@ fn throwaway_announcement(key: &Keypair, addrs: &[String]) -> Vec<u8> {
         "v": 1, "id": key.public().to_peer_id().to_string(), "incarnation": unix_ms(),
         "seq": 1, "listen": addrs, "leaving": false, "apps": [], "desired": [],
     });
-    signed_message(key, 1, a.to_string().as_bytes())
+    let record = seal(key, a.to_string().as_bytes()).expect("signs");
+    signed_message(key, 1, &record)
 }
 
 /// Relays announcements of throwaway keys that never connect to anyone,

@@ -50,8 +50,8 @@
 //! longest-gone unconnected one) makes room. Refusals are counted
 //! ([`Membership::refusals`], and `disruptor_membership_refused_total`).
 
-use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use crate::clock::unix_ms;
@@ -65,6 +65,7 @@ use super::view::{DownReason, PeerState, PeerView, yes};
 use crate::apps::AppStatus;
 use crate::mesh::desired::DesiredApp;
 use crate::mesh::labels::Labels;
+use crate::mesh::record::{self, RecordError};
 use crate::mesh::swim::Status as SwimStatus;
 use crate::obs::metrics::ReasonLabel;
 use crate::ratelimit::PerKeyBudget;
@@ -182,6 +183,14 @@ impl Default for Timing {
     }
 }
 
+/// Size of the active view for a mesh of `members` peers (this one
+/// included): `ceil(log2 N) + 2`, between 4 and 12 (HyParView's `log N +
+/// c`): 7 at 20 peers, 10 at 150, 12 from 1,000.
+pub fn active_target(members: usize) -> usize {
+    let n = members.max(2) as f64;
+    (n.log2().ceil() as usize + 2).clamp(4, 12)
+}
+
 /// Bundles listed in an announcement, at most.
 pub const MAX_BUNDLES: usize = 64;
 
@@ -233,6 +242,11 @@ struct Entry {
     /// SWIM holds it alive (or suspect): it counts as heard from, whatever
     /// `last_heard` says (see [`Membership::on_swim`]).
     vouched: bool,
+    /// A redial after its last connection closed is in flight.
+    redialling: bool,
+    /// Its latest announcement as it signed it, handed to peers that ask
+    /// (see [`Membership::records_of`]).
+    record: Option<Arc<[u8]>>,
     connections: u32,
     next_dial: Instant,
     backoff: Duration,
@@ -264,6 +278,8 @@ impl Entry {
             left_incarnation: None,
             rtt: None,
             vouched: false,
+            redialling: false,
+            record: None,
             connections: 0,
             next_dial: now,
             backoff: DIAL_BACKOFF_MIN,
@@ -334,6 +350,9 @@ pub enum AnnounceError {
     /// A format version this peer does not speak.
     #[error("unsupported announcement version {0}")]
     Version(u32),
+    /// Not signed by its author (see [`crate::mesh::record`]).
+    #[error("{0}")]
+    Record(#[from] RecordError),
     /// A peer not in the table while it holds [`MAX_PEERS`] entries (only
     /// a peer that connects may displace another).
     #[error("membership table is full ({MAX_PEERS} peers)")]
@@ -355,7 +374,7 @@ impl AnnounceError {
     pub fn is_invalid(&self) -> bool {
         matches!(
             self,
-            AnnounceError::Malformed(_) | AnnounceError::WrongId { .. }
+            AnnounceError::Malformed(_) | AnnounceError::WrongId { .. } | AnnounceError::Record(_)
         )
     }
 }
@@ -470,6 +489,14 @@ pub struct Membership {
     silenced: Vec<PeerId>,
     /// Peers that became unreachable since [`Membership::take_unreachable`].
     unreachable: Vec<PeerId>,
+    /// Members SWIM holds alive or suspect (as of the last
+    /// [`Membership::on_swim`]; bounded by SWIM's member table).
+    swim_live: HashSet<PeerId>,
+    /// The active view: the up peers this peer keeps connections to (see
+    /// [`Membership::active`]).
+    active: Vec<PeerId>,
+    /// Picks the active view's members.
+    rng: rand::rngs::StdRng,
     /// Announcements of others never taken (gaps in their numbers); also
     /// counted in `/metrics`.
     skipped: u64,
@@ -500,6 +527,15 @@ impl Membership {
             soft_dirty: false,
             silenced: Vec::new(),
             unreachable: Vec::new(),
+            swim_live: HashSet::new(),
+            active: Vec::new(),
+            rng: {
+                use rand::SeedableRng;
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                local.hash(&mut h);
+                rand::rngs::StdRng::seed_from_u64(h.finish())
+            },
             skipped: 0,
         }
     }
@@ -509,13 +545,21 @@ impl Membership {
     /// the peer is not connected, and the decisions the announcement
     /// carries, for the caller to merge into its
     /// [`DesiredApps`](crate::mesh::desired::DesiredApps).
+    ///
+    /// `data` is a signed record ([`crate::mesh::record`]): the signature
+    /// is checked for announcements newer than the one held (a copy of one
+    /// already taken costs no check, and is not taken again). A peer not in
+    /// the table gets an entry when SWIM vouches for it (a member of the
+    /// mesh, never connected here: most of them, in a large mesh), or else
+    /// an unverified one, within [`MAX_UNVERIFIED`].
     pub fn on_announce_bytes(
         &mut self,
         source: PeerId,
         data: &[u8],
         now: Instant,
     ) -> Result<(Option<Dial>, Vec<DesiredApp>), AnnounceError> {
-        let a: Announce = serde_json::from_slice(data).map_err(|e| parse_error(data, &e))?;
+        let (sig, json) = record::split(data)?;
+        let a: Announce = serde_json::from_slice(json).map_err(|e| parse_error(json, &e))?;
         if a.v != ANNOUNCE_VERSION {
             return Err(AnnounceError::Version(a.v));
         }
@@ -529,8 +573,93 @@ impl Membership {
                 source_id: source.to_string(),
             });
         }
+        if let Some(e) = self.peers.get(&source)
+            && e.version.is_some_and(|v| v >= (a.incarnation, a.seq))
+        {
+            return Ok((None, Vec::new())); // stale or duplicate: nothing new
+        }
+        record::check(&source, sig, json)?;
+        if !self.peers.contains_key(&source) && self.swim_live.contains(&source) {
+            self.admit_vouched(source, now)?;
+        }
         let dial = self.on_announce(source, &a, now)?;
+        if let Some(e) = self.peers.get_mut(&source)
+            && e.version == Some((a.incarnation, a.seq))
+        {
+            e.record = Some(Arc::from(data));
+        }
         Ok((dial, a.desired))
+    }
+
+    /// A signed record handed over by another peer (a member list): taken
+    /// as its author's own announcement, if the signature checks and SWIM
+    /// vouches for the author (records of peers this peer did not ask
+    /// about are not taken).
+    pub fn on_record(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<(Option<Dial>, Vec<DesiredApp>), AnnounceError> {
+        #[derive(Deserialize)]
+        struct Author {
+            id: String,
+        }
+        let (_, json) = record::split(data)?;
+        let author: Author = serde_json::from_slice(json).map_err(|e| parse_error(json, &e))?;
+        let id: PeerId = author
+            .id
+            .parse()
+            .map_err(|_| AnnounceError::Malformed(format!("bad id {}", printable(&author.id))))?;
+        if !self.swim_live.contains(&id) && !self.peers.contains_key(&id) {
+            return Err(AnnounceError::UnverifiedFull);
+        }
+        self.on_announce_bytes(id, data, now)
+    }
+
+    /// Members SWIM holds alive whose announcement this peer lacks: their
+    /// records are to be fetched from a peer that has them.
+    pub fn missing_records(&self) -> Vec<PeerId> {
+        self.swim_live
+            .iter()
+            .filter(|id| self.peers.get(id).is_none_or(|e| e.version.is_none()))
+            .copied()
+            .collect()
+    }
+
+    /// The signed records held of `ids` (those held), for a peer that
+    /// asked, within `max_bytes` in all.
+    pub fn records_of(&self, ids: &[PeerId], max_bytes: usize) -> Vec<Arc<[u8]>> {
+        let mut total = 0;
+        ids.iter()
+            .filter_map(|id| self.peers.get(id)?.record.clone())
+            .take_while(|r| {
+                total += r.len();
+                total <= max_bytes
+            })
+            .collect()
+    }
+
+    /// An entry for a member SWIM vouches for (its signed "alive" came
+    /// through SWIM, its signed announcement with this call): a member like
+    /// any other, shown and counted, whose addresses stay claims until a
+    /// dial confirms them. Bounded by the table ([`MAX_PEERS`]) like
+    /// SWIM's own member table.
+    fn admit_vouched(&mut self, peer: PeerId, now: Instant) -> Result<(), AnnounceError> {
+        if self.peers.len() >= MAX_PEERS {
+            // Room is made only by an unverified entry (a claim nobody
+            // vouches for).
+            let Some(victim) = self.unverified.first().copied() else {
+                self.refuse(Refusal::TableFull);
+                return Err(AnnounceError::Full);
+            };
+            self.remove(victim);
+        }
+        let mut e = Entry::new(peer, now);
+        e.verified = true;
+        e.vouched = true;
+        self.peers.insert(peer, e);
+        self.dirty = true;
+        Ok(())
     }
 
     /// Applies a parsed announcement from `source`, whose version and id
@@ -584,11 +713,16 @@ impl Membership {
             set_state(source, e, State::Down(DownReason::Left), now);
             return Ok(None);
         }
-        if e.connections > 0 {
-            if e.heard_recently(now, down_after) {
+        if e.connections > 0 || e.vouched {
+            // Connected, or vouched for by SWIM (most members of a large
+            // mesh are never connected here).
+            if e.heard_recently(now, down_after) && e.state != State::Up {
                 set_state(source, e, State::Up, now);
+                self.dirty = true;
             }
-            return Ok(None);
+            if e.connections > 0 {
+                return Ok(None);
+            }
         }
         match e.state {
             // Connection lost, redial in flight: keep it up until that fails.
@@ -640,10 +774,14 @@ impl Membership {
             return;
         }
         let down_after = self.timing.down_after;
+        let vouched = self.swim_live.contains(&peer);
         let e = self
             .peers
             .entry(peer)
             .or_insert_with(|| Entry::new(peer, now));
+        // SWIM may have heard of it before this entry existed.
+        e.vouched |= vouched;
+        e.redialling = false;
         if !e.verified {
             e.verified = true;
             self.unverified.retain(|p| *p != peer);
@@ -682,10 +820,20 @@ impl Membership {
         if !matches!(e.state, State::Up | State::Joining) {
             return None;
         }
-        e.next_dial = now;
+        if !self.in_active_view(&peer) {
+            // Not a link this peer keeps (a job's, a probe's, one another
+            // peer chose): its closing says nothing about the peer. SWIM
+            // and the active views of others watch it.
+            return None;
+        }
+        if let Some(e) = self.peers.get_mut(&peer) {
+            e.next_dial = now;
+        }
         let dial = self.take_dial_if_due(peer, now);
         if dial.is_none() {
             self.on_dial_failed(peer, now);
+        } else if let Some(e) = self.peers.get_mut(&peer) {
+            e.redialling = true;
         }
         dial
     }
@@ -695,6 +843,7 @@ impl Membership {
         let Some(e) = self.peers.get_mut(&peer) else {
             return;
         };
+        e.redialling = false;
         if !e.verified {
             // Its last dial failed: nobody ever reached it, drop it.
             if e.spent() {
@@ -738,6 +887,11 @@ impl Membership {
     /// does not hold (or holds as left) follow the rules of the module docs.
     pub fn on_swim(&mut self, members: &HashMap<PeerId, SwimStatus>, now: Instant) {
         let down_after = self.timing.down_after;
+        self.swim_live = members
+            .iter()
+            .filter(|(_, s)| matches!(s, SwimStatus::Alive | SwimStatus::Suspect))
+            .map(|(id, _)| *id)
+            .collect();
         for (id, e) in self.peers.iter_mut() {
             if !e.verified {
                 continue;
@@ -754,10 +908,11 @@ impl Membership {
             }
             let left = e.left_incarnation.is_some() && e.left_incarnation == e.version.map(|v| v.0);
             match (status, e.state) {
-                // Not connected, redial in flight: what the redial finds
-                // (refused: unreachable) is this peer's own evidence, and
-                // comes within milliseconds of a kill.
-                (Some(SwimStatus::Dead), State::Up) if e.connections == 0 => {}
+                // A neighbour whose connection closed, redial in flight:
+                // what the redial finds (refused: unreachable) is this
+                // peer's own evidence, and comes within milliseconds of a
+                // kill.
+                (Some(SwimStatus::Dead), State::Up) if e.redialling => {}
                 (Some(SwimStatus::Dead), State::Up) => {
                     e.last_heard = None;
                     set_state(*id, e, State::Down(DownReason::Dead), now);
@@ -768,7 +923,6 @@ impl Membership {
                 }
                 (_, State::Joining | State::Down(DownReason::Silent | DownReason::Dead))
                     if vouched
-                        && e.connections > 0
                         && e.version.is_some()
                         && !left
                         && e.heard_recently(now, down_after) =>
@@ -778,6 +932,71 @@ impl Membership {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// The active view: the up members this peer keeps connections to, at
+    /// most [`active_target`] of the mesh's size, picked at random (a
+    /// random graph of a few links per peer is connected and has a small
+    /// diameter, so gossip crosses it in a few hops) with members already
+    /// connected first (no new dial). Members that go down leave it and
+    /// are replaced at the next tick. In a mesh smaller than the target,
+    /// every member is in it: the full mesh of old.
+    pub fn active(&self) -> &[PeerId] {
+        &self.active
+    }
+
+    /// Whether `peer` is in the active view.
+    pub fn is_active(&self, peer: &PeerId) -> bool {
+        self.active.contains(peer)
+    }
+
+    /// Whether `peer` is in the active view, filling the view first if it
+    /// has room (cheap when full: the steady state).
+    fn in_active_view(&mut self, peer: &PeerId) -> bool {
+        if !self.active.contains(peer) && self.active.len() < active_target(self.peers.len() + 1) {
+            self.refresh_active();
+        }
+        self.active.contains(peer)
+    }
+
+    /// Brings the active view up to date (members gone down leave it, new
+    /// ones fill it): at every tick, and by the caller after changes.
+    pub fn refresh_active(&mut self) {
+        use rand::seq::SliceRandom;
+        let peers = &self.peers;
+        // The steady state, checked cheaply: full, and every member up.
+        if self.active.len() >= active_target(peers.len() + 1)
+            && self
+                .active
+                .iter()
+                .all(|p| peers.get(p).is_some_and(|e| e.state == State::Up))
+        {
+            return;
+        }
+        let before = self.active.len();
+        self.active
+            .retain(|p| peers.get(p).is_some_and(|e| e.state == State::Up));
+        let up = peers.values().filter(|e| e.state == State::Up).count();
+        let target = active_target(up + 1);
+        if self.active.len() < target {
+            let mut candidates: Vec<PeerId> = peers
+                .iter()
+                .filter(|(id, e)| {
+                    e.state == State::Up
+                        && (e.connections > 0 || !e.addrs.is_empty())
+                        && !self.active.contains(id)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            candidates.sort_unstable();
+            candidates.shuffle(&mut self.rng);
+            candidates.sort_by_key(|id| peers[id].connections == 0);
+            let need = target - self.active.len();
+            self.active.extend(candidates.into_iter().take(need));
+        }
+        if self.active.len() != before {
+            self.soft_dirty = true;
         }
     }
 
@@ -828,6 +1047,7 @@ impl Membership {
             self.remove(id);
             self.dirty = true;
         }
+        self.refresh_active();
         let due: Vec<PeerId> = self
             .peers
             .iter()
@@ -955,6 +1175,17 @@ impl Membership {
     /// claimed ones whose budget allows. Moves its next dial on (with
     /// backoff) whenever one was due, dialled or not.
     fn take_dial_if_due(&mut self, peer: PeerId, now: Instant) -> Option<Dial> {
+        let e = self.peers.get(&peer)?;
+        if !e.dialable() || e.next_dial > now {
+            return None;
+        }
+        // Members up are dialled to keep the active view only; the rest are
+        // reached on demand (a job, a probe), by whatever needs them. Down
+        // ones are redialled with backoff as ever (a restarted peer is found
+        // again without help).
+        if e.verified && e.state == State::Up && !self.in_active_view(&peer) {
+            return None;
+        }
         let Membership {
             peers,
             claimed,
@@ -962,9 +1193,6 @@ impl Membership {
             ..
         } = self;
         let e = peers.get_mut(&peer)?;
-        if !e.dialable() || e.next_dial > now {
-            return None;
-        }
         if !e.verified && e.dials == 0 && !discovery.allow(&(), now) {
             e.next_dial = now + DISCOVERY_RETRY;
             self.refuse(Refusal::DiscoveryRate);
@@ -1003,6 +1231,25 @@ impl Membership {
             .iter()
             .filter(|(_, e)| e.state == State::Up)
             .map(|(id, e)| (*id, e.addrs.clone()))
+            .collect()
+    }
+
+    /// Where to reach the members this peer knows, for dials by peer id
+    /// (jobs, SWIM messages), which no claimed-address budget limits: the
+    /// addresses this peer confirmed by connecting, and those a member
+    /// SWIM vouches for announced in its own signed record. Addresses of
+    /// anyone else are claims, dialled by membership within their budget
+    /// only (see the module docs).
+    pub fn address_book(&self) -> HashMap<PeerId, Vec<Multiaddr>> {
+        self.peers
+            .iter()
+            .filter_map(|(id, e)| {
+                let mut addrs = e.confirmed.clone();
+                if e.vouched {
+                    addrs.extend(e.addrs.iter().filter(|a| !e.confirmed.contains(a)).cloned());
+                }
+                (!addrs.is_empty()).then_some((*id, addrs))
+            })
             .collect()
     }
 
@@ -1189,6 +1436,26 @@ fn set_state(id: PeerId, e: &mut Entry, state: State, now: Instant) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use libp2p::identity::Keypair;
+
+    /// A 64-byte signature that checks for nobody, in front of `json`: for
+    /// what is refused before any signature is checked.
+    fn unsigned(json: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; record::SIG_LEN];
+        b.extend_from_slice(json);
+        b
+    }
+
+    /// A peer with a real key, whose records can be signed.
+    fn keyed() -> (Keypair, PeerId) {
+        let k = Keypair::generate_ed25519();
+        let id = k.public().to_peer_id();
+        (k, id)
+    }
+
+    fn sealed(k: &Keypair, a: &impl Serialize) -> Vec<u8> {
+        record::seal(k, &serde_json::to_vec(a).unwrap()).unwrap()
+    }
 
     pub(crate) fn timing() -> Timing {
         Timing {
@@ -1411,33 +1678,45 @@ pub(crate) mod tests {
     #[test]
     fn spoofed_malformed_and_foreign_versions_are_rejected() {
         let me = PeerId::random();
-        let p = PeerId::random();
-        let other = PeerId::random();
+        let (k, p) = keyed();
+        let (ko, other) = keyed();
         let mut m = Membership::new(me, timing());
         let t0 = Instant::now();
-        let bytes = serde_json::to_vec(&announce(other, 1, 1, false)).unwrap();
+        // Signed by its author, but relayed by another as its own.
+        let bytes = sealed(&ko, &announce(other, 1, 1, false));
         assert!(matches!(
             m.on_announce_bytes(p, &bytes, t0),
             Err(AnnounceError::WrongId { .. })
         ));
         assert!(matches!(
-            m.on_announce_bytes(p, b"{not json", t0),
+            m.on_announce_bytes(p, &unsigned(b"{not json"), t0),
             Err(AnnounceError::Malformed(_))
         ));
         let mut a = announce(p, 1, 1, false);
         a.v = 99;
-        let bytes = serde_json::to_vec(&a).unwrap();
         assert_eq!(
-            m.on_announce_bytes(p, &bytes, t0),
+            m.on_announce_bytes(p, &sealed(&k, &a), t0),
             Err(AnnounceError::Version(99))
         );
+        // Not signed, signed by another key, too short to be signed:
+        // refused, and invalid whoever relayed it.
+        let good = announce(p, 1, 1, false);
+        for bytes in [
+            unsigned(&serde_json::to_vec(&good).unwrap()),
+            sealed(&ko, &good),
+            b"{}".to_vec(),
+        ] {
+            let err = m.on_announce_bytes(p, &bytes, t0).unwrap_err();
+            assert!(
+                matches!(err, AnnounceError::Record(_)) && err.is_invalid(),
+                "{err}"
+            );
+        }
+        assert!(m.views().is_empty(), "nothing was taken");
         // Unknown extra fields are fine (forward compatibility).
         let mut v = serde_json::to_value(announce(p, 1, 1, false)).unwrap();
         v["some_future_field"] = serde_json::json!([{"name": "x"}]);
-        assert!(
-            m.on_announce_bytes(p, &serde_json::to_vec(&v).unwrap(), t0)
-                .is_ok()
-        );
+        assert!(m.on_announce_bytes(p, &sealed(&k, &v), t0).is_ok());
         // Garbage addresses are dropped, the rest kept.
         let mut a = announce(p, 1, 2, false);
         a.listen = vec!["not an addr".into(), "/ip4/127.0.0.1/tcp/9".into()];
@@ -1561,10 +1840,10 @@ pub(crate) mod tests {
         let t0 = Instant::now();
         let mut refused = 0;
         for i in 0..(MAX_UNVERIFIED + 50) {
-            let p = PeerId::random();
+            let (k, p) = keyed();
             let mut a = announce(p, 1, 1, false);
             a.listen = vec![addr(6000 + i as u16).to_string()];
-            let a = serde_json::to_vec(&a).unwrap();
+            let a = sealed(&k, &a);
             match m.on_announce_bytes(p, &a, t0) {
                 Ok(_) => {}
                 Err(e) => {
@@ -1640,6 +1919,251 @@ pub(crate) mod tests {
     }
 
     /// A peer that connected to us (inbound) and announced.
+    fn swim_view(entries: &[(PeerId, SwimStatus)]) -> HashMap<PeerId, SwimStatus> {
+        entries.iter().copied().collect()
+    }
+
+    #[test]
+    fn swim_decides_liveness_of_the_members_it_vouches_for() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = connected(&mut m, t0);
+        let q = connected(&mut m, t0);
+        assert_eq!(state_of(&m, p), up());
+        m.on_swim(
+            &swim_view(&[(p, SwimStatus::Alive), (q, SwimStatus::Suspect)]),
+            t0,
+        );
+        // Vouched for: up long after anything was heard, no deadline.
+        let later = t0 + timing().down_after * 10;
+        m.tick(later);
+        assert_eq!(state_of(&m, p), up());
+        assert_eq!(state_of(&m, q), up());
+        // Declared dead: down at once, as `dead`, connections to close.
+        m.on_swim(
+            &swim_view(&[(p, SwimStatus::Dead), (q, SwimStatus::Alive)]),
+            later,
+        );
+        assert_eq!(state_of(&m, p), Some(("down".into(), Some("dead".into()))));
+        assert_eq!(m.take_silenced(), vec![p]);
+        assert_eq!(state_of(&m, q), up());
+        // Alive again (it refuted): up again.
+        m.on_swim(
+            &swim_view(&[(p, SwimStatus::Alive), (q, SwimStatus::Alive)]),
+            later,
+        );
+        assert_eq!(state_of(&m, p), up());
+        // No longer in SWIM's view: the silence rule applies again, from now.
+        m.on_swim(&swim_view(&[]), later);
+        assert_eq!(state_of(&m, p), up());
+        m.tick(later + timing().down_after);
+        assert_eq!(
+            state_of(&m, p),
+            Some(("down".into(), Some("silent".into())))
+        );
+    }
+
+    #[test]
+    fn a_member_swim_knew_before_it_connected_is_vouched_for() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = PeerId::random();
+        m.on_swim(&swim_view(&[(p, SwimStatus::Alive)]), t0);
+        m.on_connected(p, None, t0);
+        m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
+        assert_eq!(state_of(&m, p), up());
+        m.tick(t0 + timing().down_after * 10);
+        assert_eq!(state_of(&m, p), up(), "no announcement needed to stay up");
+    }
+
+    /// `n` members vouched for by SWIM, announced by signed records, never
+    /// connected here.
+    fn vouched_members(m: &mut Membership, n: usize, t: Instant) -> Vec<PeerId> {
+        let keys: Vec<(Keypair, PeerId)> = (0..n).map(|_| keyed()).collect();
+        let view: Vec<(PeerId, SwimStatus)> =
+            keys.iter().map(|(_, p)| (*p, SwimStatus::Alive)).collect();
+        m.on_swim(&swim_view(&view), t);
+        for (i, (k, p)) in keys.iter().enumerate() {
+            let mut a = announce(*p, 1, 1, false);
+            a.listen = vec![addr(7000 + i as u16).to_string()];
+            m.on_record(&sealed(k, &a), t).unwrap();
+        }
+        keys.into_iter().map(|(_, p)| p).collect()
+    }
+
+    #[test]
+    fn the_active_view_is_bounded_and_only_it_is_dialled() {
+        assert_eq!(
+            [2, 5, 20, 150, 1000, 10_000].map(active_target),
+            [4, 5, 7, 10, 12, 12]
+        );
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let members = vouched_members(&mut m, 149, t0);
+        // Up without any connection: SWIM vouches for them.
+        let up = m
+            .views()
+            .iter()
+            .filter(|v| v.state.to_string() == "up")
+            .count();
+        assert_eq!(up, 149);
+        let dials = m.tick(t0);
+        assert_eq!(m.active().len(), active_target(150));
+        assert_eq!(
+            dials.len(),
+            active_target(150),
+            "only the active view is dialled"
+        );
+        assert!(dials.iter().all(|d| m.is_active(&d.peer)));
+        // A connected member goes first when the view has room again.
+        let gone = m.active()[0];
+        let connected = *members.iter().find(|p| !m.is_active(p)).unwrap();
+        m.on_connected(connected, None, t0);
+        m.on_swim(
+            &swim_view(
+                &members
+                    .iter()
+                    .map(|p| {
+                        (
+                            *p,
+                            if *p == gone {
+                                SwimStatus::Dead
+                            } else {
+                                SwimStatus::Alive
+                            },
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            t0,
+        );
+        m.refresh_active();
+        assert!(!m.is_active(&gone), "a dead member leaves the view");
+        assert!(
+            m.is_active(&connected),
+            "the connected member took its place"
+        );
+        assert_eq!(m.active().len(), active_target(150));
+    }
+
+    #[test]
+    fn a_member_off_the_active_view_goes_down_on_swims_word_and_is_not_redialled() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let members = vouched_members(&mut m, 40, t0);
+        m.refresh_active();
+        let p = *members.iter().find(|p| !m.is_active(p)).unwrap();
+        // A job's connection to it comes and goes: nothing to redial, it
+        // stays up (SWIM vouches for it).
+        m.on_connected(p, None, t0);
+        assert_eq!(m.on_disconnected(p, 0, t0), None);
+        assert_eq!(state_of(&m, p), up());
+        assert!(m.take_unreachable().is_empty());
+        // SWIM says dead: down at once, `dead`.
+        let view: Vec<(PeerId, SwimStatus)> = members
+            .iter()
+            .map(|q| {
+                (
+                    *q,
+                    if *q == p {
+                        SwimStatus::Dead
+                    } else {
+                        SwimStatus::Alive
+                    },
+                )
+            })
+            .collect();
+        m.on_swim(&swim_view(&view), t0);
+        assert_eq!(state_of(&m, p), Some(("down".into(), Some("dead".into()))));
+    }
+
+    #[test]
+    fn the_address_book_holds_confirmed_addresses_and_those_of_vouched_members_only() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        // Connected from elsewhere, announcing a third party's address:
+        // a claim, not in the book.
+        let claimer = connected(&mut m, t0);
+        // Dialled and reached at an address: confirmed.
+        let dialled = PeerId::random();
+        m.on_connected(dialled, Some(addr(5)), t0);
+        // Vouched for by SWIM, its own signed record: its addresses.
+        let members = vouched_members(&mut m, 1, t0);
+        let book = m.address_book();
+        assert!(!book.contains_key(&claimer), "{book:?}");
+        assert_eq!(book[&dialled], vec![addr(5)]);
+        assert_eq!(book[&members[0]], vec![addr(7000)]);
+    }
+
+    #[test]
+    fn a_redial_in_flight_decides_before_the_news_of_a_death() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let p = connected(&mut m, t0);
+        m.on_connected(p, Some(addr(4001)), t0);
+        m.on_swim(&swim_view(&[(p, SwimStatus::Alive)]), t0);
+        m.refresh_active();
+        assert!(m.is_active(&p), "a mesh of two: everyone is a neighbour");
+        // Both connections close: a redial goes out, the peer stays up.
+        assert!(m.on_disconnected(p, 1, t0).is_none());
+        assert!(m.on_disconnected(p, 0, t0).is_some());
+        assert_eq!(state_of(&m, p), up());
+        // The news that it died comes first: the redial still decides.
+        m.on_swim(&swim_view(&[(p, SwimStatus::Dead)]), t0);
+        assert_eq!(state_of(&m, p), up());
+        m.on_dial_failed(p, t0);
+        assert_eq!(
+            state_of(&m, p),
+            Some(("down".into(), Some("unreachable".into())))
+        );
+        // The death this peer saw is told to SWIM.
+        assert_eq!(m.take_unreachable(), vec![p]);
+        assert!(m.take_unreachable().is_empty());
+    }
+
+    #[test]
+    fn records_are_taken_for_members_swim_vouches_for_and_passed_on() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let (k, p) = keyed();
+        let (ks, stranger) = keyed();
+        let rec = sealed(&k, &announce(p, 1, 3, false));
+        // Not vouched for: not taken (nobody asked for it).
+        assert_eq!(
+            m.on_record(&rec, t0).unwrap_err(),
+            AnnounceError::UnverifiedFull
+        );
+        m.on_swim(&swim_view(&[(p, SwimStatus::Alive)]), t0);
+        assert_eq!(m.missing_records(), vec![p]);
+        m.on_record(&rec, t0).unwrap();
+        assert!(m.missing_records().is_empty());
+        // A member like any other (not one of the bounded unverified), up
+        // without a connection (SWIM vouches for it), dialled as a
+        // neighbour (a mesh of two: everyone is one).
+        assert_eq!(m.sizes(), (1, 0));
+        assert_eq!(state_of(&m, p), up());
+        assert_eq!(m.tick(t0).pop().map(|d| d.peer), Some(p));
+        // Held as signed, and handed on as is.
+        assert_eq!(
+            m.records_of(&[p, stranger], 1 << 20),
+            vec![Arc::from(rec.as_slice())]
+        );
+        assert!(
+            m.records_of(&[p], rec.len() - 1).is_empty(),
+            "the byte bound holds"
+        );
+        // An older record is not taken back; a forged one not at all.
+        let old = sealed(&k, &announce(p, 1, 2, false));
+        m.on_record(&old, t0).unwrap();
+        assert_eq!(m.records_of(&[p], 1 << 20), vec![Arc::from(rec.as_slice())]);
+        let forged = sealed(&ks, &announce(p, 1, 9, false));
+        assert!(matches!(
+            m.on_record(&forged, t0),
+            Err(AnnounceError::Record(_))
+        ));
+        assert_eq!(m.records_of(&[p], 1 << 20), vec![Arc::from(rec.as_slice())]);
+    }
+
     fn connected(m: &mut Membership, t: Instant) -> PeerId {
         let p = PeerId::random();
         m.on_connected(p, None, t);
@@ -1692,13 +2216,13 @@ pub(crate) mod tests {
     fn a_known_peer_cannot_announce_under_another_id() {
         let mut m = Membership::new(PeerId::random(), timing());
         let t0 = Instant::now();
-        let p = connected(&mut m, t0);
+        let (k, p) = keyed();
+        m.on_connected(p, None, t0);
+        m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
         let other = PeerId::random();
         let mut a = announce(other, 1, 2, false);
         a.listen = vec!["/ip4/10.9.9.9/tcp/1".into()];
-        let err = m
-            .on_announce_bytes(p, &serde_json::to_vec(&a).unwrap(), t0)
-            .unwrap_err();
+        let err = m.on_announce_bytes(p, &sealed(&k, &a), t0).unwrap_err();
         assert!(matches!(err, AnnounceError::WrongId { .. }), "{err}");
         assert!(err.is_invalid());
         let view = m.views().pop().unwrap();
@@ -1707,7 +2231,7 @@ pub(crate) mod tests {
             "{view:?}"
         );
         // Its own id, next number: taken.
-        let a = serde_json::to_vec(&announce(p, 1, 2, false)).unwrap();
+        let a = sealed(&k, &announce(p, 1, 2, false));
         assert!(m.on_announce_bytes(p, &a, t0).is_ok());
     }
 
@@ -1717,12 +2241,12 @@ pub(crate) mod tests {
         let p = PeerId::random();
         let t0 = Instant::now();
         let err = m
-            .on_announce_bytes(p, br#"{"v":2,"id":7,"listen":"elsewhere"}"#, t0)
+            .on_announce_bytes(p, &unsigned(br#"{"v":2,"id":7,"listen":"elsewhere"}"#), t0)
             .unwrap_err();
         assert_eq!(err, AnnounceError::Version(2));
         assert!(!err.is_invalid());
         let err = m
-            .on_announce_bytes(p, br#"{"v":1,"id":7}"#, t0)
+            .on_announce_bytes(p, &unsigned(br#"{"v":1,"id":7}"#), t0)
             .unwrap_err();
         assert!(matches!(err, AnnounceError::Malformed(_)) && err.is_invalid());
     }
@@ -1736,7 +2260,7 @@ pub(crate) mod tests {
         a["apps"] = serde_json::json!([{"app": "apps/echo/echo", "state": "running",
             "workers": 2, "in_flight": 0, "clock": 1, "version": "é".repeat(40)}]);
         let err = m
-            .on_announce_bytes(p, &serde_json::to_vec(&a).unwrap(), t0)
+            .on_announce_bytes(p, &unsigned(&serde_json::to_vec(&a).unwrap()), t0)
             .unwrap_err();
         assert!(err.is_invalid(), "{err}");
         assert!(err.to_string().contains("64 lowercase hex"), "{err}");
@@ -1892,18 +2416,20 @@ pub(crate) mod tests {
     fn a_full_table_drops_a_down_peer_before_one_being_redialled() {
         let mut m = Membership::new(PeerId::random(), timing());
         let t0 = Instant::now();
+        // A neighbour (in the active view: it is redialled when its
+        // connection closes), then many more, then one that is down.
+        let redialling = connected(&mut m, t0);
+        m.refresh_active();
+        assert!(m.is_active(&redialling));
         for _ in 0..MAX_PEERS - 2 {
             connected(&mut m, t0);
         }
-        // One down for a while, one whose connection just closed (up,
-        // redial in flight).
         let down = PeerId::random();
         m.on_connected(down, Some(addr(1)), t0);
         m.on_announce(down, &announce(down, 1, 1, false), t0)
             .unwrap();
         m.on_disconnected(down, 0, t0);
         m.on_dial_failed(down, t0);
-        let redialling = connected(&mut m, t0);
         let t1 = t0 + Duration::from_secs(1);
         assert!(m.on_disconnected(redialling, 0, t1).is_some());
         assert_eq!(state_of(&m, redialling), up());

@@ -8,6 +8,7 @@ pub mod desired;
 pub mod labels;
 pub mod membership;
 pub mod placement;
+pub mod record;
 pub mod sim;
 pub mod swim;
 pub mod trust;

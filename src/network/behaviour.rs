@@ -32,14 +32,21 @@ const MAX_MESSAGE_ID_BYTES: usize = 44 + 8;
 /// Largest member list sent in one answer.
 pub const MAX_MEMBERS_IN_ANSWER: usize = 1024;
 
+/// A request for the members the answering peer knows: their addresses
+/// (`want` empty), or the signed records of the members named in `want`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MembersRequest {
     pub v: u32,
+    #[serde(default)]
+    pub want: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MembersResponse {
     pub peers: Vec<MemberHint>,
+    /// Signed records ([`crate::mesh::record`]), hex.
+    #[serde(default)]
+    pub records: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,14 +140,13 @@ pub const GRAYLIST_THRESHOLD: f64 = -400.0;
 ///   of valid announcements, honest peers answered IWANTs late (40 "broken
 ///   promises" at once, 40² × -10) and graylisted each other, splitting
 ///   the mesh: an attacker could set honest peers against each other.
-///   Gossip is a backup here (flood publish does the work), gossipsub caps
+///   Gossip is a backup here (the mesh does the work), gossipsub caps
 ///   what it asks for per IHAVE whatever the score, and it enforces GRAFT
 ///   backoffs on its own.
 /// - P1/P2/P3/P3b (time in mesh, first and mesh deliveries): announcements
-///   reach everyone by flood publish and the mesh is one peer on purpose
-///   (see [`gossipsub_config`]); delivery counts would mostly measure who
-///   happened to be in it, and P3 would punish honest mesh peers whose
-///   messages arrive first by another path.
+///   are rare (sent on change, see [`gossipsub_config`]), so delivery counts
+///   would mostly measure chance, and P3 would punish honest mesh peers
+///   whose messages arrive first by another path.
 /// - P6 (peers sharing an IP): peers of one mesh often share a host or a
 ///   NAT (containers, tests, a LAN behind one address). Throwaway keys are
 ///   bounded by the connection limits and membership's bounds instead.
@@ -179,8 +185,8 @@ fn peer_score() -> (PeerScoreParams, PeerScoreThresholds) {
         // Peer exchange is off (gossipsub's `prune_peers` is 0): peers are
         // learned from member lists only.
         accept_px_threshold: 0.0,
-        // Off: the mesh is kept at one peer on purpose, and peers with a
-        // negative score are pruned from it anyway.
+        // Off: announcements are too rare for scores to tell good mesh
+        // peers apart, and peers with a negative score are pruned anyway.
         opportunistic_graft_threshold: 0.0,
     };
     (params, thresholds)
@@ -198,6 +204,8 @@ pub struct Behaviour {
     /// Long-lived job streams (see `jobs.rs`), opened and accepted outside
     /// the swarm task.
     pub stream: libp2p_stream::Behaviour,
+    /// Addresses of members this peer is not connected to (see `reach.rs`).
+    pub reach: super::reach::Behaviour,
 }
 
 /// A gossip message's id: its author's peer id, then its sequence number.
@@ -225,22 +233,18 @@ fn gossipsub_config() -> Result<gossipsub::Config, String> {
         // at once. What we send must fit what we accept (see the test).
         .max_control_messages_sent(MAX_IDS_PER_CONTROL)
         .max_control_message_size(MAX_GOSSIP_BYTES)
-        // Every peer publishes its own announcements straight to all its
-        // neighbours (flood publish) and the mesh is fully connected, so
-        // the gossip mesh only covers the gaps (a peer not yet connected
-        // to everyone), with IHAVE gossip behind it. Each copy a peer
-        // receives is verified and each forward sent: with a mesh of
-        // one, an idle peer of a 20-peer mesh used ~20% less CPU than
-        // with three (two meshes side by side, BENCHMARKS.md). No mesh
-        // at all saved another ~13% but slowed a 20-peer chain's
-        // convergence from 0.3 s to 7.5 s.
-        .mesh_n(1)
-        .mesh_n_low(1)
-        .mesh_n_high(2)
-        .mesh_outbound_min(0)
+        // Announcements go out when they change (and as a rare refresh),
+        // to the gossip mesh only: no flood publish, so what a peer sends
+        // and receives does not grow with the mesh. A mesh of 4 (3 to 8)
+        // reaches every peer of a mesh of thousands in a few hops, with
+        // IHAVE gossip behind it for what a hop lost.
+        .flood_publish(false)
+        .mesh_n(4)
+        .mesh_n_low(3)
+        .mesh_n_high(8)
+        .mesh_outbound_min(1)
         .gossip_lazy(3)
         // Mesh upkeep and IHAVE gossip every 2 s rather than every 1 s:
-        // announcements already reach everyone by flood publish, and
         // each heartbeat costs every idle peer a wake-up.
         .heartbeat_interval(Duration::from_secs(2))
         // The default id is the base58 text of the source plus the
@@ -282,6 +286,7 @@ impl Behaviour {
                 request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
             ),
             stream: libp2p_stream::Behaviour::new(),
+            reach: super::reach::Behaviour::default(),
         })
     }
 }

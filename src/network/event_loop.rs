@@ -10,7 +10,7 @@
 //! streams of their own. On shutdown it says goodbye on the membership
 //! topic, so others mark it `left` at once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +37,9 @@ use super::behaviour::{
     MEMBERSHIP_TOPIC, MemberHint, MembersRequest, MembersResponse, PROTOCOL_VERSION,
 };
 use super::client::{Client, Command};
+use super::neighbors::Neighbors;
 use super::swim::{Input, SwimHandle};
+use super::usage::Usage;
 use super::{Announced, Settings};
 use crate::clock::unix_ms;
 use crate::mesh::desired::{DesiredApp, DesiredApps};
@@ -46,6 +48,7 @@ use crate::mesh::membership::{
     ANNOUNCE_VERSION, Announce, AnnounceError, Dial, MAX_LINKS, MAX_PEERS, Membership,
     Refusal as MemberRefusal,
 };
+use crate::mesh::swim::Status as SwimStatus;
 use crate::mesh::trust::{Admins, Refusal};
 use crate::mesh::view::{MeshView, SelfView};
 use crate::ratelimit::PerKeyBudget;
@@ -114,10 +117,25 @@ pub struct EventLoop {
     /// Connected peers whose gossip is dropped unread (graylisted by peer
     /// scoring), as of the last housekeeping round.
     graylisted: HashSet<PeerId>,
-    /// This peer's identity: SWIM signs its "alive" with it.
+    /// This peer's identity: SWIM signs its "alive" with it, and this
+    /// peer its announcements.
     keypair: libp2p::identity::Keypair,
+    /// The last announcement published (its `seq` zeroed): the next one
+    /// goes out when it differs, or after the refresh interval.
+    last_content: Option<Announce>,
+    /// This peer's latest record as published: handed to peers that ask
+    /// for it.
+    own_record: Option<Arc<[u8]>>,
+    /// When this peer may next ask another for records it lacks.
+    next_records_request: Instant,
     /// The SWIM driver (failure detection), once [`Self::run`] started it.
     swim: Option<SwimHandle>,
+    /// Streams open per peer (jobs, neighbours): what keeps a connection.
+    usage: Usage,
+    /// The neighbour streams of the active view, once [`Self::run`] started.
+    neighbors: Option<Neighbors>,
+    /// When this peer's first current connection to each peer came up.
+    connected_at: HashMap<PeerId, Instant>,
 }
 
 /// Announcements per second (and burst) accepted from any one author.
@@ -185,10 +203,19 @@ impl EventLoop {
             next_refusal_log: now(),
             graylisted: HashSet::new(),
             keypair: config.keypair.clone(),
+            last_content: None,
+            own_record: None,
+            next_records_request: now(),
             swim: None,
+            usage: Usage::default(),
+            neighbors: None,
+            connected_at: HashMap::new(),
         };
         event_loop.publish_view();
-        let jobs = super::jobs::JobLinks::new(event_loop.swarm.behaviour().stream.new_control());
+        let jobs = super::jobs::JobLinks::new(
+            event_loop.swarm.behaviour().stream.new_control(),
+            event_loop.usage.clone(),
+        );
         (Client::new(view_rx, commands_tx, jobs), event_loop)
     }
 
@@ -203,6 +230,12 @@ impl EventLoop {
     /// A handle for opening and accepting job streams.
     pub fn stream_control(&self) -> libp2p_stream::Control {
         self.swarm.behaviour().stream.new_control()
+    }
+
+    /// The count of streams open per peer, for the job streams this peer
+    /// serves ([`super::serve_inbound`]).
+    pub fn usage(&self) -> Usage {
+        self.usage.clone()
     }
 
     /// This peer's id.
@@ -223,6 +256,7 @@ impl EventLoop {
         );
         let mut swim_view = swim.view.clone();
         self.swim = Some(swim);
+        self.neighbors = Some(Neighbors::start(self.stream_control(), self.usage.clone()));
         self.dial_bootstraps(now());
         let housekeeping = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(housekeeping);
@@ -244,6 +278,7 @@ impl EventLoop {
                 Ok(()) = swim_view.changed() => {
                     let view = swim_view.borrow_and_update().clone();
                     self.membership.on_swim(&view.members, now());
+                    self.fetch_missing_records();
                 }
             }
             for peer in self.membership.take_unreachable() {
@@ -254,6 +289,7 @@ impl EventLoop {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             if self.membership.take_dirty() {
+                self.after_change();
                 self.publish_view();
             }
             // A debounced announcement goes out at the end of its debounce,
@@ -296,10 +332,13 @@ impl EventLoop {
         for dial in self.membership.tick(now) {
             self.dial(dial);
         }
+        self.hold_neighbors();
+        self.trim_connections(now);
         if self.announce_soon {
             self.announce(false);
         }
         self.dial_bootstraps(now);
+        self.fetch_missing_records();
         self.update_table_size();
         self.log_refusals(now);
         self.watch_scores();
@@ -431,6 +470,9 @@ impl EventLoop {
         self.announce(false);
     }
 
+    /// Publishes this peer's announcement if it changed since the last one
+    /// (or the refresh interval passed, or `leaving`): an idle mesh is
+    /// quiet, and what each peer receives does not grow with the mesh.
     fn announce(&mut self, leaving: bool) {
         let leaving = leaving || self.leaving;
         let now = now();
@@ -443,18 +485,38 @@ impl EventLoop {
             return;
         }
         self.announce_soon = false;
+        let mut content = self.announcement(leaving);
+        content.seq = 0;
+        let refresh = refresh_interval(self.membership.sizes().0);
+        let unchanged = self.last_content.as_ref() == Some(&content)
+            && self
+                .last_announce
+                .is_some_and(|t| now.duration_since(t) < refresh);
+        if unchanged && !leaving {
+            return;
+        }
         self.last_announce = Some(now);
         self.seq += 1;
-        let a = self.announcement(leaving);
-        let Some(data) = encode_announcement(a) else {
+        let mut a = content.clone();
+        a.seq = self.seq;
+        let Some(data) =
+            encode_announcement(a).and_then(|json| crate::mesh::record::seal(&self.keypair, &json))
+        else {
             self.seq -= 1;
             return;
         };
+        let record: Arc<[u8]> = Arc::from(data.as_slice());
         let published = self
             .swarm
             .behaviour_mut()
             .gossipsub
             .publish(self.topic.clone(), data);
+        if published.is_ok() {
+            self.last_content = Some(content);
+        }
+        // Held as the latest whether or not anybody listened yet: a peer
+        // that asks gets it.
+        self.own_record = Some(record);
         if let Err(e) = published {
             // The number goes to the next announcement: others count gaps
             // in an author's numbers as announcements that never arrived.
@@ -490,9 +552,12 @@ impl EventLoop {
             desired: self.desired.to_vec(),
             bundles: self.announced.bundles(),
             remote_deploy: self.announced.remote_deploy(),
+            // The active view: the links this peer keeps (others come and
+            // go with jobs and probes).
             links: self
-                .swarm
-                .connected_peers()
+                .membership
+                .active()
+                .iter()
                 .take(MAX_LINKS)
                 .map(|p| crate::mesh::membership::short_id(&p.to_string()).to_string())
                 .collect(),
@@ -546,6 +611,10 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, ?cause, remaining = num_established, "connection closed");
+                if num_established == 0 {
+                    self.connected_at.remove(&peer_id);
+                    self.tell_neighbours();
+                }
                 if let Some(dial) = self
                     .membership
                     .on_disconnected(peer_id, num_established, now)
@@ -637,12 +706,110 @@ impl EventLoop {
         }
         self.membership.on_connected(peer, dialed_addr, now);
         if established == 1 {
+            self.connected_at.insert(peer, now);
             self.tell_swim(Input::Connected(peer));
-            self.swarm
-                .behaviour_mut()
-                .members
-                .send_request(&peer, MembersRequest { v: 1 });
+            self.tell_neighbours();
+            if self.membership.is_active(&peer) {
+                self.hold_neighbors();
+            }
         }
+    }
+
+    /// Asks a connected peer for the records of members SWIM knows and this
+    /// peer has no announcement of (a newcomer: the whole mesh at once),
+    /// at most once per [`RECORDS_REQUEST_EVERY`], [`MAX_WANT`] at a time.
+    fn fetch_missing_records(&mut self) {
+        let now = now();
+        if now < self.next_records_request {
+            return;
+        }
+        let missing = self.membership.missing_records();
+        if missing.is_empty() {
+            return;
+        }
+        // Any connected member holds what it announced and what it
+        // learned (a newcomer has nobody up yet: it asks whoever it
+        // reached); one SWIM holds alive first.
+        let live = self
+            .swim
+            .as_ref()
+            .map(|s| s.view.borrow().members.clone())
+            .unwrap_or_default();
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let Some(from) = connected
+            .iter()
+            .find(|p| matches!(live.get(p), Some(SwimStatus::Alive)))
+            .or(connected.first())
+            .copied()
+        else {
+            return;
+        };
+        self.next_records_request = now + RECORDS_REQUEST_EVERY;
+        let want = missing
+            .iter()
+            .take(MAX_WANT)
+            .map(|id| id.to_string())
+            .collect();
+        tracing::debug!(%from, missing = missing.len(), "asking for members' records");
+        self.swarm
+            .behaviour_mut()
+            .members
+            .send_request(&from, MembersRequest { v: 1, want });
+    }
+
+    /// After membership changed: the active view is refreshed, its
+    /// neighbour streams held, and the address book given the members'
+    /// addresses (for dials by peer id: SWIM probes, jobs).
+    fn after_change(&mut self) {
+        self.membership.refresh_active();
+        self.hold_neighbors();
+        let book = self.membership.address_book();
+        self.swarm.behaviour_mut().reach.set(book);
+    }
+
+    /// Holds a neighbour stream to each connected member of the active
+    /// view (dials for the rest are membership's).
+    fn hold_neighbors(&mut self) {
+        let Some(neighbors) = &mut self.neighbors else {
+            return;
+        };
+        let connected: Vec<PeerId> = self
+            .membership
+            .active()
+            .iter()
+            .filter(|p| self.swarm.is_connected(p))
+            .copied()
+            .collect();
+        neighbors.hold(&connected);
+    }
+
+    /// Closes connections nothing uses: not to a member of the active
+    /// view, no neighbour stream from the other side (its active view), no
+    /// job stream either way, and up for longer than [`CONNECTION_GRACE`]
+    /// (a probe's or a record fetch's connection lives that long). This
+    /// is what bounds a peer's connections, whatever the size of the mesh.
+    fn trim_connections(&mut self, now: Instant) {
+        let idle: Vec<PeerId> = self
+            .connected_at
+            .iter()
+            .filter(|(p, since)| {
+                now.duration_since(**since) >= CONNECTION_GRACE
+                    && !self.membership.is_active(p)
+                    && !self.usage.in_use(p)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in idle {
+            tracing::debug!(%peer, "closing an unused connection");
+            self.connected_at.remove(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// Tells SWIM whom this peer is connected to: the members it talks to.
+    fn tell_neighbours(&self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        self.tell_swim(Input::Neighbours(peers));
     }
 
     fn tell_swim(&self, input: Input) {
@@ -716,9 +883,13 @@ impl EventLoop {
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
             }
-            gossipsub::Event::Subscribed { topic, .. } if topic == self.topic.hash() => {
-                // A new neighbour: tell it who we are now rather than at the
-                // next periodic announcement.
+            gossipsub::Event::Subscribed { topic, .. }
+                if topic == self.topic.hash() && self.last_content.is_none() =>
+            {
+                // The first neighbour of a peer that could not publish yet
+                // (nobody listened): its announcement goes out now. Others
+                // do not announce again for a newcomer: it fetches the
+                // records it lacks (see `Self::fetch_missing_records`).
                 self.announce(false);
             }
             _ => {}
@@ -838,9 +1009,38 @@ impl EventLoop {
         match event {
             request_response::Event::Message {
                 peer,
-                message: Message::Request { channel, .. },
+                message:
+                    Message::Request {
+                        channel, request, ..
+                    },
                 ..
             } => {
+                if !request.want.is_empty() {
+                    let want: Vec<PeerId> = request
+                        .want
+                        .iter()
+                        .take(MAX_WANT)
+                        .filter_map(|id| id.parse().ok())
+                        .collect();
+                    let mut records = self.membership.records_of(&want, MAX_RECORD_BYTES);
+                    if want.contains(&self.local)
+                        && let Some(own) = &self.own_record
+                    {
+                        records.push(own.clone());
+                    }
+                    let records = records
+                        .iter()
+                        .map(|r| crate::mesh::record::to_hex(r))
+                        .collect();
+                    let _ = self.swarm.behaviour_mut().members.send_response(
+                        channel,
+                        MembersResponse {
+                            peers: Vec::new(),
+                            records,
+                        },
+                    );
+                    return;
+                }
                 let peers = self
                     .membership
                     .up_peers()
@@ -852,11 +1052,13 @@ impl EventLoop {
                         addrs: addrs.iter().map(|a| a.to_string()).collect(),
                     })
                     .collect();
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .members
-                    .send_response(channel, MembersResponse { peers });
+                let _ = self.swarm.behaviour_mut().members.send_response(
+                    channel,
+                    MembersResponse {
+                        peers,
+                        records: Vec::new(),
+                    },
+                );
             }
             request_response::Event::Message {
                 peer,
@@ -864,7 +1066,21 @@ impl EventLoop {
                 ..
             } => {
                 let now = now();
-                tracing::debug!(from = %peer, count = response.peers.len(), "member list received");
+                tracing::debug!(from = %peer, count = response.peers.len(), records = response.records.len(), "member list received");
+                for hex in response.records.iter().take(MAX_WANT) {
+                    let Some(data) = crate::mesh::record::from_hex(hex) else {
+                        continue;
+                    };
+                    match self.membership.on_record(&data, now) {
+                        Ok((dial, desired)) => {
+                            if let Some(dial) = dial {
+                                self.dial(dial);
+                            }
+                            self.merge_decisions(desired, peer);
+                        }
+                        Err(e) => tracing::debug!(from = %peer, "record not taken: {e}"),
+                    }
+                }
                 for hint in response.peers.into_iter().take(MAX_MEMBERS_IN_ANSWER) {
                     let Ok(id) = hint.id.parse::<PeerId>() else {
                         continue;
@@ -900,18 +1116,20 @@ fn encode_announcement(mut a: Announce) -> Option<Vec<u8>> {
             crate::text::truncate(e, 160);
         }
     }
+    // The signature goes in front (see `mesh::record`).
+    let max = MAX_GOSSIP_BYTES - crate::mesh::record::SIG_LEN;
     let mut data = serde_json::to_vec(&a).expect("announcements serialize");
-    if data.len() > MAX_GOSSIP_BYTES {
+    if data.len() > max {
         a.apps.iter_mut().for_each(|s| s.error = None);
         data = serde_json::to_vec(&a).expect("announcements serialize");
     }
-    if data.len() > MAX_GOSSIP_BYTES {
+    if data.len() > max {
         tracing::warn!(
             bytes = data.len(),
             max = MAX_GOSSIP_BYTES,
             apps = a.apps.len(),
             decisions = a.desired.len(),
-            "announcement too large to publish; the mesh will mark this peer silent"
+            "announcement too large to publish; the mesh will not see this peer's apps"
         );
         return None;
     }
@@ -919,6 +1137,23 @@ fn encode_announcement(mut a: Announce) -> Option<Vec<u8>> {
 }
 
 /// Counts a refused decision in `/metrics`.
+/// How long a connection nothing uses is kept after it came up.
+const CONNECTION_GRACE: Duration = Duration::from_secs(10);
+
+/// Records asked for in one member-list request, at most.
+const MAX_WANT: usize = 256;
+/// Bytes of records in one answer, at most (the rest are asked again).
+const MAX_RECORD_BYTES: usize = 1 << 20;
+/// Shortest gap between two requests for missing records.
+const RECORDS_REQUEST_EVERY: Duration = Duration::from_secs(1);
+
+/// How long an unchanged announcement goes unrepeated: 30 s, and one more
+/// 30 s per 32 peers, so a peer receives about one announcement a second
+/// from an idle mesh of any size (each repeat repairs what gossip lost).
+fn refresh_interval(peers: usize) -> Duration {
+    Duration::from_secs(30) * (peers as u32 / 32 + 1)
+}
+
 /// SWIM's parameters in the peer: memberlist's LAN profile, with the
 /// suspicion timeout set by `--down-after`. A peer that stops answering is
 /// probed by someone within about a probe interval (each peer probes one

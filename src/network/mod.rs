@@ -23,7 +23,10 @@ pub mod bundles;
 mod client;
 mod event_loop;
 mod jobs;
+mod neighbors;
+mod reach;
 pub mod swim;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::time::Duration;

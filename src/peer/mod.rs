@@ -165,6 +165,7 @@ impl Parts {
     ) -> TaskTracker {
         let tracker = TaskTracker::new();
         let control = event_loop.stream_control();
+        let usage = event_loop.usage();
         let handles = http::Handles {
             dispatcher: self.dispatcher.clone(),
             mesh: self.net.clone(),
@@ -215,6 +216,7 @@ impl Parts {
             RunHere(self.workers.clone()),
             config.max_job_bytes,
             shutdown.clone(),
+            usage,
         ));
         tracker.close();
         tracker

@@ -336,6 +336,9 @@ pub struct Swim<I> {
     health: Health,
     queue: Queue<I>,
     rng: StdRng,
+    /// Members this peer talks to (see [`Swim::set_neighbours`]); `None`:
+    /// any member.
+    neighbours: Option<Vec<I>>,
     out: Vec<(I, Msg<I>)>,
     events: Vec<Event<I>>,
     counters: Counters,
@@ -379,6 +382,7 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
             relays: HashMap::new(),
             next_seq: 0,
             rng,
+            neighbours: None,
             out: Vec::new(),
             events: Vec::new(),
             counters: Counters::default(),
@@ -446,6 +450,14 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
         self.send_sync(seed);
     }
 
+    /// One full-state exchange with `peer` (no retry, unlike [`Self::join`]):
+    /// for a peer met outside SWIM that it does not hold alive.
+    pub fn sync_with(&mut self, peer: I) {
+        if peer != self.me {
+            self.send_sync(peer);
+        }
+    }
+
     /// Says goodbye: the news goes out at once to `gossip_fanout` members
     /// and keeps spreading by gossip while this peer runs.
     pub fn leave(&mut self) {
@@ -486,6 +498,21 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
         };
         self.apply(&u, now);
         self.gossip_now();
+    }
+
+    /// Restricts whom this peer probes, asks for indirect probes, gossips
+    /// to and exchanges state with to `ids` (those that are live members):
+    /// where talking to a member means a connection (TCP and a handshake,
+    /// not a UDP datagram as in memberlist), the peer talks to the members
+    /// it is connected to, and every member is someone's neighbour. The
+    /// member list itself still holds everyone. `None` (the default):
+    /// anyone, as in the paper.
+    pub fn set_neighbours(&mut self, ids: Option<Vec<I>>) {
+        self.neighbours = ids;
+    }
+
+    fn talks_to(&self, id: &I) -> bool {
+        self.neighbours.as_ref().is_none_or(|n| n.contains(id))
     }
 
     /// The earliest time [`Self::tick`] has something to do.
@@ -851,7 +878,7 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
             while self.probe_index < self.probe_order.len() {
                 let id = self.probe_order[self.probe_index];
                 self.probe_index += 1;
-                if self.is_live(&id) {
+                if self.is_live(&id) && self.talks_to(&id) {
                     return Some(id);
                 }
             }
@@ -1176,6 +1203,17 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
     /// from the probe order (which holds every live member) with a bounded
     /// number of tries, so it costs O(n) however large the mesh.
     fn random_live_n(&mut self, n: usize, exclude: &[I]) -> Vec<I> {
+        if let Some(neighbours) = &self.neighbours {
+            let mut some: Vec<I> = neighbours
+                .iter()
+                .filter(|id| self.is_live(id) && !exclude.contains(id))
+                .copied()
+                .collect();
+            some.sort_unstable();
+            some.shuffle(&mut self.rng);
+            some.truncate(n);
+            return some;
+        }
         let mut out: Vec<I> = Vec::with_capacity(n);
         let len = self.probe_order.len();
         if len == 0 {

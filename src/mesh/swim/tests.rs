@@ -496,3 +496,30 @@ fn a_death_seen_here_is_news_at_once_and_the_living_refute_it() {
     assert_eq!(a.status(&2), Some(Status::Alive));
     assert!(b.incarnation() > 0);
 }
+
+#[test]
+fn with_neighbours_set_a_peer_talks_only_to_them() {
+    let now = Instant::now();
+    let mut a = peer(1, now);
+    a.handle(9, news((2..30).map(|i| alive(i, 0)).collect()), now);
+    a.set_neighbours(Some(vec![3, 4, 99]));
+    a.drain_sends().for_each(drop);
+    // Probes, gossip and their indirect probes, over many intervals.
+    let mut t = now;
+    let mut talked = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        t += Duration::from_millis(100);
+        a.tick(t);
+        for (to, _) in a.drain_sends() {
+            talked.insert(to);
+        }
+    }
+    talked.remove(&9); // answers go to whoever wrote
+    assert!(!talked.is_empty());
+    assert!(
+        talked.iter().all(|to| [3, 4].contains(to)),
+        "talked to {talked:?}"
+    );
+    // Everyone is still a member (alive, or suspect for the silent 3 and 4).
+    assert_eq!(a.live_members(), 28);
+}

@@ -29,6 +29,7 @@ pub async fn serve_inbound<R: RunJob>(
     run: R,
     max_job_bytes: usize,
     shutdown: CancellationToken,
+    usage: crate::network::usage::Usage,
 ) {
     let mut incoming = match control.accept(JOBS_STREAM_PROTOCOL) {
         Ok(i) => i,
@@ -50,9 +51,10 @@ pub async fn serve_inbound<R: RunJob>(
                         continue;
                     };
                     let run = run.clone();
+                    let held = usage.hold(peer);
                     tokio::spawn(async move {
                         serve_stream(peer, stream, run, max_job_bytes).await;
-                        drop(slot);
+                        drop((slot, held));
                     });
                 }
                 None => return,

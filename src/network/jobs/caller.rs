@@ -21,6 +21,7 @@ use super::frame::{
 use super::*;
 use crate::apps::AppName;
 use crate::error::JobError;
+use crate::network::usage::{Held, Usage};
 
 struct Link {
     /// Receiver: the link task's writer. Closed when the link dies.
@@ -28,7 +29,14 @@ struct Link {
     pending: Pending,
     window: Arc<Semaphore>,
     dead: CancellationToken,
+    /// Requests that took this link (see [`idle`]).
+    uses: AtomicU64,
 }
+
+/// A link that took no request for this long, with none in flight, is
+/// closed: its stream goes, and the connection under it is trimmed unless
+/// something else uses it.
+pub const LINK_IDLE: Duration = Duration::from_secs(20);
 
 /// The caller's side: links to other peers, created on first use and
 /// replaced when they die.
@@ -37,14 +45,17 @@ pub struct JobLinks {
     control: Control,
     links: Arc<Mutex<HashMap<PeerId, Arc<Link>>>>,
     next_id: Arc<AtomicU64>,
+    usage: Usage,
 }
 
 impl JobLinks {
-    pub fn new(control: Control) -> Self {
+    /// Links opened through `control`, each counted in `usage` while open.
+    pub fn new(control: Control, usage: Usage) -> Self {
         JobLinks {
             control,
             links: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
+            usage,
         }
     }
 
@@ -56,6 +67,7 @@ impl JobLinks {
     fn link(&self, peer: PeerId) -> Arc<Link> {
         let mut links = self.links.lock().expect("links lock");
         if let Some(l) = links.get(&peer).filter(|l| !l.dead.is_cancelled()) {
+            l.uses.fetch_add(1, Ordering::Relaxed);
             return l.clone();
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -64,6 +76,7 @@ impl JobLinks {
             pending: Arc::default(),
             window: Arc::new(Semaphore::new(WINDOW_PER_PEER)),
             dead: CancellationToken::new(),
+            uses: AtomicU64::new(1),
         });
         links.insert(peer, link.clone());
         tokio::spawn(run_link(
@@ -72,6 +85,7 @@ impl JobLinks {
             rx,
             link.clone(),
             self.links.clone(),
+            self.usage.hold(peer),
         ));
         link
     }
@@ -169,6 +183,7 @@ async fn run_link(
     mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
     link: Arc<Link>,
     links: Arc<Mutex<HashMap<PeerId, Arc<Link>>>>,
+    _held: Held,
 ) {
     let reason = match tokio::time::timeout(
         Duration::from_secs(10),
@@ -186,6 +201,7 @@ async fn run_link(
                     Err(e) => format!("the connection to {peer} failed: {e}"),
                 },
                 r = read_answers(read, &link.pending) => format!("the connection to {peer} was lost: {r}"),
+                r = idle(&link, &links, peer) => r,
             }
         }
     };
@@ -202,6 +218,26 @@ async fn run_link(
     let pending: Vec<_> = link.pending.lock().expect("pending lock").drain().collect();
     for (_, waiter) in pending {
         waiter.fail(JobError::Unreachable(reason.clone()));
+    }
+}
+
+/// Returns once the link took no request for [`LINK_IDLE`] and has none
+/// in flight, taking it out of `links` first (under their lock, so no
+/// request can take it after that).
+async fn idle(link: &Arc<Link>, links: &Mutex<HashMap<PeerId, Arc<Link>>>, peer: PeerId) -> String {
+    let mut seen = link.uses.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(LINK_IDLE).await;
+        let mut map = links.lock().expect("links lock");
+        let uses = link.uses.load(Ordering::Relaxed);
+        if uses == seen && link.pending.lock().expect("pending lock").is_empty() {
+            if map.get(&peer).is_some_and(|l| Arc::ptr_eq(l, link)) {
+                map.remove(&peer);
+            }
+            link.dead.cancel();
+            return format!("idle for {LINK_IDLE:?}");
+        }
+        seen = uses;
     }
 }
 

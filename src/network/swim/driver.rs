@@ -46,11 +46,14 @@ pub const SENDER_RATE: u32 = 32;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long opening a stream and writing one message may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Full-state exchanges with newly connected peers at once (then one a
+/// second): each sends this peer's member list.
+const CONNECT_SYNC_BURST: u32 = 16;
 /// Messages read but not yet handled, at most (more are dropped).
 const INBOX: usize = 256;
 
 /// What the event loop tells the driver.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Input {
     /// A connection to this peer is up: if this peer knows nobody yet, it
     /// joins the mesh through it.
@@ -60,6 +63,9 @@ pub enum Input {
     Unreachable(PeerId),
     /// This peer is stopping: say goodbye.
     Leave,
+    /// The peers this peer is connected to now: SWIM talks to those only
+    /// (see [`Swim::set_neighbours`]).
+    Neighbours(Vec<PeerId>),
 }
 
 /// What SWIM holds, as the event loop reads it.
@@ -109,6 +115,7 @@ pub fn spawn(mut control: Control, key: Keypair, incarnation: u64, cfg: Config) 
         budget: PerKeyBudget::new(SENDER_BURST, SENDER_RATE, wire::MAX_SYNC_MEMBERS),
         view_tx,
         leaving: false,
+        connect_syncs: PerKeyBudget::new(CONNECT_SYNC_BURST, 1, 1),
     };
     tokio::spawn(driver.run(inputs, inbox));
     SwimHandle {
@@ -164,6 +171,8 @@ struct Driver {
     budget: PerKeyBudget<PeerId>,
     view_tx: watch::Sender<Arc<SwimView>>,
     leaving: bool,
+    /// Full-state exchanges started by new connections (see `on_input`).
+    connect_syncs: PerKeyBudget<()>,
 }
 
 impl Driver {
@@ -196,14 +205,32 @@ impl Driver {
 
     fn on_input(&mut self, input: Input) {
         let now = Instant::now();
-        tracing::debug!(?input, "SWIM input");
+        tracing::trace!(?input, "SWIM input");
         match input {
             Input::Connected(peer) => {
-                if self.swim.live_members() == 0 && self.swim.status(&peer).is_none() {
+                // A connection to a peer SWIM does not hold alive: a
+                // full-state exchange with it (a join). Alone, that is
+                // how this peer enters the mesh; otherwise it merges two
+                // parts of the mesh that formed apart (peers that joined
+                // through each other while both were alone). At most
+                // [`CONNECT_SYNC_BURST`] at once, then one a second.
+                let live = matches!(
+                    self.swim.status(&peer),
+                    Some(Status::Alive | Status::Suspect)
+                );
+                let alone = self.swim.live_members() == 0;
+                if live {
+                } else if alone {
+                    // Retried until answered: how this peer enters.
                     self.swim.join(peer, now);
+                } else if self.connect_syncs.allow(&(), now) {
+                    // Once: a peer that does not answer (it may not speak
+                    // SWIM) is not asked again.
+                    self.swim.sync_with(peer);
                 }
             }
             Input::Unreachable(peer) => self.swim.declare_dead(peer, now),
+            Input::Neighbours(peers) => self.swim.set_neighbours(Some(peers)),
             Input::Leave => {
                 self.leaving = true;
                 self.swim.leave();

@@ -36,7 +36,7 @@
 //! signature does not check is dropped and the rest of the message counts.
 
 use libp2p::PeerId;
-use libp2p::identity::{Keypair, PublicKey};
+use libp2p::identity::Keypair;
 
 use crate::mesh::swim::{MAX_UPDATES_IN_MESSAGE, Msg, Status, Update};
 
@@ -105,20 +105,10 @@ pub fn sign(key: &Keypair, id: &PeerId, incarnation: u64, status: Status) -> Opt
 /// their public key (Ed25519, as every disruptor peer's) can be checked;
 /// any other is refused.
 pub fn verify(u: &Update<PeerId>, sig: &[u8; SIG_LEN]) -> bool {
-    let Some(key) = public_key(&u.id) else {
+    let Some(key) = crate::mesh::record::public_key(&u.id) else {
         return false;
     };
     key.verify(&signed_bytes(&u.id, u.incarnation, u.status), sig)
-}
-
-/// The public key a `PeerId` contains, if it contains one.
-fn public_key(id: &PeerId) -> Option<PublicKey> {
-    let mh: &libp2p::multihash::Multihash<64> = id.as_ref();
-    // Code 0: the identity "hash", i.e. the protobuf-encoded key itself.
-    if mh.code() != 0 {
-        return None;
-    }
-    PublicKey::try_decode_protobuf(mh.digest()).ok()
 }
 
 fn status_byte(s: Status) -> u8 {
