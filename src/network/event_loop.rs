@@ -487,11 +487,14 @@ impl EventLoop {
         self.announce_soon = false;
         let mut content = self.announcement(leaving);
         content.seq = 0;
-        let refresh = refresh_interval(self.membership.sizes().0);
+        let refresh = refresh_interval(self.timing.announce_interval, self.membership.sizes().0);
+        // Half an interval of slack: the ticks that call this come every
+        // announce interval, give or take a few milliseconds.
+        let due = refresh.saturating_sub(self.timing.announce_interval / 2);
         let unchanged = self.last_content.as_ref() == Some(&content)
             && self
                 .last_announce
-                .is_some_and(|t| now.duration_since(t) < refresh);
+                .is_some_and(|t| now.duration_since(t) < due);
         if unchanged && !leaving {
             return;
         }
@@ -1147,11 +1150,14 @@ const MAX_RECORD_BYTES: usize = 1 << 20;
 /// Shortest gap between two requests for missing records.
 const RECORDS_REQUEST_EVERY: Duration = Duration::from_secs(1);
 
-/// How long an unchanged announcement goes unrepeated: 30 s, and one more
-/// 30 s per 32 peers, so a peer receives about one announcement a second
-/// from an idle mesh of any size (each repeat repairs what gossip lost).
-fn refresh_interval(peers: usize) -> Duration {
-    Duration::from_secs(30) * (peers as u32 / 32 + 1)
+/// How long an unchanged announcement goes unrepeated: the announce
+/// interval per 8 peers of the mesh (at least one), so a peer receives
+/// about 8 announcements per announce interval (4 a second by default)
+/// from an idle mesh of any size. In a small mesh that keeps peers SWIM
+/// does not vouch for yet heard from within `--down-after`; in any, each
+/// repeat repairs what gossip lost.
+fn refresh_interval(every: Duration, peers: usize) -> Duration {
+    every * (peers as u32).div_ceil(8).max(1)
 }
 
 /// SWIM's parameters in the peer: memberlist's LAN profile, with the
@@ -1247,5 +1253,41 @@ fn handshake_hint(text: &str, private: bool) -> &'static str {
         " (handshake failed: the other side is probably not in this private mesh, i.e. it uses a different pre-shared key or none)"
     } else {
         " (handshake failed: the other side may be a private mesh that requires a pre-shared key, see --psk-file)"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a peer receives from an idle mesh stays at 8 announcements
+    /// per announce interval, whatever the size.
+    #[test]
+    fn refreshes_thin_out_with_the_size_of_the_mesh() {
+        let every = Duration::from_secs(2);
+        assert_eq!(refresh_interval(every, 0), every);
+        assert_eq!(refresh_interval(every, 8), every);
+        assert_eq!(refresh_interval(every, 9), every * 2);
+        assert_eq!(refresh_interval(every, 150), every * 19);
+        for n in [1usize, 20, 150, 4096] {
+            let per_interval =
+                n as f64 * every.as_secs_f64() / refresh_interval(every, n).as_secs_f64();
+            assert!(per_interval <= 8.0, "{n}: {per_interval}");
+        }
+    }
+
+    #[test]
+    fn swim_suspicion_follows_down_after() {
+        let timing = |s| Timing {
+            down_after: Duration::from_secs(s),
+            ..Timing::default()
+        };
+        assert_eq!(swim_config(&timing(4)).suspicion_mult, 2);
+        assert_eq!(swim_config(&timing(10)).suspicion_mult, 8);
+        assert_eq!(
+            swim_config(&timing(1)).suspicion_mult,
+            1,
+            "at least one interval"
+        );
     }
 }
