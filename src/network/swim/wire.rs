@@ -45,8 +45,8 @@ use crate::mesh::swim::{MAX_UPDATES_IN_MESSAGE, Msg, Status, Update};
 pub const MAX_FRAME: usize = 1 << 20;
 /// Members one sync carries, at most; the member table holds no more.
 pub const MAX_SYNC_MEMBERS: usize = 4096;
-/// Bytes of an Ed25519 signature.
-pub const SIG_LEN: usize = 64;
+/// Bytes of an Ed25519 signature (the same as a record's).
+pub use crate::mesh::record::SIG_LEN;
 /// Longest `PeerId` accepted (an identity multihash of an Ed25519 key is
 /// 38 bytes; sha256 ones 34).
 const MAX_ID_LEN: usize = 64;
