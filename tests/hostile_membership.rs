@@ -152,6 +152,20 @@ fn a_rogue_filling_membership_gets_bounded_tables_no_dial_flood_and_a_capped_sha
     while jobs < 150 {
         let body = format!(r#"{{"n":{jobs}}}"#);
         let (status, peer, answer) = honest[0].job(APP, &body);
+        if status != 200 {
+            // What the peers saw: the last of each one's log.
+            for p in &honest {
+                let log = p.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(80).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                eprintln!(
+                    "==== {} ({}), last lines:\n{}",
+                    p.name,
+                    p.id,
+                    tail.join("\n")
+                );
+            }
+        }
         assert_eq!(status, 200, "job {jobs} failed under attack: {answer}");
         assert_eq!(answer, body);
         to_rogue += usize::from(peer.as_deref() == Some(rogue_id.as_str()));

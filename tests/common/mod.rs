@@ -141,9 +141,13 @@ impl Drop for Proc {
 }
 
 /// A scratch directory for one test (identity files, keys, logs).
+///
+/// With `DISRUPTOR_KEEP_SCRATCH=1` in the environment the directory (and the
+/// peers' logs in it) stays behind for a post-mortem.
 pub fn scratch(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(&format!("disruptor-test-{name}-"))
+        .disable_cleanup(std::env::var_os("DISRUPTOR_KEEP_SCRATCH").is_some_and(|v| v == "1"))
         .tempdir()
         .expect("temp dir")
 }
