@@ -892,12 +892,20 @@ impl Membership {
             .filter(|(_, s)| matches!(s, SwimStatus::Alive | SwimStatus::Suspect))
             .map(|(id, _)| *id)
             .collect();
+        let mut promoted = false;
         for (id, e) in self.peers.iter_mut() {
-            if !e.verified {
-                continue;
-            }
             let status = members.get(id).copied();
             let vouched = matches!(status, Some(SwimStatus::Alive | SwimStatus::Suspect));
+            if !e.verified {
+                if !vouched {
+                    continue;
+                }
+                // Heard of through its announcement before SWIM vouched
+                // for it (in a large mesh, gossipsub often outruns SWIM):
+                // its own signed "alive" makes it a member like any other.
+                e.verified = true;
+                promoted = true;
+            }
             if vouched != e.vouched {
                 e.vouched = vouched;
                 if !vouched {
@@ -932,6 +940,11 @@ impl Membership {
                 }
                 _ => {}
             }
+        }
+        if promoted {
+            let peers = &self.peers;
+            self.unverified
+                .retain(|p| peers.get(p).is_some_and(|e| !e.verified));
         }
     }
 
@@ -1974,6 +1987,25 @@ pub(crate) mod tests {
         assert_eq!(state_of(&m, p), up());
         m.tick(t0 + timing().down_after * 10);
         assert_eq!(state_of(&m, p), up(), "no announcement needed to stay up");
+    }
+
+    #[test]
+    fn a_member_announced_before_swim_vouched_for_it_is_up_once_swim_does() {
+        // In a large mesh a newcomer's announcement (gossipsub) often
+        // arrives before its signed "alive" (SWIM): the entry starts
+        // unverified, and SWIM's word must make it a member like any other.
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let (k, p) = keyed();
+        m.on_announce_bytes(p, &sealed(&k, &announce(p, 1, 1, false)), t0)
+            .unwrap();
+        assert_eq!(m.sizes(), (0, 1), "unverified until SWIM vouches");
+        let t1 = t0 + Duration::from_millis(300);
+        m.on_swim(&swim_view(&[(p, SwimStatus::Alive)]), t1);
+        assert_eq!(state_of(&m, p), up());
+        assert_eq!(m.sizes(), (1, 0), "no longer counted as unverified");
+        m.tick(t1 + timing().down_after * 10);
+        assert_eq!(state_of(&m, p), up(), "vouched: no announcement needed");
     }
 
     /// `n` members vouched for by SWIM, announced by signed records, never

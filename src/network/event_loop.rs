@@ -10,6 +10,7 @@
 //! streams of their own. On shutdown it says goodbye on the membership
 //! topic, so others mark it `left` at once.
 
+use rand::seq::SliceRandom;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -727,24 +728,28 @@ impl EventLoop {
             return;
         }
         let missing = self.membership.missing_records();
+        super::RECORDS_MISSING.set(missing.len() as i64);
         if missing.is_empty() {
             return;
         }
         // Any connected member holds what it announced and what it
         // learned (a newcomer has nobody up yet: it asks whoever it
-        // reached); one SWIM holds alive first.
-        let live = self
-            .swim
-            .as_ref()
-            .map(|s| s.view.borrow().members.clone())
-            .unwrap_or_default();
+        // reached). A random one SWIM holds alive: a neighbour that lacks
+        // some records itself is not asked every time.
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        let Some(from) = connected
-            .iter()
-            .find(|p| matches!(live.get(p), Some(SwimStatus::Alive)))
-            .or(connected.first())
-            .copied()
-        else {
+        let alive: Vec<PeerId> = match &self.swim {
+            Some(s) => {
+                let view = s.view.borrow();
+                connected
+                    .iter()
+                    .filter(|p| matches!(view.members.get(p), Some(SwimStatus::Alive)))
+                    .copied()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let pool = if alive.is_empty() { &connected } else { &alive };
+        let Some(from) = pool.choose(&mut rand::thread_rng()).copied() else {
             return;
         };
         self.next_records_request = now + RECORDS_REQUEST_EVERY;

@@ -162,7 +162,16 @@ fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
         "Entries of the membership table: verified (connected at some point) and unverified (heard of only)",
         TABLE_SIZE.clone(),
     );
+    registry.register(
+        "disruptor_membership_records_missing",
+        "Members the failure detector holds alive whose signed announcement this peer lacks (fetched from a neighbour; they are not up until it arrives)",
+        RECORDS_MISSING.clone(),
+    );
+    swim::register_metrics(registry);
 }
+
+/// `disruptor_membership_records_missing`: see [`register_metrics`].
+pub(crate) static RECORDS_MISSING: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 
 /// Why the network could not start (the peer exits with code 1).
 #[derive(Debug, thiserror::Error)]

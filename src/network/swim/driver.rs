@@ -27,6 +27,7 @@ use libp2p::{PeerId, StreamProtocol};
 use libp2p_stream::Control;
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use super::metrics;
 use super::vouch::Signatures;
 use super::wire::{self, MAX_FRAME};
 use crate::mesh::swim::{Config, Event, Status, Swim};
@@ -154,7 +155,9 @@ async fn accept(
             };
             match tokio::time::timeout(READ_TIMEOUT, read).await {
                 Ok(Ok(body)) => {
-                    let _ = inbox.try_send((peer, body));
+                    if inbox.try_send((peer, body)).is_err() {
+                        metrics::count("inbox_full");
+                    }
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, "SWIM message not read: {e}"),
                 Err(_) => tracing::debug!(%peer, "SWIM message not read within {READ_TIMEOUT:?}"),
@@ -241,12 +244,19 @@ impl Driver {
     fn on_message(&mut self, peer: PeerId, body: &[u8]) {
         let now = Instant::now();
         if !self.budget.allow(&peer, now) {
+            metrics::count("over_budget");
             tracing::debug!(%peer, "SWIM message dropped: over the sender's budget");
             return;
         }
         match wire::decode(body, &mut self.sigs) {
-            Ok(msg) => self.swim.handle(peer, msg, now),
-            Err(e) => tracing::debug!(%peer, "malformed SWIM message refused: {e}"),
+            Ok(msg) => {
+                metrics::count("received");
+                self.swim.handle(peer, msg, now)
+            }
+            Err(e) => {
+                metrics::count("malformed");
+                tracing::debug!(%peer, "malformed SWIM message refused: {e}")
+            }
         }
     }
 
@@ -259,6 +269,7 @@ impl Driver {
         for (to, msg) in sends {
             let frame = wire::encode(&msg, &self.sigs);
             let Ok(permit) = self.outbound.clone().try_acquire_owned() else {
+                metrics::count("send_dropped");
                 tracing::debug!(%to, "SWIM message dropped: {MAX_OUTBOUND} sends in flight");
                 continue;
             };
@@ -274,9 +285,15 @@ impl Driver {
                     stream.close().await
                 };
                 match tokio::time::timeout(SEND_TIMEOUT, send).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!(%to, "SWIM message not sent: {e}"),
-                    Err(_) => tracing::debug!(%to, "SWIM message not sent within {SEND_TIMEOUT:?}"),
+                    Ok(Ok(())) => metrics::count("sent"),
+                    Ok(Err(e)) => {
+                        metrics::count("send_failed");
+                        tracing::debug!(%to, "SWIM message not sent: {e}")
+                    }
+                    Err(_) => {
+                        metrics::count("send_failed");
+                        tracing::debug!(%to, "SWIM message not sent within {SEND_TIMEOUT:?}")
+                    }
                 }
             });
         }
@@ -296,6 +313,7 @@ impl Driver {
                 members: self.swim.members().collect(),
                 health: self.swim.health(),
             };
+            metrics::set_members(view.members.values().copied(), view.health);
             self.view_tx.send_replace(Arc::new(view));
         }
     }

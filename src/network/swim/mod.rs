@@ -4,9 +4,11 @@
 //! Files: [`wire`] (the message codec and the signatures that make a
 //! member's "alive" unforgeable), [`vouch`] (the signatures this peer holds
 //! and passes on, each checked once), [`driver`] (the task that runs the
-//! state machine and its sends; the event loop holds its handle).
+//! state machine and its sends; the event loop holds its handle),
+//! [`metrics`] (its figures on `/metrics`).
 
 pub mod driver;
+mod metrics;
 pub mod vouch;
 pub mod wire;
 
@@ -14,3 +16,4 @@ pub mod wire;
 mod tests;
 
 pub use driver::{Input, SWIM_PROTOCOL, SwimHandle, SwimView};
+pub(crate) use metrics::register as register_metrics;
