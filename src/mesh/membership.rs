@@ -1083,8 +1083,8 @@ impl Membership {
             ..
         } = self.timing;
         self.peers
-            .values()
-            .flat_map(|e| {
+            .iter()
+            .flat_map(|(id, e)| {
                 let state = match e.state {
                     _ if !e.verified => Some(e.created + UNVERIFIED_TTL),
                     // SWIM decides when a vouched peer is down.
@@ -1092,7 +1092,11 @@ impl Membership {
                     State::Up => Some(e.last_heard.map_or(now, |t| t + down_after)),
                     State::Down(_) | State::Joining => Some(e.state_since + forget_after),
                 };
-                let dial = (e.dialable() || e.spent()).then_some(e.next_dial);
+                // Members up outside the active view are not dialled (see
+                // `take_dial_if_due`): their dial is never due, whatever
+                // `next_dial` says.
+                let idle = e.verified && e.state == State::Up && !self.active.contains(id);
+                let dial = ((e.dialable() || e.spent()) && !idle).then_some(e.next_dial);
                 state.into_iter().chain(dial)
             })
             .min()
@@ -2021,6 +2025,24 @@ pub(crate) mod tests {
             m.on_record(&sealed(k, &a), t).unwrap();
         }
         keys.into_iter().map(|(_, p)| p).collect()
+    }
+
+    #[test]
+    fn members_outside_the_active_view_set_no_deadline() {
+        // They are not dialled while they stay outside it: a dial "due"
+        // in the past would wake the event loop at once, forever (it ran
+        // every 10 ms in an idle 60-peer mesh, at 1% CPU per peer).
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        vouched_members(&mut m, 60, t0);
+        let dials = m.tick(t0);
+        assert_eq!(dials.len(), active_target(61));
+        let next = m.next_deadline(t0).expect("the active view's redials");
+        assert!(
+            next > t0 + Duration::from_millis(100),
+            "next deadline {:?} after now",
+            next.checked_duration_since(t0)
+        );
     }
 
     #[test]

@@ -724,12 +724,9 @@ impl EventLoop {
     /// at most once per [`RECORDS_REQUEST_EVERY`], [`MAX_WANT`] at a time.
     fn fetch_missing_records(&mut self) {
         let now = now();
-        if now < self.next_records_request {
-            return;
-        }
         let missing = self.membership.missing_records();
         super::RECORDS_MISSING.set(missing.len() as i64);
-        if missing.is_empty() {
+        if missing.is_empty() || now < self.next_records_request {
             return;
         }
         // Any connected member holds what it announced and what it
