@@ -99,6 +99,17 @@ pub const UNVERIFIED_TTL: Duration = Duration::from_secs(30);
 /// [`DISCOVERY_DIAL_RATE`] per second.
 const DISCOVERY_DIAL_BURST: u32 = 32;
 const DISCOVERY_DIAL_RATE: u32 = 4;
+/// Redials of down members per second, all of them together, and the
+/// burst. A member that went down is redialled (a restarted peer is found
+/// again without help), but a peer holding many members down at once (a
+/// partition, or false deaths under load) must not answer with a dial to
+/// each: on a loaded machine the storm of handshakes times out more probes
+/// and makes more deaths. Like Serf's reconnect of failed members, the
+/// cost is bounded whatever the number down; a lone down member is
+/// redialled on its own backoff as before.
+const RECONNECT_DIAL_RATE: u32 = 1;
+const RECONNECT_DIAL_BURST: u32 = 4;
+
 /// When the discovery rate held a first dial back, it is tried again after this.
 const DISCOVERY_RETRY: Duration = Duration::from_millis(250);
 /// Dials of an address nobody has connected from, per window, whichever
@@ -478,6 +489,9 @@ pub struct Membership {
     claimed: ClaimedAddrs,
     /// First dials of newly learned unverified peers.
     discovery: PerKeyBudget<()>,
+    /// Redials of members that are down, mesh-wide (see
+    /// [`RECONNECT_DIAL_RATE`]).
+    reconnect: PerKeyBudget<()>,
     /// Counts by [`Refusal`] (in the order of [`Refusal::ALL`]).
     refused: [u64; Refusal::ALL.len()],
     /// The view must be republished now (a state, address or app changed).
@@ -489,6 +503,9 @@ pub struct Membership {
     silenced: Vec<PeerId>,
     /// Peers that became unreachable since [`Membership::take_unreachable`].
     unreachable: Vec<PeerId>,
+    /// Up members a dial failed to reach without a refusal (see
+    /// [`Membership::on_dial_inconclusive`]); bounded by [`MAX_PEERS`].
+    doubted: Vec<PeerId>,
     /// Members SWIM holds alive or suspect (as of the last
     /// [`Membership::on_swim`]; bounded by SWIM's member table).
     swim_live: HashSet<PeerId>,
@@ -522,11 +539,13 @@ impl Membership {
             unverified: Vec::new(),
             claimed: ClaimedAddrs::default(),
             discovery: PerKeyBudget::new(DISCOVERY_DIAL_BURST, DISCOVERY_DIAL_RATE, 1),
+            reconnect: PerKeyBudget::new(RECONNECT_DIAL_BURST, RECONNECT_DIAL_RATE, 1),
             refused: [0; Refusal::ALL.len()],
             dirty: true,
             soft_dirty: false,
             silenced: Vec::new(),
             unreachable: Vec::new(),
+            doubted: Vec::new(),
             swim_live: HashSet::new(),
             active: Vec::new(),
             rng: {
@@ -859,6 +878,31 @@ impl Membership {
                 self.unreachable.push(peer);
             }
         }
+    }
+
+    /// A dial to `peer` failed without a refusal (it timed out, or its
+    /// handshake failed): under load a live peer looks like this too, so
+    /// it is no death sentence. An up member stays up here and SWIM is told
+    /// to *suspect* it ([`Self::take_doubted`]): the mesh's probes decide,
+    /// and a live member refutes. Anyone else: as [`Self::on_dial_failed`].
+    pub fn on_dial_inconclusive(&mut self, peer: PeerId, now: Instant) {
+        let Some(e) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if !e.verified || !matches!(e.state, State::Up) {
+            self.on_dial_failed(peer, now);
+            return;
+        }
+        e.redialling = false;
+        if self.doubted.len() < MAX_PEERS {
+            self.doubted.push(peer);
+        }
+    }
+
+    /// Members a dial of this peer's failed to reach without a refusal
+    /// since the last call: for SWIM to suspect.
+    pub fn take_doubted(&mut self) -> Vec<PeerId> {
+        std::mem::take(&mut self.doubted)
     }
 
     /// A ping answered: the peer is alive and reachable, which counts as
@@ -1207,12 +1251,19 @@ impl Membership {
             peers,
             claimed,
             discovery,
+            reconnect,
             ..
         } = self;
         let e = peers.get_mut(&peer)?;
         if !e.verified && e.dials == 0 && !discovery.allow(&(), now) {
             e.next_dial = now + DISCOVERY_RETRY;
             self.refuse(Refusal::DiscoveryRate);
+            return None;
+        }
+        if e.verified && matches!(e.state, State::Down(_)) && !reconnect.allow(&(), now) {
+            // Its turn comes when the budget refills (no refusal counted:
+            // nobody asked for anything).
+            e.next_dial = now + DISCOVERY_RETRY;
             return None;
         }
         e.next_dial = now + e.backoff;
@@ -1532,6 +1583,86 @@ pub(crate) mod tests {
         assert_eq!(state_of(&m, p), up());
         m.on_dial_failed(p, t0);
         assert_eq!(state_of(&m, p), down("unreachable"));
+    }
+
+    /// A membership with one member, connected at a confirmed address,
+    /// alive in SWIM, in the active view.
+    fn with_a_neighbour(t0: Instant) -> (Membership, PeerId) {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let p = connected(&mut m, t0);
+        m.on_connected(p, Some(addr(4001)), t0);
+        m.on_swim(&swim_view(&[(p, SwimStatus::Alive)]), t0);
+        m.refresh_active();
+        (m, p)
+    }
+
+    #[test]
+    fn a_redial_that_times_out_is_a_doubt_for_swim_not_a_death() {
+        let t0 = Instant::now();
+        let (mut m, p) = with_a_neighbour(t0);
+        assert!(m.on_disconnected(p, 1, t0).is_none());
+        assert!(m.on_disconnected(p, 0, t0).is_some(), "redialled");
+        // The redial times out (a live peer under load looks the same):
+        // still up here, nothing declared dead, SWIM asked to suspect it.
+        m.on_dial_inconclusive(p, t0);
+        assert_eq!(state_of(&m, p), up());
+        assert!(m.take_unreachable().is_empty());
+        assert_eq!(m.take_doubted(), vec![p]);
+        assert!(m.take_doubted().is_empty());
+        // SWIM's verdict decides: the redial no longer holds it back.
+        m.on_swim(&swim_view(&[(p, SwimStatus::Dead)]), t0);
+        assert_eq!(state_of(&m, p), Some(("down".into(), Some("dead".into()))));
+        // A peer never reached: dropped as after any failed dial.
+        let stranger = PeerId::random();
+        m.on_hint(stranger, vec![addr(9)], t0);
+        for _ in 0..UNVERIFIED_DIALS {
+            m.on_dial_inconclusive(stranger, t0);
+        }
+        assert!(m.take_doubted().is_empty());
+    }
+
+    #[test]
+    fn redials_of_many_down_members_are_bounded_and_a_lone_one_is_not_held_back() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let down: Vec<PeerId> = (0..100)
+            .map(|i| {
+                let p = PeerId::random();
+                m.on_connected(p, Some(addr(5000 + i)), t0);
+                m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
+                m.on_disconnected(p, 0, t0);
+                m.on_dial_failed(p, t0);
+                p
+            })
+            .collect();
+        assert!(down.iter().all(|p| !m.is_up(p)));
+        let mut dials = 0;
+        let mut t = t0;
+        for _ in 0..40 {
+            t += Duration::from_millis(250);
+            dials += m.tick(t).len();
+        }
+        // 10 s: the burst and one a second, not 100 every few seconds.
+        let most = (RECONNECT_DIAL_BURST + 10 * RECONNECT_DIAL_RATE) as usize;
+        assert!(dials > 0, "down members are still redialled");
+        assert!(dials <= most, "{dials} redials in 10 s, at most {most}");
+        // One member down alone: redialled on its own backoff.
+        let mut m = Membership::new(PeerId::random(), timing());
+        let p = PeerId::random();
+        m.on_connected(p, Some(addr(4001)), t0);
+        m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
+        m.on_disconnected(p, 0, t0);
+        m.on_dial_failed(p, t0);
+        let mut t = t0;
+        let mut dials = 0;
+        for _ in 0..40 {
+            t += Duration::from_millis(250);
+            dials += m.tick(t).len();
+        }
+        assert!(
+            dials >= 3,
+            "a lone down member redialled {dials} times in 10 s"
+        );
     }
 
     #[test]
@@ -2151,12 +2282,8 @@ pub(crate) mod tests {
 
     #[test]
     fn a_redial_in_flight_decides_before_the_news_of_a_death() {
-        let mut m = Membership::new(PeerId::random(), timing());
         let t0 = Instant::now();
-        let p = connected(&mut m, t0);
-        m.on_connected(p, Some(addr(4001)), t0);
-        m.on_swim(&swim_view(&[(p, SwimStatus::Alive)]), t0);
-        m.refresh_active();
+        let (mut m, p) = with_a_neighbour(t0);
         assert!(m.is_active(&p), "a mesh of two: everyone is a neighbour");
         // Both connections close: a redial goes out, the peer stays up.
         assert!(m.on_disconnected(p, 1, t0).is_none());

@@ -129,6 +129,16 @@ pub struct EventLoop {
     own_record: Option<Arc<[u8]>>,
     /// When this peer may next ask another for records it lacks.
     next_records_request: Instant,
+    /// The peers reached at a bootstrap address (at most one per address):
+    /// asked first for missing records while connected.
+    joined_through: HashSet<PeerId>,
+    /// Records missing at the last request, those asked for then, the
+    /// records taken since, and the wait before the next request.
+    records_last_missing: usize,
+    records_asked: HashSet<PeerId>,
+    records_taken: usize,
+    records_backoff: Duration,
+    records_last_request: Instant,
     /// The SWIM driver (failure detection), once [`Self::run`] started it.
     swim: Option<SwimHandle>,
     /// Streams open per peer (jobs, neighbours): what keeps a connection.
@@ -207,6 +217,12 @@ impl EventLoop {
             last_content: None,
             own_record: None,
             next_records_request: now(),
+            joined_through: HashSet::new(),
+            records_last_missing: 0,
+            records_asked: HashSet::new(),
+            records_taken: 0,
+            records_last_request: now(),
+            records_backoff: RECORDS_REQUEST_EVERY,
             swim: None,
             usage: Usage::default(),
             neighbors: None,
@@ -285,6 +301,9 @@ impl EventLoop {
             for peer in self.membership.take_unreachable() {
                 self.tell_swim(Input::Unreachable(peer));
             }
+            for peer in self.membership.take_doubted() {
+                self.tell_swim(Input::Doubt(peer));
+            }
             for peer in self.membership.take_silenced() {
                 tracing::info!(%peer, "closing the connections of a silent peer (its jobs fail over; it is redialled)");
                 let _ = self.swarm.disconnect_peer_id(peer);
@@ -349,6 +368,9 @@ impl EventLoop {
         }
         if self.bootstraps_pending() {
             next = next.min(self.next_bootstrap);
+        }
+        if self.records_last_missing > 0 {
+            next = next.min(self.next_records_request);
         }
         // Never a busy loop, whatever a deadline says.
         next.max(now + HOUSEKEEPING_MIN)
@@ -705,6 +727,9 @@ impl EventLoop {
             for (b, reached) in self.bootstrap.iter().zip(self.bootstrap_reached.iter_mut()) {
                 if strip_p2p(b) == *addr {
                     *reached = true;
+                    if self.joined_through.len() < self.bootstrap.len() {
+                        self.joined_through.insert(peer);
+                    }
                 }
             }
         }
@@ -726,7 +751,20 @@ impl EventLoop {
         let now = now();
         let missing = self.membership.missing_records();
         super::RECORDS_MISSING.set(missing.len() as i64);
-        if missing.is_empty() || now < self.next_records_request {
+        if missing.is_empty() {
+            self.records_last_missing = 0;
+            return;
+        }
+        // Progress is a record taken since the last request, or a member
+        // missing that was not asked for then (a newcomer): asked for at
+        // the shortest gap, not after a backoff grown meanwhile.
+        let news = missing.iter().any(|p| !self.records_asked.contains(p));
+        let due = if news || self.records_taken > 0 {
+            self.records_last_request + RECORDS_REQUEST_EVERY
+        } else {
+            self.next_records_request
+        };
+        if now < due {
             return;
         }
         // Any connected member holds what it announced and what it
@@ -734,6 +772,19 @@ impl EventLoop {
         // reached). A random one SWIM holds alive: a neighbour that lacks
         // some records itself is not asked every time.
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        // Who holds the records for sure, asked first: a missing member
+        // this peer is connected to (its own record), and the bootstrap
+        // peer it joined through, whose member list SWIM's join just
+        // copied (so its records cover most of what is missing). A
+        // neighbour holds only what reached its part of the mesh: asked
+        // alone, a newcomer of a large mesh learns the records of its own
+        // corner, picks its active view there, and the mesh grows as
+        // islands that never learn each other's records.
+        let holders: Vec<PeerId> = connected
+            .iter()
+            .filter(|p| missing.contains(p) || self.joined_through.contains(p))
+            .copied()
+            .collect();
         let alive: Vec<PeerId> = match &self.swim {
             Some(s) => {
                 let view = s.view.borrow();
@@ -745,21 +796,46 @@ impl EventLoop {
             }
             None => Vec::new(),
         };
+        // One of each: a holder (when there is one) and a random neighbour
+        // (a newcomer's bootstrap peer may be new itself).
+        let mut rng = rand::thread_rng();
+        let mut ask: Vec<PeerId> = holders.choose(&mut rng).copied().into_iter().collect();
         let pool = if alive.is_empty() { &connected } else { &alive };
-        let Some(from) = pool.choose(&mut rand::thread_rng()).copied() else {
+        if let Some(p) = pool.choose(&mut rng).copied()
+            && !ask.contains(&p)
+        {
+            ask.push(p);
+        }
+        if ask.is_empty() {
             return;
+        }
+        // Sooner while requests bring records in, backing off while they
+        // do not (a record nobody reachable holds is asked for rarely).
+        self.records_backoff = if news || self.records_taken > 0 {
+            RECORDS_REQUEST_EVERY
+        } else {
+            (self.records_backoff * 2).clamp(RECORDS_REQUEST_EVERY, RECORDS_BACKOFF_MAX)
         };
-        self.next_records_request = now + RECORDS_REQUEST_EVERY;
-        let want = missing
+        self.records_taken = 0;
+        self.records_last_missing = missing.len();
+        self.records_asked = missing.iter().take(MAX_WANT).copied().collect();
+        self.next_records_request = now + self.records_backoff;
+        self.records_last_request = now;
+        let want: Vec<String> = missing
             .iter()
             .take(MAX_WANT)
             .map(|id| id.to_string())
             .collect();
-        tracing::debug!(%from, missing = missing.len(), "asking for members' records");
-        self.swarm
-            .behaviour_mut()
-            .members
-            .send_request(&from, MembersRequest { v: 1, want });
+        for from in ask {
+            tracing::debug!(%from, missing = missing.len(), "asking for members' records");
+            self.swarm.behaviour_mut().members.send_request(
+                &from,
+                MembersRequest {
+                    v: 1,
+                    want: want.clone(),
+                },
+            );
+        }
     }
 
     /// After membership changed: the active view is refreshed, its
@@ -840,7 +916,11 @@ impl EventLoop {
             }
             Some(peer) => {
                 let was_up = self.membership.is_up(&peer);
-                self.membership.on_dial_failed(peer, now);
+                if is_refusal(error) {
+                    self.membership.on_dial_failed(peer, now);
+                } else {
+                    self.membership.on_dial_inconclusive(peer, now);
+                }
                 if was_up || is_handshake_failure(&reason) {
                     tracing::warn!(%peer, "cannot connect: {reason}");
                 } else {
@@ -1078,6 +1158,7 @@ impl EventLoop {
                     };
                     match self.membership.on_record(&data, now) {
                         Ok((dial, desired)) => {
+                            self.records_taken += 1;
                             if let Some(dial) = dial {
                                 self.dial(dial);
                             }
@@ -1150,7 +1231,9 @@ const MAX_WANT: usize = 256;
 /// Bytes of records in one answer, at most (the rest are asked again).
 const MAX_RECORD_BYTES: usize = 1 << 20;
 /// Shortest gap between two requests for missing records.
-const RECORDS_REQUEST_EVERY: Duration = Duration::from_secs(1);
+const RECORDS_REQUEST_EVERY: Duration = Duration::from_millis(250);
+/// Longest gap between two requests while records stay missing.
+const RECORDS_BACKOFF_MAX: Duration = Duration::from_secs(8);
 
 /// How long an unchanged announcement goes unrepeated: the announce
 /// interval per 8 peers of the mesh (at least one), so a peer receives
@@ -1223,6 +1306,28 @@ fn describe_dial_error(error: &DialError, private: bool) -> String {
     format!("{text}{hint}")
 }
 
+/// Whether a dial failed because every address was refused (nothing
+/// listens there: the kernel of a killed peer answers so at once), the
+/// only failure that says the peer is gone. A timeout or a failed
+/// handshake may be a live peer under load.
+fn is_refusal(error: &DialError) -> bool {
+    let DialError::Transport(errors) = error else {
+        return false;
+    };
+    // The transport stack boxes its errors several times over (io errors
+    // in `Either`s in io errors), and those wrappers' `source` skips the
+    // wrapped error: what is left to read is the text, which carries the
+    // innermost error's.
+    !errors.is_empty()
+        && errors.iter().all(|(_, e)| {
+            let text = format!("{} {e:?}", error_chain(e));
+            text.contains("ConnectionRefused")
+                || text.contains("Connection refused")
+                // The in-process meshes' memory transport: nobody listens.
+                || text.contains("No listener on the given port")
+        })
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     if s.is_empty() {
@@ -1261,6 +1366,50 @@ fn handshake_hint(text: &str, private: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a refusal on every address is taken as a death; a timeout, a
+    /// failed handshake or a mix are doubts.
+    #[test]
+    fn only_a_refused_dial_is_conclusive() {
+        use libp2p::TransportError;
+        use std::io::{Error, ErrorKind};
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let err = |kind: ErrorKind| {
+            (
+                addr.clone(),
+                TransportError::Other(Error::new(kind, "test")),
+            )
+        };
+        let refused = DialError::Transport(vec![err(ErrorKind::ConnectionRefused)]);
+        assert!(is_refusal(&refused));
+        // Wrapped, as the upgrade layers do.
+        let wrapped = DialError::Transport(vec![(
+            addr.clone(),
+            TransportError::Other(Error::other(Error::new(
+                ErrorKind::ConnectionRefused,
+                "inner",
+            ))),
+        )]);
+        assert!(is_refusal(&wrapped));
+        let timeout = DialError::Transport(vec![err(ErrorKind::TimedOut)]);
+        assert!(!is_refusal(&timeout));
+        let mixed = DialError::Transport(vec![
+            err(ErrorKind::ConnectionRefused),
+            err(ErrorKind::TimedOut),
+        ]);
+        assert!(!is_refusal(&mixed));
+        assert!(!is_refusal(&DialError::Transport(vec![])));
+        assert!(!is_refusal(&DialError::NoAddresses));
+        // The memory transport's "nobody listens", boxed as the transport
+        // stack boxes it.
+        let memory = DialError::Transport(vec![(
+            addr.clone(),
+            TransportError::Other(Error::other(
+                libp2p::core::transport::memory::MemoryTransportError::Unreachable,
+            )),
+        )]);
+        assert!(is_refusal(&memory));
+    }
 
     /// What a peer receives from an idle mesh stays at 8 announcements
     /// per announce interval, whatever the size.

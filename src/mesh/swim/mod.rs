@@ -484,20 +484,36 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
     /// announced by one peer is still a claim: if `id` is in fact alive it
     /// hears of it and refutes it with a higher incarnation.
     pub fn declare_dead(&mut self, id: I, now: Instant) {
+        if self.claim(id, &[Status::Alive, Status::Suspect], Status::Dead, now) {
+            self.gossip_now();
+        }
+    }
+
+    /// Applies this peer's own claim that `id` is `status` at its current
+    /// incarnation, if `id` is held as one of `from`; returns whether.
+    fn claim(&mut self, id: I, from: &[Status], status: Status, now: Instant) -> bool {
         let Some(m) = self.members.get(&id).copied() else {
-            return;
+            return false;
         };
-        if !matches!(m.status, Status::Alive | Status::Suspect) {
-            return;
+        if !from.contains(&m.status) {
+            return false;
         }
         let u = Update {
             id,
             incarnation: m.incarnation,
-            status: Status::Dead,
+            status,
             from: self.me,
         };
         self.apply(&u, now);
-        self.gossip_now();
+        true
+    }
+
+    /// This peer failed to reach `id` by means of its own (a dial that
+    /// timed out): weaker evidence than a refusal, so `id` becomes
+    /// *suspect*, as after a failed probe, and is declared dead only if it
+    /// does not refute within the suspicion timeout.
+    pub fn suspect(&mut self, id: I, now: Instant) {
+        self.claim(id, &[Status::Alive], Status::Suspect, now);
     }
 
     /// Restricts whom this peer probes, asks for indirect probes, gossips
@@ -507,8 +523,21 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
     /// it is connected to, and every member is someone's neighbour. The
     /// member list itself still holds everyone. `None` (the default):
     /// anyone, as in the paper.
+    ///
+    /// A probe whose target stops being a neighbour is dropped without a
+    /// suspicion: its connection was closed by this side or the other
+    /// (connections nothing uses are trimmed), which says nothing about
+    /// the target, and an ack could no longer come. Where the connection
+    /// closed because the target died, the connection-close fast path
+    /// ([`Self::declare_dead`]) and the other members' probes decide.
     pub fn set_neighbours(&mut self, ids: Option<Vec<I>>) {
         self.neighbours = ids;
+        if let Some(p) = &self.probe
+            && !p.acked
+            && !self.talks_to(&p.target)
+        {
+            self.probe = None;
+        }
     }
 
     fn talks_to(&self, id: &I) -> bool {
@@ -831,7 +860,9 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
     /// Probes `target` for `origin`; only members this peer knows alive,
     /// and at most `max_relays` at once.
     fn relay(&mut self, origin: I, origin_seq: u32, target: I, now: Instant) {
-        if !self.is_live(&target) || target == self.me {
+        // Not a neighbour: no way to reach it, so no probe and no nack (a
+        // nack would count as a confirmation of the suspicion).
+        if !self.is_live(&target) || target == self.me || !self.talks_to(&target) {
             return;
         }
         if self.relays.len() >= self.cfg.max_relays {

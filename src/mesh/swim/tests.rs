@@ -523,3 +523,95 @@ fn with_neighbours_set_a_peer_talks_only_to_them() {
     // Everyone is still a member (alive, or suspect for the silent 3 and 4).
     assert_eq!(a.live_members(), 28);
 }
+
+#[test]
+fn a_probe_whose_connection_closes_is_dropped_without_a_suspicion() {
+    let t0 = Instant::now();
+    let mut a = peer(1, t0);
+    a.handle(9, news(vec![alive(2, 0)]), t0);
+    a.set_neighbours(Some(vec![2]));
+    a.drain_sends().for_each(drop);
+    // Tick until the probe to 2 is out.
+    let mut now = t0;
+    while !a
+        .drain_sends()
+        .any(|(to, m)| to == 2 && matches!(m, Msg::Ping { .. }))
+    {
+        now = a.next_wake().max(now + Duration::from_millis(1));
+        assert!(now < t0 + Duration::from_secs(5), "no probe to 2");
+        a.tick(now);
+    }
+    // Its connection is trimmed mid-probe: no ack can come, and that says
+    // nothing about 2.
+    a.set_neighbours(Some(vec![]));
+    for _ in 0..100 {
+        now += Duration::from_millis(100);
+        a.tick(now);
+    }
+    assert_eq!(a.status(&2), Some(Status::Alive));
+    assert_eq!(a.health(), 0, "a dropped probe is no failed probe");
+    assert!(!a.drain_events().any(|e| matches!(e, Event::Suspect(2))));
+}
+
+#[test]
+fn a_ping_request_for_a_member_it_is_not_connected_to_is_not_nacked() {
+    let now = Instant::now();
+    let mut a = peer(1, now);
+    a.handle(9, news(vec![alive(2, 0), alive(3, 0)]), now);
+    a.set_neighbours(Some(vec![3]));
+    a.drain_sends().for_each(drop);
+    a.handle(
+        3,
+        Msg::PingReq {
+            seq: 7,
+            target: 2,
+            updates: vec![],
+        },
+        now,
+    );
+    a.tick(now + Duration::from_secs(2));
+    let sent: Vec<_> = a.drain_sends().collect();
+    assert!(
+        !sent
+            .iter()
+            .any(|(to, m)| *to == 2 || matches!(m, Msg::Nack { .. })),
+        "neither a probe it cannot send nor a nack that would confirm a suspicion: {sent:?}"
+    );
+}
+
+#[test]
+fn a_doubt_makes_a_suspect_that_refutes_and_a_silent_one_dead() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = (peer(1, t0), peer(2, t0));
+    b.join(1, t0);
+    exchange(&mut a, &mut b, t0);
+    a.drain_events().for_each(drop);
+    a.suspect(2, t0);
+    assert_eq!(a.status(&2), Some(Status::Suspect));
+    assert_eq!(
+        a.drain_events().collect::<Vec<_>>(),
+        vec![Event::Suspect(2)]
+    );
+    // b hears of it (gossip) and refutes: alive again at a higher
+    // incarnation.
+    a.tick(a.next_wake());
+    exchange(&mut a, &mut b, t0);
+    assert_eq!(a.status(&2), Some(Status::Alive));
+    assert!(b.incarnation() > 0);
+    // Unknown, dead or already suspect members: nothing happens.
+    a.suspect(42, t0);
+    assert_eq!(a.status(&42), None);
+    // A member that stays silent after a doubt is dead once its suspicion
+    // times out.
+    let mut c = peer(1, t0);
+    c.handle(9, news(vec![alive(3, 0)]), t0);
+    c.set_neighbours(Some(vec![]));
+    c.suspect(3, t0);
+    let mut now = t0;
+    while c.status(&3) == Some(Status::Suspect) {
+        now = c.next_wake().max(now + Duration::from_millis(1));
+        assert!(now < t0 + Duration::from_secs(60), "never declared dead");
+        c.tick(now);
+    }
+    assert_eq!(c.status(&3), Some(Status::Dead));
+}

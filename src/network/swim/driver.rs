@@ -64,6 +64,9 @@ pub enum Input {
     Unreachable(PeerId),
     /// This peer is stopping: say goodbye.
     Leave,
+    /// A dial to it failed without a refusal: suspect it (see
+    /// [`Swim::suspect`]).
+    Doubt(PeerId),
     /// The peers this peer is connected to now: SWIM talks to those only
     /// (see [`Swim::set_neighbours`]).
     Neighbours(Vec<PeerId>),
@@ -233,6 +236,7 @@ impl Driver {
                 }
             }
             Input::Unreachable(peer) => self.swim.declare_dead(peer, now),
+            Input::Doubt(peer) => self.swim.suspect(peer, now),
             Input::Neighbours(peers) => self.swim.set_neighbours(Some(peers)),
             Input::Leave => {
                 self.leaving = true;
