@@ -221,7 +221,8 @@ impl EventLoop {
             records_last_missing: 0,
             records_asked: HashSet::new(),
             records_taken: 0,
-            records_last_request: now(),
+            // The first request goes out as soon as something is missing.
+            records_last_request: now().checked_sub(RECORDS_REQUEST_EVERY).unwrap_or_else(now),
             records_backoff: RECORDS_REQUEST_EVERY,
             swim: None,
             usage: Usage::default(),
