@@ -127,18 +127,17 @@ pub struct EventLoop {
     /// This peer's latest record as published: handed to peers that ask
     /// for it.
     own_record: Option<Arc<[u8]>>,
-    /// When this peer may next ask another for records it lacks.
-    next_records_request: Instant,
     /// The peers reached at a bootstrap address (at most one per address):
     /// asked first for missing records while connected.
     joined_through: HashSet<PeerId>,
-    /// Records missing at the last request, those asked for then, the
-    /// records taken since, and the wait before the next request.
-    records_last_missing: usize,
+    /// Whether records are being asked for (a request went out and some
+    /// were missing at the last look), those asked for at the last request, the records taken since, when that request went
+    /// out and the wait after it (see [`Self::fetch_missing_records`]).
+    records_missing: bool,
     records_asked: HashSet<PeerId>,
     records_taken: usize,
-    records_backoff: Duration,
     records_last_request: Instant,
+    records_backoff: Duration,
     /// The SWIM driver (failure detection), once [`Self::run`] started it.
     swim: Option<SwimHandle>,
     /// Streams open per peer (jobs, neighbours): what keeps a connection.
@@ -216,9 +215,8 @@ impl EventLoop {
             keypair: config.keypair.clone(),
             last_content: None,
             own_record: None,
-            next_records_request: now(),
             joined_through: HashSet::new(),
-            records_last_missing: 0,
+            records_missing: false,
             records_asked: HashSet::new(),
             records_taken: 0,
             // The first request goes out as soon as something is missing.
@@ -370,8 +368,8 @@ impl EventLoop {
         if self.bootstraps_pending() {
             next = next.min(self.next_bootstrap);
         }
-        if self.records_last_missing > 0 {
-            next = next.min(self.next_records_request);
+        if self.records_missing {
+            next = next.min(self.records_last_request + self.records_backoff);
         }
         // Never a busy loop, whatever a deadline says.
         next.max(now + HOUSEKEEPING_MIN)
@@ -753,25 +751,29 @@ impl EventLoop {
         let missing = self.membership.missing_records();
         super::RECORDS_MISSING.set(missing.len() as i64);
         if missing.is_empty() {
-            self.records_last_missing = 0;
+            self.records_missing = false;
             return;
         }
-        // Progress is a record taken since the last request, or a member
-        // missing that was not asked for then (a newcomer): asked for at
-        // the shortest gap, not after a backoff grown meanwhile.
-        let news = missing.iter().any(|p| !self.records_asked.contains(p));
-        let due = if news || self.records_taken > 0 {
-            self.records_last_request + RECORDS_REQUEST_EVERY
+        // Requests come every RECORDS_REQUEST_EVERY while they make
+        // progress (a record taken since the last request, or a member
+        // missing that was not asked for then: a newcomer), backing off
+        // while they do not (a record nobody reachable holds is asked for
+        // rarely).
+        let progress =
+            self.records_taken > 0 || missing.iter().any(|p| !self.records_asked.contains(p));
+        let wait = if progress {
+            RECORDS_REQUEST_EVERY
         } else {
-            self.next_records_request
+            (self.records_backoff * 2).clamp(RECORDS_REQUEST_EVERY, RECORDS_BACKOFF_MAX)
         };
-        if now < due {
+        let gap = if progress {
+            RECORDS_REQUEST_EVERY
+        } else {
+            self.records_backoff
+        };
+        if now < self.records_last_request + gap {
             return;
         }
-        // Any connected member holds what it announced and what it
-        // learned (a newcomer has nobody up yet: it asks whoever it
-        // reached). A random one SWIM holds alive: a neighbour that lacks
-        // some records itself is not asked every time.
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         // Who holds the records for sure, asked first: a missing member
         // this peer is connected to (its own record), and the bootstrap
@@ -797,8 +799,9 @@ impl EventLoop {
             }
             None => Vec::new(),
         };
-        // One of each: a holder (when there is one) and a random neighbour
-        // (a newcomer's bootstrap peer may be new itself).
+        // One of each: a holder (when there is one) and a random connected
+        // neighbour SWIM holds alive (a newcomer's bootstrap peer may be
+        // new itself; any member holds what it announced and learned).
         let mut rng = rand::thread_rng();
         let mut ask: Vec<PeerId> = holders.choose(&mut rng).copied().into_iter().collect();
         let pool = if alive.is_empty() { &connected } else { &alive };
@@ -810,17 +813,10 @@ impl EventLoop {
         if ask.is_empty() {
             return;
         }
-        // Sooner while requests bring records in, backing off while they
-        // do not (a record nobody reachable holds is asked for rarely).
-        self.records_backoff = if news || self.records_taken > 0 {
-            RECORDS_REQUEST_EVERY
-        } else {
-            (self.records_backoff * 2).clamp(RECORDS_REQUEST_EVERY, RECORDS_BACKOFF_MAX)
-        };
+        self.records_missing = true;
+        self.records_backoff = wait;
         self.records_taken = 0;
-        self.records_last_missing = missing.len();
         self.records_asked = missing.iter().take(MAX_WANT).copied().collect();
-        self.next_records_request = now + self.records_backoff;
         self.records_last_request = now;
         let want: Vec<String> = missing
             .iter()
