@@ -108,9 +108,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?
         .with_behaviour(|key| {
             let gossipsub = gossipsub::Behaviour::new(
-                MessageAuthenticity::Signed(key.clone()),
+                // The honest peers' wire: anonymous messages named by the
+                // hash of their content (their authors sign the records).
+                MessageAuthenticity::Anonymous,
                 gossipsub::ConfigBuilder::default()
-                    .validation_mode(gossipsub::ValidationMode::Permissive)
+                    .validation_mode(gossipsub::ValidationMode::Anonymous)
+                    .message_id_fn(disruptor::network::gossip_message_id)
                     .max_transmit_size(4 * 1024 * 1024)
                     .build()
                     .expect("gossipsub config"),

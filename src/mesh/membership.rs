@@ -355,7 +355,7 @@ pub enum AnnounceError {
     WrongId {
         /// The id it claims (made fit for a log line).
         claimed: String,
-        /// The gossipsub source that signed it.
+        /// The author it was taken from (the key that signed it).
         source_id: String,
     },
     /// A format version this peer does not speak.
@@ -619,16 +619,7 @@ impl Membership {
         data: &[u8],
         now: Instant,
     ) -> Result<(Option<Dial>, Vec<DesiredApp>), AnnounceError> {
-        #[derive(Deserialize)]
-        struct Author {
-            id: String,
-        }
-        let (_, json) = record::split(data)?;
-        let author: Author = serde_json::from_slice(json).map_err(|e| parse_error(json, &e))?;
-        let id: PeerId = author
-            .id
-            .parse()
-            .map_err(|_| AnnounceError::Malformed(format!("bad id {}", printable(&author.id))))?;
+        let id = record_author(data)?;
         if !self.swim_live.contains(&id) && !self.peers.contains_key(&id) {
             return Err(AnnounceError::UnverifiedFull);
         }
@@ -1396,6 +1387,21 @@ impl Membership {
     }
 }
 
+/// The peer a record names as its author, unchecked: the signature that
+/// proves it is checked by [`Membership::on_announce_bytes`].
+pub fn record_author(data: &[u8]) -> Result<PeerId, AnnounceError> {
+    #[derive(Deserialize)]
+    struct Author {
+        id: String,
+    }
+    let (_, json) = record::split(data)?;
+    let author: Author = serde_json::from_slice(json).map_err(|e| parse_error(json, &e))?;
+    author
+        .id
+        .parse()
+        .map_err(|_| AnnounceError::Malformed(format!("bad id {}", printable(&author.id))))
+}
+
 /// Copies an announcement's fields into its entry, bounded; says what changed.
 fn apply_fields(e: &mut Entry, a: &Announce) -> Change {
     let addrs_before = e.addrs.len();
@@ -1876,6 +1882,39 @@ pub(crate) mod tests {
             "{:?}",
             view.addrs
         );
+    }
+
+    #[test]
+    fn a_gossiped_record_is_taken_as_its_named_author_only_if_that_author_signed_it() {
+        // Gossip carries no author of its own: the record names one, and
+        // only that author's signature makes it count.
+        let me = PeerId::random();
+        let (k, p) = keyed();
+        let (ko, other) = keyed();
+        let mut m = Membership::new(me, timing());
+        let t0 = Instant::now();
+        let genuine = sealed(&k, &announce(p, 1, 1, false));
+        assert_eq!(record_author(&genuine), Ok(p));
+        // Another key signs a record naming p: named p, refused as p's.
+        let forged = sealed(&ko, &announce(p, 1, 2, false));
+        assert_eq!(record_author(&forged), Ok(p));
+        let err = m.on_announce_bytes(p, &forged, t0).unwrap_err();
+        assert!(
+            matches!(err, AnnounceError::Record(_)) && err.is_invalid(),
+            "{err}"
+        );
+        assert!(m.views().is_empty(), "the forgery was not taken");
+        assert!(m.on_announce_bytes(p, &genuine, t0).is_ok());
+        assert_ne!(record_author(&genuine), Ok(other));
+        // No author to name: too short, not JSON, an id that is no id.
+        for bytes in [
+            b"{}".to_vec(),
+            unsigned(b"{not json"),
+            sealed(&k, &serde_json::json!({"id": "nobody"})),
+        ] {
+            let err = record_author(&bytes).unwrap_err();
+            assert!(err.is_invalid(), "{err}");
+        }
     }
 
     #[test]

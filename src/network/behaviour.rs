@@ -13,22 +13,19 @@ use crate::mesh::membership::MAX_PEERS;
 
 /// Identify protocol version: peers that answer with another one are not
 /// disruptor peers (or speak an incompatible version) and are disconnected.
-pub const PROTOCOL_VERSION: &str = "/disruptor/1.0.0";
+pub const PROTOCOL_VERSION: &str = "/disruptor/1.1.0";
 /// Gossipsub topic carrying membership announcements.
-pub const MEMBERSHIP_TOPIC: &str = "disruptor/membership/1";
+pub const MEMBERSHIP_TOPIC: &str = "disruptor/membership/2";
 /// Request-response protocol: "tell me the peers you know" (sent on every
 /// new connection, so a newcomer learns the whole mesh in one round trip).
 pub const MEMBERS_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/members/1");
 /// Largest gossip message accepted (announcements are a few hundred bytes).
 pub const MAX_GOSSIP_BYTES: usize = 256 * 1024;
-/// Most message ids in one IHAVE or IWANT: at the longest (a 44-byte peer
-/// id and an 8-byte sequence number, 2 bytes of framing) that is ~216 KB,
-/// within [`MAX_GOSSIP_BYTES`].
+/// Most message ids in one IHAVE or IWANT: with 2 bytes of framing each
+/// that is ~88 KB, within [`MAX_GOSSIP_BYTES`].
 const MAX_IDS_PER_CONTROL: usize = 4000;
-/// Longest id [`message_id`] makes: a peer id (at most 44 bytes: keys of
-/// up to 42 bytes are inlined, longer ones hashed), then 8 bytes.
-#[cfg(test)]
-const MAX_MESSAGE_ID_BYTES: usize = 44 + 8;
+/// Bytes of a gossip message id (see [`message_id`]).
+const MESSAGE_ID_BYTES: usize = 20;
 /// Largest member list sent in one answer.
 pub const MAX_MEMBERS_IN_ANSWER: usize = 1024;
 
@@ -208,19 +205,30 @@ pub struct Behaviour {
     pub reach: super::reach::Behaviour,
 }
 
-/// A gossip message's id: its author's peer id, then its sequence number.
-fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
-    let mut id = m.source.map(|p| p.to_bytes()).unwrap_or_default();
-    id.extend_from_slice(&m.sequence_number.unwrap_or_default().to_be_bytes());
-    gossipsub::MessageId::new(&id)
+/// A gossip message's id: the first [`MESSAGE_ID_BYTES`] bytes of the
+/// SHA-256 of its data. The data is a record signed by its author (see
+/// `mesh::record`), and the author numbers its records, so two
+/// announcements never share an id; an id that binds the whole content
+/// also means a forgery can never be taken for (and so shadow) the genuine
+/// message it imitates.
+pub fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(&m.data);
+    gossipsub::MessageId::new(&digest[..MESSAGE_ID_BYTES])
 }
 
 /// Gossip settings for the membership topic.
 fn gossipsub_config() -> Result<gossipsub::Config, String> {
     gossipsub::ConfigBuilder::default()
-        // Every message is signed by its author; we check that the
-        // announced id is the author's before accepting or forwarding.
-        .validation_mode(gossipsub::ValidationMode::Strict)
+        // No gossipsub signatures: gossipsub checks one on every copy of a
+        // message it receives, duplicates included (its decoder runs before
+        // its duplicate filter), and a peer gets each announcement from
+        // every peer of its gossip mesh: a fifth of a forming 150-peer
+        // mesh's CPU went there. The announcement is a record signed by its
+        // author anyway (`mesh::record`), checked once, for the first copy,
+        // before it is accepted or forwarded (`validate_messages`). A
+        // message with an author or a signature field is invalid here.
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
         .max_transmit_size(MAX_GOSSIP_BYTES)
         // Control messages (IHAVE lists of recent message ids, above
@@ -247,9 +255,7 @@ fn gossipsub_config() -> Result<gossipsub::Config, String> {
         // Mesh upkeep and IHAVE gossip every 2 s rather than every 1 s:
         // each heartbeat costs every idle peer a wake-up.
         .heartbeat_interval(Duration::from_secs(2))
-        // The default id is the base58 text of the source plus the
-        // sequence number, computed for every copy received; raw bytes
-        // identify a message just as well for a fraction of the cost.
+        // Anonymous messages have no author or number to name them by.
         .message_id_fn(message_id)
         .build()
         .map_err(|e| format!("gossipsub config: {e}"))
@@ -258,7 +264,7 @@ fn gossipsub_config() -> Result<gossipsub::Config, String> {
 impl Behaviour {
     pub fn new(key: &Keypair) -> Result<Self, String> {
         let mut gossipsub = gossipsub::Behaviour::new(
-            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossipsub::MessageAuthenticity::Anonymous,
             gossipsub_config()?,
         )?;
         let (params, thresholds) = peer_score();
@@ -300,7 +306,7 @@ mod tests {
     fn the_largest_control_message_we_send_is_one_we_accept() {
         let c = gossipsub_config().expect("valid gossip config");
         // Each id is a length-delimited protobuf field: tag, length, bytes.
-        let per_id = 1 + 1 + MAX_MESSAGE_ID_BYTES;
+        let per_id = 1 + 1 + MESSAGE_ID_BYTES;
         let topic_and_framing = 64 + MEMBERSHIP_TOPIC.len();
         let largest = c.max_control_messages_sent() * per_id + topic_and_framing;
         assert!(
@@ -337,22 +343,20 @@ mod tests {
     }
 
     #[test]
-    fn message_ids_are_no_longer_than_assumed() {
-        // The longest peer id there is: an inlined 42-byte key.
-        let longest = libp2p::multihash::Multihash::<64>::wrap(0x00, &[7u8; 42]).unwrap();
-        for source in [
-            Keypair::generate_ed25519().public().to_peer_id(),
-            PeerId::from_multihash(longest).expect("42-byte identity multihash"),
-        ] {
-            let message = gossipsub::Message {
-                source: Some(source),
-                data: Vec::new(),
-                sequence_number: Some(u64::MAX),
-                topic: gossipsub::IdentTopic::new(MEMBERSHIP_TOPIC).hash(),
-            };
-            let id = message_id(&message).0;
-            assert!(id.len() <= MAX_MESSAGE_ID_BYTES, "{} bytes", id.len());
-        }
+    fn message_ids_bind_the_whole_message_and_have_the_assumed_length() {
+        let message = |data: &[u8]| gossipsub::Message {
+            source: None,
+            data: data.to_vec(),
+            sequence_number: None,
+            topic: gossipsub::IdentTopic::new(MEMBERSHIP_TOPIC).hash(),
+        };
+        let id = message_id(&message(b"a record"));
+        assert_eq!(id.0.len(), MESSAGE_ID_BYTES);
+        assert_eq!(id, message_id(&message(b"a record")));
+        // One bit anywhere (a forgery keeping the signature, say) is
+        // another message.
+        assert_ne!(id, message_id(&message(b"a recorc")));
+        assert_ne!(id, message_id(&message(b"b record")));
     }
 
     /// `n` labels, each a name and a value of the longest length.

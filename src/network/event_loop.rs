@@ -62,6 +62,13 @@ use crate::ratelimit::PerKeyBudget;
 const HOUSEKEEPING_MAX: Duration = Duration::from_secs(1);
 /// Shortest gap between two rounds, whatever a deadline says.
 const HOUSEKEEPING_MIN: Duration = Duration::from_millis(10);
+/// Shortest gap between two copies of the membership table into what is
+/// derived from it (the published view, the active view, the address
+/// book). Each copy costs O(N): taken on every change, a 150-peer mesh
+/// forming spent a tenth of its CPU building views nobody read before the
+/// next one replaced them. The first change after a quiet gap is copied at
+/// once; a burst of changes is copied once per gap.
+const VIEW_EVERY: Duration = Duration::from_millis(100);
 /// Minimum gap between two announcements triggered by new subscribers.
 const ANNOUNCE_DEBOUNCE: Duration = Duration::from_millis(100);
 /// How long a stopping peer keeps its connections open so its goodbye
@@ -146,6 +153,13 @@ pub struct EventLoop {
     neighbors: Option<Neighbors>,
     /// When this peer's first current connection to each peer came up.
     connected_at: HashMap<PeerId, Instant>,
+    /// The table changed since the view and the active view were derived
+    /// from it (see [`VIEW_EVERY`]).
+    view_stale: bool,
+    /// Only times that need no recomputation changed (last seen, ping).
+    view_soft_stale: bool,
+    /// When the view was last derived.
+    view_derived: Instant,
 }
 
 /// Announcements per second (and burst) accepted from any one author.
@@ -226,6 +240,9 @@ impl EventLoop {
             usage: Usage::default(),
             neighbors: None,
             connected_at: HashMap::new(),
+            view_stale: false,
+            view_soft_stale: false,
+            view_derived: now(),
         };
         event_loop.publish_view();
         let jobs = super::jobs::JobLinks::new(
@@ -308,8 +325,15 @@ impl EventLoop {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             if self.membership.take_dirty() {
-                self.after_change();
-                self.publish_view();
+                self.view_stale = true;
+            }
+            if self.view_stale {
+                let due = self.view_derived + VIEW_EVERY;
+                if now() >= due {
+                    self.derive_view();
+                } else if due < housekeeping.deadline().into_std() {
+                    housekeeping.as_mut().reset(due.into());
+                }
             }
             // A debounced announcement goes out at the end of its debounce,
             // not at the next regular round.
@@ -345,8 +369,10 @@ impl EventLoop {
         if self.desired.expire(unix_ms()) {
             self.desired_tx.send_replace(Arc::new(self.desired.clone()));
         }
-        if self.membership.take_any_dirty() {
-            self.publish_view();
+        self.view_stale |= self.membership.take_dirty();
+        self.view_soft_stale |= self.membership.take_any_dirty();
+        if (self.view_stale || self.view_soft_stale) && now >= self.view_derived + VIEW_EVERY {
+            self.derive_view();
         }
         for dial in self.membership.tick(now) {
             self.dial(dial);
@@ -370,6 +396,10 @@ impl EventLoop {
         }
         if self.records_missing {
             next = next.min(self.records_last_request + self.records_backoff);
+        }
+        // Times alone (last seen, ping) wait for the next regular round.
+        if self.view_stale {
+            next = next.min(self.view_derived + VIEW_EVERY);
         }
         // Never a busy loop, whatever a deadline says.
         next.max(now + HOUSEKEEPING_MIN)
@@ -838,6 +868,18 @@ impl EventLoop {
     /// After membership changed: the active view is refreshed, its
     /// neighbour streams held, and the address book given the members'
     /// addresses (for dials by peer id: SWIM probes, jobs).
+    /// Derives from the table what copies it: the active view and its
+    /// neighbour streams, the address book, the published view.
+    fn derive_view(&mut self) {
+        if self.view_stale {
+            self.after_change();
+        }
+        self.view_stale = false;
+        self.view_soft_stale = false;
+        self.view_derived = now();
+        self.publish_view();
+    }
+
     fn after_change(&mut self) {
         self.membership.refresh_active();
         self.hold_neighbors();
@@ -935,30 +977,35 @@ impl EventLoop {
                 message_id,
                 message,
             } => {
+                // The author is the one the record names; its signature is
+                // checked before anything is taken (`on_announce_bytes`).
                 let acceptance = if message.topic != self.topic.hash() {
                     MessageAcceptance::Ignore
-                } else if message
-                    .source
-                    .is_some_and(|s| !self.announce_budget.allow(&s, now()))
-                {
-                    tracing::debug!(from = %propagation_source, "dropped an announcement over its author's rate");
-                    MessageAcceptance::Ignore
-                } else if let Some(source) = message.source {
-                    match self
-                        .membership
-                        .on_announce_bytes(source, &message.data, now())
-                    {
-                        Ok((dial, desired)) => {
-                            if let Some(dial) = dial {
-                                self.dial(dial);
-                            }
-                            self.merge_decisions(desired, propagation_source);
-                            MessageAcceptance::Accept
-                        }
-                        Err(e) => self.refused_announcement(source, propagation_source, &e),
-                    }
                 } else {
-                    MessageAcceptance::Reject
+                    match crate::mesh::membership::record_author(&message.data) {
+                        Err(e) => self.refused_announcement(None, propagation_source, &e),
+                        Ok(author) if !self.announce_budget.allow(&author, now()) => {
+                            tracing::debug!(from = %propagation_source, "dropped an announcement over its author's rate");
+                            MessageAcceptance::Ignore
+                        }
+                        Ok(author) => {
+                            match self
+                                .membership
+                                .on_announce_bytes(author, &message.data, now())
+                            {
+                                Ok((dial, desired)) => {
+                                    if let Some(dial) = dial {
+                                        self.dial(dial);
+                                    }
+                                    self.merge_decisions(desired, propagation_source);
+                                    MessageAcceptance::Accept
+                                }
+                                Err(e) => {
+                                    self.refused_announcement(Some(author), propagation_source, &e)
+                                }
+                            }
+                        }
+                    }
                 };
                 self.swarm
                     .behaviour_mut()
@@ -1011,16 +1058,16 @@ impl EventLoop {
     /// `Ignore`d, neither forwarded nor held against anyone.
     fn refused_announcement(
         &mut self,
-        author: PeerId,
+        author: Option<PeerId>,
         relay: PeerId,
         e: &AnnounceError,
     ) -> MessageAcceptance {
         if e.is_invalid() {
-            tracing::warn!(%author, %relay, "rejected announcement: {e}");
+            tracing::warn!(?author, %relay, "rejected announcement: {e}");
             MessageAcceptance::Reject
         } else {
             // Counted by membership; summed up in the log by `log_refusals`.
-            tracing::debug!(%author, %relay, "ignored announcement: {e}");
+            tracing::debug!(?author, %relay, "ignored announcement: {e}");
             MessageAcceptance::Ignore
         }
     }

@@ -42,7 +42,7 @@ use libp2p::pnet::PnetConfig;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, Swarm, noise, tcp, yamux};
 
-pub use behaviour::{MAX_JOB_TIMEOUT, PROTOCOL_VERSION};
+pub use behaviour::{MAX_JOB_TIMEOUT, PROTOCOL_VERSION, message_id as gossip_message_id};
 pub use client::Client;
 pub use event_loop::EventLoop;
 pub use jobs::{MAX_BATCH_BYTES, serve_inbound};
