@@ -110,6 +110,16 @@ const DISCOVERY_DIAL_RATE: u32 = 4;
 const RECONNECT_DIAL_RATE: u32 = 1;
 const RECONNECT_DIAL_BURST: u32 = 4;
 
+/// A peer heard of only through a relayed announcement is first dialled
+/// after this long, not at once. In a mesh running SWIM its signed
+/// "alive" spreads in a few gossip rounds and makes it a member without
+/// any connection (see [`Membership::on_swim`]); dialled at once, every
+/// peer that got the newcomer's announcement before SWIM's news (most of
+/// a 150-peer mesh) connected to it within a second, and the newcomer,
+/// busy with their handshakes and with a full-state exchange for each,
+/// fell behind on its probes and was declared dead by everyone. The dial
+/// is for what SWIM does not vouch for.
+pub const VOUCH_GRACE: Duration = Duration::from_secs(3);
 /// When the discovery rate held a first dial back, it is tried again after this.
 const DISCOVERY_RETRY: Duration = Duration::from_millis(250);
 /// Dials of an address nobody has connected from, per window, whichever
@@ -688,8 +698,12 @@ impl Membership {
         }
         if !self.peers.contains_key(&source) {
             // Not connected (a connection makes an entry first): a peer
-            // known only from what others relay.
+            // known only from what others relay. SWIM may vouch for it
+            // first (see [`VOUCH_GRACE`]).
             self.admit_unverified(source, now)?;
+            if let Some(e) = self.peers.get_mut(&source) {
+                e.next_dial = now + VOUCH_GRACE;
+            }
         }
         let down_after = self.timing.down_after;
         let e = self.peers.get_mut(&source).expect("admitted above");
@@ -939,6 +953,9 @@ impl Membership {
                 // for it (in a large mesh, gossipsub often outruns SWIM):
                 // its own signed "alive" makes it a member like any other.
                 e.verified = true;
+                // Dialled now if the active view wants it (its first dial
+                // as an unverified peer was put off, see VOUCH_GRACE).
+                e.next_dial = e.next_dial.min(now);
                 promoted = true;
             }
             if vouched != e.vouched {
@@ -1579,7 +1596,15 @@ pub(crate) mod tests {
         let mut m = Membership::new(me, timing());
         let t0 = Instant::now();
         let dial = m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
-        assert_eq!(dial.unwrap().peer, p, "an unconnected announcer is dialled");
+        assert!(dial.is_none(), "SWIM may vouch for it first");
+        assert!(
+            m.tick(t0 + VOUCH_GRACE - Duration::from_millis(1))
+                .is_empty()
+        );
+        assert_eq!(m.next_deadline(t0), Some(t0 + VOUCH_GRACE));
+        let dials = m.tick(t0 + VOUCH_GRACE);
+        assert_eq!(dials.len(), 1);
+        assert_eq!(dials[0].peer, p, "an unconnected announcer is dialled");
         assert_eq!(state_of(&m, p), None, "joining peers are hidden");
         m.on_connected(p, None, t0);
         assert_eq!(state_of(&m, p), up());
@@ -1969,8 +1994,12 @@ pub(crate) mod tests {
         assert_eq!(m.sizes(), (0, 0), "dropped after its last dial failed");
         // One whose dials never report back: dropped all the same.
         let q = PeerId::random();
-        m.on_announce(q, &announce(q, 1, 1, false), t0).unwrap();
-        let mut dials = 1;
+        assert!(
+            m.on_announce(q, &announce(q, 1, 1, false), t0)
+                .unwrap()
+                .is_none()
+        );
+        let mut dials = 0;
         let mut t = t0;
         while t < t0 + UNVERIFIED_TTL {
             dials += m.tick(t).len();
@@ -2180,6 +2209,27 @@ pub(crate) mod tests {
         assert_eq!(m.sizes(), (1, 0), "no longer counted as unverified");
         m.tick(t1 + timing().down_after * 10);
         assert_eq!(state_of(&m, p), up(), "vouched: no announcement needed");
+    }
+
+    #[test]
+    fn a_relayed_announcement_is_dialled_after_a_grace_unless_swim_vouches_first() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let (k, p) = keyed();
+        let mut a = announce(p, 1, 1, false);
+        a.listen = vec![addr(7100).to_string()];
+        let dial = m.on_announce_bytes(p, &sealed(&k, &a), t0).unwrap().0;
+        assert!(dial.is_none(), "not dialled at once");
+        let t1 = t0 + VOUCH_GRACE / 2;
+        assert!(m.tick(t1).is_empty(), "nor before the grace");
+        // SWIM vouches meanwhile: a member like any other, dialled now
+        // because a mesh this small keeps everyone in its active view.
+        m.on_swim(&swim_view(&[(p, SwimStatus::Alive)]), t1);
+        m.refresh_active();
+        assert!(m.is_active(&p));
+        let dials = m.tick(t1);
+        assert_eq!(dials.len(), 1, "{dials:?}");
+        assert_eq!(dials[0].peer, p);
     }
 
     /// `n` members vouched for by SWIM, announced by signed records, never

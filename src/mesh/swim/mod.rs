@@ -448,6 +448,13 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
             backoff: self.cfg.probe_interval,
         });
         self.send_sync(seed);
+        // Its own arrival is news this peer spreads itself, first of all
+        // (memberlist broadcasts a node's own alive at start too). Left to
+        // the seed alone, in a mesh forming on a loaded machine the seed
+        // (often a newcomer itself, with few connections) was the only
+        // source for seconds; the joiner's first gossip rounds, to the
+        // peers of its active view, carried others' news and not its own.
+        self.queue.push(self.own_state(), true);
     }
 
     /// One full-state exchange with `peer` (no retry, unlike [`Self::join`]):

@@ -52,6 +52,41 @@ fn a_join_makes_two_peers_see_each_other() {
 }
 
 #[test]
+fn a_joiner_gossips_its_own_arrival_first() {
+    // The seed answers with a mesh of members new to the joiner (news it
+    // also queues); the joiner's first gossip carries itself first.
+    let now = Instant::now();
+    let mut b = peer(2, now);
+    b.set_neighbours(Some(vec![1, 3, 4]));
+    b.join(1, now);
+    b.drain_sends().for_each(drop);
+    let members: Vec<Update<u32>> = (1..=101)
+        .filter(|id| *id != 2)
+        .map(|id| alive(id, 1))
+        .collect();
+    b.handle(
+        1,
+        Msg::Sync {
+            reply: false,
+            members,
+        },
+        now,
+    );
+    b.tick(now + Duration::from_millis(250));
+    let gossip: Vec<(u32, Msg<u32>)> = b
+        .drain_sends()
+        .filter(|(_, m)| matches!(m, Msg::Gossip { .. }))
+        .collect();
+    assert!(!gossip.is_empty(), "it gossips");
+    for (to, m) in gossip {
+        let Msg::Gossip { updates } = m else {
+            unreachable!()
+        };
+        assert_eq!(updates[0], alive(2, 0), "to {to}: {updates:?}");
+    }
+}
+
+#[test]
 fn incarnations_decide_which_news_wins() {
     let now = Instant::now();
     let mut a = peer(1, now);
