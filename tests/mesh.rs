@@ -557,3 +557,115 @@ fn a_dead_peer_is_forgotten_after_the_configured_time() {
     // And the survivors are still whole.
     wait_converged(&[a, b], Duration::from_secs(5));
 }
+
+/// Issue 16 with real processes: 50 peers in a chain (each knows only the
+/// one started before it) become one mesh without each holding a
+/// connection to every other, see a SIGKILLed peer down within the
+/// detection bound, and jobs sent to a peer without the app reach every
+/// peer that runs it (job links are opened on demand, to peers the sender
+/// need not be a neighbour of).
+#[test]
+fn fifty_peers_converge_detect_a_kill_and_jobs_reach_every_peer_with_the_app() {
+    const N: usize = 50;
+    let dir = scratch("fifty");
+    let mut peers = Mesh::of(dir.path(), N)
+        .apps(test_apps())
+        .workers(1)
+        // Every fifth peer runs the app, the others serve through them.
+        .each(|i, opts| {
+            if i % 5 != 0 {
+                opts.apps = None;
+            }
+        })
+        .within(Duration::from_secs(60))
+        .start();
+    eprintln!(
+        "{N} peers whole {:?} after the last start",
+        peers.converged_in
+    );
+
+    // Bounded connections: a peer holds its active view (8 at 50 peers),
+    // the peers that chose it, and what probes and jobs opened lately;
+    // not one connection per peer.
+    let mut connected: Vec<usize> = peers
+        .iter()
+        .map(|p| {
+            p.peers()["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|q| q["connected"] == true)
+                .count()
+        })
+        .collect();
+    connected.sort_unstable();
+    eprintln!("connections per peer, sorted: {connected:?}");
+    assert!(
+        connected[N / 2] <= N / 2,
+        "the median peer is connected to {} of {} others: {connected:?}",
+        connected[N / 2],
+        N - 1
+    );
+
+    let with_app: Vec<&Peer> = peers.iter().step_by(5).collect();
+    start_app(&peers[0], "apps/words", &[]);
+    let sender = &peers[N - 1];
+    wait_running(sender, "apps/words", &with_app);
+    // Random dispatch over 10 peers: each has served within a few dozen
+    // jobs; 400 bounds the loop (a peer missed that long is unreachable).
+    let mut served: std::collections::BTreeMap<String, u32> = Default::default();
+    for i in 0..400 {
+        let (status, ran_on, body) = sender.job("apps/words", &format!("\"job {i}\""));
+        let words: serde_json::Value = serde_json::from_str(&body).expect("JSON result");
+        assert_eq!(
+            (status, words),
+            (200, serde_json::json!(["job", i.to_string()]))
+        );
+        *served.entry(ran_on.expect("X-Disruptor-Peer")).or_default() += 1;
+        if with_app.iter().all(|p| served.contains_key(&p.id)) {
+            break;
+        }
+    }
+    let missed: Vec<&str> = with_app
+        .iter()
+        .filter(|p| !served.contains_key(&p.id))
+        .map(|p| p.name.as_str())
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "no job reached {missed:?}; served: {served:?}"
+    );
+    assert!(
+        served.keys().all(|id| with_app.iter().any(|p| p.id == *id)),
+        "a job ran on a peer without the app: {served:?}"
+    );
+
+    let victim = N / 2 + 1;
+    let victim_id = peers[victim].id.clone();
+    let killed_at = Instant::now();
+    peers[victim].sigkill();
+    let survivors: Vec<&Peer> = peers.iter().filter(|p| p.is_running()).collect();
+    let mut pending = survivors.clone();
+    wait_for(
+        &format!("{} survivors to see the victim down", survivors.len()),
+        DETECT,
+        || {
+            pending.retain(|p| !matches!(p.state_of(&victim_id), Some(s) if s["state"] == "down"));
+            match pending.len() {
+                0 => Ok(()),
+                _ => Err(format!(
+                    "still up on {:?}",
+                    pending.iter().map(|p| p.name.as_str()).collect::<Vec<_>>()
+                )),
+            }
+        },
+    );
+    eprintln!(
+        "SIGKILL detected by all {} survivors in {:?}",
+        survivors.len(),
+        killed_at.elapsed()
+    );
+    for p in &survivors {
+        p.assert_failure_downs_at_most(1);
+    }
+}
