@@ -66,6 +66,13 @@ pub const MAX_UPDATES_IN_MESSAGE: usize = 128;
 /// Probe intervals between two pull repairs of one peer, at least.
 pub const PULL_INTERVALS: u32 = 5;
 
+/// Full-state answers followed up at once, at most (see [`Swim`]'s
+/// follow-ups); a newer answer pushes out the oldest.
+pub const MAX_FOLLOW_UPS: usize = 32;
+
+/// Probe intervals during which a full-state answer is followed up.
+pub const FOLLOW_UP_INTERVALS: u32 = 10;
+
 /// What is known about a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
@@ -299,6 +306,15 @@ struct Joining<I> {
     backoff: Duration,
 }
 
+/// A full-state answer given: to whom, how many members it listed, and
+/// until when it is followed up.
+#[derive(Debug)]
+struct Told<I> {
+    to: I,
+    members: usize,
+    until: Instant,
+}
+
 /// Counters of what the machine did, for metrics and the simulator.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counters {
@@ -325,6 +341,8 @@ pub struct Swim<I> {
     probe_order: Vec<I>,
     probe_index: usize,
     joining: Option<Joining<I>>,
+    /// Full-state answers given lately (see `follow_up`).
+    told: Vec<Told<I>>,
     last_stranger_sync: Option<Instant>,
     last_pull: Option<Instant>,
     probe: Option<Probe<I>>,
@@ -373,6 +391,7 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
             probe_order: Vec::new(),
             probe_index: 0,
             joining: None,
+            told: Vec::new(),
             last_stranger_sync: None,
             last_pull: None,
             probe: None,
@@ -438,8 +457,19 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
     /// sent again (every probe interval, then less often, up to the sync
     /// interval) until the seed's answer arrives: a lost join must not
     /// leave this peer, and everyone who joins through it, outside.
+    ///
+    /// A join in progress keeps its seed: a peer met meanwhile (often a
+    /// newcomer joining through this one, and knowing nothing) gets a
+    /// one-off exchange instead. Taken as the seed, its answer ended this
+    /// peer's join with two members known, and every peer that joined
+    /// after it through the chain inherited that fragment: a 150-peer
+    /// chain formed as islands that gossip had to merge for seconds.
     pub fn join(&mut self, seed: I, now: Instant) {
         if seed == self.me {
+            return;
+        }
+        if self.joining.as_ref().is_some_and(|j| j.seed != seed) {
+            self.send_sync(seed);
             return;
         }
         self.joining = Some(Joining {
@@ -619,6 +649,7 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
             self.gone.remove(&id);
             self.members.remove(&id);
         }
+        self.follow_up(now);
     }
 
     /// Handles a message `from` an authenticated sender.
@@ -640,6 +671,7 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
             self.last_stranger_sync = Some(now);
             self.send_sync(from);
         }
+        self.follow_up(now);
     }
 
     /// A ping that introduces this peer, with `first` before the news.
@@ -740,17 +772,61 @@ impl<I: Copy + Eq + Hash + Ord + std::fmt::Debug> Swim<I> {
                     self.joining = None;
                 }
                 if reply {
-                    let mine = self.full_state();
-                    self.out.push((
-                        from,
-                        Msg::Sync {
-                            reply: false,
-                            members: mine,
-                        },
-                    ));
+                    self.answer_sync(from, now);
                 }
                 self.merge(&members, now);
             }
+        }
+    }
+
+    /// Answers a full-state request from `to` with this peer's list, and
+    /// remembers it for follow-ups.
+    fn answer_sync(&mut self, to: I, now: Instant) {
+        let mine = self.full_state();
+        self.told.retain(|t| t.to != to);
+        if self.told.len() >= MAX_FOLLOW_UPS {
+            self.told.remove(0);
+        }
+        self.told.push(Told {
+            to,
+            members: mine.len(),
+            until: now + self.cfg.probe_interval * FOLLOW_UP_INTERVALS,
+        });
+        self.out.push((
+            to,
+            Msg::Sync {
+                reply: false,
+                members: mine,
+            },
+        ));
+    }
+
+    /// Follow-ups: a peer that answered a full-state request while it knew
+    /// little (itself joining, or its join answered by a newcomer) sends
+    /// its list again once it knows at least twice as many members, for
+    /// [`FOLLOW_UP_INTERVALS`] probe intervals after the answer. In a
+    /// chain of joins, the next peer took this one's list as its view of
+    /// the mesh and passed it on: without follow-ups a 150-peer chain
+    /// formed as islands (a joiner told of 2 members, the one after it of
+    /// 3, ...) that gossip took seconds to merge. With them, the whole
+    /// list runs down the chain as fast as messages do: each follow-up
+    /// doubles what its receiver knows, which follows up in turn. At most
+    /// [`MAX_FOLLOW_UPS`] answers are watched, each followed up at most
+    /// log2(members) times.
+    fn follow_up(&mut self, now: Instant) {
+        if self.told.is_empty() {
+            return;
+        }
+        self.told.retain(|t| now < t.until);
+        let known = self.members.len() + 1;
+        let due: Vec<I> = self
+            .told
+            .iter()
+            .filter(|t| known >= 2 * t.members)
+            .map(|t| t.to)
+            .collect();
+        for to in due {
+            self.answer_sync(to, now);
         }
     }
 

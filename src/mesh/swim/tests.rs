@@ -51,6 +51,157 @@ fn a_join_makes_two_peers_see_each_other() {
     assert_eq!((a.live_members(), b.live_members()), (1, 1));
 }
 
+/// The full states `from` sent `to` (the `members` of each).
+fn syncs_to(sends: &[(u32, Msg<u32>)], to: u32) -> Vec<Vec<u32>> {
+    sends
+        .iter()
+        .filter_map(|(t, m)| match m {
+            Msg::Sync { members, .. } if *t == to => Some(members.iter().map(|u| u.id).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_peer_still_joining_keeps_its_seed_and_follows_up_a_newcomer_with_the_whole_mesh() {
+    // Peer 2 joins through seed 1 (which knows 3..=20); before the seed
+    // answers, newcomer 21 joins through 2 (and 2, alone, is told to join
+    // through it too: the driver does so for any connection while alone).
+    let now = Instant::now();
+    let mut two = peer(2, now);
+    two.join(1, now);
+    two.drain_sends().for_each(drop);
+    two.join(21, now);
+    two.handle(
+        21,
+        Msg::Sync {
+            reply: true,
+            members: vec![alive(21, 1)],
+        },
+        now,
+    );
+    // The newcomer is answered with what 2 knows: itself.
+    let sends: Vec<_> = two.drain_sends().collect();
+    assert!(
+        sends.iter().any(|(to, m)| *to == 21
+            && matches!(m, Msg::Sync { reply: false, members } if members.len() == 1)),
+        "{sends:?}"
+    );
+    // The seed answers: the newcomer is followed up with the whole mesh.
+    let mesh: Vec<Update<u32>> = std::iter::once(1)
+        .chain(3..=20)
+        .map(|id| alive(id, 1))
+        .collect();
+    two.handle(
+        1,
+        Msg::Sync {
+            reply: false,
+            members: mesh,
+        },
+        now + Duration::from_millis(300),
+    );
+    let sends: Vec<_> = two.drain_sends().collect();
+    let answers = syncs_to(&sends, 21);
+    assert_eq!(answers.len(), 1, "{sends:?}");
+    assert_eq!(
+        answers[0].len(),
+        21,
+        "itself, the seed, 3..=20 and 21: {answers:?}"
+    );
+    // Its join through 1 is over (the newcomer did not replace the seed):
+    // no retry to 21, and none to 1 (one was due after a probe interval;
+    // the periodic exchange comes later).
+    two.tick(now + Duration::from_millis(1500));
+    let sends: Vec<_> = two.drain_sends().collect();
+    assert!(syncs_to(&sends, 1).is_empty(), "{sends:?}");
+    assert!(syncs_to(&sends, 21).is_empty(), "{sends:?}");
+}
+
+#[test]
+fn follow_ups_wait_for_twice_the_members_are_bounded_and_stop_after_a_while() {
+    let now = Instant::now();
+    let mut two = peer(2, now);
+    let ask = |two: &mut Swim<u32>, from: u32, at: Instant| {
+        two.handle(
+            from,
+            Msg::Sync {
+                reply: true,
+                members: vec![alive(from, 1)],
+            },
+            at,
+        );
+    };
+    let learn = |two: &mut Swim<u32>, ids: std::ops::Range<u32>, at: Instant| {
+        two.handle(1, news(ids.map(|id| alive(id, 1)).collect()), at);
+    };
+    // 2 knows 1 and 3..=8 (8 with itself) and answers 100 with 8 members.
+    learn(&mut two, 1..2, now);
+    learn(&mut two, 3..9, now);
+    ask(&mut two, 100, now);
+    two.drain_sends().for_each(drop);
+    // With 100 and 6 more it knows 15: not yet twice the 8 it told.
+    learn(&mut two, 200..206, now);
+    assert!(syncs_to(&two.drain_sends().collect::<Vec<_>>(), 100).is_empty());
+    learn(&mut two, 206..207, now);
+    let sends: Vec<_> = two.drain_sends().collect();
+    assert_eq!(
+        syncs_to(&sends, 100)
+            .iter()
+            .map(Vec::len)
+            .collect::<Vec<_>>(),
+        vec![16]
+    );
+    // Followed up once per doubling, not on every new member.
+    learn(&mut two, 209..212, now);
+    assert!(syncs_to(&two.drain_sends().collect::<Vec<_>>(), 100).is_empty());
+
+    // At most MAX_FOLLOW_UPS answers are watched: the oldest goes first.
+    let cap = MAX_FOLLOW_UPS as u32;
+    learn(&mut two, 300..300 + cap, now);
+    for from in 300..300 + cap {
+        ask(&mut two, from, now);
+    }
+    two.drain_sends().for_each(drop);
+    let known = two.members().count() as u32 + 1;
+    learn(&mut two, 1000..1000 + known, now);
+    let sends: Vec<_> = two.drain_sends().collect();
+    assert!(
+        syncs_to(&sends, 100).is_empty(),
+        "100 was pushed out: {sends:?}"
+    );
+    for from in 300..300 + cap {
+        assert_eq!(syncs_to(&sends, from).len(), 1, "{from}: {sends:?}");
+    }
+
+    // FOLLOW_UP_INTERVALS probe intervals after its answer, a peer is
+    // no longer followed up.
+    let later = now + Config::default().probe_interval * FOLLOW_UP_INTERVALS;
+    ask(&mut two, 400, later - Duration::from_millis(1));
+    ask(&mut two, 401, now + Duration::from_secs(1));
+    two.drain_sends().for_each(drop);
+    let known = two.members().count() as u32 + 1;
+    learn(&mut two, 5000..5000 + known, later + Duration::from_secs(1));
+    let sends: Vec<_> = two.drain_sends().collect();
+    assert_eq!(syncs_to(&sends, 400).len(), 1, "{sends:?}");
+    assert!(syncs_to(&sends, 401).is_empty(), "{sends:?}");
+}
+
+#[test]
+fn two_peers_joining_through_each_other_answer_each_other_at_once() {
+    let now = Instant::now();
+    let (mut a, mut b) = (peer(1, now), peer(2, now));
+    a.join(2, now);
+    b.join(1, now);
+    exchange(&mut a, &mut b, now);
+    assert_eq!(a.status(&2), Some(Status::Alive));
+    assert_eq!(b.status(&1), Some(Status::Alive));
+    // Both joins are over: no retries (due after a probe interval).
+    a.tick(now + Duration::from_millis(1500));
+    b.tick(now + Duration::from_millis(1500));
+    assert!(syncs_to(&a.drain_sends().collect::<Vec<_>>(), 2).is_empty());
+    assert!(syncs_to(&b.drain_sends().collect::<Vec<_>>(), 1).is_empty());
+}
+
 #[test]
 fn a_joiner_gossips_its_own_arrival_first() {
     // The seed answers with a mesh of members new to the joiner (news it

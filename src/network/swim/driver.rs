@@ -30,7 +30,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use super::metrics;
 use super::vouch::Signatures;
 use super::wire::{self, MAX_FRAME};
-use crate::mesh::swim::{Config, Event, Status, Swim};
+use crate::mesh::swim::{Config, Event, Msg, Status, Swim};
 use crate::ratelimit::PerKeyBudget;
 
 /// The SWIM protocol's name.
@@ -255,6 +255,8 @@ impl Driver {
         match wire::decode(body, &mut self.sigs) {
             Ok(msg) => {
                 metrics::count("received");
+                let (kind, updates) = summary(&msg);
+                tracing::trace!(%peer, kind, updates, "SWIM received");
                 self.swim.handle(peer, msg, now)
             }
             Err(e) => {
@@ -271,6 +273,8 @@ impl Driver {
         self.sigs.sign_own(self.swim.incarnation(), self.leaving);
         let sends: Vec<_> = self.swim.drain_sends().collect();
         for (to, msg) in sends {
+            let (kind, updates) = summary(&msg);
+            tracing::trace!(%to, kind, updates, "SWIM send");
             let frame = wire::encode(&msg, &self.sigs);
             let Ok(permit) = self.outbound.clone().try_acquire_owned() else {
                 metrics::count("send_dropped");
@@ -320,5 +324,17 @@ impl Driver {
             metrics::set_members(view.members.values().copied(), view.health);
             self.view_tx.send_replace(Arc::new(view));
         }
+    }
+}
+
+/// A message's kind and how many updates it carries, for the trace log.
+fn summary(msg: &Msg<PeerId>) -> (&'static str, usize) {
+    match msg {
+        Msg::Ping { updates, .. } => ("ping", updates.len()),
+        Msg::Ack { updates, .. } => ("ack", updates.len()),
+        Msg::PingReq { updates, .. } => ("ping-req", updates.len()),
+        Msg::Nack { .. } => ("nack", 0),
+        Msg::Gossip { updates } => ("gossip", updates.len()),
+        Msg::Sync { members, .. } => ("sync", members.len()),
     }
 }
