@@ -1065,6 +1065,20 @@ impl Membership {
         }
     }
 
+    /// The dials due to members of the active view without a connection
+    /// (see [`Membership::tick`], which makes these and every other dial).
+    pub fn dial_active(&mut self, now: Instant) -> Vec<Dial> {
+        let due: Vec<PeerId> = self
+            .active
+            .iter()
+            .filter(|id| self.peers.get(id).is_some_and(|e| e.connections == 0))
+            .copied()
+            .collect();
+        due.into_iter()
+            .filter_map(|id| self.take_dial_if_due(id, now))
+            .collect()
+    }
+
     /// Peers that became unreachable (last connection closed, redial
     /// failed) since the last call: the caller tells SWIM they are dead.
     pub fn take_unreachable(&mut self) -> Vec<PeerId> {
@@ -2318,6 +2332,32 @@ pub(crate) mod tests {
             "the connected member took its place"
         );
         assert_eq!(m.active().len(), active_target(150));
+    }
+
+    #[test]
+    fn the_active_view_is_dialled_as_soon_as_it_is_picked_and_once() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let members = vouched_members(&mut m, 40, t0);
+        m.refresh_active();
+        let dials = m.dial_active(t0);
+        assert_eq!(dials.len(), active_target(41), "{dials:?}");
+        assert!(dials.iter().all(|d| m.is_active(&d.peer)));
+        // In flight: not dialled again, by this or by the regular round.
+        assert!(m.dial_active(t0).is_empty());
+        assert!(m.tick(t0).is_empty());
+        // A connected member of the view is not dialled; one outside it
+        // never is.
+        let active: Vec<PeerId> = m.active().to_vec();
+        m.on_connected(active[0], None, t0);
+        let later = t0 + Duration::from_secs(60);
+        let again = m.dial_active(later);
+        assert!(
+            again
+                .iter()
+                .all(|d| d.peer != active[0] && m.is_active(&d.peer))
+        );
+        assert!(members.iter().filter(|p| !m.is_active(p)).count() > 0);
     }
 
     #[test]

@@ -886,6 +886,13 @@ impl EventLoop {
         self.hold_neighbors();
         let book = self.membership.address_book();
         self.swarm.behaviour_mut().reach.set(book);
+        // New members of the active view are dialled now: left to the next
+        // housekeeping round, a newcomer's first neighbours waited up to a
+        // second, and until it has some its own arrival reaches nobody but
+        // its bootstrap peer (SWIM talks to connected peers only).
+        for dial in self.membership.dial_active(now()) {
+            self.dial(dial);
+        }
     }
 
     /// Holds a neighbour stream to each connected member of the active
