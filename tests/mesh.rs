@@ -317,6 +317,7 @@ fn private_mesh_keeps_outsiders_out() {
 
 #[test]
 fn no_false_down_under_full_cpu_load() {
+    let _machine = whole_machine();
     let dir = scratch("load");
     let peers = Mesh::of(dir.path(), 4)
         .identities()
@@ -567,6 +568,7 @@ fn a_dead_peer_is_forgotten_after_the_configured_time() {
 #[test]
 fn fifty_peers_converge_detect_a_kill_and_jobs_reach_every_peer_with_the_app() {
     const N: usize = 50;
+    let _machine = whole_machine();
     let dir = scratch("fifty");
     let mut peers = Mesh::of(dir.path(), N)
         .apps(test_apps())

@@ -21,6 +21,15 @@ pub use mesh::{Mesh, MeshBuilder};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_disruptor");
 
+/// Held by the tests that load the whole machine on their own (busy loops
+/// on every core; fifty peers on two cores), so that no two of them run
+/// at once: each measures the mesh under its own load, not under both.
+pub fn whole_machine() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that panicked while holding it leaves nothing to repair.
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Runs the CLI to completion (deadline 30 s) and returns its output.
 pub fn cli(args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);

@@ -3,55 +3,45 @@
 //! (connections, deaths), and carries out the sends it asks for.
 //!
 //! It runs beside the swarm task, not in it: messages come and go on
-//! libp2p streams through `libp2p-stream`'s [`Control`] (one stream per
-//! message, opened to the receiver, written and closed), and the event
-//! loop learns the result from a `watch`ed [`SwimView`]. Nothing here
-//! blocks; a send or a read that takes too long is dropped (SWIM is built
-//! for lost messages).
+//! libp2p streams through `libp2p-stream`'s [`Control`] (one long-lived
+//! link per peer and direction, see [`super::link`]), and the event loop
+//! learns the result from a `watch`ed [`SwimView`]. Nothing here blocks;
+//! a send or a read that takes too long is dropped (SWIM is built for lost
+//! messages).
 //!
 //! # Bounds
-//! Inbound: at most [`MAX_INBOUND`] streams read at once (more are reset
-//! unread), each one frame of at most [`MAX_FRAME`](super::wire::MAX_FRAME)
-//! bytes within [`READ_TIMEOUT`], and per sender at most [`SENDER_BURST`]
-//! messages at once, [`SENDER_RATE`] a second on average (the rest are
-//! dropped unread: an honest peer sends a few a second). Outbound: at most
-//! [`MAX_OUTBOUND`] sends in flight (more are dropped).
+//! Inbound and outbound links: see [`super::link`]. Per sender at most
+//! [`SENDER_BURST`] messages at once, [`SENDER_RATE`] a second on average
+//! (the rest are dropped unread: an honest peer sends a few a second), and
+//! at most [`INBOX`] messages read but not yet handled.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::{PeerId, StreamProtocol};
 use libp2p_stream::Control;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
+use super::link::{self, Links};
 use super::metrics;
 use super::vouch::Signatures;
-use super::wire::{self, MAX_FRAME};
+use super::wire;
 use crate::mesh::swim::{Config, Event, Msg, Status, Swim};
 use crate::ratelimit::PerKeyBudget;
 
 /// The SWIM protocol's name.
 pub const SWIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/disruptor/swim/1");
-/// Inbound streams read at once, at most.
-pub const MAX_INBOUND: usize = 64;
-/// Outbound sends in flight, at most.
-pub const MAX_OUTBOUND: usize = 256;
 /// Messages taken from one sender at once, and per second on average.
 pub const SENDER_BURST: u32 = 64;
 /// See [`SENDER_BURST`].
 pub const SENDER_RATE: u32 = 32;
-/// How long reading one inbound message may take.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long opening a stream and writing one message may take.
-const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Full-state exchanges with newly connected peers at once (then one a
 /// second): each sends this peer's member list.
 const CONNECT_SYNC_BURST: u32 = 16;
 /// Messages read but not yet handled, at most (more are dropped).
-const INBOX: usize = 256;
+pub const INBOX: usize = 256;
 
 /// What the event loop tells the driver.
 #[derive(Debug, Clone)]
@@ -105,7 +95,7 @@ pub fn spawn(mut control: Control, key: Keypair, incarnation: u64, cfg: Config) 
     let (inbox_tx, inbox) = mpsc::channel(INBOX);
     match control.accept(SWIM_PROTOCOL) {
         Ok(incoming) => {
-            tokio::spawn(accept(incoming, inbox_tx));
+            tokio::spawn(link::read_links(incoming, inbox_tx));
         }
         Err(e) => tracing::error!("SWIM protocol not served: {e}"),
     }
@@ -114,8 +104,7 @@ pub fn spawn(mut control: Control, key: Keypair, incarnation: u64, cfg: Config) 
     let driver = Driver {
         swim,
         sigs: Signatures::new(key),
-        control,
-        outbound: Arc::new(Semaphore::new(MAX_OUTBOUND)),
+        links: Links::new(control),
         budget: PerKeyBudget::new(SENDER_BURST, SENDER_RATE, wire::MAX_SYNC_MEMBERS),
         view_tx,
         leaving: false,
@@ -128,52 +117,10 @@ pub fn spawn(mut control: Control, key: Keypair, incarnation: u64, cfg: Config) 
     }
 }
 
-/// Accepts inbound SWIM streams, reading each on a task of its own (at most
-/// [`MAX_INBOUND`] at once) and handing the message to the driver.
-async fn accept(
-    mut incoming: libp2p_stream::IncomingStreams,
-    inbox: mpsc::Sender<(PeerId, Vec<u8>)>,
-) {
-    let readers = Arc::new(Semaphore::new(MAX_INBOUND));
-    while let Some((peer, mut stream)) = incoming.next().await {
-        let Ok(permit) = readers.clone().try_acquire_owned() else {
-            // Dropping the stream resets it.
-            continue;
-        };
-        let inbox = inbox.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let read = async {
-                let mut len = [0u8; 4];
-                stream.read_exact(&mut len).await?;
-                let len = u32::from_be_bytes(len) as usize;
-                if len > MAX_FRAME {
-                    return Err(std::io::Error::other(format!(
-                        "a SWIM message of {len} bytes (at most {MAX_FRAME})"
-                    )));
-                }
-                let mut body = vec![0u8; len];
-                stream.read_exact(&mut body).await?;
-                Ok(body)
-            };
-            match tokio::time::timeout(READ_TIMEOUT, read).await {
-                Ok(Ok(body)) => {
-                    if inbox.try_send((peer, body)).is_err() {
-                        metrics::count("inbox_full");
-                    }
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, "SWIM message not read: {e}"),
-                Err(_) => tracing::debug!(%peer, "SWIM message not read within {READ_TIMEOUT:?}"),
-            }
-        });
-    }
-}
-
 struct Driver {
     swim: Swim<PeerId>,
     sigs: Signatures,
-    control: Control,
-    outbound: Arc<Semaphore>,
+    links: Links,
     budget: PerKeyBudget<PeerId>,
     view_tx: watch::Sender<Arc<SwimView>>,
     leaving: bool,
@@ -276,34 +223,7 @@ impl Driver {
             let (kind, updates) = summary(&msg);
             tracing::trace!(%to, kind, updates, "SWIM send");
             let frame = wire::encode(&msg, &self.sigs);
-            let Ok(permit) = self.outbound.clone().try_acquire_owned() else {
-                metrics::count("send_dropped");
-                tracing::debug!(%to, "SWIM message dropped: {MAX_OUTBOUND} sends in flight");
-                continue;
-            };
-            let mut control = self.control.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let send = async {
-                    let mut stream = control
-                        .open_stream(to, SWIM_PROTOCOL)
-                        .await
-                        .map_err(std::io::Error::other)?;
-                    stream.write_all(&frame).await?;
-                    stream.close().await
-                };
-                match tokio::time::timeout(SEND_TIMEOUT, send).await {
-                    Ok(Ok(())) => metrics::count("sent"),
-                    Ok(Err(e)) => {
-                        metrics::count("send_failed");
-                        tracing::debug!(%to, "SWIM message not sent: {e}")
-                    }
-                    Err(_) => {
-                        metrics::count("send_failed");
-                        tracing::debug!(%to, "SWIM message not sent within {SEND_TIMEOUT:?}")
-                    }
-                }
-            });
+            self.links.send(to, frame);
         }
         let mut changed = false;
         for event in self.swim.drain_events() {

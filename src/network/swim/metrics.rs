@@ -9,9 +9,10 @@
 //!   healthy; higher means this peer has been slow to answer or to hear
 //!   answers, and stretches its own timeouts).
 //! - `disruptor_swim_messages_total{outcome}`: `sent`, `send_failed` (the
-//!   stream could not be opened or written in time), `send_dropped` (too
-//!   many sends in flight), `received`, `over_budget` (a sender over its
-//!   rate), `malformed`, `inbox_full`.
+//!   link could not be opened or written in time), `send_dropped` (its
+//!   link's queue full, or too many links), `received`, `over_budget` (a
+//!   sender over its rate), `malformed`, `inbox_full`, and `link_refused`
+//!   (an inbound link reset unread: too many open, or from its peer).
 
 use std::sync::LazyLock;
 

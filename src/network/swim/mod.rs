@@ -5,9 +5,11 @@
 //! member's "alive" unforgeable), [`vouch`] (the signatures this peer holds
 //! and passes on, each checked once), [`driver`] (the task that runs the
 //! state machine and its sends; the event loop holds its handle),
+//! [`link`] (the long-lived streams messages travel on),
 //! [`metrics`] (its figures on `/metrics`).
 
 pub mod driver;
+pub mod link;
 mod metrics;
 pub mod vouch;
 pub mod wire;
