@@ -186,7 +186,7 @@ async fn write_batch(stream: &mut libp2p::Stream, batch: &[Vec<u8>]) -> std::io:
 /// Reads inbound SWIM links (see the module's documentation) and hands
 /// each message, with its sender, to `inbox`; a full inbox drops it.
 pub async fn read_links(
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: impl futures::Stream<Item = (PeerId, libp2p::Stream)> + Unpin,
     inbox: mpsc::Sender<(PeerId, Vec<u8>)>,
 ) {
     let readers = Arc::new(Semaphore::new(MAX_INBOUND));
@@ -315,6 +315,118 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use libp2p::identity::Keypair;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{Multiaddr, Swarm};
+
+    /// A swarm that speaks only `libp2p-stream`, on the memory transport,
+    /// connected to `dial` (if given) and driven by a task of its own.
+    async fn node(
+        port: u64,
+        dial: Option<Multiaddr>,
+    ) -> (PeerId, Control, Multiaddr, tokio::task::JoinHandle<()>) {
+        let key = Keypair::generate_ed25519();
+        let transport = crate::network::secure(
+            libp2p::core::transport::MemoryTransport::default(),
+            &key,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let mut swarm: Swarm<libp2p_stream::Behaviour> =
+            libp2p::SwarmBuilder::with_existing_identity(key.clone())
+                .with_tokio()
+                .with_other_transport(|_| transport)
+                .unwrap()
+                .with_behaviour(|_| libp2p_stream::Behaviour::new())
+                .unwrap()
+                .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+                .build();
+        let addr: Multiaddr = format!("/memory/{port}").parse().unwrap();
+        swarm.listen_on(addr.clone()).unwrap();
+        let dialing = dial.is_some();
+        if let Some(dial) = dial {
+            swarm.dial(dial).unwrap();
+        }
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => break,
+                SwarmEvent::NewListenAddr { .. } if !dialing => break,
+                _ => {}
+            }
+        }
+        let control = swarm.behaviour().new_control();
+        let id = *swarm.local_peer_id();
+        let task = tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+        (id, control, addr, task)
+    }
+
+    fn frame(sender: usize, i: usize) -> Vec<u8> {
+        let body = format!("{sender}:{i}").into_bytes();
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend(body);
+        frame
+    }
+
+    /// Bursts from several peers at once all arrive (one stream per message
+    /// lost most of such bursts under load: `libp2p-stream` resets inbound
+    /// streams that arrive while its accept channel, of one, is full), and
+    /// links are reused: the receiver sees one inbound stream per sender.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bursts_from_several_peers_all_arrive_on_one_link_each() {
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        static PORT: AtomicU64 = AtomicU64::new(7_000_000);
+        let port = || PORT.fetch_add(1, Ordering::Relaxed);
+        const SENDERS: usize = 3;
+        const ROUNDS: usize = 3;
+        const BURST: usize = LINK_QUEUE;
+
+        let (receiver, mut control, addr, receiver_task) = node(port(), None).await;
+        let streams = Arc::new(AtomicUsize::new(0));
+        let counted = streams.clone();
+        let incoming = control.accept(SWIM_PROTOCOL).unwrap().inspect(move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+        let (inbox_tx, mut inbox) = mpsc::channel(4 * SENDERS * BURST);
+        let reader = tokio::spawn(read_links(incoming, inbox_tx));
+        let mut senders = Vec::new();
+        for _ in 0..SENDERS {
+            let (_, control, _, task) = node(port(), Some(addr.clone())).await;
+            senders.push((Links::new(control), task));
+        }
+
+        let mut got = std::collections::HashSet::new();
+        for round in 0..ROUNDS {
+            for (s, (links, _)) in senders.iter_mut().enumerate() {
+                for i in 0..BURST {
+                    links.send(receiver, frame(s, round * BURST + i));
+                }
+            }
+            let want = (round + 1) * SENDERS * BURST;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while got.len() < want {
+                match tokio::time::timeout_at(deadline, inbox.recv()).await {
+                    Ok(Some((_, body))) => {
+                        got.insert(String::from_utf8(body).unwrap());
+                    }
+                    _ => panic!("round {round}: {} of {want} messages arrived", got.len()),
+                }
+            }
+        }
+        assert_eq!(
+            streams.load(Ordering::Relaxed),
+            SENDERS,
+            "one inbound stream per sender"
+        );
+        reader.abort();
+        receiver_task.abort();
+        for (_, task) in senders {
+            task.abort();
+        }
+    }
 
     #[test]
     fn a_peer_holds_at_most_its_inbound_slots_and_gets_them_back() {
