@@ -249,7 +249,7 @@ mod tests {
                 started_ms: Some(1_000),
                 rtt_ms: Some(0.42),
                 connected: true,
-                links: vec![],
+                links: Default::default(),
                 bundles: vec![],
                 remote_deploy: true,
                 labels: Default::default(),

@@ -260,7 +260,7 @@ mod tests {
             rtt_ms: None,
             connected: true,
             apps,
-            links: Vec::new(),
+            links: Default::default(),
             bundles: Vec::new(),
             remote_deploy: true,
             labels: Default::default(),

@@ -278,7 +278,7 @@ fn edges(view: &MeshView, ids: &[&str], announced: bool) -> BTreeSet<(usize, usi
         if !p.is_up() || !announced {
             continue;
         }
-        for l in &p.links {
+        for l in p.links.iter() {
             if let Some(j) = index(l)
                 && j != i
             {

@@ -527,6 +527,36 @@ pub struct Membership {
     /// Announcements of others never taken (gaps in their numbers); also
     /// counted in `/metrics`.
     skipped: u64,
+    /// Bumped whenever an entry is added, and removed: what the links
+    /// [`Self::views`] expands depend on besides the links themselves.
+    added: u64,
+    removed: u64,
+    /// Per peer, its links expanded to full ids by [`Self::views`], with
+    /// the short ids and the table changes it was expanded after. A view is
+    /// derived up to 4 times a second while the table changes, and
+    /// expanding every peer's links afresh each time (a string per link)
+    /// was most of a forming 150-peer mesh's time spent on views.
+    links_cache: std::cell::RefCell<HashMap<PeerId, LinksCache>>,
+}
+
+/// Links of one peer as [`Membership::views`] last expanded them.
+struct LinksCache {
+    /// [`Membership::added`] and [`Membership::removed`] when expanded.
+    added: u64,
+    removed: u64,
+    short: Vec<String>,
+    full: Arc<[String]>,
+}
+
+impl LinksCache {
+    /// Whether the expansion still holds for `short` links: the same
+    /// links, no entry removed since, and no entry added since unless all
+    /// of them were found (an entry added then cannot change them).
+    fn holds(&self, short: &[String], added: u64, removed: u64) -> bool {
+        self.short == short
+            && self.removed == removed
+            && (self.added == added || self.full.len() == self.short.len())
+    }
 }
 
 /// What applying an announcement's fields changed in the view.
@@ -566,6 +596,9 @@ impl Membership {
                 rand::rngs::StdRng::seed_from_u64(h.finish())
             },
             skipped: 0,
+            added: 0,
+            removed: 0,
+            links_cache: Default::default(),
         }
     }
 
@@ -677,7 +710,7 @@ impl Membership {
         let mut e = Entry::new(peer, now);
         e.verified = true;
         e.vouched = true;
-        self.peers.insert(peer, e);
+        self.insert(peer, e);
         self.dirty = true;
         Ok(())
     }
@@ -799,10 +832,10 @@ impl Membership {
         }
         let down_after = self.timing.down_after;
         let vouched = self.swim_live.contains(&peer);
-        let e = self
-            .peers
-            .entry(peer)
-            .or_insert_with(|| Entry::new(peer, now));
+        if !self.peers.contains_key(&peer) {
+            self.insert(peer, Entry::new(peer, now));
+        }
+        let e = self.peers.get_mut(&peer).expect("inserted above");
         // SWIM may have heard of it before this entry existed.
         e.vouched |= vouched;
         e.redialling = false;
@@ -1207,7 +1240,7 @@ impl Membership {
             self.refuse(Refusal::TableFull);
             return Err(AnnounceError::Full);
         }
-        self.peers.insert(peer, Entry::new(peer, now));
+        self.insert(peer, Entry::new(peer, now));
         self.unverified.push(peer);
         Ok(())
     }
@@ -1246,7 +1279,16 @@ impl Membership {
         true
     }
 
+    /// Every entry enters the table here (see [`Self::added`]).
+    fn insert(&mut self, peer: PeerId, e: Entry) {
+        self.added += 1;
+        self.peers.insert(peer, e);
+    }
+
+    /// Every entry leaves the table here (see [`Self::removed`]).
     fn remove(&mut self, peer: PeerId) {
+        self.removed += 1;
+        self.links_cache.get_mut().remove(&peer);
         if let Some(e) = self.peers.remove(&peer)
             && !e.verified
         {
@@ -1372,12 +1414,9 @@ impl Membership {
     /// turned from short ids into the full ids this peer knows.
     pub fn views(&self) -> Vec<PeerView> {
         let local = self.local.to_string();
-        let mut by_short: HashMap<&str, &str> = self
-            .peers
-            .values()
-            .map(|e| (short_id(&e.id), e.id.as_str()))
-            .collect();
-        by_short.insert(short_id(&local), &local);
+        let mut cache = self.links_cache.borrow_mut();
+        // Short ids to full ones, built only if some links must be expanded.
+        let mut by_short: Option<HashMap<&str, &str>> = None;
         let mut v: Vec<PeerView> = self
             .peers
             .iter()
@@ -1387,6 +1426,31 @@ impl Membership {
                     State::Up => (PeerState::Up, None),
                     State::Down(r) => (PeerState::Down, Some(r)),
                     State::Joining => unreachable!("filtered above"),
+                };
+                let links = match cache.get(peer) {
+                    Some(c) if c.holds(&e.links, self.added, self.removed) => c.full.clone(),
+                    _ => {
+                        let by_short = by_short.get_or_insert_with(|| {
+                            let mut m: HashMap<&str, &str> = (self.peers.values())
+                                .map(|e| (short_id(&e.id), e.id.as_str()))
+                                .collect();
+                            m.insert(short_id(&local), &local);
+                            m
+                        });
+                        let full: Arc<[String]> = (e.links.iter())
+                            .filter_map(|l| by_short.get(l.as_str()).map(|id| id.to_string()))
+                            .collect();
+                        cache.insert(
+                            *peer,
+                            LinksCache {
+                                added: self.added,
+                                removed: self.removed,
+                                short: e.links.clone(),
+                                full: full.clone(),
+                            },
+                        );
+                        full
+                    }
                 };
                 PeerView {
                     id: e.id.clone(),
@@ -1402,11 +1466,7 @@ impl Membership {
                     rtt_ms: e.rtt.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
                     connected: e.connections > 0,
                     apps: e.apps.clone(),
-                    links: e
-                        .links
-                        .iter()
-                        .filter_map(|l| by_short.get(l.as_str()).map(|id| id.to_string()))
-                        .collect(),
+                    links,
                     bundles: e.bundles.clone(),
                     remote_deploy: e.remote_deploy,
                     labels: e.labels.clone(),
@@ -2662,7 +2722,7 @@ pub(crate) mod tests {
         m.on_rtt(p, Duration::from_micros(1234), t0);
         let v = m.views().into_iter().find(|v| v.peer == Some(p)).unwrap();
         assert_eq!(v.http, None, "too long");
-        assert_eq!(v.links, vec![q.to_string()]);
+        assert_eq!(*v.links, [q.to_string()]);
         assert_eq!(v.bundles, vec!["a".repeat(64)]);
         assert_eq!(v.rtt_ms, Some(1.234));
         assert_eq!(v.started_ms, Some(7));
@@ -2950,7 +3010,49 @@ pub(crate) mod tests {
         a.links = vec![short_id(&q_id).to_string(), "unknown!".into()];
         m.on_announce(p, &a, t0).unwrap();
         let view = m.views().into_iter().find(|v| v.peer == Some(p)).unwrap();
-        assert_eq!(view.links, vec![q_id], "known short ids are expanded");
+        assert_eq!(*view.links, [q_id], "known short ids are expanded");
+    }
+
+    #[test]
+    fn expanded_links_follow_the_table_as_peers_join_and_are_forgotten() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let (p, q) = (connected(&mut m, t0), connected(&mut m, t0));
+        let r = PeerId::random();
+        let (q_id, r_id) = (q.to_string(), r.to_string());
+        let mut a = announce(p, 1, 2, false);
+        a.links = vec![short_id(&q_id).to_string(), short_id(&r_id).to_string()];
+        m.on_announce(p, &a, t0).unwrap();
+        let links = |m: &Membership| {
+            m.views()
+                .into_iter()
+                .find(|v| v.peer == Some(p))
+                .unwrap()
+                .links
+        };
+        assert_eq!(
+            *links(&m),
+            *std::slice::from_ref(&q_id),
+            "r is not known yet"
+        );
+        assert_eq!(
+            *links(&m),
+            *std::slice::from_ref(&q_id),
+            "the same, from the cache"
+        );
+        // r joins: p's links (unchanged) now name it.
+        m.on_connected(r, None, t0);
+        m.on_announce(r, &announce(r, 1, 1, false), t0).unwrap();
+        assert_eq!(*links(&m), [q_id.clone(), r_id.clone()], "r was added");
+        // q leaves and is forgotten: p's links no longer name it.
+        m.on_announce(q, &announce(q, 1, 2, true), t0).unwrap();
+        m.on_disconnected(q, 0, t0);
+        m.tick(t0 + timing().forget_after + Duration::from_secs(1));
+        assert!(
+            m.views().iter().all(|v| v.peer != Some(q)),
+            "q is forgotten"
+        );
+        assert_eq!(*links(&m), [r_id], "q was removed");
     }
 
     #[test]

@@ -147,7 +147,7 @@ pub struct PeerView {
     /// Full ids of the peers it announced it is connected to (those this
     /// peer knows, itself included).
     #[serde(default)]
-    pub links: Vec<String>,
+    pub links: std::sync::Arc<[String]>,
     /// Hashes of the app bundles it holds.
     #[serde(default)]
     pub bundles: Vec<String>,
