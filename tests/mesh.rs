@@ -106,16 +106,7 @@ fn sigkilled_peer_is_down_everywhere_fast_and_rejoins_after_restart() {
     let victim_id = peers[1].id.clone();
     let killed_at = Instant::now();
     peers[1].sigkill();
-    for p in peers.iter().filter(|p| p.is_running()) {
-        wait_for(
-            &format!("{} to see the victim down", p.name),
-            DETECT,
-            || match p.state_of(&victim_id) {
-                Some(s) if s["state"] == "down" => Ok(()),
-                other => Err(format!("{other:?}")),
-            },
-        );
-    }
+    wait_down_everywhere(&peers, &victim_id, "");
     eprintln!(
         "SIGKILL detected by all survivors in {:?}",
         killed_at.elapsed()
@@ -131,6 +122,52 @@ fn sigkilled_peer_is_down_everywhere_fast_and_rejoins_after_restart() {
     // refused), nothing else.
     for p in peers.iter().filter(|p| p.name != peers[1].name) {
         p.assert_failure_downs_at_most(1);
+    }
+}
+
+/// A peer killed again right after its restart is in no survivor's active
+/// view (theirs filled up while it was down) and SWIM probes only
+/// connected members: only the peers it chose itself, at the other ends
+/// of its neighbour streams, can tell. They found nothing for as long as
+/// anyone waited, until a link the other peer chose was kept by both ends.
+#[test]
+fn a_peer_killed_right_after_its_restart_is_down_everywhere() {
+    let dir = scratch("rekill");
+    // 10 peers: an active view of 6, so not everyone is everyone's.
+    let mut peers = Mesh::of(dir.path(), 10)
+        .identities()
+        .within(Duration::from_secs(20))
+        .start();
+    let victim = 3;
+    let victim_id = peers[victim].id.clone();
+    peers[victim].sigkill();
+    wait_down_everywhere(&peers, &victim_id, " after its first death");
+    peers[victim].restart(dir.path());
+    peers.wait_converged(Duration::from_secs(15));
+    let killed_at = Instant::now();
+    peers[victim].sigkill();
+    wait_down_everywhere(
+        &peers,
+        &victim_id,
+        " after its second death, right after its restart",
+    );
+    eprintln!(
+        "second SIGKILL detected by all survivors in {:?}",
+        killed_at.elapsed()
+    );
+}
+
+/// Waits until every running peer lists `victim` as down (within [`DETECT`]).
+fn wait_down_everywhere(peers: &[Peer], victim: &str, when: &str) {
+    for p in peers.iter().filter(|p| p.is_running()) {
+        wait_for(
+            &format!("{} to see the victim down{when}", p.name),
+            DETECT,
+            || match p.state_of(victim) {
+                Some(s) if s["state"] == "down" => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
     }
 }
 

@@ -857,11 +857,19 @@ impl Membership {
         self.dirty = true;
     }
 
-    /// The last-but-`remaining` connection to `peer` closed. Returns a dial
-    /// when the peer was up: a quick redial tells a dead peer (refused) from
+    /// The last-but-`remaining` connection to `peer` closed; `chose_us`:
+    /// `peer` held a neighbour stream on it (this peer is in its active
+    /// view). Returns a dial when the peer was up and the link one that
+    /// either end keeps: a quick redial tells a dead peer (refused) from
     /// a dropped connection (succeeds). With no address it may redial, the
     /// peer is unreachable from here at once (it may still dial back).
-    pub fn on_disconnected(&mut self, peer: PeerId, remaining: u32, now: Instant) -> Option<Dial> {
+    pub fn on_disconnected(
+        &mut self,
+        peer: PeerId,
+        remaining: u32,
+        chose_us: bool,
+        now: Instant,
+    ) -> Option<Dial> {
         let e = self.peers.get_mut(&peer)?;
         e.connections = remaining;
         e.rtt = if remaining == 0 { None } else { e.rtt };
@@ -877,16 +885,20 @@ impl Membership {
         if !matches!(e.state, State::Up | State::Joining) {
             return None;
         }
-        if !self.in_active_view(&peer) {
-            // Not a link this peer keeps (a job's, a probe's, one another
-            // peer chose): its closing says nothing about the peer. SWIM
-            // and the active views of others watch it.
+        if !chose_us && !self.in_active_view(&peer) {
+            // Not a link either end keeps (a job's, a probe's, a record
+            // fetch's): its closing says nothing about the peer. A link
+            // the other peer chose (`chose_us`: it held a neighbour stream
+            // on it) is kept by both ends: a peer just restarted is in no
+            // one's active view yet (theirs are full), SWIM probes only
+            // connected members, and if the peers it chose ignored its
+            // connections closing, nobody would ever find it dead.
             return None;
         }
         if let Some(e) = self.peers.get_mut(&peer) {
             e.next_dial = now;
         }
-        let dial = self.take_dial_if_due(peer, now);
+        let dial = self.take_dial(peer, chose_us, now);
         if dial.is_none() {
             self.on_dial_failed(peer, now);
         } else if let Some(e) = self.peers.get_mut(&peer) {
@@ -1300,15 +1312,22 @@ impl Membership {
     /// claimed ones whose budget allows. Moves its next dial on (with
     /// backoff) whenever one was due, dialled or not.
     fn take_dial_if_due(&mut self, peer: PeerId, now: Instant) -> Option<Dial> {
+        self.take_dial(peer, false, now)
+    }
+
+    /// [`Self::take_dial_if_due`], for a link the other peer chose too
+    /// (`chose_us`, see [`Self::on_disconnected`]) if so.
+    fn take_dial(&mut self, peer: PeerId, chose_us: bool, now: Instant) -> Option<Dial> {
         let e = self.peers.get(&peer)?;
         if !e.dialable() || e.next_dial > now {
             return None;
         }
-        // Members up are dialled to keep the active view only; the rest are
-        // reached on demand (a job, a probe), by whatever needs them. Down
-        // ones are redialled with backoff as ever (a restarted peer is found
-        // again without help).
-        if e.verified && e.state == State::Up && !self.in_active_view(&peer) {
+        // Members up are dialled to keep the active view (this peer's, or
+        // a link another peer chose) only; the rest are reached on demand
+        // (a job, a probe), by whatever needs them. Down ones are
+        // redialled with backoff as ever (a restarted peer is found again
+        // without help).
+        if !chose_us && e.verified && e.state == State::Up && !self.in_active_view(&peer) {
             return None;
         }
         let Membership {
@@ -1683,7 +1702,7 @@ pub(crate) mod tests {
         m.on_connected(p, None, t0);
         assert_eq!(state_of(&m, p), up());
         // Its connection closes: redial at once, still up meanwhile.
-        let redial = m.on_disconnected(p, 0, t0);
+        let redial = m.on_disconnected(p, 0, false, t0);
         assert!(redial.is_some());
         assert_eq!(state_of(&m, p), up());
         m.on_dial_failed(p, t0);
@@ -1705,8 +1724,8 @@ pub(crate) mod tests {
     fn a_redial_that_times_out_is_a_doubt_for_swim_not_a_death() {
         let t0 = Instant::now();
         let (mut m, p) = with_a_neighbour(t0);
-        assert!(m.on_disconnected(p, 1, t0).is_none());
-        assert!(m.on_disconnected(p, 0, t0).is_some(), "redialled");
+        assert!(m.on_disconnected(p, 1, false, t0).is_none());
+        assert!(m.on_disconnected(p, 0, false, t0).is_some(), "redialled");
         // The redial times out (a live peer under load looks the same):
         // still up here, nothing declared dead, SWIM asked to suspect it.
         m.on_dial_inconclusive(p, t0);
@@ -1735,7 +1754,7 @@ pub(crate) mod tests {
                 let p = PeerId::random();
                 m.on_connected(p, Some(addr(5000 + i)), t0);
                 m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
-                m.on_disconnected(p, 0, t0);
+                m.on_disconnected(p, 0, false, t0);
                 m.on_dial_failed(p, t0);
                 p
             })
@@ -1756,7 +1775,7 @@ pub(crate) mod tests {
         let p = PeerId::random();
         m.on_connected(p, Some(addr(4001)), t0);
         m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
-        m.on_disconnected(p, 0, t0);
+        m.on_disconnected(p, 0, false, t0);
         m.on_dial_failed(p, t0);
         let mut t = t0;
         let mut dials = 0;
@@ -1870,7 +1889,7 @@ pub(crate) mod tests {
         m.on_announce(p, &announce(p, 1, 6, true), t0).unwrap();
         assert_eq!(state_of(&m, p), down("left"));
         // Its connection closing does not trigger a redial of a leaver.
-        assert_eq!(m.on_disconnected(p, 0, t0), None);
+        assert_eq!(m.on_disconnected(p, 0, false, t0), None);
         // Stale and same-incarnation messages do not resurrect it, nor
         // have it dialled.
         assert_eq!(m.on_announce(p, &announce(p, 1, 4, false), t0), Ok(None));
@@ -1879,7 +1898,7 @@ pub(crate) mod tests {
         // A connection from it (before its goodbye is old) does not either.
         m.on_connected(p, None, t0);
         assert_eq!(state_of(&m, p), down("left"));
-        m.on_disconnected(p, 0, t0);
+        m.on_disconnected(p, 0, false, t0);
         // A restart (new incarnation) is dialled at once and comes back.
         let dial = m.on_announce(p, &announce(p, 2, 1, false), t0).unwrap();
         assert!(dial.is_some());
@@ -1901,7 +1920,7 @@ pub(crate) mod tests {
         // confirmed, so it is redialled for as long as the peer is known.
         m.on_connected(p, Some(addr(4001)), t0);
         m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
-        assert!(m.on_disconnected(p, 0, t0).is_some());
+        assert!(m.on_disconnected(p, 0, false, t0).is_some());
         m.on_dial_failed(p, t0);
         assert_eq!(state_of(&m, p), down("unreachable"));
         let mut dial_times = Vec::new();
@@ -2430,7 +2449,7 @@ pub(crate) mod tests {
         // A job's connection to it comes and goes: nothing to redial, it
         // stays up (SWIM vouches for it).
         m.on_connected(p, None, t0);
-        assert_eq!(m.on_disconnected(p, 0, t0), None);
+        assert_eq!(m.on_disconnected(p, 0, false, t0), None);
         assert_eq!(state_of(&m, p), up());
         assert!(m.take_unreachable().is_empty());
         // SWIM says dead: down at once, `dead`.
@@ -2475,8 +2494,8 @@ pub(crate) mod tests {
         let (mut m, p) = with_a_neighbour(t0);
         assert!(m.is_active(&p), "a mesh of two: everyone is a neighbour");
         // Both connections close: a redial goes out, the peer stays up.
-        assert!(m.on_disconnected(p, 1, t0).is_none());
-        assert!(m.on_disconnected(p, 0, t0).is_some());
+        assert!(m.on_disconnected(p, 1, false, t0).is_none());
+        assert!(m.on_disconnected(p, 0, false, t0).is_some());
         assert_eq!(state_of(&m, p), up());
         // The news that it died comes first: the redial still decides.
         m.on_swim(&swim_view(&[(p, SwimStatus::Dead)]), t0);
@@ -2570,11 +2589,11 @@ pub(crate) mod tests {
         m.on_connected(extra, None, t0);
         assert_eq!(m.peers.len(), MAX_PEERS);
         assert!(!m.peers.contains_key(&extra));
-        assert_eq!(m.on_disconnected(extra, 0, t0), None);
+        assert_eq!(m.on_disconnected(extra, 0, false, t0), None);
         assert!(m.refusals().any(|(r, n)| r == Refusal::TableFull && n >= 2));
         // One goes away: its slot goes to the next that connects.
         let gone = peers[7];
-        m.on_disconnected(gone, 0, t0);
+        m.on_disconnected(gone, 0, false, t0);
         m.on_dial_failed(gone, t0);
         let newcomer = connected(&mut m, t0);
         assert!(m.is_up(&newcomer));
@@ -2695,7 +2714,7 @@ pub(crate) mod tests {
         }
         // Up but not connected (a redial in flight): shown at once.
         let q = connected(&mut m, t0);
-        m.on_disconnected(q, 0, t0);
+        m.on_disconnected(q, 0, false, t0);
         m.take_any_dirty();
         m.on_announce(q, &announce(q, 1, 2, false), t0).unwrap();
         assert!(m.take_dirty());
@@ -2798,10 +2817,10 @@ pub(crate) mod tests {
         m.on_connected(down, Some(addr(1)), t0);
         m.on_announce(down, &announce(down, 1, 1, false), t0)
             .unwrap();
-        m.on_disconnected(down, 0, t0);
+        m.on_disconnected(down, 0, false, t0);
         m.on_dial_failed(down, t0);
         let t1 = t0 + Duration::from_secs(1);
-        assert!(m.on_disconnected(redialling, 0, t1).is_some());
+        assert!(m.on_disconnected(redialling, 0, false, t1).is_some());
         assert_eq!(state_of(&m, redialling), up());
         connected(&mut m, t1);
         assert!(!m.peers.contains_key(&down));
@@ -2817,13 +2836,13 @@ pub(crate) mod tests {
         let p = PeerId::random();
         m.on_connected(p, None, t0);
         m.on_connected(p, None, t0);
-        assert_eq!(m.on_disconnected(p, 1, t0), None);
+        assert_eq!(m.on_disconnected(p, 1, false, t0), None);
         assert_eq!(m.sizes(), (1, 0), "still connected: kept");
         // An announced peer keeps its ping time until its last one closes.
         let q = connected(&mut m, t0);
         m.on_connected(q, None, t0);
         m.on_rtt(q, Duration::from_millis(3), t0);
-        assert_eq!(m.on_disconnected(q, 1, t0), None);
+        assert_eq!(m.on_disconnected(q, 1, false, t0), None);
         let rtt = |m: &Membership| {
             m.views()
                 .into_iter()
@@ -2832,7 +2851,7 @@ pub(crate) mod tests {
                 .rtt_ms
         };
         assert_eq!(rtt(&m), Some(3.0));
-        assert!(m.on_disconnected(q, 0, t0).is_some());
+        assert!(m.on_disconnected(q, 0, false, t0).is_some());
         assert_eq!(rtt(&m), None);
         // A dial failing while it is connected (a duplicate dial) is no news.
         let r = connected(&mut m, t0);
@@ -2867,7 +2886,7 @@ pub(crate) mod tests {
         m.on_connected(p, Some(addr(4001)), t0);
         m.on_announce(p, &announce(p, 1, 1, false), t0).unwrap();
         // Its connection closed; the redial's outcome never comes.
-        assert!(m.on_disconnected(p, 0, t0).is_some());
+        assert!(m.on_disconnected(p, 0, false, t0).is_some());
         m.tick(t0 + Duration::from_secs(5));
         assert_eq!(state_of(&m, p), down("silent"));
         assert!(m.take_silenced().is_empty());
@@ -2912,7 +2931,7 @@ pub(crate) mod tests {
         let mut bye = announce(q, 1, 2, true);
         bye.listen.clear();
         m.on_announce(q, &bye, t0).unwrap();
-        m.on_disconnected(q, 0, t0);
+        m.on_disconnected(q, 0, false, t0);
         assert_eq!(m.next_deadline(t0), Some(t0 + timing().forget_after));
     }
 
@@ -3046,7 +3065,7 @@ pub(crate) mod tests {
         assert_eq!(*links(&m), [q_id.clone(), r_id.clone()], "r was added");
         // q leaves and is forgotten: p's links no longer name it.
         m.on_announce(q, &announce(q, 1, 2, true), t0).unwrap();
-        m.on_disconnected(q, 0, t0);
+        m.on_disconnected(q, 0, false, t0);
         m.tick(t0 + timing().forget_after + Duration::from_secs(1));
         assert!(
             m.views().iter().all(|v| v.peer != Some(q)),
@@ -3073,13 +3092,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_link_the_other_peer_chose_is_redialled_when_it_closes() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let peers: Vec<PeerId> = (0..40).map(|_| connected(&mut m, t0)).collect();
+        m.refresh_active();
+        let outside: Vec<PeerId> = peers.iter().filter(|p| !m.is_active(p)).copied().collect();
+        assert!(outside.len() >= 2, "40 peers overflow the active view");
+        // A connection of no view closing says nothing: no redial.
+        assert_eq!(m.on_disconnected(outside[0], 0, false, t0), None);
+        assert_eq!(state_of(&m, outside[0]), up());
+        // One whose peer held a neighbour stream on it (this peer is in
+        // its active view): redialled, and unreachable when that fails.
+        m.on_identify(outside[1], vec![addr(9)]);
+        assert!(m.on_disconnected(outside[1], 0, true, t0).is_some());
+        m.on_dial_failed(outside[1], t0);
+        assert_eq!(state_of(&m, outside[1]), down("unreachable"));
+    }
+
+    #[test]
     fn a_connection_that_never_announced_leaves_nothing_to_redial() {
         let mut m = Membership::new(PeerId::random(), timing());
         let t0 = Instant::now();
         let p = PeerId::random();
         m.on_connected(p, None, t0);
         m.on_identify(p, vec![addr(9)]);
-        assert_eq!(m.on_disconnected(p, 0, t0), None);
+        assert_eq!(m.on_disconnected(p, 0, false, t0), None);
         assert_eq!(m.sizes(), (0, 0));
         assert!(m.tick(t0 + Duration::from_secs(1)).is_empty());
     }
@@ -3090,7 +3128,7 @@ pub(crate) mod tests {
         let t0 = Instant::now();
         let p = connected(&mut m, t0);
         // Its connection closes: a quick redial at its claimed address.
-        assert!(m.on_disconnected(p, 0, t0).is_some());
+        assert!(m.on_disconnected(p, 0, false, t0).is_some());
         m.on_dial_failed(p, t0);
         assert_eq!(state_of(&m, p), down("unreachable"));
         let later = run_failing(&mut m, t0, Duration::from_secs(30));
@@ -3101,7 +3139,7 @@ pub(crate) mod tests {
         m.on_connected(p, None, t);
         m.on_announce(p, &announce(p, 1, 2, false), t).unwrap();
         assert_eq!(state_of(&m, p), up());
-        assert_eq!(m.on_disconnected(p, 0, t), None);
+        assert_eq!(m.on_disconnected(p, 0, false, t), None);
         assert_eq!(state_of(&m, p), down("unreachable"));
     }
 

@@ -691,9 +691,11 @@ impl EventLoop {
                     self.connected_at.remove(&peer_id);
                     self.tell_neighbours();
                 }
-                if let Some(dial) = self
-                    .membership
-                    .on_disconnected(peer_id, num_established, now)
+                let chose_us = num_established == 0
+                    && (self.neighbors.as_ref()).is_some_and(|n| n.chose_us(&peer_id));
+                if let Some(dial) =
+                    self.membership
+                        .on_disconnected(peer_id, num_established, chose_us, now)
                 {
                     self.dial(dial);
                 }
