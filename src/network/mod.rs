@@ -25,6 +25,7 @@ mod event_loop;
 mod jobs;
 mod neighbors;
 mod reach;
+mod slots;
 pub mod swim;
 pub mod usage;
 

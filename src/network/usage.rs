@@ -6,53 +6,36 @@
 //! Counts are kept per remote peer, raised and lowered by [`Held`] guards
 //! that the stream's owner keeps for as long as the stream is open.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use libp2p::PeerId;
 
+use super::slots::{PerPeerSlots, Slot};
+
 /// Streams open per remote peer, by purpose.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Usage {
-    open: Arc<Mutex<HashMap<PeerId, u32>>>,
+    open: PerPeerSlots,
 }
+
+impl Default for Usage {
+    fn default() -> Self {
+        Usage {
+            open: PerPeerSlots::new(usize::MAX),
+        }
+    }
+}
+
+/// A stream counted in [`Usage`] while this guard lives.
+pub type Held = Slot;
 
 impl Usage {
     /// Counts one open stream with `peer` until the guard is dropped.
     pub fn hold(&self, peer: PeerId) -> Held {
-        *self
-            .open
-            .lock()
-            .expect("usage lock")
-            .entry(peer)
-            .or_insert(0) += 1;
-        Held {
-            usage: self.clone(),
-            peer,
-        }
+        self.open.take(peer).expect("usage has no bound")
     }
 
     /// Whether any stream with `peer` is open.
     pub fn in_use(&self, peer: &PeerId) -> bool {
-        self.open.lock().expect("usage lock").contains_key(peer)
-    }
-}
-
-/// One open stream, counted until dropped.
-pub struct Held {
-    usage: Usage,
-    peer: PeerId,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let mut map = self.usage.open.lock().expect("usage lock");
-        if let Some(n) = map.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.peer);
-            }
-        }
+        self.open.open(peer) > 0
     }
 }
 
@@ -71,6 +54,6 @@ mod tests {
         assert!(u.in_use(&p));
         drop(b);
         assert!(!u.in_use(&p));
-        assert!(u.open.lock().unwrap().is_empty(), "nothing left behind");
+        assert_eq!(u.open.peers(), 0, "nothing left behind");
     }
 }

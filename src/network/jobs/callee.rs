@@ -1,8 +1,7 @@
 //! The callee's side: accepts job streams, runs each request through the
 //! handler the network was given, writes the answers back as they complete.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,6 +12,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+use crate::network::slots::PerPeerSlots;
 
 use super::frame::{
     decode_batch_request, decode_request, decode_request_header, encode_answer,
@@ -39,13 +40,13 @@ pub async fn serve_inbound<R: RunJob>(
             return;
         }
     };
-    let open: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    let open = PerPeerSlots::new(MAX_INBOUND_STREAMS_PER_PEER);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             next = incoming.next() => match next {
                 Some((peer, stream)) => {
-                    let Some(slot) = StreamSlot::take(&open, peer) else {
+                    let Some(slot) = open.take(peer) else {
                         tracing::warn!(%peer, "refused a job stream: {MAX_INBOUND_STREAMS_PER_PEER} already open from this peer");
                         drop(stream);
                         continue;
@@ -59,39 +60,6 @@ pub async fn serve_inbound<R: RunJob>(
                 }
                 None => return,
             },
-        }
-    }
-}
-
-/// One of a peer's `MAX_INBOUND_STREAMS_PER_PEER` places; given back on drop.
-struct StreamSlot {
-    open: Arc<Mutex<HashMap<PeerId, usize>>>,
-    peer: PeerId,
-}
-
-impl StreamSlot {
-    fn take(open: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<StreamSlot> {
-        let mut map = open.lock().expect("stream slots lock");
-        let n = map.entry(peer).or_insert(0);
-        if *n >= MAX_INBOUND_STREAMS_PER_PEER {
-            return None;
-        }
-        *n += 1;
-        Some(StreamSlot {
-            open: open.clone(),
-            peer,
-        })
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut map = self.open.lock().expect("stream slots lock");
-        if let Some(n) = map.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.peer);
-            }
         }
     }
 }

@@ -34,13 +34,15 @@
 //! one message per stream and close it (earlier versions) read the same.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::PeerId;
 use libp2p_stream::Control;
 use tokio::sync::{Semaphore, mpsc};
+
+use crate::network::slots::PerPeerSlots;
 
 use super::driver::SWIM_PROTOCOL;
 use super::metrics;
@@ -197,7 +199,9 @@ pub async fn read_links(
     inbox: mpsc::Sender<(PeerId, Vec<u8>)>,
 ) {
     let readers = Arc::new(Semaphore::new(MAX_INBOUND));
-    let per_peer = PerPeer::default();
+    // Inbound links per peer, at most MAX_INBOUND_PER_PEER: a slot is held
+    // while its link is read (the map is bounded by MAX_INBOUND).
+    let per_peer = PerPeerSlots::new(MAX_INBOUND_PER_PEER);
     while let Some((peer, mut stream)) = incoming.next().await {
         // Dropping a stream resets it.
         let Ok(permit) = readers.clone().try_acquire_owned() else {
@@ -268,54 +272,6 @@ async fn read_frame(stream: &mut libp2p::Stream) -> std::io::Result<Option<Vec<u
         Err(_) => Err(std::io::Error::other(format!(
             "a message's body not read within {READ_TIMEOUT:?}"
         ))),
-    }
-}
-
-/// Inbound links per peer, at most [`MAX_INBOUND_PER_PEER`]: a slot is
-/// held while its link is read. The map holds only peers with a link
-/// open, so it is bounded by [`MAX_INBOUND`].
-#[derive(Clone, Default)]
-struct PerPeer(Arc<Mutex<HashMap<PeerId, usize>>>);
-
-struct Slot {
-    per_peer: PerPeer,
-    peer: PeerId,
-}
-
-impl PerPeer {
-    fn take(&self, peer: PeerId) -> Option<Slot> {
-        let mut open = self.0.lock().expect("per-peer lock");
-        let n = open.entry(peer).or_insert(0);
-        if *n >= MAX_INBOUND_PER_PEER {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            per_peer: self.clone(),
-            peer,
-        })
-    }
-
-    #[cfg(test)]
-    fn open(&self, peer: &PeerId) -> usize {
-        self.0
-            .lock()
-            .expect("per-peer lock")
-            .get(peer)
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.per_peer.0.lock().expect("per-peer lock");
-        if let Some(n) = open.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.peer);
-            }
-        }
     }
 }
 
@@ -445,27 +401,5 @@ mod tests {
         for (_, task) in senders {
             task.abort();
         }
-    }
-
-    #[test]
-    fn a_peer_holds_at_most_its_inbound_slots_and_gets_them_back() {
-        let per_peer = PerPeer::default();
-        let (a, b) = (PeerId::random(), PeerId::random());
-        let held: Vec<Slot> = (0..MAX_INBOUND_PER_PEER)
-            .map(|_| per_peer.take(a).expect("a slot"))
-            .collect();
-        assert!(per_peer.take(a).is_none(), "one slot too many for a");
-        assert!(
-            per_peer.take(b).is_some(),
-            "another peer is not held up by a"
-        );
-        assert_eq!(per_peer.open(&b), 0, "b's slot was dropped");
-        drop(held);
-        assert_eq!(per_peer.open(&a), 0);
-        assert!(
-            per_peer.0.lock().unwrap().is_empty(),
-            "no entry outlives its links"
-        );
-        assert!(per_peer.take(a).is_some());
     }
 }
