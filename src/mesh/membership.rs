@@ -217,6 +217,10 @@ pub const MAX_BUNDLES: usize = 64;
 
 /// Peers listed in an announcement's `links`, at most.
 pub const MAX_LINKS: usize = 256;
+/// How recently a member must have started for its record, fetched
+/// rather than gossiped to this peer, to be passed on to the gossip mesh
+/// (see [`Membership::relay_fetched`]).
+pub const RELAY_FRESH: Duration = Duration::from_secs(30);
 
 /// The last 8 characters of a peer id: what announcements carry in `links`.
 pub fn short_id(id: &str) -> &str {
@@ -1404,6 +1408,49 @@ impl Membership {
             .collect()
     }
 
+    /// Whether this peer holds a signed announcement of `id`.
+    pub fn holds_record(&self, id: &PeerId) -> bool {
+        self.peers.get(id).is_some_and(|e| e.version.is_some())
+    }
+
+    /// Whether the record of `id` just taken from a member list is to be
+    /// passed on to the gossip mesh: it is the first this peer holds of
+    /// `id` (`had_record` is false), and `id` started after this peer
+    /// (`own_incarnation`) and less than [`RELAY_FRESH`] ago, by the
+    /// incarnation (start time, unix ms) its record carries.
+    ///
+    /// A newcomer publishes its announcement while it knows only its
+    /// bootstrap peer and the peers that bootstrap from it: newcomers
+    /// themselves, whose gossip meshes hold nobody but each other yet
+    /// (gossipsub builds a peer's mesh from the first peers that subscribe,
+    /// and first mends it at its first heartbeat). Seen in a 150-peer
+    /// chain: a newcomer's announcement reached two peers in its first 6 s,
+    /// while the peers it dialled had fetched its record from it within
+    /// half a second. Passed on by the first of them, it is a gossip
+    /// message like the author's (the same bytes, so the same message id):
+    /// every peer takes it once, and copies that meet are dropped as
+    /// duplicates. Records of members that started before this peer are not
+    /// passed on: a newcomer fetches the whole mesh's, which everyone
+    /// holds (passing on the freshest of them cost a forming 150-peer mesh
+    /// 600 needless gossip messages).
+    pub fn relay_fetched(
+        &self,
+        id: &PeerId,
+        had_record: bool,
+        own_incarnation: u64,
+        now_unix_ms: u64,
+    ) -> bool {
+        !had_record
+            && self
+                .peers
+                .get(id)
+                .and_then(|e| e.version)
+                .is_some_and(|(incarnation, _)| {
+                    incarnation > own_incarnation
+                        && incarnation.saturating_add(RELAY_FRESH.as_millis() as u64) >= now_unix_ms
+                })
+    }
+
     /// Whether `peer` is up (an unknown peer is not).
     pub fn is_up(&self, peer: &PeerId) -> bool {
         self.peers.get(peer).is_some_and(|e| e.state == State::Up)
@@ -2551,6 +2598,68 @@ pub(crate) mod tests {
             Err(AnnounceError::Record(_))
         ));
         assert_eq!(m.records_of(&[p], 1 << 20), vec![Arc::from(rec.as_slice())]);
+    }
+
+    #[test]
+    fn a_fetched_record_is_passed_on_when_it_is_the_first_of_a_member_that_just_started() {
+        let mut m = Membership::new(PeerId::random(), timing());
+        let t0 = Instant::now();
+        let now_ms: u64 = 1_800_000_000_000;
+        let fresh = RELAY_FRESH.as_millis() as u64;
+        // This peer started a minute ago.
+        let me = now_ms - 60_000;
+        let (k, p) = keyed();
+        m.on_swim(&swim_view(&[(p, SwimStatus::Alive)]), t0);
+        assert!(!m.holds_record(&p));
+        assert!(
+            !m.relay_fetched(&p, false, me, now_ms),
+            "no record held: nothing to pass on"
+        );
+        // Started a second ago: its first record here is passed on.
+        m.on_record(&sealed(&k, &announce(p, now_ms - 1_000, 1, false)), t0)
+            .unwrap();
+        assert!(m.holds_record(&p));
+        assert!(m.relay_fetched(&p, false, me, now_ms));
+        // Up to the bound, and not after it.
+        assert!(m.relay_fetched(&p, false, me, now_ms - 1_000 + fresh));
+        assert!(!m.relay_fetched(&p, false, me, now_ms - 1_000 + fresh + 1));
+        // A later record of a member already held is not (the author's own
+        // announcements reach the mesh; this peer's copy came from it).
+        assert!(!m.relay_fetched(&p, true, me, now_ms));
+        // Started before this peer: the newcomer this peer is fetches the
+        // whole mesh's records, which everyone holds.
+        assert!(!m.relay_fetched(&p, false, now_ms - 999, now_ms));
+        assert!(
+            !m.relay_fetched(&p, false, now_ms - 1_000, now_ms),
+            "started together"
+        );
+        assert!(m.relay_fetched(&p, false, now_ms - 1_001, now_ms));
+        // A member that started long ago: everyone holds its record.
+        let (k2, old) = keyed();
+        m.on_swim(
+            &swim_view(&[(p, SwimStatus::Alive), (old, SwimStatus::Alive)]),
+            t0,
+        );
+        m.on_record(
+            &sealed(&k2, &announce(old, now_ms - fresh - 1, 7, false)),
+            t0,
+        )
+        .unwrap();
+        assert!(!m.relay_fetched(&old, false, me, now_ms));
+        // An incarnation from the future (a skewed clock, or a lie) counts
+        // as fresh: passed on once, with the first record this peer takes
+        // of it, like any newcomer's; never again (`had_record`).
+        let (k3, ahead) = keyed();
+        m.on_swim(&swim_view(&[(ahead, SwimStatus::Alive)]), t0);
+        m.on_record(
+            &sealed(&k3, &announce(ahead, now_ms + 3_600_000, 1, false)),
+            t0,
+        )
+        .unwrap();
+        assert!(m.relay_fetched(&ahead, false, me, now_ms));
+        assert!(!m.relay_fetched(&ahead, true, me, now_ms));
+        // Not a member at all: nothing.
+        assert!(!m.relay_fetched(&PeerId::random(), false, me, now_ms));
     }
 
     fn connected(m: &mut Membership, t: Instant) -> PeerId {

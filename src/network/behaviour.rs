@@ -255,6 +255,13 @@ fn gossipsub_config() -> Result<gossipsub::Config, String> {
         // Mesh upkeep and IHAVE gossip every 2 s rather than every 1 s:
         // each heartbeat costs every idle peer a wake-up.
         .heartbeat_interval(Duration::from_secs(2))
+        // The first heartbeat one interval after the start, not 5 s more
+        // (gossipsub's default): until then a newcomer's gossip mesh is
+        // whoever subscribed first (its bootstrap peer and the newcomers
+        // that bootstrap from it), and its first IHAVE gossip, which tells
+        // peers outside that corner about the messages it holds, waits
+        // for that heartbeat.
+        .heartbeat_initial_delay(Duration::ZERO)
         // Anonymous messages have no author or number to name them by.
         .message_id_fn(message_id)
         .build()

@@ -605,6 +605,26 @@ impl EventLoop {
         }
     }
 
+    /// Publishes another member's signed record, as its author would have:
+    /// the same bytes, so the same gossip message (a copy that meets the
+    /// author's own is dropped as a duplicate).
+    fn relay_record(&mut self, author: PeerId, data: Vec<u8>) {
+        let published = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), data);
+        match published {
+            Ok(_) => {
+                super::RECORDS_RELAYED.inc();
+                tracing::debug!(%author, "passed a newcomer's record on to the gossip mesh");
+            }
+            // Seen already (it came through gossip meanwhile), or nobody
+            // to tell: nothing to do.
+            Err(e) => tracing::debug!(%author, "newcomer's record not passed on: {e}"),
+        }
+    }
+
     /// This peer's announcement as of now.
     fn announcement(&self, leaving: bool) -> Announce {
         Announce {
@@ -1227,13 +1247,32 @@ impl EventLoop {
             } => {
                 let now = now();
                 tracing::debug!(from = %peer, count = response.peers.len(), records = response.records.len(), "member list received");
+                let mut relayed = 0;
                 for hex in response.records.iter().take(MAX_WANT) {
                     let Some(data) = crate::mesh::record::from_hex(hex) else {
                         continue;
                     };
+                    let author = crate::mesh::membership::record_author(&data).ok();
+                    let had = author.is_some_and(|a| self.membership.holds_record(&a));
                     match self.membership.on_record(&data, now) {
                         Ok((dial, desired)) => {
                             self.records_taken += 1;
+                            // A newcomer's record, fetched because its own
+                            // announcement did not reach this peer: passed
+                            // on (see `Membership::relay_fetched`), a few
+                            // per answer at most.
+                            if let Some(author) = author
+                                && relayed < RELAY_PER_ANSWER
+                                && self.membership.relay_fetched(
+                                    &author,
+                                    had,
+                                    self.incarnation,
+                                    unix_ms(),
+                                )
+                            {
+                                relayed += 1;
+                                self.relay_record(author, data);
+                            }
                             if let Some(dial) = dial {
                                 self.dial(dial);
                             }
@@ -1322,6 +1361,9 @@ const CONNECTION_GRACE: Duration = Duration::from_secs(10);
 const MAX_WANT: usize = 256;
 /// Bytes of records in one answer, at most (the rest are asked again).
 const MAX_RECORD_BYTES: usize = 1 << 20;
+/// Records passed on to the gossip mesh per member-list answer, at most
+/// (see [`Membership::relay_fetched`]).
+const RELAY_PER_ANSWER: usize = 4;
 /// Shortest gap between two requests for missing records.
 const RECORDS_REQUEST_EVERY: Duration = Duration::from_millis(250);
 /// Longest gap between two requests while records stay missing.

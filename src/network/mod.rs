@@ -62,6 +62,7 @@ pub mod wire {
 use std::sync::{Arc, LazyLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
@@ -168,8 +169,16 @@ fn register_metrics(registry: &mut prometheus_client::registry::Registry) {
         "Members the failure detector holds alive whose signed announcement this peer lacks (fetched from a neighbour; they are not up until it arrives)",
         RECORDS_MISSING.clone(),
     );
+    registry.register(
+        "disruptor_membership_records_relayed",
+        "Newcomers' signed announcements this peer fetched from a member list and passed on to the gossip mesh (their own had not reached it)",
+        RECORDS_RELAYED.clone(),
+    );
     swim::register_metrics(registry);
 }
+
+/// `disruptor_membership_records_relayed`: see [`register_metrics`].
+pub(crate) static RECORDS_RELAYED: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 /// `disruptor_membership_records_missing`: see [`register_metrics`].
 pub(crate) static RECORDS_MISSING: LazyLock<Gauge> = LazyLock::new(Gauge::default);
