@@ -4,7 +4,9 @@
 //!     scripts/mesh-sim --peers 100,1000,10000 --loss 0.01
 //!
 //! For each size: the time from the last start of a chain of peers until
-//! every peer sees every other, the time from a SIGKILL-like stop of one
+//! every peer sees every other, the time from the start of one more peer
+//! (joining the formed mesh) until every peer sees it and it sees them all,
+//! the time from a SIGKILL-like stop of one
 //! peer until the first and then every survivor holds it dead, false downs
 //! (downs of peers that were not stopped), and the idle traffic per peer.
 
@@ -53,10 +55,11 @@ fn main() {
         args.start_gap_ms, args.loss, args.seed
     );
     println!(
-        "{:>7} {:>10} {:>7} {:>10} {:>10} {:>7} {:>6} {:>10} {:>10} {:>9} {:>8}",
+        "{:>7} {:>10} {:>7} {:>9} {:>10} {:>10} {:>7} {:>6} {:>10} {:>10} {:>9} {:>8}",
         "peers",
         "converge",
         "rounds",
+        "join1",
         "detect1st",
         "detectall",
         "rounds",
@@ -80,10 +83,11 @@ fn main() {
             Duration::from_secs(args.limit_seconds),
         );
         println!(
-            "{:>7} {:>10} {:>7} {:>10} {:>10} {:>7} {:>6} {:>10.1} {:>10.0} {:>9} {:>7.1}s",
+            "{:>7} {:>10} {:>7} {:>9} {:>10} {:>10} {:>7} {:>6} {:>10.1} {:>10.0} {:>9} {:>7.1}s",
             n,
             secs(r.converged),
             rounds(r.converged),
+            secs(r.joined),
             secs(r.detected_first),
             secs(r.detected_all),
             rounds(r.detected_all),
@@ -94,5 +98,7 @@ fn main() {
             wall.elapsed().as_secs_f64()
         );
     }
-    println!("(rounds: probe intervals of 1 s; msgs and bytes per peer per second while idle)");
+    println!(
+        "(converge: a mesh-wide start, one join per start gap; join1: one more peer joining the formed mesh; rounds: probe intervals of 1 s; msgs and bytes per peer per second while idle)"
+    );
 }

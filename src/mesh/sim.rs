@@ -148,6 +148,14 @@ impl Sim {
         self.peers[i as usize].as_ref()
     }
 
+    /// Adds a peer (not started yet) to the mesh; returns its index.
+    pub fn add_peer(&mut self) -> u32 {
+        self.peers.push(None);
+        self.killed.push(false);
+        self.wake_at.push(None);
+        (self.peers.len() - 1) as u32
+    }
+
     /// Starts peer `i` now, joining through `seed` if given.
     pub fn start(&mut self, i: u32, seed: Option<u32>) {
         let peer_seed = self.rng.r#gen();
@@ -250,7 +258,7 @@ impl Sim {
     /// Whether every running peer sees every other running peer as alive
     /// or suspect, and nothing else as such.
     pub fn converged(&self) -> bool {
-        let running = self.killed.iter().filter(|k| !**k).count();
+        let running = self.running().count();
         self.running().all(|(_, p)| p.live_members() == running - 1)
     }
 
@@ -340,6 +348,11 @@ pub struct Report {
     /// From the last start until every peer sees every other (None: not
     /// within the limit).
     pub converged: Option<Duration>,
+    /// From the start of one more peer, joining the formed mesh through a
+    /// random member, until every peer sees every other again: how long a
+    /// single join takes to reach everyone (the mesh-wide start above
+    /// measures a burst of joins).
+    pub joined: Option<Duration>,
     /// From a kill until the first survivor holds the peer dead.
     pub detected_first: Option<Duration>,
     /// From a kill until every survivor does.
@@ -357,8 +370,9 @@ pub struct Report {
 /// Virtual time between convergence and the idle measurement.
 pub const SETTLE: Duration = Duration::from_secs(30);
 
-/// Forms a mesh as a chain, idles for `idle`, kills one peer and waits for
-/// every survivor to see it down (each step bounded by `limit`).
+/// Forms a mesh as a chain, idles for `idle`, starts one more peer and
+/// waits until everyone sees everyone, kills one peer and waits for every
+/// survivor to see it down (each step bounded by `limit`).
 pub fn scenario(cfg: SimConfig, idle: Duration, limit: Duration) -> Report {
     let (peers, loss, seed) = (cfg.peers, cfg.loss, cfg.seed);
     let mut sim = Sim::new(cfg);
@@ -381,10 +395,16 @@ pub fn scenario(cfg: SimConfig, idle: Duration, limit: Duration) -> Report {
         t.messages as f64 / peers as f64 / secs,
         t.bytes as f64 / peers as f64 / secs,
     );
-    let victim = (StdRng::seed_from_u64(seed ^ 0x5eed).gen_range(0..peers)) as u32;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let late = sim.add_peer();
+    let through = rng.gen_range(0..peers) as u32;
+    sim.start(late, Some(through));
+    let joined = sim.run_until_true(limit, Duration::from_millis(10), Sim::converged);
+    let victim = rng.gen_range(0..peers) as u32;
     sim.kill(victim);
     let killed_at = sim.now();
-    let survivors = peers - 1;
+    // All but the victim, the late joiner included.
+    let survivors = peers;
     let detected_first = sim.run_until_true(limit, Duration::from_millis(10), |s| {
         s.downs.iter().any(|(_, _, subject)| *subject == victim)
     });
@@ -396,6 +416,7 @@ pub fn scenario(cfg: SimConfig, idle: Duration, limit: Duration) -> Report {
         peers,
         loss,
         converged,
+        joined,
         detected_first,
         detected_all,
         false_downs: sim.false_downs(),

@@ -616,6 +616,10 @@ fn a_simulated_mesh_converges_detects_a_kill_and_has_no_false_down_at_1pc_loss()
     let r = sim::scenario(cfg, Duration::from_secs(30), Duration::from_secs(120));
     let converged = r.converged.expect("converges");
     assert!(converged < Duration::from_secs(10), "{r:?}");
+    // One join into the formed mesh: its news crosses the mesh in a few
+    // gossip rounds (200 ms, 3 peers each: log3(300) ~ 5.2 rounds).
+    let joined = r.joined.expect("the late joiner is seen by all");
+    assert!(joined < Duration::from_secs(3), "{r:?}");
     let all = r.detected_all.expect("every survivor sees the kill");
     // N = 300: suspicion between 4 * log10(300) ~ 9.9 s and 6x that
     // (59.5 s), shorter with each confirmation; plus the probe that finds
