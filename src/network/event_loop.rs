@@ -1253,7 +1253,7 @@ impl EventLoop {
                         continue;
                     };
                     let author = crate::mesh::membership::record_author(&data).ok();
-                    let had = author.is_some_and(|a| self.membership.holds_record(&a));
+                    let held = author.and_then(|a| self.membership.held_incarnation(&a));
                     match self.membership.on_record(&data, now) {
                         Ok((dial, desired)) => {
                             self.records_taken += 1;
@@ -1265,7 +1265,7 @@ impl EventLoop {
                                 && relayed < RELAY_PER_ANSWER
                                 && self.membership.relay_fetched(
                                     &author,
-                                    had,
+                                    held,
                                     self.incarnation,
                                     unix_ms(),
                                 )
