@@ -699,7 +699,10 @@ impl EventLoop {
                 endpoint,
                 num_established,
                 ..
-            } => self.on_connected(peer_id, &endpoint, num_established.get(), now),
+            } => {
+                tracing::debug!(peer = %peer_id, dialer = endpoint.is_dialer(), "connection established");
+                self.on_connected(peer_id, &endpoint, num_established.get(), now)
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
