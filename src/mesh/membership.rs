@@ -2541,7 +2541,8 @@ pub(crate) mod tests {
         m.on_swim(&swim_view(&[(p, SwimStatus::Dead)]), t1);
         // Restarted: its new record arrives first (gossip outruns SWIM's
         // news of it), then SWIM's word for it.
-        m.on_announce(p, &announce(p, inc + 1, 1, false), t1).unwrap();
+        m.on_announce(p, &announce(p, inc + 1, 1, false), t1)
+            .unwrap();
         assert_eq!(state_of(&m, p), unreachable);
         let t2 = t1 + Duration::from_secs(1);
         m.on_swim(&swim_view(&[(p, SwimStatus::Alive)]), t2);
@@ -2579,12 +2580,20 @@ pub(crate) mod tests {
         for i in 0..rounds {
             let t = t0 + DIAL_BACKOFF_MAX * 2 * (rounds + 2 * i);
             let inc = 1000 + 2 * u64::from(i);
-            m.on_announce(gone, &announce(gone, inc, 1, true), t).unwrap();
+            m.on_announce(gone, &announce(gone, inc, 1, true), t)
+                .unwrap();
             assert_eq!(state_of(&m, gone), down("left"));
             let t = t + DIAL_BACKOFF_MAX * 2;
-            dials += usize::from(m.on_announce(gone, &announce(gone, inc + 1, 1, false), t).unwrap().is_some());
+            dials += usize::from(
+                m.on_announce(gone, &announce(gone, inc + 1, 1, false), t)
+                    .unwrap()
+                    .is_some(),
+            );
         }
-        assert!((5..=60).contains(&dials), "{dials} dials of {rounds} after goodbyes");
+        assert!(
+            (5..=60).contains(&dials),
+            "{dials} dials of {rounds} after goodbyes"
+        );
     }
 
     #[test]
@@ -2601,7 +2610,8 @@ pub(crate) mod tests {
         // Restarted: its record, then SWIM's news of the new run.
         m.on_swim(&swim_view(&[(p, SwimStatus::Left)]), t0);
         let t1 = t0 + Duration::from_secs(1);
-        m.on_announce(p, &announce(p, inc + 1, 1, false), t1).unwrap();
+        m.on_announce(p, &announce(p, inc + 1, 1, false), t1)
+            .unwrap();
         m.on_swim(&swim_view(&[(p, SwimStatus::Alive)]), t1);
         assert_eq!(state_of(&m, p), up());
     }
