@@ -1259,24 +1259,16 @@ impl Membership {
             .collect()
     }
 
-    /// Whether this peer makes this round's redial of `peer`, if it is a
-    /// member that is down and that SWIM does not vouch for (the whole
-    /// mesh holds it down): with probability `share` (see
-    /// [`redial_share`]); a round skipped waits like one made (the
-    /// backoff grows). Anything else is dialled as it comes due: a member
-    /// unreachable from here that SWIM holds alive is this peer's own
-    /// problem (a route, a firewall), and nobody else will redial it for
-    /// this peer.
+    /// Whether this peer makes this round's redial of `peer`, a member
+    /// the whole mesh holds down (see [`Self::take_dial`]): with
+    /// probability `share` (see [`redial_share`]); a round skipped waits
+    /// like one made (the backoff grows).
     fn redials_down(&mut self, peer: &PeerId, share: f64, now: Instant) -> bool {
         use rand::Rng;
         let Some(e) = self.peers.get_mut(peer) else {
             return false;
         };
-        if !e.verified
-            || !matches!(e.state, State::Down(_))
-            || e.vouched
-            || self.rng.gen_bool(share)
-        {
+        if self.rng.gen_bool(share) {
             return true;
         }
         e.next_dial = now + e.backoff;
@@ -1437,7 +1429,10 @@ impl Membership {
         // due, or its announcement: a restarted peer's first one reaches
         // the whole mesh within 0.1 s, and with every peer whose round
         // had come due dialling it then, one restarted peer of 150 took 34
-        // connections in its first 0.2 s, another 113).
+        // connections in its first 0.2 s, another 113). Anything else is
+        // dialled as it comes due: a member unreachable from here that
+        // SWIM holds alive is this peer's own problem (a route, a
+        // firewall), and nobody else will redial it for this peer.
         if !chose_us && held_down {
             let up = self.peers.values().filter(|e| e.state == State::Up).count();
             if !self.redials_down(&peer, redial_share(up), now) {
@@ -1931,6 +1926,9 @@ pub(crate) mod tests {
         let most = (RECONNECT_DIAL_BURST + 10 * RECONNECT_DIAL_RATE) as usize;
         assert!(dials > 0, "down members are still redialled");
         assert!(dials <= most, "{dials} redials in 10 s, at most {most}");
+        // Those the budget put off are due later, not at once (housekeeping
+        // would spin on them).
+        assert!(m.next_deadline(t).is_some_and(|d| d > t));
         // One member down alone: redialled on its own backoff.
         let mut m = Membership::new(PeerId::random(), timing());
         let p = PeerId::random();
@@ -2597,6 +2595,55 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_member_unreachable_from_here_only_is_redialled_at_every_round() {
+        let t0 = Instant::now();
+        // A neighbour among 60 others, its redial refused: unreachable
+        // from here, while SWIM (the mesh) holds the same run alive.
+        let (mut m, p) = with_a_neighbour(t0);
+        let members = vouched_members(&mut m, 60, t0);
+        assert!(m.on_disconnected(p, 0, false, t0).is_some());
+        m.on_dial_failed(p, t0);
+        let mut view: Vec<(PeerId, SwimStatus)> =
+            members.iter().map(|q| (*q, SwimStatus::Alive)).collect();
+        view.push((p, SwimStatus::Alive));
+        m.on_swim(&swim_view(&view), t0);
+        assert_eq!(state_of(&m, p), down("unreachable"));
+        // Nobody else redials it for this peer: every round is made (the
+        // mesh's share, 3 in 60, would make about 1 of 12), until it is
+        // forgotten.
+        let rounds = 12u32;
+        let step = DIAL_BACKOFF_MAX + Duration::from_millis(100);
+        assert!(step * rounds < timing().forget_after);
+        let made = (1..=rounds)
+            .filter(|i| {
+                let t = t0 + step * *i;
+                m.tick(t).iter().any(|d| d.peer == p)
+            })
+            .count();
+        assert_eq!(made, rounds as usize);
+    }
+
+    #[test]
+    fn a_neighbours_closed_connection_is_redialled_at_once_in_a_large_mesh() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(PeerId::random(), timing());
+        // A neighbour SWIM does not vouch for (yet), among 60 members it
+        // does: its redial decides whether it is down, so it is always
+        // made, whatever the redial share of members held down says.
+        let p = connected(&mut m, t0);
+        m.on_connected(p, Some(addr(4001)), t0);
+        vouched_members(&mut m, 60, t0);
+        m.refresh_active();
+        assert!(m.is_active(&p));
+        for i in 0..40u32 {
+            let t = t0 + Duration::from_millis(100) * i;
+            assert!(m.on_disconnected(p, 0, false, t).is_some(), "round {i}");
+            assert_eq!(state_of(&m, p), up());
+            m.on_connected(p, Some(addr(4001)), t);
+        }
+    }
+
+    #[test]
     fn a_member_that_left_is_up_on_swims_word_for_a_newer_run_only() {
         let t0 = Instant::now();
         let (mut m, p) = with_a_neighbour(t0);
@@ -2645,12 +2692,6 @@ pub(crate) mod tests {
         );
         // A skipped round waits like a made one.
         assert!(m.peers[&down].next_dial > t0);
-        // Members up are not subject to it (the active view's own dials).
-        assert!((0..100).all(|_| m.redials_down(&members[0], 0.0, t0)));
-        // Nor is one down here that SWIM holds alive (unreachable from
-        // here only): this peer redials it whatever the mesh's size.
-        m.peers.get_mut(&down).unwrap().vouched = true;
-        assert!((0..100).all(|_| m.redials_down(&down, 0.0, t0)));
         // In a small mesh every peer redials every down member.
         let mut small = Membership::new(PeerId::random(), timing());
         let mut two = vouched_members(&mut small, 3, t0);
@@ -3300,6 +3341,45 @@ pub(crate) mod tests {
         m.tick(t0 + Duration::from_secs(5));
         assert_eq!(state_of(&m, p), down("silent"));
         assert!(m.take_silenced().is_empty());
+    }
+
+    #[test]
+    fn a_member_swim_declares_dead_has_its_connections_closed_if_it_has_any() {
+        let t0 = Instant::now();
+        let (mut m, p) = with_a_neighbour(t0);
+        let q = vouched_members(&mut m, 1, t0)[0];
+        let view = [(p, SwimStatus::Alive), (q, SwimStatus::Alive)];
+        m.on_swim(&swim_view(&view), t0);
+        assert_eq!(state_of(&m, q), up());
+        // q was never connected here: nothing to close.
+        let view = [(p, SwimStatus::Alive), (q, SwimStatus::Dead)];
+        m.on_swim(&swim_view(&view), t0);
+        assert_eq!(state_of(&m, q), down("dead"));
+        assert!(m.take_silenced().is_empty());
+        // p is (a hung process behind an open connection): closed.
+        let view = [(p, SwimStatus::Dead), (q, SwimStatus::Dead)];
+        m.on_swim(&swim_view(&view), t0);
+        assert_eq!(state_of(&m, p), down("dead"));
+        assert_eq!(m.take_silenced(), vec![p]);
+    }
+
+    #[test]
+    fn a_member_swim_stops_vouching_for_counts_as_heard_from_until_then() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(PeerId::random(), timing());
+        let q = vouched_members(&mut m, 1, t0)[0];
+        let down_after = timing().down_after;
+        // Long after its announcement, SWIM stops vouching for it (it
+        // left SWIM's view without a death: forgotten there).
+        let t1 = t0 + down_after * 10;
+        m.tick(t1);
+        assert_eq!(state_of(&m, q), up(), "vouched: no silence rule");
+        m.on_swim(&HashMap::new(), t1);
+        // The silence rule starts from then, not from its announcement.
+        m.tick(t1 + down_after / 2);
+        assert_eq!(state_of(&m, q), up());
+        m.tick(t1 + down_after);
+        assert_eq!(state_of(&m, q), down("silent"));
     }
 
     #[test]
