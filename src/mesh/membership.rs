@@ -2547,18 +2547,25 @@ pub(crate) mod tests {
         assert_eq!(state_of(&m, p), up());
     }
 
+    /// A member this peer was connected to (its address confirmed, so
+    /// every dial has an address to go to), among 60 others SWIM holds
+    /// alive: its connection just closed (redial out), and SWIM says
+    /// `swim` of it.
+    fn neighbour_lost_among_60(t0: Instant, swim: SwimStatus) -> (Membership, PeerId) {
+        let (mut m, p) = with_a_neighbour(t0);
+        let members = vouched_members(&mut m, 60, t0);
+        assert!(m.on_disconnected(p, 0, false, t0).is_some());
+        let mut view: Vec<(PeerId, SwimStatus)> =
+            members.iter().map(|q| (*q, SwimStatus::Alive)).collect();
+        view.push((p, swim));
+        m.on_swim(&swim_view(&view), t0);
+        (m, p)
+    }
+
     #[test]
     fn a_down_members_announcement_makes_only_this_peers_share_of_the_redials() {
         let t0 = Instant::now();
-        // A member this peer once connected to (its address confirmed, so
-        // every dial has an address to go to), among 60 others.
-        let (mut m, gone) = with_a_neighbour(t0);
-        let members = vouched_members(&mut m, 60, t0);
-        assert!(m.on_disconnected(gone, 0, false, t0).is_some());
-        let mut view: Vec<(PeerId, SwimStatus)> =
-            members.iter().map(|p| (*p, SwimStatus::Alive)).collect();
-        view.push((gone, SwimStatus::Dead));
-        m.on_swim(&swim_view(&view), t0);
+        let (mut m, gone) = neighbour_lost_among_60(t0, SwimStatus::Dead);
         m.on_dial_inconclusive(gone, t0);
         assert_eq!(state_of(&m, gone), down("dead"));
         // Its restarts' first announcements, each when its round is due
@@ -2597,16 +2604,10 @@ pub(crate) mod tests {
     #[test]
     fn a_member_unreachable_from_here_only_is_redialled_at_every_round() {
         let t0 = Instant::now();
-        // A neighbour among 60 others, its redial refused: unreachable
-        // from here, while SWIM (the mesh) holds the same run alive.
-        let (mut m, p) = with_a_neighbour(t0);
-        let members = vouched_members(&mut m, 60, t0);
-        assert!(m.on_disconnected(p, 0, false, t0).is_some());
+        // Its redial refused: unreachable from here, while SWIM (the mesh)
+        // holds the same run alive.
+        let (mut m, p) = neighbour_lost_among_60(t0, SwimStatus::Alive);
         m.on_dial_failed(p, t0);
-        let mut view: Vec<(PeerId, SwimStatus)> =
-            members.iter().map(|q| (*q, SwimStatus::Alive)).collect();
-        view.push((p, SwimStatus::Alive));
-        m.on_swim(&swim_view(&view), t0);
         assert_eq!(state_of(&m, p), down("unreachable"));
         // Nobody else redials it for this peer: every round is made (the
         // mesh's share, 3 in 60, would make about 1 of 12), until it is
